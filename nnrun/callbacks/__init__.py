@@ -1,0 +1,40 @@
+"""Callbacks by name, with Keras's hooks. A callback sees the model and its own options, never
+the config or the loop; it stops a run by setting stop_training."""
+
+from pathlib import Path
+
+from nnrun.errors import ConfigError
+from nnrun.registry import Registry
+
+CALLBACKS = Registry("callbacks")
+
+
+class Callback:
+    name = ""               # its key under callbacks:, for messages
+    monitor = None          # a logged metric name, checked at start when set
+    stop_training = False
+
+    def setup(self, model, run_dir: Path, save):
+        """model: the nn.Module; save(path, epoch, logs) writes a checkpoint of the run."""
+        self.model, self.run_dir, self.save = model, Path(run_dir), save
+
+    def on_train_begin(self, logs): ...
+    def on_epoch_begin(self, epoch, logs): ...
+    def on_train_batch_end(self, batch, logs): ...   # logs["loss"] is a tensor: no sync
+    def on_epoch_end(self, epoch, logs): ...
+    def on_train_end(self, logs): ...
+
+
+def build_callbacks(conf: dict) -> list:
+    """conf maps name -> options ({} or null for the defaults)."""
+    callbacks = []
+    for name, options in conf.items():
+        if options is not None and not isinstance(options, dict):
+            raise ConfigError(f"callbacks.{name} must be a mapping of options, got {options!r}")
+        callback = CALLBACKS.build(name, **(options or {}))
+        callback.name = name
+        callbacks.append(callback)
+    return callbacks
+
+
+from nnrun.callbacks import csv_logger, early_stopping, model_checkpoint  # noqa: E402,F401

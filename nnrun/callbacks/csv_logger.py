@@ -1,0 +1,29 @@
+"""metrics.csv: one row per epoch, fixed columns; always on (Keras CSVLogger)."""
+
+import csv
+
+from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.train.metrics import CSV_COLUMNS
+
+
+@CALLBACKS.register("csv_logger")
+class CSVLogger(Callback):
+    def __init__(self, filename="metrics.csv"):
+        self.filename = filename
+
+    def on_train_begin(self, logs):
+        self.file = self.writer = None
+
+    def on_epoch_end(self, epoch, logs):
+        row = {"epoch": epoch, **logs}
+        if self.writer is None:     # columns known once the first epoch logged them
+            columns = [c for c in CSV_COLUMNS if c in row] + [c for c in row if c not in CSV_COLUMNS]
+            self.file = open(self.run_dir / self.filename, "w", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
+            self.writer.writeheader()
+        self.writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+        self.file.flush()           # a killed run keeps every finished epoch
+
+    def on_train_end(self, logs):
+        if self.file is not None:
+            self.file.close()

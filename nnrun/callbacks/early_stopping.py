@@ -1,0 +1,42 @@
+"""Stop when the monitored metric stops improving (Keras EarlyStopping)."""
+
+import logging
+
+from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.train.metrics import improved, resolve_mode
+
+log = logging.getLogger(__name__)
+
+
+@CALLBACKS.register("early_stopping")
+class EarlyStopping(Callback):
+    def __init__(self, monitor="val_loss", mode="auto", patience=5, min_delta=0.0,
+                 restore_best_weights=True):
+        self.monitor = monitor
+        self.mode = resolve_mode(monitor, mode, "callbacks.early_stopping.mode")
+        self.patience, self.min_delta = patience, abs(min_delta)
+        self.restore_best_weights = restore_best_weights
+
+    def on_train_begin(self, logs):
+        self.best, self.best_epoch, self.wait, self.best_weights = None, None, 0, None
+        self.stop_training = False
+
+    def on_epoch_end(self, epoch, logs):
+        current = logs[self.monitor]
+        if improved(current, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return
+        self.wait += 1
+        if self.wait >= self.patience:     # Keras: patience=0 stops at the first miss
+            self.stop_training = True
+            log.info("early stopping: %s has not improved for %d epochs (best %.4g at epoch %d)",
+                     self.monitor, self.wait, self.best if self.best is not None else float("nan"),
+                     self.best_epoch or 0)
+
+    def on_train_end(self, logs):
+        # Restores even when the run used every epoch: the run ends on its best weights.
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+            log.info("early stopping: restored the weights of epoch %d", self.best_epoch)

@@ -1,0 +1,148 @@
+"""The nnrun command. Hydra composes the config and makes the run folder; run() is the whole
+pipeline, top to bottom; main() turns errors into one line and an exit code."""
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from nnrun import config
+from nnrun.errors import ConfigError, describe
+
+log = logging.getLogger("nnrun")
+EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
+
+
+def run(conf, run_dir: Path, console) -> dict:
+    """Train, validate and test one model as conf says; everything is written under run_dir."""
+    import torch
+
+    from nnrun.callbacks import build_callbacks
+    from nnrun.callbacks.csv_logger import CSVLogger
+    from nnrun.data import build_data
+    from nnrun.models import build_model
+    from nnrun.optim import build_optimizer, build_scheduler
+    from nnrun.report.console import EpochProgress, model_table
+    from nnrun.report.summary import write_summary
+    from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
+    from nnrun.train.loop import evaluate, fit
+    from nnrun.train.metrics import resolve_mode
+
+    start = time.perf_counter()
+    config.check(conf)
+    plain = OmegaConf.to_container(conf, resolve=True)   # config is unpacked here, once
+    trainer = plain["trainer"]
+    device = resolve_device(trainer["device"])
+    torch.manual_seed(trainer["seed"])                    # weights and dropout; data order has its own
+    data = build_data(**plain["data"], seed=trainer["seed"], device=device)
+    model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(model_table(model, data.input_shape))
+    summary = {"status": "completed", "epochs": 0, "params": params, "device": str(device),
+               "run_dir": str(run_dir), "torch_version": torch.__version__}
+    if trainer["epochs"] == 0:
+        log.info("trainer.epochs=0: model summary only, nothing trained")
+        write_summary(run_dir, {**summary, "status": "summary_only"})
+        return summary
+
+    optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
+    scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], **plain["scheduler"])
+    callbacks = build_callbacks(plain["callbacks"])
+    if not any(isinstance(cb, CSVLogger) for cb in callbacks):
+        callbacks.append(CSVLogger())                     # metrics.csv is always written
+    for cb in callbacks:
+        cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
+            path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)))
+    monitor = trainer["monitor"]
+    mode = resolve_mode(monitor, trainer["mode"], "trainer.mode")
+    history = fit(model, data, optimizer, scheduler, callbacks, EpochProgress(console),
+                  epochs=trainer["epochs"], device=device, seed=trainer["seed"],
+                  grad_clip=trainer["grad_clip"], limit_batches=trainer["limit_batches"],
+                  monitor=monitor, mode=mode)
+
+    if history.best_state is not None:                    # test the best epoch, not the last
+        model.load_state_dict(history.best_state)
+    test_loss, test_accuracy = evaluate(model, data.test, data.batch_size, torch.nn.CrossEntropyLoss(),
+                                        device, trainer["limit_batches"])
+    summary.update(epochs=len(history.logs), best_epoch=history.best_epoch, monitor=monitor, mode=mode,
+                   best_score=history.best_score, stopped_early=history.stopped_early,
+                   test_loss=test_loss, test_accuracy=test_accuracy, last_epoch=history.logs[-1],
+                   wall_time=round(time.perf_counter() - start, 3))
+    write_summary(run_dir, summary)
+    log.info(f"test_loss: {test_loss:.4f} - test_accuracy: {test_accuracy:.4f} "
+             f"(weights of epoch {history.best_epoch}, best {monitor})")
+    log.info(f"{params:,} params - {len(history.logs)} epochs in {summary['wall_time']:.1f}s - "
+             f"run folder: {run_dir}")
+    return summary
+
+
+def resolve_device(name: str):
+    """trainer.device -> torch.device, checked: a missing GPU is a config error, not a crash."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    hint = "use trainer.device=auto, cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"trainer.device={name} is not a device; {hint}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"trainer.device={name}, but no CUDA device is available; {hint}")
+        if (device.index or 0) >= count:
+            raise ConfigError(f"trainer.device={name}, but only {count} CUDA device(s) exist (0..{count - 1})")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"trainer.device={name}, but MPS is not available; {hint}")
+    elif device.type != "cpu":
+        raise ConfigError(f"trainer.device={name} is not supported; {hint}")
+    return device
+
+
+def task(conf):
+    """One Hydra job; returns the best monitored score so that sweepers can optimise it."""
+    from nnrun.report.console import open_console
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    console, handler = open_console()
+    try:
+        return run(conf, run_dir, console).get("best_score")
+    except BaseException as exc:
+        # The traceback goes to nnrun.log only; the console gets one line from main().
+        log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def main() -> None:
+    os.environ["HYDRA_FULL_ERROR"] = "1"      # Hydra re-raises; we print one line instead
+    debug = os.environ.get("NNRUN_DEBUG", "") not in ("", "0")
+    entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(task)
+    try:
+        entry()
+    except KeyboardInterrupt:
+        print("nnrun: interrupted", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
+    except Exception as exc:
+        if debug:
+            raise
+        message = describe(exc)
+        if message is not None:
+            print(f"nnrun: error: {message}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"nnrun: failed: {type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; "
+              f"NNRUN_DEBUG=1 prints it)", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)

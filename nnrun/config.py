@@ -1,0 +1,90 @@
+"""Schema for the fixed part of the config, stored in Hydra's ConfigStore so that typos and wrong
+types fail at compose time; plus the range checks a type cannot express."""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from nnrun.errors import ConfigError
+
+
+@dataclass
+class DataConf:
+    name: str = MISSING
+    root: str = "data"                  # folder the files are read from / downloaded to
+    batch_size: int = 64                # samples per step
+    val_split: float = 0.1              # fraction of train held out, stratified and seeded
+    test_split: Optional[float] = None  # only for data without a fixed test set (digits)
+    download: Optional[bool] = None     # only for downloadable data (mnist, fashion_mnist)
+
+
+@dataclass
+class OptimizerConf:
+    name: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: Optional[float] = None    # sgd, rmsprop
+    nesterov: Optional[bool] = None     # sgd
+    betas: Optional[List[float]] = None # adam, adamw
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = 30
+    device: str = "auto"
+    seed: int = 42
+    grad_clip: Optional[float] = None
+    limit_batches: Optional[int] = None
+    monitor: str = "val_loss"
+    mode: str = "auto"
+
+
+@dataclass
+class Config:
+    data: DataConf = field(default_factory=DataConf)
+    model: Dict[str, Any] = MISSING     # checked against the model class's signature
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    scheduler: Dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+
+
+ConfigStore.instance().store(name="nnrun_schema", node=Config)
+
+# key -> (lowest, highest, whether the bounds themselves are allowed); None = unbounded
+RANGES = {
+    "trainer.epochs": (0, None, True),
+    "trainer.grad_clip": (0, None, False),
+    "trainer.limit_batches": (1, None, True),
+    "data.batch_size": (1, None, True),
+    "data.val_split": (0, 1, None),     # 0 allowed (no validation), 1 not
+    "data.test_split": (0, 1, False),
+    "optimizer.lr": (0, None, False),
+    "optimizer.weight_decay": (0, None, True),
+}
+MODES = ("auto", "min", "max")
+
+
+def check(conf) -> None:
+    """Raise ConfigError for values of the right type but outside what makes sense."""
+    for key, (low, high, inclusive) in RANGES.items():
+        section, name = key.split(".")
+        value = conf[section].get(name)
+        if value is None:
+            continue
+        low_ok = value >= low if inclusive in (True, None) else value > low
+        high_ok = high is None or (value <= high if inclusive else value < high)
+        if not (low_ok and high_ok):
+            raise ConfigError(f"{key}={value} is out of range: {_describe_range(low, high, inclusive)}")
+    if conf.trainer.mode not in MODES:
+        raise ConfigError(f"trainer.mode={conf.trainer.mode} is not one of {', '.join(MODES)}")
+
+
+def _describe_range(low, high, inclusive) -> str:
+    if high is None:
+        return f"use a value {'>=' if inclusive else '>'} {low}"
+    if inclusive is None:
+        return f"use {low} <= value < {high}"
+    return f"use {low} {'<=' if inclusive else '<'} value {'<=' if inclusive else '<'} {high}"

@@ -1,0 +1,64 @@
+"""User-input errors and their one-line descriptions (exit code 2 at the CLI)."""
+
+import difflib
+
+
+class ConfigError(ValueError):
+    """A config or data problem the user can fix; the message names the key and the fix."""
+
+
+def suggest(word: str, choices) -> str:
+    """' (did you mean X?)' when a choice is close to word, else ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def describe(exc: BaseException):
+    """One line for a user-input error, or None when exc is not one (a runtime failure)."""
+    from hydra.errors import (ConfigCompositionException, MissingConfigException,
+                              OverrideParseException)
+    from omegaconf.errors import (ConfigKeyError, MissingMandatoryValue,
+                                  OmegaConfBaseException, ValidationError)
+
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, MissingConfigException):
+        return _missing_option(exc)
+    cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
+    if isinstance(cause, ConfigKeyError) and cause.full_key:
+        return _unknown_key(cause)
+    if isinstance(cause, ValidationError) and cause.full_key:
+        return f"{cause.full_key}: {_first_line(cause.msg)}"
+    if isinstance(cause, MissingMandatoryValue) and cause.full_key:
+        return f"{cause.full_key} is required (it is ???); set it on the command line: {cause.full_key}=..."
+    if isinstance(exc, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
+        lines = [_first_line(str(exc))]
+        if exc.__cause__ is not None:
+            lines.append(_first_line(str(exc.__cause__)))
+        return "; ".join(line for line in lines if line)
+    return None
+
+
+def _missing_option(exc) -> str:
+    group, _, option = (exc.missing_cfg_file or "").rpartition("/")
+    options = sorted(exc.options or [])
+    if group and options:
+        return (f"{group}={option} is not an option{suggest(option, options)}; "
+                f"choose one of: {', '.join(options)}")
+    return _first_line(str(exc))
+
+
+def _unknown_key(cause) -> str:
+    key = cause.full_key
+    parent, _, name = key.rpartition(".")
+    known = []
+    node = cause.parent_node
+    if node is not None and hasattr(node, "keys"):
+        known = sorted(str(k) for k in node.keys())
+    hint = suggest(name, known)
+    listing = f"; keys under {parent or 'the top level'}: {', '.join(known)}" if known else ""
+    return f"{key} is not a config key{hint}{listing}"
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")

@@ -1,0 +1,50 @@
+"""Models by name. Each class takes input_shape and num_classes from the data, the rest from YAML."""
+
+import math
+
+from torch import nn
+
+from nnrun.errors import ConfigError
+from nnrun.registry import Registry
+
+MODELS = Registry("model")
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+               "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "elu": nn.ELU}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"model.activation={name} is not known; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def check_dropout(rate) -> float:
+    if not 0 <= rate < 1:
+        raise ConfigError(f"model.dropout={rate} is out of range: use 0 <= dropout < 1")
+    return float(rate)
+
+
+def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: bool) -> list:
+    """Keras-style Dense blocks: Linear, [BatchNorm], activation, [Dropout] for each width."""
+    layers = []
+    for width in hidden:
+        layers.append(nn.Linear(in_features, int(width)))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(int(width)))
+        layers.append(activation(act))
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        in_features = int(width)
+    return layers
+
+
+def build_model(name: str, input_shape, num_classes: int, **options) -> nn.Module:
+    return MODELS.build(name, tuple(input_shape), num_classes, **options)
+
+
+def flat_size(shape) -> int:
+    return math.prod(shape)
+
+
+from nnrun.models import cnn, mlp, rnn  # noqa: E402,F401  (registers the models)

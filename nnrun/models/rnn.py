@@ -1,0 +1,45 @@
+"""Recurrent net that reads an image as a sequence of rows."""
+
+import torch
+from torch import nn
+
+from nnrun.errors import ConfigError
+from nnrun.models import MODELS, check_dropout
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+@MODELS.register("lstm")
+class RNNClassifier(nn.Module):
+    """(B, C, H, W) -> H steps of C*W features -> recurrent layers -> last state -> logits."""
+
+    def __init__(self, input_shape, num_classes, cell="lstm", hidden_size=128, num_layers=1,
+                 bidirectional=False, dropout=0.0):
+        super().__init__()
+        if cell not in CELLS:
+            raise ConfigError(f"model.cell={cell} is not known; choose one of: {', '.join(CELLS)}")
+        if hidden_size < 1 or num_layers < 1:
+            raise ConfigError(f"model.hidden_size={hidden_size}, model.num_layers={num_layers}: use 1 or more")
+        dropout = check_dropout(dropout)
+        if len(input_shape) == 3:                          # image: rows are the steps
+            features = input_shape[0] * input_shape[2]
+        elif len(input_shape) == 2:                        # sequence: (steps, features)
+            features = input_shape[1]
+        else:
+            raise ConfigError(f"model=lstm needs sequences (steps, features) or images (C, H, W); "
+                              f"this data gives samples of shape {input_shape}")
+        self.rnn = CELLS[cell](features, hidden_size, num_layers=num_layers, batch_first=True,
+                               bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, x):
+        if x.dim() == 4:                                   # (B, C, H, W) -> (B, H, C*W)
+            x = x.permute(0, 2, 1, 3).flatten(2)
+        out, _ = self.rnn(x)                               # (B, steps, hidden * directions)
+        if self.rnn.bidirectional:                         # forward's last step, backward's first
+            half = self.rnn.hidden_size
+            last = torch.cat([out[:, -1, :half], out[:, 0, half:]], dim=1)
+        else:
+            last = out[:, -1]
+        return self.head(self.dropout(last))

@@ -1,0 +1,80 @@
+"""Registry: a name -> constructor table whose build() checks names and options up front."""
+
+import inspect
+
+from nnrun.errors import ConfigError, suggest
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind          # config group, e.g. "model"; named in error messages
+        self._entries = {}
+
+    def register(self, name: str):
+        def add(obj):
+            if name in self._entries:
+                raise KeyError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = obj
+            return obj
+        return add
+
+    def names(self):
+        return sorted(self._entries)
+
+    def get(self, name: str):
+        if name not in self._entries:
+            raise ConfigError(f"{self.kind}.name={name} is not known{suggest(name, self._entries)}; "
+                              f"choose one of: {', '.join(self.names())}")
+        return self._entries[name]
+
+    def build(self, name: str, *args, **options):
+        """Call the constructor registered as name; options must be among its parameters."""
+        obj = self.get(name)
+        check_options(obj, options, f"{self.kind} '{name}'", prefix=self.kind)
+        try:
+            return obj(*args, **options)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{self.kind} '{name}': {exc}") from exc
+
+
+def check_options(obj, options: dict, what: str, prefix: str) -> None:
+    """Fail on options obj does not take, or whose type differs from its default's type."""
+    params = inspect.signature(obj).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key, value in options.items():
+        if key not in params:
+            raise ConfigError(f"{prefix}.{key} is not an option of {what}{suggest(key, allowed)}; "
+                              f"its options: {', '.join(allowed)}")
+        default = params[key].default
+        if not _same_kind(value, default):
+            raise ConfigError(f"{prefix}.{key}={value!r}: {what} expects "
+                              f"{_kind_name(default)}, like its default {default!r}")
+
+
+def _same_kind(value, default) -> bool:
+    if default is inspect.Parameter.empty or default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(default, float) or float(value).is_integer())
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _kind_name(default) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, (list, tuple)):
+        return "a list, e.g. [32,64]"
+    return f"a {type(default).__name__}"

@@ -1,0 +1,1 @@
+"""What a run shows people (console) and leaves behind for them (summary.json)."""

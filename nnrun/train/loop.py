@@ -1,0 +1,124 @@
+"""The explicit training loop: fit() trains and validates each epoch; evaluate() scores a split."""
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from nnrun.errors import ConfigError
+from nnrun.train.metrics import improved, logged_names
+
+
+@dataclass
+class History:
+    logs: list = field(default_factory=list)    # one dict per epoch, Keras names
+    best_epoch: Optional[int] = None             # 1-based, as in metrics.csv
+    best_score: Optional[float] = None
+    best_state: Optional[dict] = None            # model weights of best_epoch
+    stopped_early: bool = False
+
+
+def fit(model, data, optimizer, scheduler, callbacks, progress, *, epochs: int, device, seed: int,
+        grad_clip: Optional[float] = None, limit_batches: Optional[int] = None,
+        monitor: str = "val_loss", mode: str = "min") -> History:
+    """Train for up to epochs; track the best epoch by monitor; callbacks may stop early."""
+    loss_fn = nn.CrossEntropyLoss()
+    check_monitors(logged_names(data.val is not None), monitor, callbacks, scheduler)
+    batch_callbacks = [cb for cb in callbacks if overrides(cb, "on_train_batch_end")]
+    history = History()
+    for cb in callbacks:
+        cb.on_train_begin({})
+    progress.train_begin(epochs, data.train.num_batches(data.batch_size, limit_batches))
+    for epoch in range(1, epochs + 1):
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, {})
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]     # the rate used during this epoch
+        # Data order depends on seed and epoch only, so a resumed run sees the same batches.
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        loss, accuracy = train_epoch(model, data, optimizer, loss_fn, generator, device, grad_clip,
+                                     limit_batches, progress, batch_callbacks)
+        logs = {"loss": loss, "accuracy": accuracy}
+        if data.val is not None:
+            logs["val_loss"], logs["val_accuracy"] = evaluate(model, data.val, data.batch_size, loss_fn,
+                                                              device, limit_batches)
+        logs["lr"] = lr
+        logs["epoch_time"] = time.perf_counter() - start
+        is_best = improved(logs[monitor], history.best_score, mode)
+        if is_best:
+            history.best_epoch, history.best_score = epoch, logs[monitor]
+            history.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.logs.append(logs)
+        progress.epoch_end(epoch, logs, is_best)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        if scheduler is not None:
+            monitored = getattr(scheduler, "monitor", None)
+            scheduler.step(logs[monitored]) if monitored else scheduler.step()
+        if any(cb.stop_training for cb in callbacks):
+            history.stopped_early = epoch < epochs
+            break
+    progress.train_end()
+    for cb in callbacks:
+        cb.on_train_end(history.logs[-1] if history.logs else {})
+    return history
+
+
+def train_epoch(model, data, optimizer, loss_fn, generator, device, grad_clip, limit_batches,
+                progress, batch_callbacks):
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, limit_batches)):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)                          # (B, num_classes)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        seen += len(y)
+        loss_sum += loss.detach() * len(y)         # stays a tensor: .item() would sync the GPU
+        correct += (logits.detach().argmax(1) == y).sum()
+        progress.batch_end(i + 1, loss_sum, seen)  # reads the sum only when it redraws
+        for cb in batch_callbacks:
+            cb.on_train_batch_end(i, {"loss": loss.detach()})
+    return (loss_sum / seen).item(), (correct / seen).item()
+
+
+@torch.no_grad()
+def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None):
+    """(mean loss, accuracy) over split; summed per sample, so a short last batch counts right."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in split.batches(batch_size, limit=limit_batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss_sum += loss_fn(logits, y) * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return (loss_sum / seen).item(), (correct / seen).item()
+
+
+def check_monitors(names, monitor, callbacks, scheduler) -> None:
+    """Every monitored name must be one the run logs: fail at start, where Keras only warns."""
+    watched = [("trainer.monitor", monitor)]
+    watched += [(f"callbacks.{cb.name}.monitor", cb.monitor) for cb in callbacks if getattr(cb, "monitor", None)]
+    if getattr(scheduler, "monitor", None):
+        watched.append(("scheduler.monitor", scheduler.monitor))
+    for key, name in watched:
+        if name not in names:
+            hint = " (data.val_split=0 logs no val_ metrics)" if name.startswith("val_") else ""
+            raise ConfigError(f"{key}={name}, but the run logs only: {', '.join(names)}{hint}")
+
+
+def overrides(callback, hook: str) -> bool:
+    from nnrun.callbacks import Callback
+
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
