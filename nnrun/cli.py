@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from nnrun import config
@@ -30,7 +31,7 @@ def run(conf, run_dir: Path, console) -> dict:
     from nnrun.report.console import EpochProgress, model_table
     from nnrun.report.summary import write_summary
     from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
-    from nnrun.train.loop import evaluate, fit
+    from nnrun.train.loop import check_monitors, evaluate, fit
     from nnrun.train.metrics import resolve_mode
 
     start = time.perf_counter()
@@ -40,12 +41,14 @@ def run(conf, run_dir: Path, console) -> dict:
     device = resolve_device(trainer["device"])
     torch.manual_seed(trainer["seed"])                    # weights and dropout; data order has its own
     data = build_data(**plain["data"], seed=trainer["seed"], device=device)
+    log.info(f"data {plain['data']['name']}: {len(data.train)} train, {len(data.val) if data.val else 0} val, "
+             f"{len(data.test)} test, samples of shape {data.input_shape}, {data.num_classes} classes, on {device}")
     model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.num_classes).to(device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(model_table(model, data.input_shape))
     summary = {"status": "completed", "epochs": 0, "params": params, "device": str(device),
                "run_dir": str(run_dir), "torch_version": torch.__version__}
     if trainer["epochs"] == 0:
+        log.info(model_table(model, data.input_shape))
         log.info("trainer.epochs=0: model summary only, nothing trained")
         write_summary(run_dir, {**summary, "status": "summary_only"})
         return summary
@@ -60,6 +63,8 @@ def run(conf, run_dir: Path, console) -> dict:
             path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)))
     monitor = trainer["monitor"]
     mode = resolve_mode(monitor, trainer["mode"], "trainer.mode")
+    check_monitors(data.val is not None, monitor, callbacks, scheduler)
+    log.info(model_table(model, data.input_shape))
     history = fit(model, data, optimizer, scheduler, callbacks, EpochProgress(console),
                   epochs=trainer["epochs"], device=device, seed=trainer["seed"],
                   grad_clip=trainer["grad_clip"], limit_batches=trainer["limit_batches"],
@@ -110,18 +115,29 @@ def resolve_device(name: str):
     return device
 
 
+# Jobs that raised, as (sweep job's overrides or "", exception). A job records its error instead of raising it, so
+# a sweep runs its other jobs, and Hydra prints nothing of its own; main() reports them.
+FAILED_JOBS = []
+
+
 def task(conf):
     """One Hydra job; returns the best monitored score so that sweepers can optimise it."""
     from nnrun.report.console import open_console
+    from nnrun.report.summary import write_summary
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_conf = HydraConfig.get()
+    run_dir = Path(hydra_conf.runtime.output_dir)
     console, handler = open_console()
     try:
         return run(conf, run_dir, console).get("best_score")
-    except BaseException as exc:
+    except Exception as exc:
         # The traceback goes to nnrun.log only; the console gets one line from main().
         log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
-        raise
+        write_summary(run_dir, {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}",
+                                "run_dir": str(run_dir)})
+        sweep = hydra_conf.mode == RunMode.MULTIRUN
+        FAILED_JOBS.append((" ".join(hydra_conf.overrides.task) if sweep else "", exc))
+        return None
     finally:
         logging.getLogger().removeHandler(handler)
 
@@ -135,14 +151,20 @@ def main() -> None:
     except KeyboardInterrupt:
         print("nnrun: interrupted", file=sys.stderr)
         sys.exit(EXIT_SIGINT)
-    except Exception as exc:
-        if debug:
-            raise
+    except Exception as exc:                  # composition errors: before any job
+        FAILED_JOBS.append(("", exc))
+    if not FAILED_JOBS:
+        return
+    if debug:
+        raise FAILED_JOBS[0][1]
+    codes = []
+    for overrides, exc in FAILED_JOBS:
         message = describe(exc)
-        if message is not None:
-            print(f"nnrun: error: {message}", file=sys.stderr)
-            sys.exit(EXIT_USAGE)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"nnrun: failed: {type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; "
-              f"NNRUN_DEBUG=1 prints it)", file=sys.stderr)
-        sys.exit(EXIT_FAILURE)
+        codes.append(EXIT_USAGE if message is not None else EXIT_FAILURE)
+        if message is None:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            message = (f"{type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; "
+                       f"NNRUN_DEBUG=1 prints it)")
+        where = f"job [{overrides}] " if overrides else ""
+        print(f"nnrun: {where}{'error' if codes[-1] == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
+    sys.exit(EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_USAGE)

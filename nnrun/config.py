@@ -1,13 +1,13 @@
 """Schema for the fixed part of the config, stored in Hydra's ConfigStore so that typos and wrong
 types fail at compose time; plus the range checks a type cannot express."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, suggest
 
 
 @dataclass
@@ -68,7 +68,13 @@ MODES = ("auto", "min", "max")
 
 
 def check(conf) -> None:
-    """Raise ConfigError for values of the right type but outside what makes sense."""
+    """Raise ConfigError for keys added past the schema (+key=...) and values out of range."""
+    for section, schema in (("trainer", TrainerConf), ("data", DataConf), ("optimizer", OptimizerConf)):
+        known = [f.name for f in fields(schema)]
+        for key in conf[section]:
+            if key not in known:
+                raise ConfigError(f"{section}.{key} is not a config key{suggest(key, known)}; "
+                                  f"keys under {section}: {', '.join(sorted(known))}")
     for key, (low, high, inclusive) in RANGES.items():
         section, name = key.split(".")
         value = conf[section].get(name)

@@ -17,7 +17,7 @@ def describe(exc: BaseException):
     """One line for a user-input error, or None when exc is not one (a runtime failure)."""
     from hydra.errors import (ConfigCompositionException, MissingConfigException,
                               OverrideParseException)
-    from omegaconf.errors import (ConfigKeyError, MissingMandatoryValue,
+    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
                                   OmegaConfBaseException, ValidationError)
 
     if isinstance(exc, ConfigError):
@@ -25,7 +25,7 @@ def describe(exc: BaseException):
     if isinstance(exc, MissingConfigException):
         return _missing_option(exc)
     cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
-    if isinstance(cause, ConfigKeyError) and cause.full_key:
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
         return _unknown_key(cause)
     if isinstance(cause, ValidationError) and cause.full_key:
         return f"{cause.full_key}: {_first_line(cause.msg)}"

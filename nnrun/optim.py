@@ -5,7 +5,7 @@ import torch
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
-OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS = Registry("optimizer", check_types=False)   # typed by config.OptimizerConf
 OPTIMIZERS.register("adam")(torch.optim.Adam)
 OPTIMIZERS.register("adamw")(torch.optim.AdamW)
 OPTIMIZERS.register("sgd")(torch.optim.SGD)
@@ -34,12 +34,13 @@ def cosine(optimizer, epochs, eta_min=0.0):
 
 
 @SCHEDULERS.register("plateau")
-def plateau(optimizer, epochs, monitor="val_loss", mode="auto", factor=0.1, patience=3, min_lr=0.0):
+def plateau(optimizer, epochs, monitor="val_loss", mode="auto", factor=0.1, patience=3, min_delta=0.0,
+            min_lr=0.0):
     from nnrun.train.metrics import resolve_mode
 
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode=resolve_mode(monitor, mode, "scheduler.mode"), factor=factor,
-        patience=patience, min_lr=min_lr)
+        patience=patience, threshold=min_delta, threshold_mode="abs", min_lr=min_lr)   # Keras's min_delta
     sched.monitor = monitor     # the loop passes logs[monitor] to step()
     return sched
 

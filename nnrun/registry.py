@@ -6,8 +6,9 @@ from nnrun.errors import ConfigError, suggest
 
 
 class Registry:
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, check_types: bool = True):
         self.kind = kind          # config group, e.g. "model"; named in error messages
+        self.check_types = check_types   # off where a schema types the options already
         self._entries = {}
 
     def register(self, name: str):
@@ -30,7 +31,7 @@ class Registry:
     def build(self, name: str, *args, **options):
         """Call the constructor registered as name; options must be among its parameters."""
         obj = self.get(name)
-        check_options(obj, options, f"{self.kind} '{name}'", prefix=self.kind)
+        check_options(obj, options, f"{self.kind} '{name}'", prefix=self.kind, types=self.check_types)
         try:
             return obj(*args, **options)
         except (ValueError, TypeError) as exc:
@@ -39,7 +40,7 @@ class Registry:
             raise ConfigError(f"{self.kind} '{name}': {exc}") from exc
 
 
-def check_options(obj, options: dict, what: str, prefix: str) -> None:
+def check_options(obj, options: dict, what: str, prefix: str, types: bool = True) -> None:
     """Fail on options obj does not take, or whose type differs from its default's type."""
     params = inspect.signature(obj).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -50,7 +51,7 @@ def check_options(obj, options: dict, what: str, prefix: str) -> None:
             raise ConfigError(f"{prefix}.{key} is not an option of {what}{suggest(key, allowed)}; "
                               f"its options: {', '.join(allowed)}")
         default = params[key].default
-        if not _same_kind(value, default):
+        if types and not _same_kind(value, default):
             raise ConfigError(f"{prefix}.{key}={value!r}: {what} expects "
                               f"{_kind_name(default)}, like its default {default!r}")
 

@@ -39,4 +39,5 @@ class EarlyStopping(Callback):
         # Restores even when the run used every epoch: the run ends on its best weights.
         if self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-            log.info("early stopping: restored the weights of epoch %d", self.best_epoch)
+            if self.wait:       # the last epoch was not the best one
+                log.info("early stopping: restored the weights of epoch %d", self.best_epoch)

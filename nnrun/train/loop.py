@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, suggest
 from nnrun.train.metrics import improved, logged_names
 
 
@@ -23,9 +23,9 @@ class History:
 def fit(model, data, optimizer, scheduler, callbacks, progress, *, epochs: int, device, seed: int,
         grad_clip: Optional[float] = None, limit_batches: Optional[int] = None,
         monitor: str = "val_loss", mode: str = "min") -> History:
-    """Train for up to epochs; track the best epoch by monitor; callbacks may stop early."""
+    """Train for up to epochs; track the best epoch by monitor; callbacks may stop early.
+    The caller checks monitored names first (check_monitors), before printing anything."""
     loss_fn = nn.CrossEntropyLoss()
-    check_monitors(logged_names(data.val is not None), monitor, callbacks, scheduler)
     batch_callbacks = [cb for cb in callbacks if overrides(cb, "on_train_batch_end")]
     history = History()
     for cb in callbacks:
@@ -106,15 +106,18 @@ def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None)
     return (loss_sum / seen).item(), (correct / seen).item()
 
 
-def check_monitors(names, monitor, callbacks, scheduler) -> None:
+def check_monitors(has_val: bool, monitor, callbacks, scheduler) -> None:
     """Every monitored name must be one the run logs: fail at start, where Keras only warns."""
+    names = logged_names(has_val)
     watched = [("trainer.monitor", monitor)]
     watched += [(f"callbacks.{cb.name}.monitor", cb.monitor) for cb in callbacks if getattr(cb, "monitor", None)]
     if getattr(scheduler, "monitor", None):
         watched.append(("scheduler.monitor", scheduler.monitor))
     for key, name in watched:
         if name not in names:
-            hint = " (data.val_split=0 logs no val_ metrics)" if name.startswith("val_") else ""
+            hint = suggest(name, names)
+            if name.startswith("val_") and not has_val:
+                hint = " (data.val_split=0 logs no val_ metrics: monitor loss instead)"
             raise ConfigError(f"{key}={name}, but the run logs only: {', '.join(names)}{hint}")
 
 

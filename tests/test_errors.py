@@ -1,0 +1,58 @@
+"""Bad input: one line naming the key, exit code 2, no traceback, nothing trained."""
+
+import pytest
+
+from conftest import clean_env, nnrun, one_line_error
+
+CASES = [
+    # overrides, words the one line must contain
+    (["optimizer.lr=abc"], ["optimizer.lr", "abc"]),
+    (["model=transfomer"], ["model=transfomer", "cnn, lstm, mlp"]),
+    (["trainer.epochs=-1"], ["trainer.epochs", "-1", ">= 0"]),
+    (["trainer.epoch=3"], ["trainer.epoch", "did you mean epochs"]),
+    (["+trainer.epoch=3"], ["trainer.epoch", "did you mean epochs"]),
+    (["model.hidde=[8]"], ["model.hidde", "hidden"]),
+    (["model.dropout=abc"], ["model.dropout", "number"]),
+    (["model.dropout=1.5"], ["model.dropout", "0 <= dropout < 1"]),
+    (["model.activation=swish"], ["model.activation", "relu"]),
+    (["model=cnn", "model.channels=[8,8,8,8]"], ["model.channels", "8x8"]),
+    (["optimizer.momentum=0.9"], ["optimizer.momentum", "adam"]),
+    (["optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"], ["optimizer.nesterov"]),
+    (["data.batch_size=0"], ["data.batch_size", ">= 1"]),
+    (["data.val_split=1.0"], ["data.val_split"]),
+    (["data.val_split=0"], ["trainer.monitor=val_loss", "monitor loss"]),
+    (["trainer.device=cuda:7"], ["trainer.device=cuda:7"]),
+    (["trainer.device=tpu"], ["trainer.device=tpu"]),
+    (["callbacks.early_stopping.monitor=val_acc"], ["callbacks.early_stopping.monitor", "val_accuracy"]),
+    (["+callbacks.early_stoping={}"], ["early_stoping", "early_stopping"]),
+    (["scheduler=plateau", "scheduler.monitor=val_los"], ["scheduler.monitor=val_los"]),
+    (["data=mnist", "data.download=false"], ["data.root", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    (["trainer.epochs=[1"], ["[1"]),
+]
+
+
+@pytest.mark.parametrize("overrides,words", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input_is_refused_in_one_line(tmp_path, overrides, words):
+    result = nnrun(*overrides, f"data.root={tmp_path / 'empty'}" if "data=mnist" in overrides else "trainer.seed=1",
+                   cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert line.startswith("nnrun: error: ")
+    for word in words:
+        assert word in line, line
+    assert not list(tmp_path.rglob("metrics.csv")), "a refused run must not train"
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_debug_switch_shows_the_traceback(tmp_path):
+    result = nnrun("trainer.epochs=-1", cwd=tmp_path, env=clean_env(NNRUN_DEBUG="1"))
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_error_after_the_run_folder_exists_is_logged_there(tmp_path):
+    result = nnrun(f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=-1", cwd=tmp_path)
+    assert result.returncode == 2
+    log = (tmp_path / "run" / "nnrun.log").read_text()
+    assert "Traceback" in log and "trainer.epochs" in log
+    assert '"status": "failed"' in (tmp_path / "run" / "summary.json").read_text()

@@ -1,0 +1,48 @@
+"""Every model, optimizer, scheduler and data option composes and builds from the real configs."""
+
+from importlib.resources import files
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import nnrun.config  # noqa: F401  (stores the schema)
+from conftest import metrics, summary, train
+from nnrun.models import build_model
+from nnrun.optim import build_optimizer, build_scheduler
+
+
+def options(group):
+    return sorted(p.name[:-5] for p in files("nnrun.conf").joinpath(group).iterdir() if p.name.endswith(".yaml"))
+
+
+def test_the_installed_package_ships_every_config():
+    assert options("model") == ["cnn", "lstm", "mlp"]
+    assert options("data") == ["digits", "fashion_mnist", "mnist"]
+    assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "plateau", "step"]
+    assert options("callbacks") == ["default", "none"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "optimizer", "scheduler", "data",
+                                                          "callbacks") for o in options(g)])
+def test_every_option_composes_and_builds(group, option):
+    with initialize_config_module(config_module="nnrun.conf", version_base="1.3"):
+        conf = compose("config", overrides=[f"{group}={option}"])
+    plain = OmegaConf.to_container(conf, resolve=True)
+    model = build_model(**plain["model"], input_shape=(1, 28, 28), num_classes=10)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
+    build_scheduler(optimizer, epochs=3, **plain["scheduler"])
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+@pytest.mark.parametrize("variant", [[], ["model.batchnorm=true", "model.dropout=0.5"]], ids=["plain", "bn-dropout"])
+def test_each_model_trains_on_digits(tmp_path, model, variant):
+    if model == "lstm" and variant:
+        variant = ["model.cell=gru", "model.num_layers=2", "model.bidirectional=true", "model.dropout=0.5"]
+    _, run_dir = train(tmp_path, f"model={model}", *variant, "trainer.epochs=3", "~callbacks.early_stopping")
+    rows = metrics(run_dir)
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert summary(run_dir)["test_accuracy"] > 0.3
