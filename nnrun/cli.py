@@ -19,8 +19,9 @@ log = logging.getLogger("nnrun")
 EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
 
 
-def run(conf, run_dir: Path, console) -> dict:
-    """Train, validate and test one model as conf says; everything is written under run_dir."""
+def run(conf, run_dir: Path, console, extra_callbacks=()) -> dict:
+    """Train, validate and test one model as conf says; everything is written under run_dir.
+    extra_callbacks run after the configured ones (benchmarks time epochs with one)."""
     import torch
 
     from nnrun.callbacks import build_callbacks
@@ -58,6 +59,7 @@ def run(conf, run_dir: Path, console) -> dict:
     callbacks = build_callbacks(plain["callbacks"])
     if not any(isinstance(cb, CSVLogger) for cb in callbacks):
         callbacks.append(CSVLogger())                     # metrics.csv is always written
+    callbacks += list(extra_callbacks)
     for cb in callbacks:
         cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
             path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)))

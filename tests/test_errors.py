@@ -28,6 +28,7 @@ CASES = [
     (["scheduler=plateau", "scheduler.monitor=val_los"], ["scheduler.monitor=val_los"]),
     (["data=mnist", "data.download=false"], ["data.root", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
     (["trainer.epochs=[1"], ["[1"]),
+    (["callbacks.model_checkpoint.filename='ep{epoch}-{val_acc:.2f}'"], ["callbacks.model_checkpoint.filename", "val_accuracy"]),
 ]
 
 

@@ -13,6 +13,10 @@ class ModelCheckpoint(Callback):
         self.mode = resolve_mode(monitor, mode, "callbacks.model_checkpoint.mode")
         self.save_best_only, self.save_last, self.filename = save_best_only, save_last, filename
 
+    def check_names(self, names) -> None:
+        """Fill the filename pattern with every logged name, so a bad one fails at start."""
+        self.path_for(1, {name: 0.0 for name in names})
+
     def on_train_begin(self, logs):
         self.best = None
 

@@ -11,7 +11,7 @@ class CNN(nn.Sequential):
     """Conv blocks (conv, [batchnorm], relu, max-pool), flatten, [dropout], Dense head."""
 
     def __init__(self, input_shape, num_classes, channels=(32, 64), kernel_size=3, pool=2,
-                 batchnorm=False, dropout=0.25, hidden=(128,)):
+                 batchnorm=True, dropout=0.25, hidden=(128,)):
         if len(input_shape) != 3:
             raise ConfigError(f"model=cnn needs images (C, H, W); this data gives samples of shape {input_shape}")
         if kernel_size < 1 or kernel_size % 2 == 0:

@@ -119,6 +119,9 @@ def check_monitors(has_val: bool, monitor, callbacks, scheduler) -> None:
             if name.startswith("val_") and not has_val:
                 hint = " (data.val_split=0 logs no val_ metrics: monitor loss instead)"
             raise ConfigError(f"{key}={name}, but the run logs only: {', '.join(names)}{hint}")
+    for cb in callbacks:
+        if hasattr(cb, "check_names"):
+            cb.check_names(names)
 
 
 def overrides(callback, hook: str) -> bool:
