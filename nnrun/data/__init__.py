@@ -1,0 +1,114 @@
+"""Datasets by name. Each loader returns whole tensors; build_data splits, normalises and places
+them, and reports the shapes the model is built from."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from nnrun.errors import ConfigError
+from nnrun.registry import Registry
+
+DATASETS = Registry("data")
+
+
+class Split:
+    """One split held as two tensors; batches are index slices, no per-sample Python."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+    def batches(self, batch_size: int, generator: Optional[torch.Generator] = None,
+                limit: Optional[int] = None):
+        """Yield (x, y) batches; shuffled with generator when given, in order otherwise."""
+        n = len(self)
+        count = -(-n // batch_size)
+        if limit is not None:
+            count = min(count, limit)
+        if generator is None:
+            for i in range(count):
+                yield self.x[i * batch_size:(i + 1) * batch_size], self.y[i * batch_size:(i + 1) * batch_size]
+            return
+        order = torch.randperm(n, generator=generator).to(self.x.device)
+        for i in range(count):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            yield self.x[idx], self.y[idx]
+
+    def num_batches(self, batch_size: int, limit: Optional[int] = None) -> int:
+        count = -(-len(self) // batch_size)
+        return count if limit is None else min(count, limit)
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Optional[Split]
+    test: Split
+    batch_size: int
+    input_shape: tuple          # one sample, e.g. (1, 28, 28)
+    num_classes: int
+    task: str = "multiclass"
+    classes: list = field(default_factory=list)
+
+
+def build_data(name: str, batch_size: int, val_split: float, seed: int, device=None,
+               root: str = "data", **options) -> Data:
+    """Load data by name, hold out a stratified validation split, standardise, place on device."""
+    options = {k: v for k, v in options.items() if v is not None}
+    loaded = DATASETS.build(name, root=root, seed=seed, **options)
+    x_train, y_train = loaded["train"]
+    x_val = y_val = None
+    if val_split > 0:
+        train_idx, val_idx = stratified_split(y_train, val_split, seed, key="data.val_split")
+        x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
+    # Scale from training pixels only, so nothing about val or test leaks into training.
+    mean, std = x_train.float().mean(), x_train.float().std().clamp_min(1e-8)
+
+    def split(x, y):
+        return Split(((x.float() - mean) / std).contiguous(), y.long())
+
+    data = Data(train=split(x_train, y_train), val=split(x_val, y_val) if x_val is not None else None,
+                test=split(*loaded["test"]), batch_size=batch_size,
+                input_shape=tuple(x_train.shape[1:]), num_classes=len(loaded["classes"]),
+                classes=list(loaded["classes"]))
+    if device is not None and fits_on(device, data):
+        data.train, data.test = data.train.to(device), data.test.to(device)
+        data.val = data.val.to(device) if data.val is not None else None
+    return data
+
+
+def stratified_split(y: torch.Tensor, fraction: float, seed: int, key: str):
+    """Indices (kept, held_out): round(fraction * n) of each class held out, at least one; seeded."""
+    labels = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_held = max(1, round(fraction * len(idx)))
+        if n_held >= len(idx):   # too few samples of this class to keep some on both sides
+            raise ConfigError(f"{key}={fraction} cannot hold out class {label} and keep some for training: "
+                              f"it has only {len(idx)} sample(s); use a smaller {key} or more data")
+        held.append(idx[:n_held])
+        kept.append(idx[n_held:])
+    return torch.from_numpy(np.sort(np.concatenate(kept))), torch.from_numpy(np.sort(np.concatenate(held)))
+
+
+def fits_on(device, data: Data) -> bool:
+    """Whether all splits fit comfortably on device; CPU always does (they are there already)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type == "cpu" or device.type == "mps"
+    splits = [s for s in (data.train, data.val, data.test) if s is not None]
+    need = sum(s.x.numel() * s.x.element_size() + s.y.numel() * 8 for s in splits)
+    free, _ = torch.cuda.mem_get_info(device)
+    return need < free // 2     # leave half the card to the model and activations
+
+
+from nnrun.data import digits, vision  # noqa: E402,F401  (registers the datasets)
