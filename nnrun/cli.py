@@ -40,6 +40,12 @@ def run(conf, run_dir: Path, console, extra_callbacks=()) -> dict:
     plain = OmegaConf.to_container(conf, resolve=True)   # config is unpacked here, once
     trainer = plain["trainer"]
     device = resolve_device(trainer["device"])
+    monitor = trainer["monitor"]
+    mode = resolve_mode(monitor, trainer["mode"], "trainer.mode")
+    callbacks = build_callbacks(plain["callbacks"])      # before the data: config errors fail fast
+    if not any(isinstance(cb, CSVLogger) for cb in callbacks):
+        callbacks.append(CSVLogger())                     # metrics.csv is always written
+    callbacks += list(extra_callbacks)
     torch.manual_seed(trainer["seed"])                    # weights and dropout; data order has its own
     data = build_data(**plain["data"], seed=trainer["seed"], device=device)
     log.info(f"data {plain['data']['name']}: {len(data.train)} train, {len(data.val) if data.val else 0} val, "
@@ -56,15 +62,9 @@ def run(conf, run_dir: Path, console, extra_callbacks=()) -> dict:
 
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
     scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], **plain["scheduler"])
-    callbacks = build_callbacks(plain["callbacks"])
-    if not any(isinstance(cb, CSVLogger) for cb in callbacks):
-        callbacks.append(CSVLogger())                     # metrics.csv is always written
-    callbacks += list(extra_callbacks)
     for cb in callbacks:
         cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
             path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)))
-    monitor = trainer["monitor"]
-    mode = resolve_mode(monitor, trainer["mode"], "trainer.mode")
     check_monitors(data.val is not None, monitor, callbacks, scheduler)
     log.info(model_table(model, data.input_shape))
     history = fit(model, data, optimizer, scheduler, callbacks, EpochProgress(console),

@@ -1,6 +1,10 @@
 """User-input errors and their one-line descriptions (exit code 2 at the CLI)."""
 
 import difflib
+import re
+
+# OmegaConf's words for a schema type -> what to tell the user
+_EXPECTED = {"Float": "a number, e.g. 0.001", "Integer": "a whole number, e.g. 10", "Boolean": "true or false"}
 
 
 class ConfigError(ValueError):
@@ -28,7 +32,7 @@ def describe(exc: BaseException):
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
         return _unknown_key(cause)
     if isinstance(cause, ValidationError) and cause.full_key:
-        return f"{cause.full_key}: {_first_line(cause.msg)}"
+        return _wrong_type(cause.full_key, _first_line(cause.msg))
     if isinstance(cause, MissingMandatoryValue) and cause.full_key:
         return f"{cause.full_key} is required (it is ???); set it on the command line: {cause.full_key}=..."
     if isinstance(exc, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
@@ -46,6 +50,16 @@ def _missing_option(exc) -> str:
         return (f"{group}={option} is not an option{suggest(option, options)}; "
                 f"choose one of: {', '.join(options)}")
     return _first_line(str(exc))
+
+
+def _wrong_type(key: str, msg: str) -> str:
+    found = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", msg)
+    if found and found.group(2) in _EXPECTED:
+        return f"{key}={found.group(1)} is not {_EXPECTED[found.group(2)]}"
+    found = re.match(r"Value '(.*)' is not a valid bool", msg)
+    if found:
+        return f"{key}={found.group(1)} is not {_EXPECTED['Boolean']}"
+    return f"{key}: {msg}"
 
 
 def _unknown_key(cause) -> str:

@@ -6,8 +6,9 @@ from nnrun.errors import ConfigError, suggest
 
 
 class Registry:
-    def __init__(self, kind: str, check_types: bool = True):
+    def __init__(self, kind: str, check_types: bool = True, keyed_by_name: bool = False):
         self.kind = kind          # config group, e.g. "model"; named in error messages
+        self.keyed_by_name = keyed_by_name   # options live under kind.<name>, as callbacks' do
         self.check_types = check_types   # off where a schema types the options already
         self._entries = {}
 
@@ -31,7 +32,8 @@ class Registry:
     def build(self, name: str, *args, **options):
         """Call the constructor registered as name; options must be among its parameters."""
         obj = self.get(name)
-        check_options(obj, options, f"{self.kind} '{name}'", prefix=self.kind, types=self.check_types)
+        check_options(obj, options, f"{self.kind} '{name}'", prefix=f"{self.kind}.{name}" if self.keyed_by_name else self.kind,
+                      types=self.check_types)
         try:
             return obj(*args, **options)
         except (ValueError, TypeError) as exc:

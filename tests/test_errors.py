@@ -6,7 +6,10 @@ from conftest import clean_env, nnrun, one_line_error
 
 CASES = [
     # overrides, words the one line must contain
-    (["optimizer.lr=abc"], ["optimizer.lr", "abc"]),
+    (["optimizer.lr=abc"], ["optimizer.lr=abc", "number"]),
+    (["trainer.epochs=2.5"], ["trainer.epochs=2.5", "whole number"]),
+    (["optimizer=sgd", "optimizer.nesterov=maybe"], ["optimizer.nesterov=maybe", "true or false"]),
+    (["callbacks.early_stopping.patience=x"], ["callbacks.early_stopping.patience", "integer"]),
     (["model=transfomer"], ["model=transfomer", "cnn, lstm, mlp"]),
     (["trainer.epochs=-1"], ["trainer.epochs", "-1", ">= 0"]),
     (["trainer.epoch=3"], ["trainer.epoch", "did you mean epochs"]),

@@ -6,7 +6,7 @@ from pathlib import Path
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
-CALLBACKS = Registry("callbacks")
+CALLBACKS = Registry("callbacks", keyed_by_name=True)
 
 
 class Callback:
