@@ -3,6 +3,7 @@ pipeline, top to bottom; main() turns errors into one line and an exit code."""
 
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,9 +20,10 @@ log = logging.getLogger("nnrun")
 EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
 
 
-def run(conf, run_dir: Path, console, extra_callbacks=()) -> dict:
+def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> dict:
     """Train, validate and test one model as conf says; everything is written under run_dir.
-    extra_callbacks run after the configured ones (benchmarks time epochs with one)."""
+    extra_callbacks run after the configured ones (benchmarks time epochs with one); command is
+    the command line that reruns it, for the report card."""
     import torch
 
     from nnrun.callbacks import build_callbacks
@@ -29,6 +31,7 @@ def run(conf, run_dir: Path, console, extra_callbacks=()) -> dict:
     from nnrun.data import build_data
     from nnrun.models import build_model
     from nnrun.optim import build_optimizer, build_scheduler
+    from nnrun.report.card import card_lines, diagnose
     from nnrun.report.console import EpochProgress, model_table
     from nnrun.report.summary import write_summary
     from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
@@ -74,18 +77,32 @@ def run(conf, run_dir: Path, console, extra_callbacks=()) -> dict:
 
     if history.best_state is not None:                    # test the best epoch, not the last
         model.load_state_dict(history.best_state)
-    test_loss, test_accuracy = evaluate(model, data.test, data.batch_size, torch.nn.CrossEntropyLoss(),
-                                        device, trainer["limit_batches"])
+    test = evaluate(model, data.test, data.batch_size, torch.nn.CrossEntropyLoss(), device,
+                    trainer["limit_batches"], num_classes=data.num_classes)
     summary.update(epochs=len(history.logs), best_epoch=history.best_epoch, monitor=monitor, mode=mode,
                    best_score=history.best_score, stopped_early=history.stopped_early,
-                   test_loss=test_loss, test_accuracy=test_accuracy, last_epoch=history.logs[-1],
-                   wall_time=round(time.perf_counter() - start, 3))
+                   test_loss=test["loss"], test_accuracy=test["accuracy"], last_epoch=history.logs[-1],
+                   confusion_matrix=test["confusion"].tolist(),       # [true][predicted] counts, test split
+                   samples_per_sec=history.samples / max(history.train_seconds, 1e-9),
+                   wall_time=round(time.perf_counter() - start, 3), command=command,
+                   hints=diagnose(history.logs, data.num_classes))
     write_summary(run_dir, summary)
-    log.info(f"test_loss: {test_loss:.4f} - test_accuracy: {test_accuracy:.4f} "
-             f"(weights of epoch {history.best_epoch}, best {monitor})")
-    log.info(f"{params:,} params - {len(history.logs)} epochs in {summary['wall_time']:.1f}s - "
-             f"run folder: {run_dir}")
+    write_plots(run_dir, history, monitor, test["confusion"], data.classes,
+                f"test split: accuracy {test['accuracy']:.4f}, weights of epoch {history.best_epoch or len(history.logs)}")
+    for line in card_lines(summary, command):
+        log.info(line)
     return summary
+
+
+def write_plots(run_dir: Path, history, monitor: str, confusion, classes, title: str) -> None:
+    """curves.png and confusion_matrix.png; a plotting failure is a warning, never a lost run."""
+    from nnrun.report.plots import plot_confusion, plot_curves
+
+    try:
+        plot_curves(run_dir / "curves.png", history.logs, history.best_epoch, monitor)
+        plot_confusion(run_dir / "confusion_matrix.png", confusion, classes, title)
+    except Exception as exc:  # noqa: BLE001  (matplotlib can fail in many ways; the numbers are saved)
+        log.warning("could not draw the plots: %s: %s", type(exc).__name__, exc)
 
 
 def resolve_device(name: str):
@@ -122,6 +139,15 @@ def resolve_device(name: str):
 FAILED_JOBS = []
 
 
+def rerun_command(hydra_conf) -> str:
+    """The command line that runs this job again (a sweep job alone), into a new run folder."""
+    words = ["nnrun"]
+    for source in hydra_conf.runtime.config_sources:
+        if source.provider == "command-line":     # --config-dir
+            words += ["--config-dir", source.path.removeprefix("file://")]
+    return shlex.join(words + list(hydra_conf.overrides.task))
+
+
 def task(conf):
     """One Hydra job; returns the best monitored score so that sweepers can optimise it."""
     from nnrun.report.console import open_console
@@ -131,7 +157,7 @@ def task(conf):
     run_dir = Path(hydra_conf.runtime.output_dir)
     console, handler = open_console()
     try:
-        return run(conf, run_dir, console).get("best_score")
+        return run(conf, run_dir, console, command=rerun_command(hydra_conf)).get("best_score")
     except Exception as exc:
         # The traceback goes to nnrun.log only; the console gets one line from main().
         log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})

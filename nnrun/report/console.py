@@ -25,6 +25,8 @@ class ConsoleHandler(logging.Handler):
     def emit(self, record):
         if getattr(record, "file_only", False):
             return
+        if record.levelno < logging.WARNING and not record.name.startswith("nnrun"):
+            return                  # other libraries' info (e.g. matplotlib's font cache) stays in the log
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
             text = f"{record.levelname.lower()}: {text}"

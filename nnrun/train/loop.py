@@ -18,6 +18,8 @@ class History:
     best_score: Optional[float] = None
     best_state: Optional[dict] = None            # model weights of best_epoch
     stopped_early: bool = False
+    samples: int = 0                             # training samples seen, all epochs
+    train_seconds: float = 0.0                   # time in training steps (validation excluded)
 
 
 def fit(model, data, optimizer, scheduler, callbacks, progress, *, epochs: int, device, seed: int,
@@ -38,12 +40,14 @@ def fit(model, data, optimizer, scheduler, callbacks, progress, *, epochs: int, 
         lr = optimizer.param_groups[0]["lr"]     # the rate used during this epoch
         # Data order depends on seed and epoch only, so a resumed run sees the same batches.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        loss, accuracy = train_epoch(model, data, optimizer, loss_fn, generator, device, grad_clip,
-                                     limit_batches, progress, batch_callbacks)
+        loss, accuracy, seen = train_epoch(model, data, optimizer, loss_fn, generator, device, grad_clip,
+                                           limit_batches, progress, batch_callbacks)
+        history.samples += seen
+        history.train_seconds += time.perf_counter() - start
         logs = {"loss": loss, "accuracy": accuracy}
         if data.val is not None:
-            logs["val_loss"], logs["val_accuracy"] = evaluate(model, data.val, data.batch_size, loss_fn,
-                                                              device, limit_batches)
+            scores = evaluate(model, data.val, data.batch_size, loss_fn, device, limit_batches)
+            logs.update((f"val_{name}", value) for name, value in scores.items())
         logs["lr"] = lr
         logs["epoch_time"] = time.perf_counter() - start
         is_best = improved(logs[monitor], history.best_score, mode)
@@ -87,23 +91,31 @@ def train_epoch(model, data, optimizer, loss_fn, generator, device, grad_clip, l
         progress.batch_end(i + 1, loss_sum, seen)  # reads the sum only when it redraws
         for cb in batch_callbacks:
             cb.on_train_batch_end(i, {"loss": loss.detach()})
-    return (loss_sum / seen).item(), (correct / seen).item()
+    return (loss_sum / seen).item(), (correct / seen).item(), seen
 
 
 @torch.no_grad()
-def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None):
-    """(mean loss, accuracy) over split; summed per sample, so a short last batch counts right."""
+def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None, num_classes=None) -> dict:
+    """{"loss", "accuracy"} over split, summed per sample so a short last batch counts right;
+    with num_classes also "confusion": counts[true, predicted] as a (C, C) CPU tensor."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    counts = torch.zeros(num_classes ** 2 if num_classes else 0, device=device, dtype=torch.long)
     seen = 0
     for x, y in split.batches(batch_size, limit=limit_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
+        predicted = logits.argmax(1)
         loss_sum += loss_fn(logits, y) * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (predicted == y).sum()
+        if num_classes:
+            counts += torch.bincount(y * num_classes + predicted, minlength=num_classes ** 2)
         seen += len(y)
-    return (loss_sum / seen).item(), (correct / seen).item()
+    scores = {"loss": (loss_sum / seen).item(), "accuracy": (correct / seen).item()}
+    if num_classes:
+        scores["confusion"] = counts.view(num_classes, num_classes).cpu()
+    return scores
 
 
 def check_monitors(has_val: bool, monitor, callbacks, scheduler) -> None:
