@@ -29,8 +29,10 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
     from nnrun.callbacks import build_callbacks
     from nnrun.callbacks.csv_logger import CSVLogger
     from nnrun.data import build_data
+    from nnrun.losses import build_loss, class_weights
     from nnrun.models import build_model
     from nnrun.optim import build_optimizer, build_scheduler
+    from nnrun.registry import import_modules
     from nnrun.report.card import card_lines, diagnose
     from nnrun.report.console import EpochProgress, model_table
     from nnrun.report.summary import write_summary
@@ -43,6 +45,7 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
     plain = OmegaConf.to_container(conf, resolve=True)   # config is unpacked here, once
     trainer = plain["trainer"]
     device = resolve_device(trainer["device"])
+    import_modules(plain["imports"])                      # the user's registered models, callbacks...
     monitor = trainer["monitor"]
     mode = resolve_mode(monitor, trainer["mode"], "trainer.mode")
     callbacks = build_callbacks(plain["callbacks"])      # before the data: config errors fail fast
@@ -64,20 +67,25 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
         return summary
 
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
-    scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], **plain["scheduler"])
+    steps = -(-data.train.num_batches(data.batch_size, trainer["limit_batches"]) // trainer["accumulate"])
+    scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], steps_per_epoch=steps, **plain["scheduler"])
+    weights = class_weights(trainer["class_weight"], data.train.y, data.num_classes)
+    train_loss = build_loss(**plain["loss"], task=data.task, class_weight=weights).to(device)
+    eval_loss = build_loss(**plain["loss"], task=data.task).to(device)
     for cb in callbacks:
         cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
-            path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)))
+            path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)), optimizer)
     check_monitors(data.val is not None, monitor, callbacks, scheduler)
     log.info(model_table(model, data.input_shape))
     history = fit(model, data, optimizer, scheduler, callbacks, EpochProgress(console),
-                  epochs=trainer["epochs"], device=device, seed=trainer["seed"],
-                  grad_clip=trainer["grad_clip"], limit_batches=trainer["limit_batches"],
+                  train_loss=train_loss, eval_loss=eval_loss, epochs=trainer["epochs"], device=device,
+                  seed=trainer["seed"], grad_clip=trainer["grad_clip"], accumulate=trainer["accumulate"],
+                  limit_batches=trainer["limit_batches"],
                   monitor=monitor, mode=mode)
 
     if history.best_state is not None:                    # test the best epoch, not the last
         model.load_state_dict(history.best_state)
-    test = evaluate(model, data.test, data.batch_size, torch.nn.CrossEntropyLoss(), device,
+    test = evaluate(model, data.test, data.batch_size, eval_loss, device,
                     trainer["limit_batches"], num_classes=data.num_classes)
     summary.update(epochs=len(history.logs), best_epoch=history.best_epoch, monitor=monitor, mode=mode,
                    best_score=history.best_score, stopped_early=history.stopped_early,
@@ -87,8 +95,9 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
                    wall_time=round(time.perf_counter() - start, 3), command=command,
                    hints=diagnose(history.logs, data.num_classes))
     write_summary(run_dir, summary)
-    write_plots(run_dir, history, monitor, test["confusion"], data.classes,
-                f"test split: accuracy {test['accuracy']:.4f}, weights of epoch {history.best_epoch or len(history.logs)}")
+    if trainer["plots"]:
+        write_plots(run_dir, history, monitor, test["confusion"], data.classes,
+                    f"test split: accuracy {test['accuracy']:.4f}, weights of epoch {history.best_epoch or len(history.logs)}")
     for line in card_lines(summary, command):
         log.info(line)
     return summary

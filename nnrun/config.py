@@ -39,6 +39,9 @@ class TrainerConf:
     limit_batches: Optional[int] = None
     monitor: str = "val_loss"
     mode: str = "auto"
+    accumulate: int = 1                 # batches per optimizer step (gradient accumulation)
+    class_weight: Any = None            # null | balanced | [w0, w1, ...]: weighs the training loss
+    plots: bool = True                  # curves.png and confusion_matrix.png (about 2 s a run)
 
 
 @dataclass
@@ -47,8 +50,10 @@ class Config:
     model: Dict[str, Any] = MISSING     # checked against the model class's signature
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
     scheduler: Dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    loss: Dict[str, Any] = field(default_factory=lambda: {"name": "auto"})
     callbacks: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    imports: List[str] = field(default_factory=list)   # the user's modules that register models, callbacks...
 
 
 ConfigStore.instance().store(name="nnrun_schema", node=Config)
@@ -58,6 +63,9 @@ RANGES = {
     "trainer.epochs": (0, None, True),
     "trainer.grad_clip": (0, None, False),
     "trainer.limit_batches": (1, None, True),
+    "trainer.accumulate": (1, None, True),
+    "model.l1": (0, None, True),
+    "model.l2": (0, None, True),
     "data.batch_size": (1, None, True),
     "data.val_split": (0, 1, None),     # 0 allowed (no validation), 1 not
     "data.test_split": (0, 1, False),
@@ -80,6 +88,8 @@ def check(conf) -> None:
         value = conf[section].get(name)
         if value is None:
             continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} is not a number")
         low_ok = value >= low if inclusive in (True, None) else value > low
         high_ok = high is None or (value <= high if inclusive else value < high)
         if not (low_ok and high_ok):

@@ -1,6 +1,9 @@
 """Registry: a name -> constructor table whose build() checks names and options up front."""
 
+import importlib
 import inspect
+import os
+import sys
 
 from nnrun.errors import ConfigError, suggest
 
@@ -81,3 +84,16 @@ def _kind_name(default) -> str:
     if isinstance(default, (list, tuple)):
         return "a list, e.g. [32,64]"
     return f"a {type(default).__name__}"
+
+
+def import_modules(names) -> None:
+    """Import the user's modules (imports=[...]) so their @REGISTRY.register(...) entries exist;
+    modules in the current folder are found too."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"imports: cannot import {name} ({exc}); give a module importable from "
+                              f"the current folder or the Python path, e.g. imports=[my_callbacks]") from exc

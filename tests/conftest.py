@@ -33,11 +33,12 @@ def nnrun(*args, cwd, env=None, timeout=300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def train(tmp_path, *args, name="run") -> tuple:
-    """Run nnrun into tmp_path/name; (completed process, run folder). Fails on a non-zero exit."""
+def train(tmp_path, *args, name="run", plots=False) -> tuple:
+    """Run nnrun into tmp_path/name; (completed process, run folder). Fails on a non-zero exit.
+    Plots are off unless asked for: they cost ~2 s a run and test_report checks them."""
     run_dir = tmp_path / name
     flags = [a for a in args if a.startswith("--")]      # Hydra's flags go before overrides
-    overrides = [a for a in args if not a.startswith("--")]
+    overrides = [a for a in args if not a.startswith("--")] + ([] if plots else ["trainer.plots=false"])
     result = nnrun(*flags, f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result, run_dir

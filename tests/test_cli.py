@@ -25,7 +25,8 @@ def test_default_run_learns_digits_and_fills_the_run_folder(tmp_path):
                                            f"{runs[0].parent.name}/{runs[0].name}")
     run_dir = runs[0]
     for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "nnrun.log", "metrics.csv",
-                 "checkpoints/best.pt", "checkpoints/last.pt", "summary.json"]:
+                 "checkpoints/best.pt", "checkpoints/last.pt", "summary.json", "curves.png",
+                 "confusion_matrix.png"]:
         assert (run_dir / name).is_file(), name
     info = summary(run_dir)
     assert SUMMARY_KEYS <= set(info)

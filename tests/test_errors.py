@@ -31,6 +31,14 @@ CASES = [
     (["scheduler=plateau", "scheduler.monitor=val_los"], ["scheduler.monitor=val_los"]),
     (["data=mnist", "data.download=false"], ["data.root", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
     (["trainer.epochs=[1"], ["[1"]),
+    (["loss=mse"], ["loss=mse", "multiclass", "loss=ce"]),
+    (["loss=ce", "loss.label_smoothing=1.5"], ["loss.label_smoothing"]),
+    (["trainer.class_weight=[1,2]"], ["trainer.class_weight", "10 weights"]),
+    (["model.l2=-1"], ["model.l2", ">= 0"]),
+    (["trainer.accumulate=0"], ["trainer.accumulate", ">= 1"]),
+    (["scheduler=onecycle", "scheduler.warmup_epochs=1"], ["scheduler.warmup_epochs", "pct_start"]),
+    (["callbacks.model_checkpoint.save_top_k=3"], ["save_top_k", "{epoch}"]),
+    (["imports=[no_such_module_xyz]"], ["imports", "no_such_module_xyz"]),
     (["callbacks.model_checkpoint.filename='ep{epoch}-{val_acc:.2f}'"], ["callbacks.model_checkpoint.filename", "val_accuracy"]),
 ]
 

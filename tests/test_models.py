@@ -10,6 +10,8 @@ from omegaconf import OmegaConf
 import nnrun.config  # noqa: F401  (stores the schema)
 from conftest import metrics, summary, train
 from nnrun.models import build_model
+from nnrun.callbacks import build_callbacks
+from nnrun.losses import FITS, build_loss
 from nnrun.optim import build_optimizer, build_scheduler
 
 
@@ -21,12 +23,17 @@ def test_the_installed_package_ships_every_config():
     assert options("model") == ["cnn", "lstm", "mlp"]
     assert options("data") == ["digits", "fashion_mnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
-    assert options("scheduler") == ["cosine", "none", "plateau", "step"]
-    assert options("callbacks") == ["default", "none"]
+    assert options("scheduler") == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
+    assert options("loss") == ["auto", "bce", "ce", "huber", "mae", "mse"]
+    assert options("callbacks") == ["csv_logger", "default", "early_stopping", "lr_monitor", "model_checkpoint",
+                                    "none", "reduce_lr_on_plateau", "tensorboard", "terminate_on_nan"]
+    assert options("experiment") == ["fashion_cnn", "fashion_lstm", "fashion_mlp"]
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "optimizer", "scheduler", "data",
-                                                          "callbacks") for o in options(g)])
+GROUPS = ("model", "optimizer", "scheduler", "loss", "data", "callbacks", "experiment")
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_builds(group, option):
     with initialize_config_module(config_module="nnrun.conf", version_base="1.3"):
         conf = compose("config", overrides=[f"{group}={option}"])
@@ -34,7 +41,10 @@ def test_every_option_composes_and_builds(group, option):
     model = build_model(**plain["model"], input_shape=(1, 28, 28), num_classes=10)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
-    build_scheduler(optimizer, epochs=3, **plain["scheduler"])
+    build_scheduler(optimizer, epochs=3, steps_per_epoch=5, **plain["scheduler"])
+    build_callbacks(plain["callbacks"])
+    name = plain["loss"]["name"]
+    build_loss(**plain["loss"], task="multiclass" if name == "auto" else FITS[name][0])
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])

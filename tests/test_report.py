@@ -18,7 +18,7 @@ def png_size(path) -> tuple:
 
 
 def test_run_folder_has_curves_and_a_confusion_matrix_of_the_test_split(tmp_path):
-    result, run_dir = train(tmp_path, "trainer.epochs=4")
+    result, run_dir = train(tmp_path, "trainer.epochs=4", plots=True)
     for name in ("curves.png", "confusion_matrix.png"):
         width, height = png_size(run_dir / name)
         assert width >= 400 and height >= 300
@@ -77,3 +77,8 @@ def test_diagnose_reads_the_curves(history, expected):
     assert len(hints) == len(expected)
     for hint, word in zip(hints, expected):
         assert word in hint
+
+
+def test_plots_can_be_turned_off(tmp_path):
+    _, run_dir = train(tmp_path, "trainer.epochs=1", "trainer.plots=false")
+    assert not (run_dir / "curves.png").exists() and not (run_dir / "confusion_matrix.png").exists()

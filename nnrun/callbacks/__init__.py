@@ -14,9 +14,10 @@ class Callback:
     monitor = None          # a logged metric name, checked at start when set
     stop_training = False
 
-    def setup(self, model, run_dir: Path, save):
-        """model: the nn.Module; save(path, epoch, logs) writes a checkpoint of the run."""
-        self.model, self.run_dir, self.save = model, Path(run_dir), save
+    def setup(self, model, run_dir: Path, save, optimizer=None):
+        """model: the nn.Module; save(path, epoch, logs) writes a checkpoint of the run; optimizer
+        for the callbacks that change the rate (Keras: self.model.optimizer)."""
+        self.model, self.run_dir, self.save, self.optimizer = model, Path(run_dir), save, optimizer
 
     def on_train_begin(self, logs): ...
     def on_epoch_begin(self, epoch, logs): ...
@@ -37,4 +38,5 @@ def build_callbacks(conf: dict) -> list:
     return callbacks
 
 
-from nnrun.callbacks import csv_logger, early_stopping, model_checkpoint  # noqa: E402,F401
+from nnrun.callbacks import (csv_logger, early_stopping, lr_monitor, model_checkpoint,  # noqa: E402,F401
+                             reduce_lr_on_plateau, tensorboard, terminate_on_nan)

@@ -11,17 +11,21 @@ log = logging.getLogger(__name__)
 @CALLBACKS.register("early_stopping")
 class EarlyStopping(Callback):
     def __init__(self, monitor="val_loss", mode="auto", patience=5, min_delta=0.0,
-                 restore_best_weights=True):
+                 restore_best_weights=True, baseline=None, start_from_epoch=0):
         self.monitor = monitor
         self.mode = resolve_mode(monitor, mode, "callbacks.early_stopping.mode")
         self.patience, self.min_delta = patience, abs(min_delta)
         self.restore_best_weights = restore_best_weights
+        self.baseline = baseline                  # a score to beat; stop if patience epochs do not
+        self.start_from_epoch = start_from_epoch  # epochs 1..start_from_epoch are warm-up, not judged
 
     def on_train_begin(self, logs):
-        self.best, self.best_epoch, self.wait, self.best_weights = None, None, 0, None
+        self.best, self.best_epoch, self.wait, self.best_weights = self.baseline, None, 0, None
         self.stop_training = False
 
     def on_epoch_end(self, epoch, logs):
+        if epoch <= self.start_from_epoch:
+            return
         current = logs[self.monitor]
         if improved(current, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0

@@ -39,8 +39,31 @@ def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: b
     return layers
 
 
-def build_model(name: str, input_shape, num_classes: int, **options) -> nn.Module:
-    return MODELS.build(name, tuple(input_shape), num_classes, **options)
+def build_model(name: str, input_shape, num_classes: int, l1: float = 0.0, l2: float = 0.0,
+                **options) -> nn.Module:
+    """The registered model; l1/l2 (Keras kernel_regularizer) become model.penalty()."""
+    model = MODELS.build(name, tuple(input_shape), num_classes, **options)
+    model.penalty = weight_penalty(model, l1, l2)
+    return model
+
+
+def weight_penalty(model: nn.Module, l1: float, l2: float):
+    """None, or a function giving l1 * sum|w| + l2 * sum(w^2) over weight matrices and kernels
+    (tensors of 2+ dims: not biases or norm scales), as Keras's regularizers do."""
+    if not (l1 or l2):
+        return None
+    weights = [p for p in model.parameters() if p.dim() > 1]
+
+    def penalty():
+        total = 0.0
+        for w in weights:
+            if l1:
+                total = total + l1 * w.abs().sum()
+            if l2:
+                total = total + l2 * w.square().sum()
+        return total
+
+    return penalty
 
 
 def flat_size(shape) -> int:

@@ -22,12 +22,12 @@ class History:
     train_seconds: float = 0.0                   # time in training steps (validation excluded)
 
 
-def fit(model, data, optimizer, scheduler, callbacks, progress, *, epochs: int, device, seed: int,
-        grad_clip: Optional[float] = None, limit_batches: Optional[int] = None,
-        monitor: str = "val_loss", mode: str = "min") -> History:
+def fit(model, data, optimizer, scheduler, callbacks, progress, *, train_loss, eval_loss, epochs: int,
+        device, seed: int, grad_clip: Optional[float] = None, accumulate: int = 1,
+        limit_batches: Optional[int] = None, monitor: str = "val_loss", mode: str = "min") -> History:
     """Train for up to epochs; track the best epoch by monitor; callbacks may stop early.
+    train_loss may carry class weights; eval_loss (validation) does not, as in Keras.
     The caller checks monitored names first (check_monitors), before printing anything."""
-    loss_fn = nn.CrossEntropyLoss()
     batch_callbacks = [cb for cb in callbacks if overrides(cb, "on_train_batch_end")]
     history = History()
     for cb in callbacks:
@@ -40,13 +40,13 @@ def fit(model, data, optimizer, scheduler, callbacks, progress, *, epochs: int, 
         lr = optimizer.param_groups[0]["lr"]     # the rate used during this epoch
         # Data order depends on seed and epoch only, so a resumed run sees the same batches.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        loss, accuracy, seen = train_epoch(model, data, optimizer, loss_fn, generator, device, grad_clip,
-                                           limit_batches, progress, batch_callbacks)
+        loss, accuracy, seen = train_epoch(model, data, optimizer, scheduler, train_loss, generator, device,
+                                           grad_clip, accumulate, limit_batches, progress, batch_callbacks)
         history.samples += seen
         history.train_seconds += time.perf_counter() - start
         logs = {"loss": loss, "accuracy": accuracy}
         if data.val is not None:
-            scores = evaluate(model, data.val, data.batch_size, loss_fn, device, limit_batches)
+            scores = evaluate(model, data.val, data.batch_size, eval_loss, device, limit_batches)
             logs.update((f"val_{name}", value) for name, value in scores.items())
         logs["lr"] = lr
         logs["epoch_time"] = time.perf_counter() - start
@@ -58,7 +58,7 @@ def fit(model, data, optimizer, scheduler, callbacks, progress, *, epochs: int, 
         progress.epoch_end(epoch, logs, is_best)
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs)
-        if scheduler is not None:
+        if scheduler is not None and scheduler.interval == "epoch":
             monitored = getattr(scheduler, "monitor", None)
             scheduler.step(logs[monitored]) if monitored else scheduler.step()
         if any(cb.stop_training for cb in callbacks):
@@ -70,21 +70,29 @@ def fit(model, data, optimizer, scheduler, callbacks, progress, *, epochs: int, 
     return history
 
 
-def train_epoch(model, data, optimizer, loss_fn, generator, device, grad_clip, limit_batches,
-                progress, batch_callbacks):
+def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, grad_clip, accumulate,
+                limit_batches, progress, batch_callbacks):
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
+    batches = data.train.num_batches(data.batch_size, limit_batches)
+    per_step = scheduler is not None and scheduler.interval == "step"
+    optimizer.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, limit_batches)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)                          # (B, num_classes)
         loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        total = loss + model.penalty() if model.penalty else loss   # L1/L2 train the weights, not the metric
+        group = min(accumulate, batches - i // accumulate * accumulate)   # the last group may be short
+        (total / group).backward()
+        if (i + 1) % accumulate == 0 or i + 1 == batches:
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if per_step:
+                scheduler.step()
         seen += len(y)
         loss_sum += loss.detach() * len(y)         # stays a tensor: .item() would sync the GPU
         correct += (logits.detach().argmax(1) == y).sum()

@@ -1,0 +1,28 @@
+"""lr.csv: the learning rate of every optimizer step (Lightning's LearningRateMonitor), for
+schedulers that change it within an epoch; metrics.csv keeps the rate each epoch started with."""
+
+from nnrun.callbacks import CALLBACKS, Callback
+
+
+@CALLBACKS.register("lr_monitor")
+class LRMonitor(Callback):
+    def __init__(self, filename="lr.csv"):
+        self.filename = filename
+
+    def on_train_begin(self, logs):
+        self.rows, self.batch = [], 0
+        (self.run_dir / self.filename).write_text("batch,epoch,lr\n")
+
+    def on_epoch_begin(self, epoch, logs):
+        self.epoch, self.lr = epoch, self.optimizer.param_groups[0]["lr"]
+
+    def on_train_batch_end(self, batch, logs):
+        # the rate this batch used; a per-step scheduler has already set the next one
+        self.batch += 1
+        self.rows.append(f"{self.batch},{self.epoch},{self.lr!r}\n")
+        self.lr = self.optimizer.param_groups[0]["lr"]   # a Python float: no device sync
+
+    def on_epoch_end(self, epoch, logs):
+        with open(self.run_dir / self.filename, "a") as f:
+            f.writelines(self.rows)
+        self.rows = []

@@ -1,0 +1,95 @@
+"""Losses by name, each for the tasks it fits; loss=auto follows the data's task."""
+
+import torch
+from torch import nn
+
+from nnrun.errors import ConfigError
+from nnrun.registry import Registry
+
+LOSSES = Registry("loss")
+FITS = {}                 # loss name -> tasks it fits
+DEFAULT = {"multiclass": "ce", "binary": "bce", "regression": "mse"}
+
+
+def fits(*tasks):
+    def mark(fn):
+        FITS[fn.__name__] = tasks
+        return fn
+    return mark
+
+
+@LOSSES.register("ce")
+@fits("multiclass")
+def ce(class_weight=None, label_smoothing=0.0):
+    """Cross-entropy on logits; label_smoothing spreads that share of the target over all classes."""
+    if not 0 <= label_smoothing < 1:
+        raise ConfigError(f"loss.label_smoothing={label_smoothing}: use 0 <= label_smoothing < 1")
+    if class_weight is None:
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return PerSample(nn.CrossEntropyLoss(weight=class_weight, label_smoothing=label_smoothing, reduction="sum"))
+
+
+class PerSample(nn.Module):
+    """sum(weight[y] * loss) / batch size, as Keras's class_weight; torch's weighted mean divides by
+    the weights' sum instead, which is NaN for a batch whose classes all weigh 0."""
+
+    def __init__(self, summed: nn.Module):
+        super().__init__()
+        self.summed = summed
+
+    def forward(self, output, target):
+        return self.summed(output, target) / len(target)
+
+
+@LOSSES.register("bce")
+@fits("binary")
+def bce(class_weight=None):
+    """Binary cross-entropy on one logit; class_weight[1] / class_weight[0] weighs the positives."""
+    pos_weight = class_weight[1:2] / class_weight[0] if class_weight is not None else None
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+@LOSSES.register("mse")
+@fits("regression")
+def mse(class_weight=None):
+    return nn.MSELoss()
+
+
+@LOSSES.register("mae")
+@fits("regression")
+def mae(class_weight=None):
+    return nn.L1Loss()
+
+
+@LOSSES.register("huber")
+@fits("regression")
+def huber(class_weight=None, delta=1.0):
+    return nn.HuberLoss(delta=delta)
+
+
+def build_loss(name: str, task: str, class_weight=None, **options) -> nn.Module:
+    """The training loss; class_weight (a tensor, one weight per class) only where it applies."""
+    if name == "auto":
+        name = DEFAULT[task]
+    LOSSES.get(name)                                      # an unknown name fails here, listing the known
+    if task not in FITS[name]:
+        fitting = [n for n in LOSSES.names() if task in FITS[n]]
+        raise ConfigError(f"loss={name} fits {' or '.join(FITS[name])} targets, but this data's task is "
+                          f"{task}; use loss=auto or {' / '.join(f'loss={n}' for n in fitting)}")
+    return LOSSES.build(name, class_weight=class_weight, **options)
+
+
+def class_weights(spec, labels: torch.Tensor, num_classes: int, key: str = "trainer.class_weight"):
+    """None, 'balanced' (n / (C * count), as scikit-learn) or a list of one weight per class."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = torch.bincount(labels.cpu(), minlength=num_classes).float()
+        if (counts == 0).any():
+            missing = (counts == 0).nonzero().flatten().tolist()
+            raise ConfigError(f"{key}=balanced: classes {missing} have no training samples")
+        return counts.sum() / (num_classes * counts)
+    if isinstance(spec, str) or len(spec) != num_classes or any(float(w) < 0 for w in spec):
+        raise ConfigError(f"{key}={spec}: use balanced, or a list of {num_classes} weights >= 0 "
+                          f"(one per class, in class order)")
+    return torch.tensor([float(w) for w in spec])
