@@ -77,7 +77,7 @@ def weight_norm(run_dir) -> float:
     return sum(float(t.square().sum()) for t in state.values() if t.dim() > 1)
 
 
-@pytest.mark.parametrize("penalty", ["model.l2=0.01", "model.l1=0.001"])
+@pytest.mark.parametrize("penalty", ["model.l2=0.01", pytest.param("model.l1=0.001", marks=pytest.mark.slow)])
 def test_l1_and_l2_shrink_the_weights(tmp_path, penalty):
     args = ["trainer.epochs=3", NO_STOP]
     _, plain = train(tmp_path, *args, name="plain")
@@ -94,6 +94,7 @@ def test_class_weight_pulls_predictions_to_the_heavy_class(tmp_path):
     assert all(math.isfinite(float(r["loss"])) for r in metrics(run_dir))
 
 
+@pytest.mark.slow
 def test_balanced_class_weight_runs_and_keeps_validation_unweighted(tmp_path):
     _, weighted = train(tmp_path, "trainer.class_weight=balanced", "trainer.epochs=2", *QUICK, name="w")
     _, plain = train(tmp_path, "trainer.epochs=2", *QUICK, name="p")

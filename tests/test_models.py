@@ -48,7 +48,8 @@ def test_every_option_composes_and_builds(group, option):
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
-@pytest.mark.parametrize("variant", [[], ["model.batchnorm=true", "model.dropout=0.5"]], ids=["plain", "bn-dropout"])
+@pytest.mark.parametrize("variant", [[], pytest.param(["model.batchnorm=true", "model.dropout=0.5"], marks=pytest.mark.slow)],
+                         ids=["plain", "bn-dropout"])
 def test_each_model_trains_on_digits(tmp_path, model, variant):
     if model == "lstm" and variant:
         variant = ["model.cell=gru", "model.num_layers=2", "model.bidirectional=true", "model.dropout=0.5"]
