@@ -84,8 +84,9 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
         logits = model(x)                          # (B, num_classes)
         loss = loss_fn(logits, y)
         total = loss + model.penalty() if model.penalty else loss   # L1/L2 train the weights, not the metric
-        group = min(accumulate, batches - i // accumulate * accumulate)   # the last group may be short
-        (total / group).backward()
+        if accumulate > 1:                         # mean over the group; the last group may be short
+            total = total / min(accumulate, batches - i // accumulate * accumulate)
+        total.backward()
         if (i + 1) % accumulate == 0 or i + 1 == batches:
             if grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
