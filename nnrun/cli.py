@@ -27,15 +27,13 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
     import torch
 
     from nnrun.callbacks import build_callbacks
-    from nnrun.callbacks.csv_logger import CSVLogger
     from nnrun.data import build_data
-    from nnrun.losses import build_loss, class_weights
+    from nnrun.losses import build_losses
     from nnrun.models import build_model
     from nnrun.optim import build_optimizer, build_scheduler
     from nnrun.registry import import_modules
-    from nnrun.report.card import card_lines, diagnose
     from nnrun.report.console import EpochProgress, model_table
-    from nnrun.report.summary import write_summary
+    from nnrun.report.summary import finish_run, write_preprocessing, write_summary
     from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
     from nnrun.train.loop import check_monitors, evaluate, fit
     from nnrun.train.metrics import resolve_mode
@@ -48,20 +46,19 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
     import_modules(plain["imports"])                      # the user's registered models, callbacks...
     monitor = trainer["monitor"]
     mode = resolve_mode(monitor, trainer["mode"], "trainer.mode")
-    callbacks = build_callbacks(plain["callbacks"])      # before the data: config errors fail fast
-    if not any(isinstance(cb, CSVLogger) for cb in callbacks):
-        callbacks.append(CSVLogger())                     # metrics.csv is always written
-    callbacks += list(extra_callbacks)
+    callbacks = build_callbacks(plain["callbacks"], extra_callbacks)   # before the data: config errors fail fast
     torch.manual_seed(trainer["seed"])                    # weights and dropout; data order has its own
     data = build_data(**plain["data"], seed=trainer["seed"], device=device)
     log.info(f"data {plain['data']['name']}: {len(data.train)} train, {len(data.val) if data.val else 0} val, "
-             f"{len(data.test)} test, samples of shape {data.input_shape}, {data.num_classes} classes, on {device}")
-    model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+             f"{len(data.test)} test, samples of shape {data.input_shape}, "
+             f"{f'{data.num_classes} classes' if data.num_classes else data.task}, on {device}")
+    write_preprocessing(run_dir, data)
+    model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.outputs).to(device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    summary = {"status": "completed", "epochs": 0, "params": params, "device": str(device),
+    summary = {"status": "completed", "task": data.task, "epochs": 0, "params": params, "device": str(device),
                "run_dir": str(run_dir), "torch_version": torch.__version__}
+    log.info(model_table(model, data.input_shape))
     if trainer["epochs"] == 0:
-        log.info(model_table(model, data.input_shape))
         log.info("trainer.epochs=0: model summary only, nothing trained")
         write_summary(run_dir, {**summary, "status": "summary_only"})
         return summary
@@ -69,49 +66,22 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
     steps = -(-data.train.num_batches(data.batch_size, trainer["limit_batches"]) // trainer["accumulate"])
     scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], steps_per_epoch=steps, **plain["scheduler"])
-    weights = class_weights(trainer["class_weight"], data.train.y, data.num_classes)
-    train_loss = build_loss(**plain["loss"], task=data.task, class_weight=weights).to(device)
-    eval_loss = build_loss(**plain["loss"], task=data.task).to(device)
+    train_loss, eval_loss = build_losses(plain["loss"], data, trainer["class_weight"], device)
     for cb in callbacks:
         cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
             path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)), optimizer)
-    check_monitors(data.val is not None, monitor, callbacks, scheduler)
-    log.info(model_table(model, data.input_shape))
+    check_monitors(data.val is not None, monitor, callbacks, scheduler, data.task)
     history = fit(model, data, optimizer, scheduler, callbacks, EpochProgress(console),
                   train_loss=train_loss, eval_loss=eval_loss, epochs=trainer["epochs"], device=device,
                   seed=trainer["seed"], grad_clip=trainer["grad_clip"], accumulate=trainer["accumulate"],
-                  limit_batches=trainer["limit_batches"],
-                  monitor=monitor, mode=mode)
+                  limit_batches=trainer["limit_batches"], monitor=monitor, mode=mode)
 
     if history.best_state is not None:                    # test the best epoch, not the last
         model.load_state_dict(history.best_state)
-    test = evaluate(model, data.test, data.batch_size, eval_loss, device,
-                    trainer["limit_batches"], num_classes=data.num_classes)
-    summary.update(epochs=len(history.logs), best_epoch=history.best_epoch, monitor=monitor, mode=mode,
-                   best_score=history.best_score, stopped_early=history.stopped_early,
-                   test_loss=test["loss"], test_accuracy=test["accuracy"], last_epoch=history.logs[-1],
-                   confusion_matrix=test["confusion"].tolist(),       # [true][predicted] counts, test split
-                   samples_per_sec=history.samples / max(history.train_seconds, 1e-9),
-                   wall_time=round(time.perf_counter() - start, 3), command=command,
-                   hints=diagnose(history.logs, data.num_classes))
-    write_summary(run_dir, summary)
-    if trainer["plots"]:
-        write_plots(run_dir, history, monitor, test["confusion"], data.classes,
-                    f"test split: accuracy {test['accuracy']:.4f}, weights of epoch {history.best_epoch or len(history.logs)}")
-    for line in card_lines(summary, command):
-        log.info(line)
-    return summary
-
-
-def write_plots(run_dir: Path, history, monitor: str, confusion, classes, title: str) -> None:
-    """curves.png and confusion_matrix.png; a plotting failure is a warning, never a lost run."""
-    from nnrun.report.plots import plot_confusion, plot_curves
-
-    try:
-        plot_curves(run_dir / "curves.png", history.logs, history.best_epoch, monitor)
-        plot_confusion(run_dir / "confusion_matrix.png", confusion, classes, title)
-    except Exception as exc:  # noqa: BLE001  (matplotlib can fail in many ways; the numbers are saved)
-        log.warning("could not draw the plots: %s: %s", type(exc).__name__, exc)
+    test = evaluate(model, data.test, data.batch_size, eval_loss, device, trainer["limit_batches"],
+                    task=data.task, num_classes=data.num_classes, confusion=True)
+    summary.update(wall_time=round(time.perf_counter() - start, 3), command=command)
+    return finish_run(run_dir, summary, history, test, data, eval_loss, monitor, mode, trainer["plots"])
 
 
 def resolve_device(name: str):

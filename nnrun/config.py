@@ -18,6 +18,12 @@ class DataConf:
     val_split: float = 0.1              # fraction of train held out, stratified and seeded
     test_split: Optional[float] = None  # only for data without a fixed test set (digits)
     download: Optional[bool] = None     # only for downloadable data (mnist, fashion_mnist)
+    path: Optional[str] = None          # csv: the file
+    target: Optional[str] = None        # csv: the column to predict
+    features: Optional[List[str]] = None  # csv: input columns (default: all but the target)
+    task: Optional[str] = None          # csv: auto | binary | multiclass | regression
+    test_path: Optional[str] = None     # csv: a separate test file (else data.test_split of data.path)
+    impute: Optional[str] = None        # csv: null (missing values are an error) | mean | median
 
 
 @dataclass

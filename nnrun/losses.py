@@ -44,9 +44,20 @@ class PerSample(nn.Module):
 @LOSSES.register("bce")
 @fits("binary")
 def bce(class_weight=None):
-    """Binary cross-entropy on one logit; class_weight[1] / class_weight[0] weighs the positives."""
-    pos_weight = class_weight[1:2] / class_weight[0] if class_weight is not None else None
-    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    """Binary cross-entropy on one logit (sigmoid inside, numerically stable)."""
+    return nn.BCEWithLogitsLoss() if class_weight is None else WeightedBCE(class_weight)
+
+
+class WeightedBCE(nn.Module):
+    """mean(weight[y] * bce): Keras's class_weight for a binary target."""
+
+    def __init__(self, class_weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", class_weight)
+
+    def forward(self, output, target):
+        losses = nn.functional.binary_cross_entropy_with_logits(output, target, reduction="none")
+        return (losses * self.weight[target.long()]).mean()
 
 
 @LOSSES.register("mse")
@@ -79,12 +90,22 @@ def build_loss(name: str, task: str, class_weight=None, **options) -> nn.Module:
     return LOSSES.build(name, class_weight=class_weight, **options)
 
 
+def build_losses(conf: dict, data, class_weight, device) -> tuple:
+    """(training loss, evaluation loss): class weights weigh only the training loss, as in Keras."""
+    if class_weight is not None and data.task == "regression":
+        raise ConfigError(f"trainer.class_weight={class_weight} weighs classes, but this data's task is "
+                          f"regression; remove it")
+    weights = class_weights(class_weight, data.train.y, data.num_classes)
+    return (build_loss(**conf, task=data.task, class_weight=weights).to(device),
+            build_loss(**conf, task=data.task).to(device))
+
+
 def class_weights(spec, labels: torch.Tensor, num_classes: int, key: str = "trainer.class_weight"):
     """None, 'balanced' (n / (C * count), as scikit-learn) or a list of one weight per class."""
     if spec is None:
         return None
     if spec == "balanced":
-        counts = torch.bincount(labels.cpu(), minlength=num_classes).float()
+        counts = torch.bincount(labels.long().cpu(), minlength=num_classes).float()
         if (counts == 0).any():
             missing = (counts == 0).nonzero().flatten().tolist()
             raise ConfigError(f"{key}=balanced: classes {missing} have no training samples")

@@ -73,7 +73,7 @@ def logs(train_loss, val_loss):
     (logs([2.0, 3.5], [2.0, 4.0]), ["diverged"]),
 ])
 def test_diagnose_reads_the_curves(history, expected):
-    hints = diagnose(history, num_classes=10)
+    hints = diagnose(history, chance=math.log(10))
     assert len(hints) == len(expected)
     for hint, word in zip(hints, expected):
         assert word in hint

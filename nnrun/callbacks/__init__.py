@@ -26,8 +26,9 @@ class Callback:
     def on_train_end(self, logs): ...
 
 
-def build_callbacks(conf: dict) -> list:
-    """conf maps name -> options ({} or null for the defaults)."""
+def build_callbacks(conf: dict, extra=()) -> list:
+    """conf maps name -> options ({} or null for the defaults); csv_logger is always on, and
+    extra callbacks (already built) run last."""
     callbacks = []
     for name, options in conf.items():
         if options is not None and not isinstance(options, dict):
@@ -35,7 +36,9 @@ def build_callbacks(conf: dict) -> list:
         callback = CALLBACKS.build(name, **(options or {}))
         callback.name = name
         callbacks.append(callback)
-    return callbacks
+    if "csv_logger" not in conf:
+        callbacks.append(CALLBACKS.build("csv_logger"))    # metrics.csv is always written
+    return callbacks + list(extra)
 
 
 from nnrun.callbacks import (csv_logger, early_stopping, lr_monitor, model_checkpoint,  # noqa: E402,F401

@@ -3,7 +3,6 @@
 import csv
 
 from nnrun.callbacks import CALLBACKS, Callback
-from nnrun.train.metrics import CSV_COLUMNS
 
 
 @CALLBACKS.register("csv_logger")
@@ -16,8 +15,8 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch, logs):
         row = {"epoch": epoch, **logs}
-        if self.writer is None:     # columns known once the first epoch logged them
-            columns = [c for c in CSV_COLUMNS if c in row] + [c for c in row if c not in CSV_COLUMNS]
+        if self.writer is None:     # columns known once the first epoch logged them, in its order
+            columns = list(row)
             self.file = open(self.run_dir / self.filename, "w", newline="")
             self.writer = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
             self.writer.writeheader()

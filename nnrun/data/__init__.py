@@ -53,35 +53,74 @@ class Data:
     test: Split
     batch_size: int
     input_shape: tuple          # one sample, e.g. (1, 28, 28)
-    num_classes: int
-    task: str = "multiclass"
+    num_classes: int            # 0 for regression
+    task: str = "multiclass"    # multiclass | binary | regression
     classes: list = field(default_factory=list)
+    transform: object = None    # fitted on train; .describe() is what predictions must apply
+
+    @property
+    def outputs(self) -> int:
+        """Width of the model's last layer: one logit per class, or one for binary and regression."""
+        return self.num_classes if self.task == "multiclass" else 1
+
+
+class Standardize:
+    """One mean and std over all training values (images: every pixel alike)."""
+
+    def fit(self, x: torch.Tensor) -> "Standardize":
+        x = x.float()
+        self.mean, self.std = float(x.mean()), float(x.std().clamp_min(1e-8))
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() - self.mean) / self.std).contiguous()
+
+    def describe(self) -> dict:
+        return {"kind": "standardize", "mean": self.mean, "std": self.std}
+
+
+TARGET_DTYPES = {"multiclass": torch.long, "binary": torch.float32, "regression": torch.float32}
 
 
 def build_data(name: str, batch_size: int, val_split: float, seed: int, device=None,
                root: str = "data", **options) -> Data:
-    """Load data by name, hold out a stratified validation split, standardise, place on device."""
+    """Load data by name, hold out a seeded validation split (stratified for classes), fit the
+    scaling on the training split only, place on device."""
     options = {k: v for k, v in options.items() if v is not None}
     loaded = DATASETS.build(name, root=root, seed=seed, **options)
+    task = loaded.get("task", "multiclass")
     x_train, y_train = loaded["train"]
     x_val = y_val = None
     if val_split > 0:
-        train_idx, val_idx = stratified_split(y_train, val_split, seed, key="data.val_split")
+        hold_out = random_split if task == "regression" else stratified_split
+        train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
-    # Scale from training pixels only, so nothing about val or test leaks into training.
-    mean, std = x_train.float().mean(), x_train.float().std().clamp_min(1e-8)
+    transform = loaded.get("transform") or Standardize()
+    transform.fit(x_train)
 
     def split(x, y):
-        return Split(((x.float() - mean) / std).contiguous(), y.long())
+        return Split(transform(x), y.to(TARGET_DTYPES[task]))
 
-    data = Data(train=split(x_train, y_train), val=split(x_val, y_val) if x_val is not None else None,
+    train = split(x_train, y_train)
+    data = Data(train=train, val=split(x_val, y_val) if x_val is not None else None,
                 test=split(*loaded["test"]), batch_size=batch_size,
-                input_shape=tuple(x_train.shape[1:]), num_classes=len(loaded["classes"]),
-                classes=list(loaded["classes"]))
+                input_shape=tuple(train.x.shape[1:]), num_classes=len(loaded["classes"]),
+                task=task, classes=list(loaded["classes"]), transform=transform)
     if device is not None and fits_on(device, data):
         data.train, data.test = data.train.to(device), data.test.to(device)
         data.val = data.val.to(device) if data.val is not None else None
     return data
+
+
+def random_split(y, fraction: float, seed: int, key: str):
+    """Indices (kept, held_out): round(fraction * n) held out at random, at least one; seeded."""
+    n = y if isinstance(y, int) else len(y)
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = max(1, round(fraction * n))
+    if n_held >= n:
+        raise ConfigError(f"{key}={fraction} leaves nothing to train on: there are only {n} rows; "
+                          f"use a smaller {key} or more data")
+    return torch.from_numpy(np.sort(order[n_held:])), torch.from_numpy(np.sort(order[:n_held]))
 
 
 def stratified_split(y: torch.Tensor, fraction: float, seed: int, key: str):
@@ -111,4 +150,4 @@ def fits_on(device, data: Data) -> bool:
     return need < free // 2     # leave half the card to the model and activations
 
 
-from nnrun.data import digits, vision  # noqa: E402,F401  (registers the datasets)
+from nnrun.data import digits, tabular, vision  # noqa: E402,F401  (registers the datasets)

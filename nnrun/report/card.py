@@ -3,9 +3,26 @@ suggest, in plain words."""
 
 import math
 
+import torch
 
-def diagnose(logs: list, num_classes: int) -> list:
-    """Hints read from the per-epoch logs: divergence, overfitting, underfitting."""
+
+def chance_loss(data, loss_fn) -> float:
+    """The loss of a model that learned nothing: even odds over the classes (ln C for
+    cross-entropy), or always the training mean for regression; on the training targets."""
+    y = data.train.y[:10_000]
+    with torch.no_grad():
+        if data.task == "multiclass":
+            output = torch.zeros(len(y), data.num_classes, device=y.device)
+        elif data.task == "binary":
+            output = torch.zeros(len(y), device=y.device)
+        else:
+            output = torch.full_like(y, float(y.mean()))
+        return float(loss_fn(output, y))
+
+
+def diagnose(logs: list, chance: float) -> list:
+    """Hints read from the per-epoch logs: divergence, overfitting, underfitting; chance is the
+    loss of a model that learned nothing (chance_loss)."""
     losses = [row["loss"] for row in logs]
     if any(not math.isfinite(v) for v in losses) or (len(losses) >= 2 and losses[-1] > 1.5 * losses[0]):
         return [f"the training loss diverged ({losses[0]:.4g} -> {losses[-1]:.4g}): the learning rate is "
@@ -18,11 +35,10 @@ def diagnose(logs: list, num_classes: int) -> list:
             hints.append(f"overfitting: val_loss rose from {val[best]:.4f} (epoch {best + 1}) to {val[-1]:.4f} "
                          f"while the training loss kept falling; try more model.dropout, "
                          f"optimizer.weight_decay (L2), early stopping, or more data")
-    chance = math.log(num_classes) if num_classes > 1 else 1.0   # an untrained classifier's loss
     half = losses[len(losses) // 2:]
-    if len(losses) >= 4 and losses[-1] > 0.5 * chance and half[-1] > 0.95 * half[0]:
-        hints.append(f"underfitting: the training loss is flat and high ({losses[-1]:.4f}; chance is "
-                     f"{chance:.4f}); try a bigger model, more trainer.epochs, or a higher optimizer.lr")
+    if len(losses) >= 4 and losses[-1] > 0.75 * chance and half[-1] > 0.95 * half[0]:
+        hints.append(f"underfitting: the training loss is flat and high ({losses[-1]:.4f}; a model that "
+                     f"learned nothing gets {chance:.4f}); try a bigger model, more trainer.epochs, or a higher optimizer.lr")
     return hints
 
 

@@ -1,4 +1,4 @@
-"""curves.png (loss, accuracy and lr per epoch) and confusion_matrix.png, with matplotlib's Agg
+"""curves.png (loss, the main metric and lr per epoch) and confusion_matrix.png, with matplotlib's Agg
 canvas: no display, no pyplot state shared between runs of one process."""
 
 from pathlib import Path
@@ -7,13 +7,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def plot_curves(path: Path, logs: list, best_epoch, monitor: str) -> Path:
-    """Train vs validation loss and accuracy, and the learning rate; the best epoch marked."""
+def plot_curves(path: Path, logs: list, best_epoch, monitor: str, metric: str = "accuracy") -> Path:
+    """Train vs validation loss and metric (accuracy, or mae for regression), and the learning
+    rate; the best epoch marked."""
     epochs = list(range(1, len(logs) + 1))
     fig = Figure(figsize=(15, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     panels = fig.subplots(1, 3)
-    for ax, metric in zip(panels, ("loss", "accuracy")):
+    for ax, metric in zip(panels, ("loss", metric)):
         ax.plot(epochs, [row[metric] for row in logs], "o-", ms=3, label=f"train {metric}")
         if f"val_{metric}" in logs[0]:
             ax.plot(epochs, [row[f"val_{metric}"] for row in logs], "o-", ms=3, label=f"val_{metric}")

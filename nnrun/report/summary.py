@@ -1,14 +1,69 @@
-"""summary.json: the run's outcome in one small file that scripts read."""
+"""summary.json and preprocessing.json: the run's outcome and its fitted input transform, in
+small files that scripts read; finish_run() writes them with the plots and the report card."""
 
 import json
+import logging
 import os
 from pathlib import Path
 
+log = logging.getLogger("nnrun")
 
-def write_summary(run_dir, summary: dict) -> Path:
+
+def write_json(path: Path, content: dict) -> Path:
     """Atomic write: a reader sees the old file or the new one, never half of one."""
-    path = Path(run_dir) / "summary.json"
-    tmp = path.with_name(".summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2, default=float) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def write_summary(run_dir, summary: dict) -> Path:
+    return write_json(Path(run_dir) / "summary.json", summary)
+
+
+def write_preprocessing(run_dir, data) -> Path:
+    """What new inputs need before the model sees them: the scaling fitted on the training split,
+    the task, and the class names in output order."""
+    return write_json(Path(run_dir) / "preprocessing.json", {
+        "task": data.task, "classes": data.classes, "input_shape": list(data.input_shape),
+        "transform": data.transform.describe()})
+
+
+def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, monitor: str, mode: str,
+               plots: bool) -> dict:
+    """Fill in the results, write summary.json and the plots, print the report card."""
+    from nnrun.report.card import card_lines, chance_loss, diagnose
+
+    confusion = test.pop("confusion", None)
+    summary.update(epochs=len(history.logs), best_epoch=history.best_epoch, monitor=monitor, mode=mode,
+                   best_score=history.best_score, stopped_early=history.stopped_early,
+                   **{f"test_{name}": value for name, value in test.items()},
+                   last_epoch=history.logs[-1],
+                   samples_per_sec=history.samples / max(history.train_seconds, 1e-9),
+                   hints=diagnose(history.logs, chance_loss(data, eval_loss)))
+    if confusion is not None:
+        summary["confusion_matrix"] = confusion.tolist()     # [true][predicted] counts, test split
+    summary["wall_time"] = summary.pop("wall_time")            # keep the keys in reading order
+    summary["command"] = summary.pop("command")
+    write_summary(run_dir, summary)
+    if plots:
+        write_plots(Path(run_dir), history, monitor, data, confusion, summary)
+    for line in card_lines(summary, summary["command"]):
+        log.info(line)
+    return summary
+
+
+def write_plots(run_dir: Path, history, monitor: str, data, confusion, summary: dict) -> None:
+    """curves.png, and confusion_matrix.png for classification; a plotting failure is a warning,
+    never a lost run."""
+    from nnrun.report.plots import plot_confusion, plot_curves
+    from nnrun.train.metrics import MAIN_METRIC
+
+    try:
+        plot_curves(run_dir / "curves.png", history.logs, history.best_epoch, monitor, MAIN_METRIC[data.task])
+        if confusion is not None:
+            plot_confusion(run_dir / "confusion_matrix.png", confusion, data.classes,
+                           f"test split: accuracy {summary['test_accuracy']:.4f}, "
+                           f"weights of epoch {history.best_epoch or len(history.logs)}")
+    except Exception as exc:  # noqa: BLE001  (matplotlib can fail in many ways; the numbers are saved)
+        log.warning("could not draw the plots: %s: %s", type(exc).__name__, exc)

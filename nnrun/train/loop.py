@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from nnrun.errors import ConfigError, suggest
-from nnrun.train.metrics import improved, logged_names
+from nnrun.train.metrics import Tally, improved, logged_names
 
 
 @dataclass
@@ -40,13 +40,13 @@ def fit(model, data, optimizer, scheduler, callbacks, progress, *, train_loss, e
         lr = optimizer.param_groups[0]["lr"]     # the rate used during this epoch
         # Data order depends on seed and epoch only, so a resumed run sees the same batches.
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        loss, accuracy, seen = train_epoch(model, data, optimizer, scheduler, train_loss, generator, device,
-                                           grad_clip, accumulate, limit_batches, progress, batch_callbacks)
+        logs, seen = train_epoch(model, data, optimizer, scheduler, train_loss, generator, device,
+                                 grad_clip, accumulate, limit_batches, progress, batch_callbacks)
         history.samples += seen
         history.train_seconds += time.perf_counter() - start
-        logs = {"loss": loss, "accuracy": accuracy}
         if data.val is not None:
-            scores = evaluate(model, data.val, data.batch_size, eval_loss, device, limit_batches)
+            scores = evaluate(model, data.val, data.batch_size, eval_loss, device, limit_batches,
+                              task=data.task, num_classes=data.num_classes)
             logs.update((f"val_{name}", value) for name, value in scores.items())
         logs["lr"] = lr
         logs["epoch_time"] = time.perf_counter() - start
@@ -72,17 +72,18 @@ def fit(model, data, optimizer, scheduler, callbacks, progress, *, train_loss, e
 
 def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, grad_clip, accumulate,
                 limit_batches, progress, batch_callbacks):
+    """One pass over the training split; returns (logs: loss and the task's metrics, samples seen)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    tally = Tally(data.task, device, data.num_classes)
     seen = 0
     batches = data.train.num_batches(data.batch_size, limit_batches)
     per_step = scheduler is not None and scheduler.interval == "step"
     optimizer.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, limit_batches)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)                          # (B, num_classes)
-        loss = loss_fn(logits, y)
+        output = forward(model, x, y)
+        loss = loss_fn(output, y)
         total = loss + model.penalty() if model.penalty else loss   # L1/L2 train the weights, not the metric
         if accumulate > 1:                         # mean over the group; the last group may be short
             total = total / min(accumulate, batches - i // accumulate * accumulate)
@@ -96,40 +97,44 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
                 scheduler.step()
         seen += len(y)
         loss_sum += loss.detach() * len(y)         # stays a tensor: .item() would sync the GPU
-        correct += (logits.detach().argmax(1) == y).sum()
+        tally.update(output, y)
         progress.batch_end(i + 1, loss_sum, seen)  # reads the sum only when it redraws
         for cb in batch_callbacks:
             cb.on_train_batch_end(i, {"loss": loss.detach()})
-    return (loss_sum / seen).item(), (correct / seen).item(), seen
+    return {"loss": (loss_sum / seen).item(), **tally.result()}, seen
+
+
+def forward(model, x, y):
+    """The model's output shaped like the targets where they are values (binary, regression):
+    (B, 1) -> (B,), so a loss never broadcasts (B, 1) against (B,)."""
+    output = model(x)
+    return output if y.dtype == torch.long else output.reshape(y.shape)
 
 
 @torch.no_grad()
-def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None, num_classes=None) -> dict:
-    """{"loss", "accuracy"} over split, summed per sample so a short last batch counts right;
-    with num_classes also "confusion": counts[true, predicted] as a (C, C) CPU tensor."""
+def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None, task="multiclass",
+             num_classes=0, confusion=False) -> dict:
+    """{"loss", and the task's metrics} over split, summed per sample so a short last batch counts
+    right; with confusion (classification) also "confusion": counts[true, predicted], on the CPU."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    counts = torch.zeros(num_classes ** 2 if num_classes else 0, device=device, dtype=torch.long)
+    tally = Tally(task, device, num_classes, every_prediction=True)
     seen = 0
     for x, y in split.batches(batch_size, limit=limit_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        predicted = logits.argmax(1)
-        loss_sum += loss_fn(logits, y) * len(y)
-        correct += (predicted == y).sum()
-        if num_classes:
-            counts += torch.bincount(y * num_classes + predicted, minlength=num_classes ** 2)
+        output = forward(model, x, y)
+        loss_sum += loss_fn(output, y) * len(y)
+        tally.update(output, y)
         seen += len(y)
-    scores = {"loss": (loss_sum / seen).item(), "accuracy": (correct / seen).item()}
-    if num_classes:
-        scores["confusion"] = counts.view(num_classes, num_classes).cpu()
+    scores = {"loss": (loss_sum / seen).item(), **tally.result()}
+    if confusion and task != "regression":
+        scores["confusion"] = tally.confusion()
     return scores
 
 
-def check_monitors(has_val: bool, monitor, callbacks, scheduler) -> None:
+def check_monitors(has_val: bool, monitor, callbacks, scheduler, task: str = "multiclass") -> None:
     """Every monitored name must be one the run logs: fail at start, where Keras only warns."""
-    names = logged_names(has_val)
+    names = logged_names(has_val, task)
     watched = [("trainer.monitor", monitor)]
     watched += [(f"callbacks.{cb.name}.monitor", cb.monitor) for cb in callbacks if getattr(cb, "monitor", None)]
     if getattr(scheduler, "monitor", None):
