@@ -48,6 +48,13 @@ def summary(run_dir) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
+def yaml_config(run_dir) -> dict:
+    """The resolved config Hydra saved for the run."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml"))
+
+
 def metrics(run_dir) -> list:
     with open(Path(run_dir) / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -106,5 +113,5 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-__all__ = ["NNRUN", "FAST", "clean_env", "nnrun", "train", "summary", "metrics", "write_idx",
+__all__ = ["NNRUN", "FAST", "clean_env", "nnrun", "train", "summary", "yaml_config", "metrics", "write_idx",
            "write_mnist", "tree", "one_line_error", "shutil"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import metrics, summary, train
+from conftest import metrics, summary, train, write_mnist, yaml_config
 
 NO_STOP = "~callbacks.early_stopping"
 QUICK = ["trainer.limit_batches=4", NO_STOP]
@@ -77,10 +77,14 @@ def weight_norm(run_dir) -> float:
     return sum(float(t.square().sum()) for t in state.values() if t.dim() > 1)
 
 
-@pytest.mark.parametrize("penalty", ["model.l2=0.01", pytest.param("model.l1=0.001", marks=pytest.mark.slow)])
-def test_l1_and_l2_shrink_the_weights(tmp_path, penalty):
-    args = ["trainer.epochs=3", NO_STOP]
-    _, plain = train(tmp_path, *args, name="plain")
+@pytest.mark.parametrize("optimizer,penalty", [
+    ([], "model.l2=0.01"),
+    (["optimizer=adamw"], "optimizer.weight_decay=5"),   # decoupled: w *= 1 - lr * 5 each step, vs no decay
+    pytest.param([], "model.l1=0.001", marks=pytest.mark.slow),
+])
+def test_l1_l2_and_weight_decay_shrink_the_weights(tmp_path, optimizer, penalty):
+    args = ["trainer.epochs=3", NO_STOP, *optimizer]
+    _, plain = train(tmp_path, *args, *(["optimizer.weight_decay=0"] if optimizer else []), name="plain")
     _, penalised = train(tmp_path, *args, penalty, name="penalised")
     assert weight_norm(penalised) < 0.8 * weight_norm(plain)
 
@@ -179,3 +183,15 @@ def test_a_callback_from_the_users_own_module(tmp_path):
         "            f.write(f'{self.mark}{epoch} ')\n")
     _, run_dir = train(tmp_path, "imports=[my_callbacks]", "+callbacks.epoch_marks.mark=e", "trainer.epochs=3", *QUICK)
     assert (run_dir / "marks.txt").read_text() == "e1 e2 e3 "
+
+
+@pytest.mark.parametrize("preset", ["fashion_mlp", "fashion_cnn", "fashion_lstm"])
+def test_experiment_presets_run(tmp_path, preset):
+    # The measured results are in the README; here each preset composes and trains on tiny files.
+    root = write_mnist(tmp_path / "fashion", n_train=300, n_test=100)
+    result, run_dir = train(tmp_path, f"experiment={preset}", f"data.root={root}", "trainer.epochs=1",
+                            "trainer.limit_batches=2")
+    info = summary(run_dir)
+    assert info["status"] == "completed" and info["epochs"] == 1
+    assert yaml_config(run_dir)["data"]["name"] == "fashion_mnist"
+    assert {"fashion_mlp": "Linear", "fashion_cnn": "Conv2d", "fashion_lstm": "LSTM"}[preset] in result.stdout

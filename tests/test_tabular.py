@@ -102,6 +102,18 @@ def test_regression_metrics_match_scikit_learn(tmp_path):
     assert not (run_dir / "confusion_matrix.png").exists() and "confusion_matrix" not in info
 
 
+@pytest.mark.parametrize("loss,expected", [
+    (["loss=mse"], lambda row: float(row["val_rmse"]) ** 2),
+    (["loss=mae"], lambda row: float(row["val_mae"])),
+    (["loss=huber", "loss.delta=1e6"], lambda row: 0.5 * float(row["val_rmse"]) ** 2),   # all errors < delta
+])
+def test_regression_losses_agree_with_the_metrics(tmp_path, loss, expected):
+    path = write(tmp_path, "t.csv", table(200, "regression", 0))
+    _, run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=3", *loss)
+    for row in metrics(run_dir):
+        assert float(row["val_loss"]) == pytest.approx(expected(row), rel=1e-4)
+
+
 def test_multiclass_text_labels_and_a_categorical_feature(tmp_path):
     path = write(tmp_path, "patients.csv", table(600, "multiclass", 0))
     result, run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=15")
