@@ -1,9 +1,11 @@
 """The nnrun command. Hydra composes the config and makes the run folder; run() is the whole
-pipeline, top to bottom; main() turns errors into one line and an exit code."""
+pipeline, top to bottom; task() is one Hydra job (resume, signals, failures recorded); main()
+turns errors into one line and an exit code."""
 
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,10 +22,12 @@ log = logging.getLogger("nnrun")
 EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
 
 
-def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> dict:
+def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", resume_from=None,
+        stop=None) -> dict:
     """Train, validate and test one model as conf says; everything is written under run_dir.
     extra_callbacks run after the configured ones (benchmarks time epochs with one); command is
-    the command line that reruns it, for the report card."""
+    the command line that reruns it, for the report card; resume_from: a checkpoint to continue
+    from; stop(): a signal number asking to stop, or None."""
     import torch
 
     from nnrun.callbacks import build_callbacks
@@ -31,22 +35,29 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
     from nnrun.losses import build_losses
     from nnrun.models import build_model
     from nnrun.optim import build_optimizer, build_scheduler
-    from nnrun.registry import import_modules
+    from nnrun.registry import check_targets, import_modules
     from nnrun.report.console import EpochProgress, model_table
-    from nnrun.report.summary import finish_run, write_preprocessing, write_summary
-    from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
-    from nnrun.train.loop import check_monitors, evaluate, fit
+    from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
+    from nnrun.train.checkpoint import checkpoint_state, resume_state, restore, save_checkpoint
+    from nnrun.train.device import resolve_device, set_determinism
+    from nnrun.train.loop import Saving, check_monitors, evaluate, fit
     from nnrun.train.metrics import resolve_mode
+    from nnrun.train.resume import check_same, load_resume_state
 
     start = time.perf_counter()
     config.check(conf)
     plain = OmegaConf.to_container(conf, resolve=True)   # config is unpacked here, once
     trainer = plain["trainer"]
+    check_targets(plain)                                  # before anything is imported
     device = resolve_device(trainer["device"])
+    set_determinism(trainer["deterministic"], device)
     import_modules(plain["imports"])                      # the user's registered models, callbacks...
     monitor = trainer["monitor"]
     mode = resolve_mode(monitor, trainer["mode"], "trainer.mode")
     callbacks = build_callbacks(plain["callbacks"], extra_callbacks)   # before the data: config errors fail fast
+    saved = load_resume_state(Path(resume_from)) if resume_from else None
+    if saved is not None:
+        check_same(saved["config"], plain, resume_from)
     torch.manual_seed(trainer["seed"])                    # weights and dropout; data order has its own
     data = build_data(**plain["data"], seed=trainer["seed"], device=device)
     log.info(f"data {plain['data']['name']}: {len(data.train)} train, {len(data.val) if data.val else 0} val, "
@@ -71,51 +82,38 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "") -> 
         cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
             path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)), optimizer)
     check_monitors(data.val is not None, monitor, callbacks, scheduler, data.task)
+    history = restore(saved, model, optimizer, scheduler, device) if saved is not None else None
+    last = run_dir / "checkpoints" / "last.pt"
+    saving = Saving(save=lambda h: save_checkpoint(last, resume_state(model, optimizer, scheduler, callbacks, h,
+                                                                      plain, device), keep_previous=True),
+                    epoch_end=any(getattr(cb, "save_last", False) for cb in callbacks),
+                    every_n_steps=trainer["checkpoint_every_n_steps"], signal=stop or (lambda: None))
     history = fit(model, data, optimizer, scheduler, callbacks, EpochProgress(console),
                   train_loss=train_loss, eval_loss=eval_loss, epochs=trainer["epochs"], device=device,
                   seed=trainer["seed"], grad_clip=trainer["grad_clip"], accumulate=trainer["accumulate"],
-                  limit_batches=trainer["limit_batches"], monitor=monitor, mode=mode)
+                  limit_batches=trainer["limit_batches"], monitor=monitor, mode=mode,
+                  history=history, saving=saving)
 
     if history.best_state is not None:                    # test the best epoch, not the last
         model.load_state_dict(history.best_state)
     test = evaluate(model, data.test, data.batch_size, eval_loss, device, trainer["limit_batches"],
                     task=data.task, num_classes=data.num_classes, confusion=True)
+    export_weights(run_dir, model)
     summary.update(wall_time=round(time.perf_counter() - start, 3), command=command)
     return finish_run(run_dir, summary, history, test, data, eval_loss, monitor, mode, trainer["plots"])
-
-
-def resolve_device(name: str):
-    """trainer.device -> torch.device, checked: a missing GPU is a config error, not a crash."""
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    hint = "use trainer.device=auto, cpu, cuda, cuda:N or mps"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"trainer.device={name} is not a device; {hint}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"trainer.device={name}, but no CUDA device is available; {hint}")
-        if (device.index or 0) >= count:
-            raise ConfigError(f"trainer.device={name}, but only {count} CUDA device(s) exist (0..{count - 1})")
-    elif device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ConfigError(f"trainer.device={name}, but MPS is not available; {hint}")
-    elif device.type != "cpu":
-        raise ConfigError(f"trainer.device={name} is not supported; {hint}")
-    return device
 
 
 # Jobs that raised, as (sweep job's overrides or "", exception). A job records its error instead of raising it, so
 # a sweep runs its other jobs, and Hydra prints nothing of its own; main() reports them.
 FAILED_JOBS = []
+
+
+class StopSweep(Exception):
+    """Raised out of a job to end the whole command: a stop signal, or fail_fast after a failure."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 def rerun_command(hydra_conf) -> str:
@@ -131,47 +129,144 @@ def task(conf):
     """One Hydra job; returns the best monitored score so that sweepers can optimise it."""
     from nnrun.report.console import open_console
     from nnrun.report.summary import write_summary
+    from nnrun.signals import signal_number, stop_signals
+    from nnrun.train.loop import Interrupted, NonFiniteLoss
+    from nnrun.train.resume import AlreadyCompleted, locate, move_to
 
     hydra_conf = HydraConfig.get()
     run_dir = Path(hydra_conf.runtime.output_dir)
+    sweep = hydra_conf.mode == RunMode.MULTIRUN
     console, handler = open_console()
     try:
-        return run(conf, run_dir, console, command=rerun_command(hydra_conf)).get("best_score")
+        with stop_signals(signal_number(conf.trainer.get("requeue_signal"))) as stop:
+            resume_from = None
+            if conf.trainer.get("resume"):
+                folder, resume_from = locate(str(conf.trainer.resume), run_dir,
+                                             OmegaConf.to_container(conf, resolve=False))
+                if folder != run_dir:
+                    move_to(run_dir, folder)
+                    run_dir = folder
+                log.info(f"resuming {run_dir}" + (f" from {resume_from}" if resume_from else ""))
+            return run(conf, run_dir, console, command=rerun_command(hydra_conf), resume_from=resume_from,
+                       stop=stop).get("best_score")
+    except AlreadyCompleted as done:
+        move_to(run_dir, done.run_dir)        # this attempt's empty folder goes; the note goes to that run's log
+        log.info(str(done))
+        return None
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        write_summary(run_dir, {"status": "interrupted", "signal": name, "epoch": exc.epoch, "step": exc.step,
+                                "run_dir": str(run_dir)})
+        where = f"after epoch {exc.epoch}" if not exc.step else f"at epoch {exc.epoch + 1}, step {exc.step}"
+        raise StopSweep(128 + exc.signum, f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
+                                          f"continue with trainer.resume=auto (or trainer.resume={run_dir})")
     except Exception as exc:
         # The traceback goes to nnrun.log only; the console gets one line from main().
         log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
-        write_summary(run_dir, {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}",
-                                "run_dir": str(run_dir)})
-        sweep = hydra_conf.mode == RunMode.MULTIRUN
+        outcome = {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}"}
+        if isinstance(exc, NonFiniteLoss):
+            outcome.update(status="nan_loss", epoch=exc.epoch, step=exc.step)
+        elif type(exc).__name__ == "OutOfMemoryError":
+            outcome["status"] = "oom"
+        try:
+            write_summary(run_dir, {**outcome, "run_dir": str(run_dir)})
+        except OSError as write_error:    # e.g. the disk that is full
+            log.error("could not write summary.json: %s", write_error)
         FAILED_JOBS.append((" ".join(hydra_conf.overrides.task) if sweep else "", exc))
+        if sweep and conf.get("fail_fast"):
+            raise StopSweep(EXIT_USAGE if describe(exc) else EXIT_FAILURE, "fail_fast: the sweep stopped at "
+                                                                          "its first failure") from None
         return None
     finally:
         logging.getLogger().removeHandler(handler)
 
 
+def failure_message(exc) -> str:
+    """One line for a runtime failure, with what to do where nnrun knows."""
+    import errno
+
+    if type(exc).__name__ == "OutOfMemoryError":
+        return "out of GPU memory; try a smaller data.batch_size (or a smaller model)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"{first}; the previous checkpoint is kept: free some space and continue with "
+                f"trainer.resume=auto")
+    if type(exc).__name__ == "NonFiniteLoss":
+        return first
+    return f"{type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; NNRUN_DEBUG=1 prints it)"
+
+
 def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"      # Hydra re-raises; we print one line instead
     debug = os.environ.get("NNRUN_DEBUG", "") not in ("", "0")
+    register_resolvers()
     entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(task)
+    stopped = None
     try:
+        refuse_used_run_dir(sys.argv[1:])
         entry()
     except KeyboardInterrupt:
         print("nnrun: interrupted", file=sys.stderr)
         sys.exit(EXIT_SIGINT)
+    except StopSweep as exc:
+        stopped = exc
     except Exception as exc:                  # composition errors: before any job
         FAILED_JOBS.append(("", exc))
-    if not FAILED_JOBS:
-        return
-    if debug:
+    if debug and FAILED_JOBS:
         raise FAILED_JOBS[0][1]
     codes = []
     for overrides, exc in FAILED_JOBS:
         message = describe(exc)
         codes.append(EXIT_USAGE if message is not None else EXIT_FAILURE)
-        if message is None:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            message = (f"{type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; "
-                       f"NNRUN_DEBUG=1 prints it)")
         where = f"job [{overrides}] " if overrides else ""
-        print(f"nnrun: {where}{'error' if codes[-1] == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
-    sys.exit(EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_USAGE)
+        print(f"nnrun: {where}{'error' if codes[-1] == EXIT_USAGE else 'failed'}: "
+              f"{message or failure_message(exc)}", file=sys.stderr)
+    if stopped is not None:
+        if stopped.code > 128:
+            print(f"nnrun: {stopped}", file=sys.stderr)
+        sys.exit(stopped.code)
+    if codes:
+        sys.exit(EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_USAGE)
+
+
+def refuse_used_run_dir(args) -> None:
+    """hydra.run.dir=<a folder that holds a run> would overwrite it: refused, unless resuming."""
+    if any(a.startswith("trainer.resume=") for a in args) or "--multirun" in args or "-m" in args:
+        return
+    for arg in args:
+        if arg.startswith("hydra.run.dir="):
+            folder = Path(arg.split("=", 1)[1]).expanduser()
+            if any((folder / name).exists() for name in ("summary.json", "metrics.csv", "checkpoints")):
+                raise ConfigError(f"hydra.run.dir={folder} already holds a run; choose a new folder, or "
+                                  f"continue that run with trainer.resume={folder}")
+
+
+def register_resolvers() -> None:
+    """${nnrun_run_dir:<folder>,<run_name>} for hydra.run.dir: a folder of its own (a suffix -1, -2...
+    when another run took the name in the same second), with the run name made safe."""
+    if not OmegaConf.has_resolver("nnrun_run_dir"):
+        OmegaConf.register_new_resolver("nnrun_run_dir", unique_run_dir)
+
+
+_RUN_DIRS = {}
+
+
+def unique_run_dir(folder: str, name=None) -> str:
+    import re
+
+    key = (folder, name)
+    if key not in _RUN_DIRS:          # Hydra resolves the folder more than once: make it once
+        if name:
+            safe = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", str(name)).strip("._")
+            folder = f"{folder}_{safe}" if safe else folder
+        path, n = Path(folder), 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            candidate = path if n == 0 else path.with_name(f"{path.name}-{n}")
+            try:
+                candidate.mkdir()     # atomic: of two processes, one gets each name
+                break
+            except FileExistsError:
+                n += 1
+        _RUN_DIRS[key] = str(candidate)
+    return _RUN_DIRS[key]

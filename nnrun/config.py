@@ -48,6 +48,10 @@ class TrainerConf:
     accumulate: int = 1                 # batches per optimizer step (gradient accumulation)
     class_weight: Any = None            # null | balanced | [w0, w1, ...]: weighs the training loss
     plots: bool = True                  # curves.png and confusion_matrix.png (about 2 s a run)
+    resume: Optional[str] = None        # null | auto | a run folder | a checkpoint
+    checkpoint_every_n_steps: Optional[int] = None   # also save last.pt within epochs
+    deterministic: bool = False         # PyTorch's deterministic algorithms, cuDNN/cuBLAS flags
+    requeue_signal: Optional[str] = None  # e.g. SIGUSR1: save and exit 138 so a wrapper can requeue
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Config:
     callbacks: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     imports: List[str] = field(default_factory=list)   # the user's modules that register models, callbacks...
+    run_name: Optional[str] = None      # appended to the run folder's name (made safe)
+    fail_fast: bool = False             # --multirun: stop the sweep at its first failed job
 
 
 ConfigStore.instance().store(name="nnrun_schema", node=Config)
@@ -70,6 +76,7 @@ RANGES = {
     "trainer.grad_clip": (0, None, False),
     "trainer.limit_batches": (1, None, True),
     "trainer.accumulate": (1, None, True),
+    "trainer.checkpoint_every_n_steps": (1, None, True),
     "model.l1": (0, None, True),
     "model.l2": (0, None, True),
     "data.batch_size": (1, None, True),

@@ -97,3 +97,38 @@ def import_modules(names) -> None:
         except ImportError as exc:
             raise ConfigError(f"imports: cannot import {name} ({exc}); give a module importable from "
                               f"the current folder or the Python path, e.g. imports=[my_callbacks]") from exc
+
+
+ALLOWED_TARGETS = ("nnrun.", "torch.nn.", "torch.optim.")
+
+
+def check_targets(conf: dict) -> None:
+    """Every _target_ in the config must lie in nnrun, torch.nn, torch.optim or a module named in
+    imports, checked before anything is imported: a config must not run arbitrary code."""
+    allowed = ALLOWED_TARGETS + tuple(f"{name}." for name in conf.get("imports") or [])
+    for key, target in find_targets(conf):
+        if not isinstance(target, str) or not target.startswith(allowed) or ".." in target:
+            raise ConfigError(f"{key}={target} is not allowed: a _target_ must be a class in nnrun, torch.nn, "
+                              f"torch.optim or a module named in imports (imports=[...])")
+
+
+def find_targets(node, path: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield where, value
+            else:
+                yield from find_targets(value, where)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from find_targets(value, f"{path}[{i}]")
+
+
+def locate(target: str):
+    """The class named by an allowed _target_ (check_targets has vetted it)."""
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"_target_={target} cannot be found ({exc})") from None

@@ -9,9 +9,9 @@ from conftest import nnrun, one_line_error, summary, train, tree, write_idx, wri
 LAYOUTS = [
     # (dataset, subfolder under data.root, gzipped)
     ("mnist", "", True),
-    ("mnist", "", False),
-    ("mnist", "MNIST/raw", False),       # torchvision's own layout
-    ("fashion_mnist", "FashionMNIST/raw", True),
+    pytest.param("mnist", "", False, marks=pytest.mark.slow),
+    pytest.param("mnist", "MNIST/raw", False, marks=pytest.mark.slow),       # torchvision's own layout
+    pytest.param("fashion_mnist", "FashionMNIST/raw", True, marks=pytest.mark.slow),
     ("fashion_mnist", "", True),         # Debian's /usr/share/datasets/fashion-mnist
 ]
 

@@ -43,7 +43,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("overrides,words", CASES, ids=[" ".join(c[0]) for c in CASES])
+# One case per kind of mistake runs by default; the rest (same code paths, other keys) with -m slow.
+QUICK = {"optimizer.lr=abc", "model=transfomer", "trainer.epochs=-1", "trainer.epoch=3", "model.hidde=[8]",
+         "model.dropout=1.5", "optimizer.momentum=0.9", "data.val_split=0", "trainer.device=cuda:7",
+         "data=mnist data.download=false", "loss=mse", "imports=[no_such_module_xyz]",
+         "scheduler=plateau scheduler.monitor=val_los",
+         "callbacks.model_checkpoint.filename='ep{epoch}-{val_acc:.2f}'"}
+
+
+@pytest.mark.parametrize("overrides,words", [
+    pytest.param(*case, id=" ".join(case[0]), marks=() if " ".join(case[0]) in QUICK else pytest.mark.slow)
+    for case in CASES])
 def test_bad_input_is_refused_in_one_line(tmp_path, overrides, words):
     result = nnrun(*overrides, f"data.root={tmp_path / 'empty'}" if "data=mnist" in overrides else "trainer.seed=1",
                    cwd=tmp_path)

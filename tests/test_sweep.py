@@ -1,5 +1,6 @@
 """--multirun: one folder per job; a failing job is reported and the others still run."""
 
+import pytest
 import yaml
 
 from conftest import nnrun, summary
@@ -21,6 +22,7 @@ def test_two_by_two_sweep_gives_four_job_folders(tmp_path):
     assert len(seen) == 4
 
 
+@pytest.mark.slow
 def test_the_default_sweep_folder_is_under_outputs_multirun(tmp_path):
     result = nnrun("--multirun", "trainer.seed=1,2", "trainer.epochs=1", "trainer.limit_batches=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

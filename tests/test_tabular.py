@@ -103,9 +103,10 @@ def test_regression_metrics_match_scikit_learn(tmp_path):
 
 
 @pytest.mark.parametrize("loss,expected", [
-    (["loss=mse"], lambda row: float(row["val_rmse"]) ** 2),
+    pytest.param(["loss=mse"], lambda row: float(row["val_rmse"]) ** 2, marks=pytest.mark.slow),
     (["loss=mae"], lambda row: float(row["val_mae"])),
-    (["loss=huber", "loss.delta=1e6"], lambda row: 0.5 * float(row["val_rmse"]) ** 2),   # all errors < delta
+    pytest.param(["loss=huber", "loss.delta=1e6"], lambda row: 0.5 * float(row["val_rmse"]) ** 2,
+                 marks=pytest.mark.slow),   # all errors < delta
 ])
 def test_regression_losses_agree_with_the_metrics(tmp_path, loss, expected):
     path = write(tmp_path, "t.csv", table(200, "regression", 0))
@@ -128,9 +129,9 @@ def test_multiclass_text_labels_and_a_categorical_feature(tmp_path):
 
 
 @pytest.mark.parametrize("target,override,task", [
-    ([0.5, 1.25, 2.0, 3.5], None, "regression"),          # fractional numbers
+    pytest.param([0.5, 1.25, 2.0, 3.5], None, "regression", marks=pytest.mark.slow),   # fractional numbers
     (["cat", "dog", "dog", "cat"], None, "binary"),        # two text values
-    ([0, 1, 2, 3], None, "multiclass"),                    # few integers
+    pytest.param([0, 1, 2, 3], None, "multiclass", marks=pytest.mark.slow),            # few integers
     ([0, 1, 2, 3], "regression", "regression"),            # ... unless told
 ])
 def test_task_follows_the_target_column(tmp_path, target, override, task):
@@ -181,14 +182,14 @@ def test_missing_values_are_named_or_imputed(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["data.path=MISSING.csv", "data.target=y"], "data.path=MISSING.csv: no such file"),
-    (["data.target=outcom"], "data.target=outcom is not a column of"),
+    pytest.param(["data.target=outcom"], "data.target=outcom is not a column of", marks=pytest.mark.slow),
     (["data.target=outcome", "data.features=[age,weight]"], "data.features names weight, not column(s) of"),
-    (["data.target=outcome", "data.task=regression"], "data.task=regression, but column 'outcome' holds text"),
-    (["data.target=outcome", "data.task=sometimes"], "data.task=sometimes is not one of"),
+    pytest.param(["data.target=outcome", "data.task=regression"], "data.task=regression, but column 'outcome' holds text", marks=pytest.mark.slow),
+    pytest.param(["data.target=outcome", "data.task=sometimes"], "data.task=sometimes is not one of", marks=pytest.mark.slow),
     (["data.target=outcome", "loss=mse"], "loss=mse fits regression targets, but this data's task is binary"),
-    (["data.target=dose", "loss=ce"], "loss=ce fits multiclass targets, but this data's task is regression"),
-    (["data.target=dose", "trainer.class_weight=balanced"], "weighs classes, but this data's task is regression"),
-    (["data.target=outcome", "trainer.monitor=val_r2"], "trainer.monitor=val_r2, but the run logs only"),
+    pytest.param(["data.target=dose", "loss=ce"], "loss=ce fits multiclass targets, but this data's task is regression", marks=pytest.mark.slow),
+    pytest.param(["data.target=dose", "trainer.class_weight=balanced"], "weighs classes, but this data's task is regression", marks=pytest.mark.slow),
+    pytest.param(["data.target=outcome", "trainer.monitor=val_r2"], "trainer.monitor=val_r2, but the run logs only", marks=pytest.mark.slow),
 ])
 def test_table_mistakes_are_one_line_errors(tmp_path, args, message):
     path = write(tmp_path, "t.csv", table(50, "binary", 0))

@@ -10,6 +10,7 @@ from conftest import FAST, metrics, summary, train
 NO_STOP = "~callbacks.early_stopping"
 
 
+@pytest.mark.slow     # test_trust checks the same with trainer.deterministic=true
 def test_same_seed_gives_identical_metrics_and_weights(tmp_path):
     args = ["model=cnn", "trainer.epochs=2", "trainer.seed=7", "model.channels=[8]"]
     _, a = train(tmp_path, *args, name="a")
@@ -38,8 +39,8 @@ def test_removing_early_stopping_runs_every_epoch(tmp_path):
     _, run_dir = train(tmp_path, "trainer.epochs=4", NO_STOP, "callbacks.model_checkpoint.save_best_only=false",
                        "callbacks.model_checkpoint.filename='ep{epoch}-{val_loss:.3f}'")   # quoted: braces are Hydra syntax
     assert summary(run_dir)["epochs"] == 4
-    files = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert len(files) == 5 and "last.pt" in files
+    files = sorted(p.name for p in (run_dir / "checkpoints").glob("ep*.pt"))
+    assert len(files) == 4 and (run_dir / "checkpoints" / "last.pt").exists()
     rows = metrics(run_dir)
     assert f"ep2-{float(rows[1]['val_loss']):.3f}.pt" in files
 
@@ -63,8 +64,8 @@ def test_checkpoint_monitoring_accuracy_keeps_the_highest(tmp_path):
 
 @pytest.mark.parametrize("scheduler,expected", [
     (["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"], [1e-3, 5e-4, 2.5e-4]),
-    (["scheduler=cosine"], [1e-3, 7.5e-4, 2.5e-4]),
-    (["scheduler=none"], [1e-3, 1e-3, 1e-3]),
+    pytest.param(["scheduler=cosine"], [1e-3, 7.5e-4, 2.5e-4], marks=pytest.mark.slow),
+    pytest.param(["scheduler=none"], [1e-3, 1e-3, 1e-3], marks=pytest.mark.slow),
 ])
 def test_lr_column_shows_the_rate_each_epoch_used(tmp_path, scheduler, expected):
     _, run_dir = train(tmp_path, *scheduler, "trainer.epochs=3", "trainer.limit_batches=2", NO_STOP)
@@ -80,7 +81,8 @@ def test_plateau_scheduler_cuts_the_rate_when_the_monitor_stalls(tmp_path):
     assert lrs == pytest.approx([1e-3, 1e-3, 5e-4])
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", pytest.param("adamw", marks=pytest.mark.slow),
+                                       pytest.param("rmsprop", marks=pytest.mark.slow)])
 def test_each_optimizer_trains(tmp_path, optimizer):
     _, run_dir = train(tmp_path, f"optimizer={optimizer}", "trainer.epochs=3", NO_STOP)
     rows = metrics(run_dir)
@@ -88,13 +90,13 @@ def test_each_optimizer_trains(tmp_path, optimizer):
 
 
 def test_grad_clip_bounds_the_update(tmp_path):
-    # SGD with a huge lr diverges without clipping; a clipped run stays finite.
-    args = ["optimizer=sgd", "optimizer.lr=50", "optimizer.momentum=0", "trainer.epochs=1", "callbacks=none"]
+    # SGD with a huge lr diverges without clipping (to ~1e6, still finite); a clipped run does not.
+    args = ["optimizer=sgd", "optimizer.lr=5", "optimizer.momentum=0", "trainer.epochs=1", "callbacks=none",
+            "trainer.limit_batches=10"]
     _, clipped = train(tmp_path, *args, "trainer.grad_clip=0.01", name="clipped")
     _, free = train(tmp_path, *args, name="free")
     clipped_loss, free_loss = float(metrics(clipped)[0]["loss"]), float(metrics(free)[0]["loss"])
-    assert math.isfinite(clipped_loss)
-    assert math.isnan(free_loss) or clipped_loss < free_loss
+    assert clipped_loss < 3 < 1000 < free_loss
 
 
 def test_limit_batches_makes_a_smoke_run(tmp_path):

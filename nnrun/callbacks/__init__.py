@@ -25,6 +25,26 @@ class Callback:
     def on_epoch_end(self, epoch, logs): ...
     def on_train_end(self, logs): ...
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to carry on where this callback was: plain values and tensors."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Called instead of on_train_begin when a run resumes."""
+        self.on_train_begin({})
+        self.__dict__.update(state)
+
+
+def keep_lines(path: Path, count: int) -> None:
+    """Cut a text file to its first count lines (for a resumed run's logs)."""
+    if not path.exists():
+        return
+    with open(path, "r+", newline="") as f:
+        lines = f.readlines()[:count]
+        f.seek(0)
+        f.writelines(lines)
+        f.truncate()
+
 
 def build_callbacks(conf: dict, extra=()) -> list:
     """conf maps name -> options ({} or null for the defaults); csv_logger is always on, and
@@ -38,6 +58,7 @@ def build_callbacks(conf: dict, extra=()) -> list:
         callbacks.append(callback)
     if "csv_logger" not in conf:
         callbacks.append(CALLBACKS.build("csv_logger"))    # metrics.csv is always written
+        callbacks[-1].name = "csv_logger"
     return callbacks + list(extra)
 
 

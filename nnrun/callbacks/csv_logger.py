@@ -2,7 +2,7 @@
 
 import csv
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks import CALLBACKS, Callback, keep_lines
 
 
 @CALLBACKS.register("csv_logger")
@@ -12,6 +12,22 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, logs):
         self.file = self.writer = None
+        self.rows = 0
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        # rows written after the checkpoint (the run was killed before saving) are written again
+        self.on_train_begin({})
+        self.rows = state["rows"]
+        if self.rows:
+            path = self.run_dir / self.filename
+            keep_lines(path, 1 + self.rows)
+            with open(path, newline="") as f:
+                columns = next(csv.reader(f))
+            self.file = open(path, "a", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
 
     def on_epoch_end(self, epoch, logs):
         row = {"epoch": epoch, **logs}
@@ -22,6 +38,7 @@ class CSVLogger(Callback):
             self.writer.writeheader()
         self.writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
         self.file.flush()           # a killed run keeps every finished epoch
+        self.rows += 1
 
     def on_train_end(self, logs):
         if self.file is not None:

@@ -23,6 +23,10 @@ class EarlyStopping(Callback):
         self.best, self.best_epoch, self.wait, self.best_weights = self.baseline, None, 0, None
         self.stop_training = False
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "best_weights": self.best_weights, "stop_training": self.stop_training}
+
     def on_epoch_end(self, epoch, logs):
         if epoch <= self.start_from_epoch:
             return

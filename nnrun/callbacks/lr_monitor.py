@@ -1,7 +1,7 @@
 """lr.csv: the learning rate of every optimizer step (Lightning's LearningRateMonitor), for
 schedulers that change it within an epoch; metrics.csv keeps the rate each epoch started with."""
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks import CALLBACKS, Callback, keep_lines
 
 
 @CALLBACKS.register("lr_monitor")
@@ -12,6 +12,14 @@ class LRMonitor(Callback):
     def on_train_begin(self, logs):
         self.rows, self.batch = [], 0
         (self.run_dir / self.filename).write_text("batch,epoch,lr\n")
+
+    def state_dict(self) -> dict:
+        return {"batch": self.batch, "rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        # lr.csv keeps the rows written before the checkpoint; rows after it are written again
+        self.batch, self.rows = state["batch"], list(state["rows"])
+        keep_lines(self.run_dir / self.filename, 1 + self.batch - len(self.rows))
 
     def on_epoch_begin(self, epoch, logs):
         self.epoch, self.lr = epoch, self.optimizer.param_groups[0]["lr"]

@@ -1,5 +1,7 @@
 """Write checkpoints under the run folder's checkpoints/ (Keras ModelCheckpoint)."""
 
+from pathlib import Path
+
 from nnrun.callbacks import CALLBACKS, Callback
 from nnrun.errors import ConfigError
 from nnrun.train.metrics import improved, resolve_mode
@@ -29,11 +31,17 @@ class ModelCheckpoint(Callback):
     def on_train_begin(self, logs):
         self.kept = []          # (score, path) of the best checkpoints on disk, best first
 
+    def state_dict(self) -> dict:
+        return {"kept": [[score, str(path)] for score, path in self.kept]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kept = [(score, Path(path)) for score, path in state["kept"]]
+
     def on_epoch_end(self, epoch, logs):
+        # last.pt (save_last) is written by the loop after every callback has run: it holds
+        # their state too, so that a resumed run continues exactly
         if epoch % self.every_n_epochs == 0:
             self.save_epoch(epoch, logs)
-        if self.save_last:
-            self.save(self.run_dir / "checkpoints" / "last.pt", epoch, logs)
 
     def save_epoch(self, epoch, logs):
         path = self.run_dir / "checkpoints" / self.path_for(epoch, logs)

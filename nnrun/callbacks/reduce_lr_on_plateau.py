@@ -20,6 +20,9 @@ class ReduceLROnPlateau(Callback):
     def on_train_begin(self, logs):
         self.best, self.wait, self.cooling = None, 0, 0
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "cooling": self.cooling}
+
     def on_epoch_end(self, epoch, logs):
         if improved(logs[self.monitor], self.best, self.mode, self.min_delta):
             self.best, self.wait = logs[self.monitor], 0

@@ -26,18 +26,19 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
     def batches(self, batch_size: int, generator: Optional[torch.Generator] = None,
-                limit: Optional[int] = None):
-        """Yield (x, y) batches; shuffled with generator when given, in order otherwise."""
+                limit: Optional[int] = None, start: int = 0):
+        """Yield (x, y) batches from batch number start; shuffled with generator when given (the
+        whole order is drawn first, so a resumed epoch continues the same order), in order otherwise."""
         n = len(self)
         count = -(-n // batch_size)
         if limit is not None:
             count = min(count, limit)
         if generator is None:
-            for i in range(count):
+            for i in range(start, count):
                 yield self.x[i * batch_size:(i + 1) * batch_size], self.y[i * batch_size:(i + 1) * batch_size]
             return
         order = torch.randperm(n, generator=generator).to(self.x.device)
-        for i in range(count):
+        for i in range(start, count):
             idx = order[i * batch_size:(i + 1) * batch_size]
             yield self.x[idx], self.y[idx]
 
@@ -106,10 +107,29 @@ def build_data(name: str, batch_size: int, val_split: float, seed: int, device=N
                 test=split(*loaded["test"]), batch_size=batch_size,
                 input_shape=tuple(train.x.shape[1:]), num_classes=len(loaded["classes"]),
                 task=task, classes=list(loaded["classes"]), transform=transform)
+    check_splits(data)
     if device is not None and fits_on(device, data):
         data.train, data.test = data.train.to(device), data.test.to(device)
         data.val = data.val.to(device) if data.val is not None else None
     return data
+
+
+def check_splits(data: Data) -> None:
+    """Before the first step: finite inputs and targets, class labels in range, and a validation
+    split with more than one class (else its accuracy and AUC say nothing)."""
+    for name, split in (("train", data.train), ("validation", data.val), ("test", data.test)):
+        if split is None:
+            continue
+        for what, values in (("inputs", split.x), ("targets", split.y)):
+            if values.is_floating_point() and not torch.isfinite(values).all():
+                bad = (~torch.isfinite(values.reshape(len(values), -1))).any(1).nonzero().flatten()
+                raise ConfigError(f"data: the {name} split has NaN or infinite {what} in sample {int(bad[0])} "
+                                  f"({len(bad)} samples); clean the data first")
+        if data.task == "multiclass" and len(split.y) and (split.y.min() < 0 or split.y.max() >= data.num_classes):
+            raise ConfigError(f"data: the {name} split has class labels outside 0..{data.num_classes - 1}")
+    if data.val is not None and data.task != "regression" and len(data.val.y.unique()) < 2:
+        raise ConfigError(f"data.val_split: the validation split holds a single class ({data.classes[int(data.val.y[0])]}); "
+                          f"use more data or a larger data.val_split")
 
 
 def random_split(y, fraction: float, seed: int, key: str):
@@ -132,6 +152,7 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int, key: str):
         idx = rng.permutation(np.flatnonzero(labels == label))
         n_held = max(1, round(fraction * len(idx)))
         if n_held >= len(idx):   # too few samples of this class to keep some on both sides
+            label = int(label) if float(label).is_integer() else label
             raise ConfigError(f"{key}={fraction} cannot hold out class {label} and keep some for training: "
                               f"it has only {len(idx)} sample(s); use a smaller {key} or more data")
         held.append(idx[:n_held])

@@ -42,9 +42,30 @@ def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: b
 def build_model(name: str, input_shape, num_classes: int, l1: float = 0.0, l2: float = 0.0,
                 **options) -> nn.Module:
     """The registered model; l1/l2 (Keras kernel_regularizer) become model.penalty()."""
-    model = MODELS.build(name, tuple(input_shape), num_classes, **options)
+    target = options.pop("_target_", None)
+    if target is None:
+        model = MODELS.build(name, tuple(input_shape), num_classes, **options)
+    else:                       # a class by import path (vetted by registry.check_targets)
+        model = build_target(target, tuple(input_shape), num_classes, options)
     model.penalty = weight_penalty(model, l1, l2)
     return model
+
+
+def build_target(target: str, input_shape, num_classes: int, options: dict) -> nn.Module:
+    """model._target_=package.Class: called with the YAML keys, plus input_shape and num_classes
+    when it takes them (as registered models do)."""
+    import inspect
+
+    from nnrun.registry import check_options, locate
+
+    cls = locate(target)
+    params = inspect.signature(cls).parameters
+    extra = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes)) if k in params}
+    check_options(cls, options, f"model._target_ {target}", prefix="model", types=False)
+    try:
+        return cls(**extra, **options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model._target_={target}: {exc}") from None
 
 
 def weight_penalty(model: nn.Module, l1: float, l2: float):

@@ -68,3 +68,18 @@ def write_plots(run_dir: Path, history, monitor: str, data, confusion, summary: 
                            f"weights of epoch {history.best_epoch or len(history.logs)}")
     except Exception as exc:  # noqa: BLE001  (matplotlib can fail in many ways; the numbers are saved)
         log.warning("could not draw the plots: %s: %s", type(exc).__name__, exc)
+
+
+def export_weights(run_dir, model) -> Path:
+    """model.safetensors: the tested (best) weights in a format that holds only tensors, for
+    loading anywhere without pickle."""
+    from safetensors.torch import save_file
+
+    from nnrun.train.checkpoint import default_mode
+
+    path = Path(run_dir) / "model.safetensors"
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.chmod(tmp, default_mode())         # safetensors writes 0600; use what the umask allows
+    os.replace(tmp, path)
+    return path

@@ -2,7 +2,7 @@
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -20,75 +20,146 @@ class History:
     stopped_early: bool = False
     samples: int = 0                             # training samples seen, all epochs
     train_seconds: float = 0.0                   # time in training steps (validation excluded)
+    epoch: int = 0                               # epochs finished
+    step: int = 0                                # batches done in the epoch under way; 0 between epochs
+    partial: Optional[dict] = None               # that epoch's sums so far, and the lr it started with
+    finished: bool = False                       # no epochs left: all done, or stopped early
+    callbacks: Optional[dict] = None             # callback name -> state, when resuming
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "callbacks"}
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; the state was saved after epoch epochs and step steps of the next."""
+
+    def __init__(self, signum: int, epoch: int, step: int):
+        super().__init__(f"signal {signum} at epoch {epoch}, step {step}")
+        self.signum, self.epoch, self.step = signum, epoch, step
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, value: float, epoch: int, step: int):
+        super().__init__(f"the training loss became {value} at epoch {epoch}, step {step}; "
+                         f"try a 10x lower optimizer.lr, or trainer.grad_clip=1.0")
+        self.value, self.epoch, self.step = value, epoch, step
+
+
+@dataclass
+class Saving:
+    """When fit() saves the resumable state: save(history) at each epoch end (when epoch_end),
+    every every_n_steps optimizer steps, and before stopping for a signal; signal() is the
+    number of a signal asking to stop, or None."""
+    save: Optional[Callable] = None
+    epoch_end: bool = True
+    every_n_steps: Optional[int] = None
+    signal: Callable = lambda: None
 
 
 def fit(model, data, optimizer, scheduler, callbacks, progress, *, train_loss, eval_loss, epochs: int,
         device, seed: int, grad_clip: Optional[float] = None, accumulate: int = 1,
-        limit_batches: Optional[int] = None, monitor: str = "val_loss", mode: str = "min") -> History:
+        limit_batches: Optional[int] = None, monitor: str = "val_loss", mode: str = "min",
+        history: Optional[History] = None, saving: Optional[Saving] = None) -> History:
     """Train for up to epochs; track the best epoch by monitor; callbacks may stop early.
     train_loss may carry class weights; eval_loss (validation) does not, as in Keras.
-    The caller checks monitored names first (check_monitors), before printing anything."""
+    history: where a resumed run stands (None: the start). The caller checks monitored names
+    first (check_monitors), before printing anything."""
+    history, saving = history or History(), saving or Saving()
     batch_callbacks = [cb for cb in callbacks if overrides(cb, "on_train_batch_end")]
-    history = History()
     for cb in callbacks:
-        cb.on_train_begin({})
+        if history.callbacks is not None and cb.name in history.callbacks:
+            cb.load_state_dict(history.callbacks[cb.name])     # instead of on_train_begin
+        else:
+            cb.on_train_begin({})
     progress.train_begin(epochs, data.train.num_batches(data.batch_size, limit_batches))
-    for epoch in range(1, epochs + 1):
-        for cb in callbacks:
-            cb.on_epoch_begin(epoch, {})
-        start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]     # the rate used during this epoch
-        # Data order depends on seed and epoch only, so a resumed run sees the same batches.
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        logs, seen = train_epoch(model, data, optimizer, scheduler, train_loss, generator, device,
-                                 grad_clip, accumulate, limit_batches, progress, batch_callbacks)
-        history.samples += seen
-        history.train_seconds += time.perf_counter() - start
-        if data.val is not None:
-            scores = evaluate(model, data.val, data.batch_size, eval_loss, device, limit_batches,
-                              task=data.task, num_classes=data.num_classes)
-            logs.update((f"val_{name}", value) for name, value in scores.items())
-        logs["lr"] = lr
-        logs["epoch_time"] = time.perf_counter() - start
-        is_best = improved(logs[monitor], history.best_score, mode)
-        if is_best:
-            history.best_epoch, history.best_score = epoch, logs[monitor]
-            history.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        history.logs.append(logs)
-        progress.epoch_end(epoch, logs, is_best)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, logs)
-        if scheduler is not None and scheduler.interval == "epoch":
-            monitored = getattr(scheduler, "monitor", None)
-            scheduler.step(logs[monitored]) if monitored else scheduler.step()
-        if any(cb.stop_training for cb in callbacks):
-            history.stopped_early = epoch < epochs
-            break
-    progress.train_end()
+    try:
+        for epoch in range(history.epoch + 1, epochs + 1):
+            if history.finished:
+                break
+            run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch_callbacks, progress,
+                      train_loss, eval_loss, device, seed, grad_clip, accumulate, limit_batches, monitor, mode,
+                      history, saving)
+    finally:
+        progress.train_end()
     for cb in callbacks:
         cb.on_train_end(history.logs[-1] if history.logs else {})
     return history
 
 
+def run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch_callbacks, progress,
+              train_loss, eval_loss, device, seed, grad_clip, accumulate, limit_batches, monitor, mode,
+              history, saving) -> None:
+    """Train (from history.step), validate, track the best, run the callbacks, save."""
+    for cb in callbacks:
+        cb.on_epoch_begin(epoch, {})
+    start = time.perf_counter()
+    # Data order depends on seed and epoch only, so a resumed run sees the same batches.
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    logs, seen, lr = train_epoch(model, data, optimizer, scheduler, train_loss, generator, device, grad_clip,
+                                 accumulate, limit_batches, progress, batch_callbacks, epoch, history, saving)
+    prior = history.partial["seconds"] if history.partial else 0.0    # before a resume
+    history.samples += seen
+    history.train_seconds += prior + time.perf_counter() - start
+    if data.val is not None:
+        scores = evaluate(model, data.val, data.batch_size, eval_loss, device, limit_batches,
+                          task=data.task, num_classes=data.num_classes)
+        logs.update((f"val_{name}", value) for name, value in scores.items())
+    logs["lr"] = lr
+    logs["epoch_time"] = prior + time.perf_counter() - start
+    is_best = improved(logs[monitor], history.best_score, mode)
+    if is_best:
+        history.best_epoch, history.best_score = epoch, logs[monitor]
+        history.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    history.logs.append(logs)
+    progress.epoch_end(epoch, logs, is_best)
+    for cb in callbacks:
+        cb.on_epoch_end(epoch, logs)
+    if scheduler is not None and scheduler.interval == "epoch":
+        monitored = getattr(scheduler, "monitor", None)
+        scheduler.step(logs[monitored]) if monitored else scheduler.step()
+    stop = any(cb.stop_training for cb in callbacks)
+    history.epoch, history.step, history.partial = epoch, 0, None
+    history.finished = stop or epoch == epochs
+    history.stopped_early = stop and epoch < epochs
+    signum = saving.signal()
+    if saving.save is not None and (saving.epoch_end or signum):
+        saving.save(history)
+    if signum and not history.finished:
+        raise Interrupted(signum, epoch, 0)
+
+
 def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, grad_clip, accumulate,
-                limit_batches, progress, batch_callbacks):
-    """One pass over the training split; returns (logs: loss and the task's metrics, samples seen)."""
+                limit_batches, progress, batch_callbacks, epoch, history, saving):
+    """One pass over the training split from batch history.step; returns (logs: loss and the
+    task's metrics, samples seen, the lr the epoch started with)."""
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    tally = Tally(data.task, device, data.num_classes)
-    seen = 0
+    part = history.partial or {}
+    loss_sum = part["loss_sum"].to(device) if part else torch.zeros((), device=device)
+    tally = Tally(data.task, device, data.num_classes, state=part.get("tally"))
+    seen, lr, first = part.get("seen", 0), part.get("lr", optimizer.param_groups[0]["lr"]), history.step
     batches = data.train.num_batches(data.batch_size, limit_batches)
     per_step = scheduler is not None and scheduler.interval == "step"
+    lagged = torch.device(device).type != "cpu"   # read the finite-loss flag one step late: no stall
+    pending = None
+    start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, limit_batches)):
+    for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, limit_batches, start=first),
+                               start=first):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         output = forward(model, x, y)
         loss = loss_fn(output, y)
+        finite = torch.isfinite(loss.detach())
+        if pending is not None and not pending[0]:
+            raise NonFiniteLoss(float(pending[1]), epoch, i)
+        pending = (finite, loss.detach()) if lagged else None
+        if not lagged and not finite:              # before the step: the weights stay finite
+            raise NonFiniteLoss(loss.item(), epoch, i + 1)
         total = loss + model.penalty() if model.penalty else loss   # L1/L2 train the weights, not the metric
         if accumulate > 1:                         # mean over the group; the last group may be short
             total = total / min(accumulate, batches - i // accumulate * accumulate)
         total.backward()
-        if (i + 1) % accumulate == 0 or i + 1 == batches:
+        stepped = (i + 1) % accumulate == 0 or i + 1 == batches
+        if stepped:
             if grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
@@ -101,7 +172,20 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
         progress.batch_end(i + 1, loss_sum, seen)  # reads the sum only when it redraws
         for cb in batch_callbacks:
             cb.on_train_batch_end(i, {"loss": loss.detach()})
-    return {"loss": (loss_sum / seen).item(), **tally.result()}, seen
+        if not stepped or i + 1 == batches:
+            continue
+        signum = saving.signal()
+        due = saving.every_n_steps and ((i + 1) // accumulate) % saving.every_n_steps == 0
+        if saving.save is not None and (signum or due):
+            history.step = i + 1
+            history.partial = {"loss_sum": loss_sum.detach().cpu().clone(), "tally": tally.state(), "seen": seen,
+                               "lr": lr, "seconds": part.get("seconds", 0.0) + time.perf_counter() - start}
+            saving.save(history)
+        if signum:
+            raise Interrupted(signum, epoch - 1, i + 1)     # epochs finished, steps into the next
+    if pending is not None and not pending[0]:
+        raise NonFiniteLoss(float(pending[1]), epoch, batches)
+    return {"loss": (loss_sum / seen).item(), **tally.result()}, seen, lr
 
 
 def forward(model, x, y):

@@ -29,7 +29,8 @@ class Tally:
     """Sums for one pass over a split, kept on the device and read once at the end (one sync).
     outputs: logits (B, C) for multiclass, one logit (B,) for binary, values (B,) for regression."""
 
-    def __init__(self, task: str, device, num_classes: int = 0, every_prediction: bool = False):
+    def __init__(self, task: str, device, num_classes: int = 0, every_prediction: bool = False,
+                 state: dict = None):
         self.task, self.num_classes, self.n = task, num_classes, 0
         wide = torch.float32 if torch.device(device).type == "mps" else torch.float64
         if task == "regression":   # sum |e|, sum e^2, sum y, sum y^2
@@ -37,6 +38,14 @@ class Tally:
         else:                      # counts[true * C + predicted]
             self.counts = torch.zeros(max(num_classes, 2) ** 2, device=device, dtype=torch.long)
         self.scores = [] if task == "binary" and every_prediction else None
+        if state is not None:      # a resumed epoch: its sums so far
+            self.n = state["n"]
+            self.sums.copy_(state["sums"]) if task == "regression" else self.counts.copy_(state["counts"])
+
+    def state(self) -> dict:
+        """The sums so far, on the CPU, for a checkpoint taken within an epoch."""
+        sums = {"sums": self.sums} if self.task == "regression" else {"counts": self.counts}
+        return {"n": self.n, **{k: v.detach().cpu().clone() for k, v in sums.items()}}
 
     def update(self, output: torch.Tensor, y: torch.Tensor) -> None:
         output = output.detach()

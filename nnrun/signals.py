@@ -1,0 +1,52 @@
+"""Stop signals become a request the training loop reads between steps, so the step under way
+finishes, the state is saved and the run exits as 128 + the signal's number (130 for Ctrl-C,
+143 for SIGTERM). A second signal while stopping is only acknowledged: nothing is cut short."""
+
+import signal
+import sys
+from contextlib import contextmanager
+
+
+class StopRequest:
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self):
+        """The number of the signal asking to stop, or None."""
+        return self.signum
+
+    def handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            print(f"nnrun: {signal.Signals(signum).name} received: finishing this step and saving "
+                  f"(a second signal changes nothing)", file=sys.stderr, flush=True)
+        else:
+            print("nnrun: already stopping; saving the checkpoint", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def stop_signals(requeue=None):
+    """Catch SIGINT, SIGTERM and the optional requeue signal (e.g. SIGUSR1 on SLURM) while inside."""
+    request = StopRequest()
+    names = ["SIGINT", "SIGTERM"] + ([requeue] if requeue else [])
+    previous = {}
+    for name in names:
+        number = getattr(signal, name)
+        previous[number] = signal.signal(number, request.handle)
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def signal_number(name, key: str = "trainer.requeue_signal"):
+    """Check a signal name from the config (None allowed)."""
+    if name is None:
+        return None
+    from nnrun.errors import ConfigError
+
+    if not isinstance(name, str) or not name.startswith("SIG") or not hasattr(signal, name) \
+            or name in ("SIGKILL", "SIGSTOP"):
+        raise ConfigError(f"{key}={name} is not a signal nnrun can catch; use e.g. SIGUSR1 or SIGUSR2")
+    return name

@@ -1,0 +1,44 @@
+"""The training device and the determinism settings that go with it."""
+
+import os
+
+import torch
+
+from nnrun.errors import ConfigError
+
+
+def resolve_device(name: str):
+    """trainer.device -> torch.device, checked: a missing GPU is a config error, not a crash."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    hint = "use trainer.device=auto, cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"trainer.device={name} is not a device; {hint}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"trainer.device={name}, but no CUDA device is available; {hint}")
+        if (device.index or 0) >= count:
+            raise ConfigError(f"trainer.device={name}, but only {count} CUDA device(s) exist (0..{count - 1})")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"trainer.device={name}, but MPS is not available; {hint}")
+    elif device.type != "cpu":
+        raise ConfigError(f"trainer.device={name} is not supported; {hint}")
+    return device
+
+
+def set_determinism(deterministic: bool, device) -> None:
+    """trainer.deterministic=true: PyTorch's deterministic algorithms (an op without one raises,
+    naming itself) and cuDNN/cuBLAS settings; false: cuDNN picks the fastest kernels."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
+    if deterministic and torch.device(device).type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's reproducible workspace

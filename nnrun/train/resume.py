@@ -1,0 +1,126 @@
+"""trainer.resume: which run to continue, from which checkpoint, and whether it fits this config.
+
+auto       the newest run under the outputs folder whose config is this one (trainer.resume aside):
+           unfinished -> continue it in its own folder; completed -> nothing to do; none -> start
+<folder>   that run folder's checkpoints/last.pt
+<file.pt>  that checkpoint; inside a run's checkpoints/ the run continues in that run's folder
+"""
+
+import logging
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from nnrun.errors import ConfigError
+from nnrun.train.checkpoint import CheckpointError, load_checkpoint, previous_path
+
+log = logging.getLogger("nnrun")
+DONE = ("completed", "summary_only")
+# Keys that change what is trained: resuming with another value is refused.
+SAME = ("model", "data.name", "data.target", "data.features", "data.task")
+
+
+class AlreadyCompleted(Exception):
+    def __init__(self, run_dir: Path):
+        super().__init__(f"run {run_dir} already completed; nothing to resume (its summary.json has the "
+                         f"results; start a new run without trainer.resume)")
+        self.run_dir = run_dir
+
+
+def locate(spec: str, run_dir: Path, config: dict):
+    """(folder to run in, checkpoint to resume from or None). config: this run's, unresolved."""
+    if spec == "auto":
+        found = newest_same_run(run_dir, config)
+        if found is None:
+            log.info("trainer.resume=auto: no earlier run of this config; starting a new one")
+            return run_dir, None
+        folder = found
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ConfigError(f"trainer.resume={spec}: no such run folder or checkpoint; use auto, a run "
+                              f"folder or a .pt file")
+        if path.is_file():
+            inside_run = path.parent.name == "checkpoints" and (path.parent.parent / ".hydra").is_dir()
+            return (path.parent.parent if inside_run else run_dir), path
+        folder = path
+    if status(folder) in DONE:
+        raise AlreadyCompleted(folder)
+    checkpoint = folder / "checkpoints" / "last.pt"
+    if not checkpoint.exists() and not previous_path(checkpoint).exists():
+        log.info(f"trainer.resume: {folder} has no checkpoint yet; training it from the start")
+        checkpoint = None
+    return folder, checkpoint
+
+
+def newest_same_run(run_dir: Path, config: dict):
+    """The newest other run folder (outputs/<date>/<time>) whose saved config is this one."""
+    root = run_dir.parents[1] if len(run_dir.parents) > 1 else run_dir.parent
+    mine = comparable(config)
+    for saved in sorted(root.glob("*/*/.hydra/config.yaml"), reverse=True):
+        folder = saved.parent.parent
+        if folder.resolve() == run_dir.resolve():
+            continue
+        try:
+            theirs = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+        except Exception:  # noqa: BLE001  (an unreadable config is simply not a match)
+            continue
+        if comparable(theirs) == mine:
+            return folder
+    return None
+
+
+def comparable(config: dict) -> dict:
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    config.get("trainer", {}).pop("resume", None)
+    return config
+
+
+def status(folder: Path):
+    import json
+
+    try:
+        return json.loads((folder / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def load_resume_state(path: Path) -> dict:
+    """The checkpoint at path; when it is damaged, the one it replaced (last.prev.pt), saying so."""
+    try:
+        return load_checkpoint(path, "trainer.resume")
+    except CheckpointError as exc:
+        previous = previous_path(path)
+        if not previous.exists():
+            raise
+        log.warning(f"{exc}; resuming from the previous checkpoint {previous.name} instead")
+        return load_checkpoint(previous, "trainer.resume")
+
+
+def check_same(saved: dict, plain: dict, path: Path) -> None:
+    """Refuse a checkpoint whose model or data differ from this config, naming the keys."""
+    differ = []
+    for key in SAME:
+        section, _, name = key.partition(".")
+        a, b = saved.get(section, {}), plain.get(section, {})
+        if name:
+            a, b = a.get(name), b.get(name)
+        if section == "model":
+            differ += [f"model.{k}={a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
+                       if a.get(k) != b.get(k)]
+        elif a != b:
+            differ.append(f"{key}={a!r} there, {b!r} here")
+    if differ:
+        raise ConfigError(f"trainer.resume={path}: the checkpoint was trained with another model or data "
+                          f"({'; '.join(differ)}); resume with the same config, or start a new run")
+
+
+def move_to(old: Path, new: Path) -> None:
+    """Continue logging in new/nnrun.log, and remove the empty run folder Hydra made for this attempt."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == old:
+            handler.close()
+            handler.baseFilename, handler.mode = str(new / Path(handler.baseFilename).name), "a"
+    if {p.name for p in old.iterdir()} <= {".hydra", "nnrun.log"}:
+        shutil.rmtree(old, ignore_errors=True)
