@@ -279,3 +279,11 @@ def test_data_that_cannot_train_is_refused_before_the_first_step(tmp_path, rows,
     assert result.returncode == 2
     assert message in one_line_error(result)
     assert not list(tmp_path.glob("outputs/*/*/metrics.csv"))
+
+
+def test_resuming_with_another_model_is_refused_naming_the_difference(tmp_path):
+    folder = killed_midway(tmp_path, LONG, epochs=2)          # last.pt of epoch 1 at least
+    result = nnrun(*LONG, f"trainer.resume={folder}", "model.hidden=[32]", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "model.hidden=[128, 64] there, [32] here" in line

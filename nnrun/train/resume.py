@@ -49,7 +49,10 @@ def locate(spec: str, run_dir: Path, config: dict):
         raise AlreadyCompleted(folder)
     checkpoint = folder / "checkpoints" / "last.pt"
     if not checkpoint.exists() and not previous_path(checkpoint).exists():
-        log.info(f"trainer.resume: {folder} has no checkpoint yet; training it from the start")
+        if spec != "auto":     # auto matched the whole config; a named folder may hold another one
+            raise ConfigError(f"trainer.resume={spec}: that run stopped before its first checkpoint, so there "
+                              f"is nothing to resume; start a new run")
+        log.info(f"trainer.resume=auto: {folder} has no checkpoint yet; training it from the start")
         checkpoint = None
     return folder, checkpoint
 
