@@ -155,8 +155,9 @@ def task(conf):
         return None
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
-        write_summary(run_dir, {"status": "interrupted", "signal": name, "epoch": exc.epoch, "step": exc.step,
-                                "run_dir": str(run_dir)})
+        # epoch: the one running (1-based, as for nan_loss); step: its batches done, 0 = at its end
+        write_summary(run_dir, {"status": "interrupted", "signal": name, "epoch": exc.epoch + (1 if exc.step else 0),
+                                "step": exc.step, "run_dir": str(run_dir)})
         where = f"after epoch {exc.epoch}" if not exc.step else f"at epoch {exc.epoch + 1}, step {exc.step}"
         raise StopSweep(128 + exc.signum, f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
                                           f"continue with trainer.resume=auto (or trainer.resume={run_dir})")
