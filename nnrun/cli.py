@@ -108,8 +108,10 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
 FAILED_JOBS = []
 
 
-class StopSweep(Exception):
-    """Raised out of a job to end the whole command: a stop signal, or fail_fast after a failure."""
+class StopSweep(BaseException):
+    """Raised out of a job to end the whole command: a stop signal, or fail_fast after a failure.
+    A BaseException, so that Hydra's job runner (which catches Exception and prints its own
+    "Error executing job" line) lets it through to main()."""
 
     def __init__(self, code: int, message: str):
         super().__init__(message)
