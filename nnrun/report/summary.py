@@ -10,11 +10,10 @@ log = logging.getLogger("nnrun")
 
 
 def write_json(path: Path, content: dict) -> Path:
-    """Atomic write: a reader sees the old file or the new one, never half of one."""
+    from nnrun.train.checkpoint import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(content, indent=2, default=float) + "\n", sync=False)
     return path
 
 

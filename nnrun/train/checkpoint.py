@@ -78,13 +78,16 @@ def keep_as_previous(path: Path) -> None:
         write_atomic(digest_path(previous), digest_path(path).read_text())
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, sync: bool = True) -> None:
+    """A reader sees the old file or the new one, never half of one; sync also survives a power
+    cut (checkpoint digests need it; summaries do without, and keep writing on a full disk)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:

@@ -40,7 +40,10 @@ class Tally:
         self.scores = [] if task == "binary" and every_prediction else None
         if state is not None:      # a resumed epoch: its sums so far
             self.n = state["n"]
-            self.sums.copy_(state["sums"]) if task == "regression" else self.counts.copy_(state["counts"])
+            if task == "regression":
+                self.sums.copy_(state["sums"])
+            else:
+                self.counts.copy_(state["counts"])
 
     def state(self) -> dict:
         """The sums so far, on the CPU, for a checkpoint taken within an epoch."""
