@@ -31,6 +31,7 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     import torch
 
     from nnrun.callbacks import build_callbacks
+    from nnrun.checks import preflight
     from nnrun.data import build_data
     from nnrun.losses import build_losses
     from nnrun.models import build_model
@@ -64,11 +65,12 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
              f"{len(data.test)} test, samples of shape {data.input_shape}, "
              f"{f'{data.num_classes} classes' if data.num_classes else data.task}, on {device}")
     write_preprocessing(run_dir, data)
-    model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.outputs).to(device)
+    model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.outputs,
+                        vocab_size=data.vocab).to(device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"status": "completed", "task": data.task, "epochs": 0, "params": params, "device": str(device),
                "run_dir": str(run_dir), "torch_version": torch.__version__}
-    log.info(model_table(model, data.input_shape))
+    log.info(model_table(model, data.train.x[:2].to(device)))
     if trainer["epochs"] == 0:
         log.info("trainer.epochs=0: model summary only, nothing trained")
         write_summary(run_dir, {**summary, "status": "summary_only"})
@@ -78,6 +80,9 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     steps = -(-data.train.num_batches(data.batch_size, trainer["limit_batches"]) // trainer["accumulate"])
     scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], steps_per_epoch=steps, **plain["scheduler"])
     train_loss, eval_loss = build_losses(plain["loss"], data, trainer["class_weight"], device)
+    warnings = preflight(data, model, eval_loss, device, trainer["checks"], trainer["class_weight"],
+                         resumed=saved is not None)
+    summary["warnings"] = [{"check": name, "message": message} for name, message in warnings]
     for cb in callbacks:
         cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
             path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)), optimizer)

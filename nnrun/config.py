@@ -11,6 +11,14 @@ from nnrun.errors import ConfigError, suggest
 
 
 @dataclass
+class AugmentConf:                      # image batches of the training split only
+    flip: bool = False                  # random horizontal flip (half the images)
+    crop: int = 0                       # random crop after padding each side with this many pixels
+    rotate: float = 0.0                 # random rotation within +-degrees
+    translate: float = 0.0              # random shift within +-this fraction of width and height
+
+
+@dataclass
 class DataConf:
     name: str = MISSING
     root: str = "data"                  # folder the files are read from / downloaded to
@@ -24,6 +32,15 @@ class DataConf:
     task: Optional[str] = None          # csv: auto | binary | multiclass | regression
     test_path: Optional[str] = None     # csv: a separate test file (else data.test_split of data.path)
     impute: Optional[str] = None        # csv: null (missing values are an error) | mean | median
+    window: Optional[int] = None        # timeseries: steps per sample (null: one series per row)
+    horizon: Optional[int] = None       # timeseries: forecast this many steps after the window
+    stride: Optional[int] = None        # timeseries: steps between window starts
+    text: Optional[str] = None          # text_csv: the column holding the text
+    vocab_size: Optional[int] = None    # text_csv: words kept (most frequent in training) + 2
+    max_len: Optional[int] = None       # text_csv: tokens per sample (padded / cut at the front)
+    lowercase: Optional[bool] = None    # text_csv: fold case before splitting words
+    normalize: bool = True              # standardise inputs with statistics of the training split
+    augment: AugmentConf = field(default_factory=AugmentConf)
 
 
 @dataclass
@@ -34,6 +51,14 @@ class OptimizerConf:
     momentum: Optional[float] = None    # sgd, rmsprop
     nesterov: Optional[bool] = None     # sgd
     betas: Optional[List[float]] = None # adam, adamw
+
+
+@dataclass
+class ChecksConf:                       # pre-flight warnings; false silences one (errors always stop)
+    unnormalized_inputs: bool = True
+    class_imbalance: bool = True
+    first_loss: bool = True
+    overlap: bool = True
 
 
 @dataclass
@@ -52,6 +77,7 @@ class TrainerConf:
     checkpoint_every_n_steps: Optional[int] = None   # also save last.pt within epochs
     deterministic: bool = False         # PyTorch's deterministic algorithms, cuDNN/cuBLAS flags
     requeue_signal: Optional[str] = None  # e.g. SIGUSR1: save and exit 138 so a wrapper can requeue
+    checks: ChecksConf = field(default_factory=ChecksConf)
 
 
 @dataclass
@@ -82,6 +108,11 @@ RANGES = {
     "data.batch_size": (1, None, True),
     "data.val_split": (0, 1, None),     # 0 allowed (no validation), 1 not
     "data.test_split": (0, 1, False),
+    "data.window": (1, None, True),
+    "data.horizon": (1, None, True),
+    "data.stride": (1, None, True),
+    "data.vocab_size": (3, None, True),
+    "data.max_len": (1, None, True),
     "optimizer.lr": (0, None, False),
     "optimizer.weight_decay": (0, None, True),
 }

@@ -32,6 +32,10 @@ class Registry:
                               f"choose one of: {', '.join(self.names())}")
         return self._entries[name]
 
+    def parameters(self, name: str) -> list:
+        """The option names the constructor registered as name takes."""
+        return list(inspect.signature(self.get(name)).parameters)
+
     def build(self, name: str, *args, **options):
         """Call the constructor registered as name; options must be among its parameters."""
         obj = self.get(name)

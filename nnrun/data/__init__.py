@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from nnrun.checks import data_errors
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
@@ -58,6 +59,8 @@ class Data:
     task: str = "multiclass"    # multiclass | binary | regression
     classes: list = field(default_factory=list)
     transform: object = None    # fitted on train; .describe() is what predictions must apply
+    vocab: int = 0              # token data: rows of the embedding table (0: not tokens)
+    augment: object = None      # an Augment applied to training batches, or None
 
     @property
     def outputs(self) -> int:
@@ -76,6 +79,9 @@ class Standardize:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.float() - self.mean) / self.std).contiguous()
 
+    def unscaled(self) -> None:
+        self.mean, self.std = 0.0, 1.0      # data.normalize=false: values pass as they are
+
     def describe(self) -> dict:
         return {"kind": "standardize", "mean": self.mean, "std": self.std}
 
@@ -84,20 +90,24 @@ TARGET_DTYPES = {"multiclass": torch.long, "binary": torch.float32, "regression"
 
 
 def build_data(name: str, batch_size: int, val_split: float, seed: int, device=None,
-               root: str = "data", **options) -> Data:
-    """Load data by name, hold out a seeded validation split (stratified for classes), fit the
-    scaling on the training split only, place on device."""
+               root: str = "data", normalize: bool = True, augment=None, **options) -> Data:
+    """Load data by name, hold out a seeded validation split (stratified for classes; loaders of
+    series split by time themselves), fit the scaling on the training split only, place on device."""
     options = {k: v for k, v in options.items() if v is not None}
+    if "val_split" in DATASETS.parameters(name):
+        options["val_split"] = val_split
     loaded = DATASETS.build(name, root=root, seed=seed, **options)
     task = loaded.get("task", "multiclass")
     x_train, y_train = loaded["train"]
-    x_val = y_val = None
-    if val_split > 0:
+    x_val, y_val = loaded.get("val") or (None, None)
+    if val_split > 0 and "val" not in loaded:            # a loader that splits by time gives its own
         hold_out = random_split if task == "regression" else stratified_split
         train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
     transform = loaded.get("transform") or Standardize()
     transform.fit(x_train)
+    if not normalize:
+        transform.unscaled()
 
     def split(x, y):
         return Split(transform(x), y.to(TARGET_DTYPES[task]))
@@ -106,30 +116,27 @@ def build_data(name: str, batch_size: int, val_split: float, seed: int, device=N
     data = Data(train=train, val=split(x_val, y_val) if x_val is not None else None,
                 test=split(*loaded["test"]), batch_size=batch_size,
                 input_shape=tuple(train.x.shape[1:]), num_classes=len(loaded["classes"]),
-                task=task, classes=list(loaded["classes"]), transform=transform)
-    check_splits(data)
+                task=task, classes=list(loaded["classes"]), transform=transform,
+                vocab=getattr(transform, "num_tokens", 0), augment=image_augment(augment, train, transform))
+    data_errors(data)
     if device is not None and fits_on(device, data):
         data.train, data.test = data.train.to(device), data.test.to(device)
         data.val = data.val.to(device) if data.val is not None else None
     return data
 
 
-def check_splits(data: Data) -> None:
-    """Before the first step: finite inputs and targets, class labels in range, and a validation
-    split with more than one class (else its accuracy and AUC say nothing)."""
-    for name, split in (("train", data.train), ("validation", data.val), ("test", data.test)):
-        if split is None:
-            continue
-        for what, values in (("inputs", split.x), ("targets", split.y)):
-            if values.is_floating_point() and not torch.isfinite(values).all():
-                bad = (~torch.isfinite(values.reshape(len(values), -1))).any(1).nonzero().flatten()
-                raise ConfigError(f"data: the {name} split has NaN or infinite {what} in sample {int(bad[0])} "
-                                  f"({len(bad)} samples); clean the data first")
-        if data.task == "multiclass" and len(split.y) and (split.y.min() < 0 or split.y.max() >= data.num_classes):
-            raise ConfigError(f"data: the {name} split has class labels outside 0..{data.num_classes - 1}")
-    if data.val is not None and data.task != "regression" and len(data.val.y.unique()) < 2:
-        raise ConfigError(f"data.val_split: the validation split holds a single class ({data.classes[int(data.val.y[0])]}); "
-                          f"use more data or a larger data.val_split")
+def image_augment(options, train: Split, transform):
+    """An Augment for image batches, or None when data.augment asks for nothing."""
+    from nnrun.data.augment import Augment
+
+    augment = Augment(**(options or {}))
+    if not augment:
+        return None
+    if train.x.dim() != 4 or not train.x.is_floating_point():
+        raise ConfigError(f"data.augment={augment.describe()} works on images; this data gives samples of "
+                          f"shape {tuple(train.x.shape[1:])}: set the data.augment options to 0/false")
+    augment.fill = float(transform(torch.zeros(1, *train.x.shape[1:]))[0].min())   # where a black pixel lands
+    return augment
 
 
 def random_split(y, fraction: float, seed: int, key: str):
@@ -171,4 +178,4 @@ def fits_on(device, data: Data) -> bool:
     return need < free // 2     # leave half the card to the model and activations
 
 
-from nnrun.data import digits, tabular, vision  # noqa: E402,F401  (registers the datasets)
+from nnrun.data import cifar, digits, sequence, tabular, text, vision  # noqa: E402,F401  (registers the datasets)

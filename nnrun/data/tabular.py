@@ -189,6 +189,11 @@ class TabularTransform:
                 self.std[name] = 1.0       # a constant column stays constant (0) instead of NaN
         return self
 
+    def unscaled(self) -> None:
+        """data.normalize=false: numeric columns pass as they are (categories are still one-hot)."""
+        self.mean = dict.fromkeys(self.mean, 0.0)
+        self.std = dict.fromkeys(self.std, 1.0)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.double()
         parts = []

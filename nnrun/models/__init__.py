@@ -40,9 +40,18 @@ def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: b
 
 
 def build_model(name: str, input_shape, num_classes: int, l1: float = 0.0, l2: float = 0.0,
-                **options) -> nn.Module:
-    """The registered model; l1/l2 (Keras kernel_regularizer) become model.penalty()."""
+                vocab_size: int = 0, **options) -> nn.Module:
+    """The registered model; l1/l2 (Keras kernel_regularizer) become model.penalty(); vocab_size
+    (token data) goes to models with an Embedding layer."""
     target = options.pop("_target_", None)
+    if vocab_size:
+        import inspect
+
+        cls = MODELS.get(name) if target is None else None
+        if cls is not None and "vocab_size" not in inspect.signature(cls).parameters:
+            raise ConfigError(f"model={name} cannot read text (token ids); use model=lstm or model=mlp, "
+                              f"which start with an Embedding layer (model.embedding_dim)")
+        options["vocab_size"] = vocab_size
     if target is None:
         model = MODELS.build(name, tuple(input_shape), num_classes, **options)
     else:                       # a class by import path (vetted by registry.check_targets)

@@ -90,8 +90,9 @@ class EpochProgress:
             self.bar = None
 
 
-def model_table(model: torch.nn.Module, input_shape) -> str:
-    """Keras-style model.summary(): layer, output shape, parameters; as plain text."""
+def model_table(model: torch.nn.Module, sample: torch.Tensor) -> str:
+    """Keras-style model.summary(): layer, output shape, parameters; as plain text. sample: a
+    batch of real inputs on the model's device (token ids must be ids, not zeros of any dtype)."""
     rows, hooks = [], []
     for name, module in model.named_modules():
         if name and not any(True for _ in module.children()):
@@ -99,11 +100,10 @@ def model_table(model: torch.nn.Module, input_shape) -> str:
                 lambda m, _, out, name=name: rows.append((f"{name} ({type(m).__name__})", _shape(out),
                                                           sum(p.numel() for p in m.parameters())))))
     was_training = model.training
-    device = next(model.parameters()).device
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((2, *input_shape), device=device))
+            model(sample)
     finally:
         for hook in hooks:
             hook.remove()

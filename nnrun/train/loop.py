@@ -146,6 +146,8 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
     for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, limit_batches, start=first),
                                start=first):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if data.augment is not None:               # seeded per step: a resumed run augments alike
+            x = data.augment(x, seed=(generator.initial_seed() * 100_003 + i) % 2**63)
         output = forward(model, x, y)
         loss = loss_fn(output, y)
         finite = torch.isfinite(loss.detach())

@@ -1,0 +1,165 @@
+"""Pre-flight checks, run before the first training step: the classic mistakes, each a small
+function here. Errors stop the run with what to do; warnings are logged, kept in summary.json,
+and can be silenced by name (trainer.checks.<name>=false).
+
+Errors: non_finite_data, label_range, single_class_validation, loss_task (losses.build_loss),
+        output_shape, softmax_output
+Warnings: unnormalized_inputs, class_imbalance, first_loss, overlap"""
+
+import hashlib
+import logging
+import math
+
+import torch
+
+from nnrun.errors import ConfigError
+
+log = logging.getLogger("nnrun")
+SAMPLE = 10_000          # rows the statistics look at; enough to see scales and duplicates
+IMBALANCE = 5            # largest class / smallest class at which class_imbalance warns
+
+
+# ---- errors about the data: called by build_data, before anything is placed on a device ----
+
+def data_errors(data) -> None:
+    for split_name, split in (("train", data.train), ("validation", data.val), ("test", data.test)):
+        if split is not None:
+            non_finite_data(split_name, split)
+            label_range(split_name, split, data)
+    single_class_validation(data)
+
+
+def non_finite_data(name: str, split) -> None:
+    for what, values in (("inputs", split.x), ("targets", split.y)):
+        if values.is_floating_point() and not torch.isfinite(values).all():
+            bad = (~torch.isfinite(values.reshape(len(values), -1))).any(1).nonzero().flatten()
+            raise ConfigError(f"data: the {name} split has NaN or infinite {what} in sample {int(bad[0])} "
+                              f"({len(bad)} samples); clean the data first")
+
+
+def label_range(name: str, split, data) -> None:
+    if data.task == "multiclass" and len(split.y) and (split.y.min() < 0 or split.y.max() >= data.num_classes):
+        raise ConfigError(f"data: the {name} split has class labels outside 0..{data.num_classes - 1}")
+
+
+def single_class_validation(data) -> None:
+    if data.val is not None and data.task != "regression" and len(data.val.y.unique()) < 2:
+        raise ConfigError(f"data.val_split: the validation split holds a single class "
+                          f"({data.classes[int(data.val.y[0])]}); use more data or a larger data.val_split")
+
+
+# ---- errors and warnings that need the model: run() calls preflight() before fit() ----
+
+def preflight(data, model, loss_fn, device, enabled: dict, class_weight, resumed: bool) -> list:
+    """Raise on a model whose output does not fit the task; return [(name, message)] warnings,
+    without those switched off in enabled (trainer.checks)."""
+    x = data.train.x[:256].to(device)
+    y = data.train.y[:256].to(device)
+    was_training = model.training
+    model.eval()                         # no dropout: this pass draws no random numbers
+    try:
+        with torch.no_grad():
+            output = model(x)
+    finally:
+        model.train(was_training)
+    output_shape(output, data)
+    softmax_output(model, output, data)
+    found = [("unnormalized_inputs", unnormalized_inputs(data)),
+             ("class_imbalance", class_imbalance(data, class_weight)),
+             ("first_loss", None if resumed else first_loss(output, y, data, loss_fn)),
+             ("overlap", overlap(data))]
+    warnings = [(name, message) for name, message in found if message and enabled.get(name, True)]
+    for name, message in warnings:
+        log.warning(f"check {name}: {message} (silence: trainer.checks.{name}=false)")
+    return warnings
+
+
+def output_shape(output, data) -> None:
+    want = (data.outputs,) if data.task == "multiclass" else ((), (1,))
+    got = tuple(output.shape[1:])
+    if (data.task == "multiclass" and got != want) or (data.task != "multiclass" and got not in want):
+        need = f"{data.num_classes} logits (one per class)" if data.task == "multiclass" else "one value"
+        raise ConfigError(f"the model gives outputs of shape {got} per sample, but this {data.task} data needs "
+                          f"{need}; make its last layer that wide")
+
+
+def softmax_output(model, output, data) -> None:
+    """Course's Common Error #1/#2: a softmax (or sigmoid) in the model before a loss that applies
+    it itself, which trains slowly or not at all. Seen in the outputs (rows that are probabilities)
+    or in the model's last layer."""
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    last = type(leaves[-1]).__name__ if leaves else ""
+    if data.task == "regression":
+        return
+    if last in ("Softmax", "LogSoftmax", "Sigmoid") or (
+            data.task == "multiclass" and len(output) and (output >= 0).all()
+            and torch.allclose(output.sum(1), torch.ones(len(output), device=output.device), atol=1e-4)):
+        kind = "binary cross-entropy applies the sigmoid" if data.task == "binary" else \
+            "cross-entropy applies log-softmax"
+        raise ConfigError(f"the model ends in a {last if last in ('Softmax', 'LogSoftmax', 'Sigmoid') else 'softmax'}: "
+                          f"remove it and output raw scores (logits); the {kind} itself")
+
+
+def unnormalized_inputs(data):
+    x = data.train.x[:SAMPLE]
+    if not x.is_floating_point() or len(x) < 2:
+        return None                       # token ids: an Embedding layer reads them
+    x = x.double()
+    if x.dim() == 2:                      # table: one scale per column
+        scale = x.std(0)
+    elif x.dim() == 3:                    # series: one per feature, over samples and steps
+        scale = x.reshape(-1, x.shape[-1]).std(0)
+    else:                                 # images: one overall
+        scale = x.std().reshape(1)
+    big = float(x.abs().max())
+    spread = float(scale.max() / scale[scale > 0].min()) if (scale > 0).any() else 1.0
+    if big > 20 or spread > 100:
+        return (f"the inputs are not normalised (largest |value| {big:.4g}, feature scales differ up to "
+                f"{spread:.3g}x); training will be slow or unstable: keep data.normalize=true, or scale "
+                f"them yourself (e.g. pixels / 255)")
+    return None
+
+
+def class_imbalance(data, class_weight):
+    if data.task == "regression" or class_weight is not None:
+        return None
+    counts = torch.bincount(data.train.y.long().cpu(), minlength=max(data.num_classes, 2))
+    low, high = int(counts.argmin()), int(counts.argmax())
+    if counts[low] * IMBALANCE > counts[high]:
+        return None
+    share = float(counts[low]) / float(counts.sum())
+    return (f"classes are imbalanced: {data.classes[low]!r} has {int(counts[low])} training samples "
+            f"({share:.1%}), {data.classes[high]!r} has {int(counts[high])}; accuracy will flatter the "
+            f"model: set trainer.class_weight=balanced, and watch recall/F1 or AUC")
+
+
+def first_loss(output, y, data, loss_fn):
+    """An untrained classifier gives about ln(C): even odds. Far above it, the labels or the
+    initialisation are off (or the inputs are far from normalised)."""
+    if data.task == "regression" or not len(y):
+        return None
+    expected = math.log(max(data.num_classes, 2))
+    got = float(loss_fn(output.reshape(y.shape) if data.task == "binary" else output, y))
+    if got <= 2 * expected:
+        return None
+    return (f"the untrained model's loss is {got:.4g}, far above {expected:.4g} (ln {max(data.num_classes, 2)}: "
+            f"even odds over the classes); check that the labels match the inputs, the weight "
+            f"initialisation, and the input scale")
+
+
+def overlap(data):
+    """Identical samples in the training and validation splits: validation then measures memory."""
+    if data.val is None:
+        return None
+
+    def digests(x):
+        rows = x[:SAMPLE * 5].detach().cpu().contiguous().reshape(min(len(x), SAMPLE * 5), -1).numpy()
+        return {hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows}
+
+    seen = digests(data.train.x)
+    val = data.val.x[:SAMPLE * 5].cpu().reshape(min(len(data.val.x), SAMPLE * 5), -1).numpy()
+    shared = sum(hashlib.blake2b(row.tobytes(), digest_size=16).digest() in seen for row in val)
+    if shared == 0 or shared < 0.01 * len(val):
+        return None                       # a stray duplicate or two is common in real datasets
+    return (f"{shared} of {len(val)} validation samples also appear in the training split; the "
+            f"validation scores overstate how well the model generalises: remove duplicate rows first")

@@ -1,0 +1,99 @@
+"""Labelled text from a CSV file: a text column and a label column. Words are split by a simple
+tokenizer, the vocabulary is built on the training split only (TextTransform), and each text
+becomes data.max_len token ids, padded and cut at the front as Keras's pad_sequences does, for a
+model with an Embedding layer (model.embedding_dim)."""
+
+import logging
+import re
+from collections import Counter
+
+import numpy as np
+import torch
+
+from nnrun.data import DATASETS, stratified_split
+from nnrun.data.tabular import encode_target, read_csv
+from nnrun.errors import ConfigError
+
+log = logging.getLogger(__name__)
+PAD, UNKNOWN = 0, 1        # token ids: padding, and any word not in the vocabulary
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[^\w\s]")   # words (with an apostrophe part) or one punctuation mark
+
+
+def tokenize(text: str, lowercase: bool = True) -> list:
+    return WORD.findall(text.lower() if lowercase else text)
+
+
+@DATASETS.register("text_csv")
+def text_csv(root: str, seed: int, path: str = None, text: str = "text", target: str = "label",
+             task: str = "auto", vocab_size: int = 10000, max_len: int = 100, lowercase: bool = True,
+             test_path: str = None, test_split: float = 0.2):
+    """Rows of a CSV file: data.text holds the text, data.target its class."""
+    if not path:
+        raise ConfigError("data.path is not set: give the CSV file, e.g. data.path=notes.csv")
+    if vocab_size < 3 or max_len < 1:
+        raise ConfigError(f"data.vocab_size={vocab_size}, data.max_len={max_len}: use vocab_size >= 3 "
+                          f"and max_len >= 1")
+    if task == "regression":
+        raise ConfigError("data.task=regression: data=text_csv classifies texts; use auto, binary or multiclass")
+    frames = [read_csv(path, "data.path")] + ([read_csv(test_path, "data.test_path")] if test_path else [])
+    for frame, file in zip(frames, [path, test_path]):
+        for key, column in (("data.text", text), ("data.target", target)):
+            if column not in frame.columns:
+                raise ConfigError(f"{key}={column} is not a column of {file}; its columns: "
+                                  f"{', '.join(map(str, frame.columns))}")
+        missing = frame[target].isna().to_numpy()
+        if missing.any():
+            raise ConfigError(f"column {target!r} of {file} has {int(missing.sum())} missing label(s), the first "
+                              f"at row {int(missing.argmax()) + 2}; drop or fill those rows")
+    import pandas as pd
+
+    frame = pd.concat(frames, ignore_index=True)
+    y, task, classes = encode_target(frame[target], task, target)
+    texts = frame[text].fillna("").astype(str).tolist()       # an empty text is all padding
+    x, y = torch.arange(len(texts)), torch.from_numpy(y)      # row numbers: TextTransform turns them into ids
+    if test_path:
+        n = len(frames[0])
+        train_idx, test_idx = torch.arange(n), torch.arange(n, len(texts))
+    else:
+        train_idx, test_idx = stratified_split(y, test_split, seed, key="data.test_split")
+    log.info(f"data.path={path}: {len(texts)} texts, label {target!r} ({task}, classes {', '.join(classes)})")
+    return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]),
+            "classes": classes, "task": task,
+            "transform": TextTransform(texts, vocab_size, max_len, lowercase)}
+
+
+class TextTransform:
+    """Fitted on the training rows: the vocab_size - 2 most frequent words (ties: first seen) get
+    ids 2, 3, ...; 0 is padding, 1 any other word. Applied to row numbers, gives (N, max_len)."""
+
+    def __init__(self, texts: list, vocab_size: int, max_len: int, lowercase: bool):
+        self.texts, self.vocab_size, self.max_len, self.lowercase = texts, vocab_size, max_len, lowercase
+
+    def fit(self, rows: torch.Tensor) -> "TextTransform":
+        counts = Counter(word for i in rows.tolist() for word in tokenize(self.texts[i], self.lowercase))
+        self.words = [w for w, _ in counts.most_common(self.vocab_size - 2)]
+        self.ids = {w: i + 2 for i, w in enumerate(self.words)}
+        return self
+
+    def unscaled(self) -> None:
+        """Token ids are never scaled."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Rows of the embedding table: padding, unknown, and the words kept."""
+        return len(self.words) + 2
+
+    def encode(self, texts) -> torch.Tensor:
+        out = np.zeros((len(texts), self.max_len), dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [self.ids.get(w, UNKNOWN) for w in tokenize(text, self.lowercase)][-self.max_len:]
+            if ids:                                   # Keras: pad and truncate at the front
+                out[row, -len(ids):] = ids
+        return torch.from_numpy(out)
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.encode([self.texts[i] for i in rows.tolist()])
+
+    def describe(self) -> dict:
+        return {"kind": "tokens", "lowercase": self.lowercase, "max_len": self.max_len, "padding": "pre",
+                "truncating": "pre", "pad_id": PAD, "unknown_id": UNKNOWN, "vocabulary": self.words}
