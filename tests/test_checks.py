@@ -1,0 +1,90 @@
+"""Pre-flight checks: each fires on a crafted bad input, stays silent on a good one, and a
+warning can be silenced by name (trainer.checks.<name>=false)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import nnrun, one_line_error, summary, train
+
+QUICK = ["trainer.epochs=1", "~callbacks.early_stopping"]
+
+
+def table(n: int, seed: int = 0, positives: float = 0.5, scale: float = 1.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n) * scale
+    y = (rng.random(n) < positives).astype(int)
+    return pd.DataFrame({"a": a + y, "b": b, "y": y})
+
+
+def warned(run_dir) -> dict:
+    return {w["check"]: w["message"] for w in summary(run_dir)["warnings"]}
+
+
+def test_a_good_table_passes_every_check(tmp_path):
+    table(300).to_csv(tmp_path / "good.csv", index=False)
+    result, run_dir = train(tmp_path, "data=csv", "data.path=good.csv", "data.target=y", *QUICK)
+    assert warned(run_dir) == {} and "check " not in result.stdout + result.stderr
+
+
+def test_a_bad_table_warns_of_scale_imbalance_and_overlap_and_each_can_be_silenced(tmp_path):
+    bad = table(300, positives=0.08, scale=5000.0)
+    pd.concat([bad, bad]).to_csv(tmp_path / "bad.csv", index=False)     # every row twice
+    args = ["data=csv", "data.path=bad.csv", "data.target=y", "data.normalize=false", *QUICK]
+    result, run_dir = train(tmp_path, *args, name="loud")
+    found = warned(run_dir)
+    assert {"unnormalized_inputs", "class_imbalance", "overlap"} <= set(found), found
+    assert "trainer.class_weight=balanced" in found["class_imbalance"]
+    assert "also appear in the training split" in found["overlap"]
+    assert "normalis" in found["unnormalized_inputs"]
+    assert "check class_imbalance:" in result.stdout + result.stderr       # and on the console
+    quiet = [f"trainer.checks.{name}=false" for name in found]
+    result, run_dir = train(tmp_path, *args, *quiet, name="quiet")
+    assert warned(run_dir) == {} and "check " not in result.stdout + result.stderr
+
+
+def test_class_weights_answer_the_imbalance_warning(tmp_path):
+    table(300, positives=0.08).to_csv(tmp_path / "rare.csv", index=False)
+    _, run_dir = train(tmp_path, "data=csv", "data.path=rare.csv", "data.target=y",
+                       "trainer.class_weight=balanced", *QUICK)
+    assert "class_imbalance" not in warned(run_dir)
+
+
+MODELS = """
+from torch import nn
+from nnrun.models.mlp import MLP
+
+class Softmaxed(MLP):
+    def __init__(self, input_shape, num_classes, **options):
+        super().__init__(input_shape, num_classes, **options)
+        self.append(nn.Softmax(dim=1))
+
+class Wide(MLP):
+    def __init__(self, input_shape, num_classes, **options):
+        super().__init__(input_shape, num_classes + 3, **options)
+
+class Loud(MLP):
+    def __init__(self, input_shape, num_classes, **options):
+        super().__init__(input_shape, num_classes, **options)
+        self[-1].weight.data *= 300
+"""
+
+
+@pytest.mark.parametrize("model, words", [("Softmaxed", ["softmax", "logits"]),
+                                          ("Wide", ["(13,)", "10 logits"])])
+def test_a_model_whose_output_does_not_fit_the_loss_is_refused(tmp_path, model, words):
+    (tmp_path / "my_models.py").write_text(MODELS)
+    result = nnrun("imports=[my_models]", f"+model._target_=my_models.{model}", *QUICK, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert all(w in line for w in words), line
+    assert not list(tmp_path.glob("outputs/*/*/metrics.csv"))              # stopped before training
+
+
+def test_a_first_loss_far_above_chance_warns(tmp_path):
+    (tmp_path / "my_models.py").write_text(MODELS)
+    _, run_dir = train(tmp_path, "imports=[my_models]", "+model._target_=my_models.Loud", *QUICK, name="loud")
+    message = warned(run_dir)["first_loss"]
+    assert "ln 10" in message
+    _, run_dir = train(tmp_path, *QUICK, name="plain")                    # the same data, a plain model
+    assert warned(run_dir) == {}
