@@ -8,6 +8,7 @@ hand loop; the ratio is median nnrun epoch / median hand epoch.
 
     python benchmarks/epoch_speed.py                        # real files if installed, else random
     python benchmarks/epoch_speed.py --batches 100 --repeats 5
+    python benchmarks/epoch_speed.py --augment   # random flip + crop(2) on both sides
 """
 
 import argparse
@@ -52,7 +53,23 @@ def nnrun_epochs(overrides: list, run_dir: Path) -> list:
     return timer.times
 
 
-def hand_epochs(conf, epochs: int, batches) -> list:
+AUGMENT = ["data.augment.flip=true", "data.augment.crop=2"]
+
+
+def flip_and_crop(x: torch.Tensor, pad: int, fill: float) -> torch.Tensor:
+    """The same tensor operations as nnrun's, written inline: flip half the batch, pad, cut each
+    image at its own offset (one gather)."""
+    n, c, h, w = x.shape
+    x = torch.where((torch.rand(n) < 0.5)[:, None, None, None], x.flip(-1), x)
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), value=fill)
+    top, left = torch.randint(0, 2 * pad + 1, (n,)), torch.randint(0, 2 * pad + 1, (n,))
+    rows = top[:, None, None] + torch.arange(h)[None, :, None]
+    cols = left[:, None, None] + torch.arange(w)[None, None, :]
+    index = (rows * (w + 2 * pad) + cols).reshape(n, 1, h * w).expand(n, c, h * w)
+    return padded.flatten(2).gather(2, index).reshape(n, c, h, w)
+
+
+def hand_epochs(conf, epochs: int, batches, augment: bool = False) -> list:
     """The loop from pytorch/examples, over tensors already in memory."""
     plain = OmegaConf.to_container(conf, resolve=True)
     seed, batch_size = plain["trainer"]["seed"], plain["data"]["batch_size"]
@@ -71,7 +88,8 @@ def hand_epochs(conf, epochs: int, batches) -> list:
         order = torch.randperm(len(y))
         for i in range(0, min(stop, len(y)), batch_size):
             idx = order[i:i + batch_size]
-            loss = loss_fn(model(x[idx]), y[idx])
+            xb = flip_and_crop(x[idx], 2, data.augment.fill) if augment else x[idx]
+            loss = loss_fn(model(xb), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -100,6 +118,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per trial")
     parser.add_argument("--repeats", type=int, default=3, help="trials per side and model")
     parser.add_argument("--batches", type=int, default=None, help="train/val batches per epoch (default all)")
+    parser.add_argument("--augment", action="store_true", help="random flip and crop on both sides")
     parser.add_argument("--root", type=Path, default=DEBIAN_ROOT, help="folder with the Fashion-MNIST files")
     args = parser.parse_args()
 
@@ -109,7 +128,8 @@ def main() -> None:
         root = args.root if real else random_fashion(tmp)
         print(f"Fashion-MNIST: {'real files in ' + str(root) if real else 'random data of the same shape'}; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{args.epochs} epochs x {args.repeats} trials per side, batches per epoch: {args.batches or 'all'}")
+              f"{args.epochs} epochs x {args.repeats} trials per side, batches per epoch: {args.batches or 'all'}"
+              + (", augmentation: random flip + crop(2)" if args.augment else ""))
         print(f"{'model':<6} {'nnrun s/epoch':>14} {'hand s/epoch':>13} {'ratio':>7}")
         with initialize_config_module(config_module="nnrun.conf", version_base="1.3"):
             for name in args.models:
@@ -117,10 +137,12 @@ def main() -> None:
                              f"trainer.epochs={args.epochs}", "trainer.device=cpu"]
                 if args.batches:
                     overrides.append(f"trainer.limit_batches={args.batches}")
+                if args.augment:
+                    overrides += AUGMENT
                 ours, hand = [], []
                 for trial in range(args.repeats):      # alternate, so drift on a shared machine hits both
                     ours += nnrun_epochs(overrides, tmp / f"{name}-{trial}")
-                    hand += hand_epochs(compose("config", overrides=overrides), args.epochs, args.batches)
+                    hand += hand_epochs(compose("config", overrides=overrides), args.epochs, args.batches, args.augment)
                 a, b = statistics.median(ours), statistics.median(hand)
                 print(f"{name:<6} {a:>14.3f} {b:>13.3f} {a / b:>6.2f}x", flush=True)
 

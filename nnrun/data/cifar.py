@@ -40,6 +40,7 @@ def cifar10(root: str, seed: int, download: bool = True):
         raise ConfigError(f"data.root={root}: CIFAR-10 not found{'; ' + reason if reason else ''}. Put "
                           f"{ARCHIVE} (the python version) or its extracted {FOLDER}/ folder in {root}, "
                           f"or run once online with data.download=true")
+    log.info(f"data.root={root}: CIFAR-10 read from {batches.source}")
     out = {"classes": CLASSES}
     for split, names in (("train", TRAIN), ("test", ["test_batch"])):
         parts = [batches(name) for name in names]
@@ -53,8 +54,11 @@ def find_batches(root: Path):
     """A function name -> (images, labels) reading from the folder or the archive; None if neither."""
     folder = next((f for f in (root / FOLDER, root) if (f / "test_batch").is_file()), None)
     if folder is not None:
-        return lambda name: read_batch((folder / name).read_bytes() if (folder / name).is_file()
-                                       else missing(folder / name), folder / name)
+        def read(name):
+            return read_batch((folder / name).read_bytes() if (folder / name).is_file() else missing(folder / name),
+                              folder / name)
+        read.source = str(folder)
+        return read
     archive = root / ARCHIVE
     if not archive.is_file():
         return None
@@ -64,8 +68,11 @@ def find_batches(root: Path):
                        if m.isfile() and Path(m.name).name in (*TRAIN, "test_batch")}
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ConfigError(f"{archive} cannot be read ({exc}); replace the file") from None
-    return lambda name: read_batch(members[name] if name in members else missing(f"{archive}:{FOLDER}/{name}"),
-                                   f"{archive}:{FOLDER}/{name}")
+    def unpack(name):
+        where = f"{archive}:{FOLDER}/{name}"
+        return read_batch(members[name] if name in members else missing(where), where)
+    unpack.source = str(archive)
+    return unpack
 
 
 def missing(where):
