@@ -33,7 +33,7 @@ def non_finite_data(name: str, split) -> None:
     for what, values in (("inputs", split.x), ("targets", split.y)):
         if values.is_floating_point() and not torch.isfinite(values).all():
             bad = (~torch.isfinite(values.reshape(len(values), -1))).any(1).nonzero().flatten()
-            raise ConfigError(f"data: the {name} split has NaN or infinite {what} in sample {int(bad[0])} "
+            raise ConfigError(f"data: the {name} data has NaN or infinite {what} in sample {int(bad[0])} "
                               f"({len(bad)} samples); clean the data first")
 
 

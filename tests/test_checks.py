@@ -43,6 +43,7 @@ def test_a_bad_table_warns_of_scale_imbalance_and_overlap_and_each_can_be_silenc
     assert warned(run_dir) == {} and "check " not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_class_weights_answer_the_imbalance_warning(tmp_path):
     table(300, positives=0.08).to_csv(tmp_path / "rare.csv", index=False)
     _, run_dir = train(tmp_path, "data=csv", "data.path=rare.csv", "data.target=y",
@@ -85,6 +86,33 @@ def test_a_first_loss_far_above_chance_warns(tmp_path):
     (tmp_path / "my_models.py").write_text(MODELS)
     _, run_dir = train(tmp_path, "imports=[my_models]", "+model._target_=my_models.Loud", *QUICK, name="loud")
     message = warned(run_dir)["first_loss"]
-    assert "ln 10" in message
-    _, run_dir = train(tmp_path, *QUICK, name="plain")                    # the same data, a plain model
-    assert warned(run_dir) == {}
+    assert "ln 10" in message          # silent on a good model: test_a_good_table_passes_every_check
+
+
+DATASETS = """
+import torch
+from nnrun.data import DATASETS
+
+@DATASETS.register("nan_rows")
+def nan_rows(root, seed, **options):
+    x, y = torch.randn(100, 4), torch.arange(100) % 2
+    x[17, 2] = float("nan")
+    return {"train": (x, y), "test": (torch.randn(20, 4), y[:20]), "classes": ["a", "b"]}
+
+@DATASETS.register("one_class_val")
+def one_class_val(root, seed, **options):
+    x, y = torch.randn(100, 4), torch.arange(100) % 3
+    return {"train": (x, y), "val": (x[:10], torch.zeros(10, dtype=torch.long)), "test": (x[:20], y[:20]),
+            "classes": ["a", "b", "c"]}
+"""
+
+
+@pytest.mark.parametrize("name, words", [("nan_rows", ["train data has NaN or infinite inputs in sample 17"]),
+                                         ("one_class_val", ["validation split holds a single class (a)"])])
+def test_data_a_model_cannot_learn_from_is_refused_before_training(tmp_path, name, words):
+    # Built-in loaders catch these in the file (naming its row); a user's own loader meets the same checks.
+    (tmp_path / "my_data.py").write_text(DATASETS)
+    result = nnrun("imports=[my_data]", f"data.name={name}", *QUICK, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert all(w in line for w in words), line

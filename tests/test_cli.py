@@ -96,7 +96,7 @@ def test_python_dash_m_and_help(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nnrun", "--help"], cwd=tmp_path, capture_output=True,
                             text=True, env=clean_env())
     assert result.returncode == 0
-    for group in ("data: csv, digits, fashion_mnist, mnist", "model: cnn, lstm, mlp",
+    for group in ("data: cifar10, csv, digits, fashion_mnist, mnist, text_csv, timeseries", "model: cnn, lstm, mlp",
                   "optimizer: adam, adamw, rmsprop, sgd"):
         assert group in result.stdout
 

@@ -140,7 +140,8 @@ def test_reduce_lr_on_plateau_callback_cuts_the_rate(tmp_path):
     (["callbacks.early_stopping.baseline=0.0", "callbacks.early_stopping.patience=2"], 2),
     (["callbacks.early_stopping.start_from_epoch=3", "callbacks.early_stopping.patience=0",
       "callbacks.early_stopping.min_delta=100"], 5),
-    (["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=100"], 2),
+    pytest.param(["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=100"], 2,
+                 marks=pytest.mark.slow),
 ])
 def test_early_stopping_baseline_and_start_from_epoch(tmp_path, options, epochs):
     _, run_dir = train(tmp_path, *options, "trainer.epochs=8", "trainer.limit_batches=4")

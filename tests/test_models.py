@@ -21,7 +21,7 @@ def options(group):
 
 def test_the_installed_package_ships_every_config():
     assert options("model") == ["cnn", "lstm", "mlp"]
-    assert options("data") == ["csv", "digits", "fashion_mnist", "mnist"]
+    assert options("data") == ["cifar10", "csv", "digits", "fashion_mnist", "mnist", "text_csv", "timeseries"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
     assert options("loss") == ["auto", "bce", "ce", "huber", "mae", "mse"]

@@ -81,7 +81,7 @@ def test_killed_with_sigkill_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
 
 
 @pytest.mark.parametrize("sig,code,twice", [pytest.param(signal.SIGINT, 130, False, marks=pytest.mark.slow),
-                                            (signal.SIGTERM, 143, False), (signal.SIGINT, 130, True),
+                                            (signal.SIGTERM, 143, False), pytest.param(signal.SIGINT, 130, True, marks=pytest.mark.slow),
                                             pytest.param(signal.SIGUSR1, 138, False, marks=pytest.mark.slow)])
 def test_a_stop_signal_saves_and_exits_with_its_code(tmp_path, sig, code, twice):
     requeue = ["trainer.requeue_signal=SIGUSR1"] if sig == signal.SIGUSR1 else []
@@ -171,7 +171,7 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("writer", ["torch", "pickle"])
+@pytest.mark.parametrize("writer", ["torch", pytest.param("pickle", marks=pytest.mark.slow)])
 def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, writer):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
@@ -272,7 +272,8 @@ def test_the_best_weights_are_exported_as_safetensors(tmp_path):
     ("x,y\n1,a\n2,a\n3,a\n4,a\n", ["data.target=y"], "column 'y' has a single value (a): nothing to classify"),
     ("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(30)), ["data.target=y", "model=lstm"],
      "model=lstm needs sequences"),
-    ("x,y\n1,0\ninf,1\n3,0\n4,1\n", ["data.target=y"], "column 'x' has 1 infinite value(s), the first at"),
+    pytest.param("x,y\n1,0\ninf,1\n3,0\n4,1\n", ["data.target=y"], "column 'x' has 1 infinite value(s), the first at",
+                 marks=pytest.mark.slow),       # test_checks covers non-finite data; test_tabular missing values
 ])
 def test_data_that_cannot_train_is_refused_before_the_first_step(tmp_path, rows, args, message):
     (tmp_path / "t.csv").write_text(rows)

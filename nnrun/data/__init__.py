@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from nnrun.checks import data_errors
+from nnrun.checks import data_errors, non_finite_data
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
@@ -98,6 +98,9 @@ def build_data(name: str, batch_size: int, val_split: float, seed: int, device=N
         options["val_split"] = val_split
     loaded = DATASETS.build(name, root=root, seed=seed, **options)
     task = loaded.get("task", "multiclass")
+    for part in ("train", "val", "test"):                # before scaling spreads a NaN everywhere
+        if loaded.get(part) is not None:
+            non_finite_data(part, Split(*loaded[part]))
     x_train, y_train = loaded["train"]
     x_val, y_val = loaded.get("val") or (None, None)
     if val_split > 0 and "val" not in loaded:            # a loader that splits by time gives its own

@@ -39,6 +39,15 @@ def previous_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def is_previous(path: Path) -> bool:
+    return path.stem.endswith(".prev")
+
+
+def newest_path(previous: Path) -> Path:
+    """last.prev.pt -> last.pt"""
+    return previous.with_name(f"{previous.stem.removesuffix('.prev')}{previous.suffix}")
+
+
 def save_checkpoint(path, state: dict, keep_previous: bool = False) -> None:
     """Temp file in the same folder, fsync, rename, then its digest. A failure (a full disk) leaves
     the previous file as it was and no partial file. keep_previous keeps the replaced file as
@@ -117,7 +126,10 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
     if not path.is_file():
         raise CheckpointError(f"{key}={path}: no such file")
     digest = digest_path(path)
-    if digest.exists() and digest.read_text().strip() != sha256(path):
+    # A kept previous file may be checked against the newest file's digest too: a process killed
+    # between moving a file to last.prev.pt and copying its digest leaves the digest there.
+    digests = [d for d in (digest, *([digest_path(newest_path(path))] if is_previous(path) else [])) if d.exists()]
+    if digests and sha256(path) not in {d.read_text().strip() for d in digests}:
         raise CheckpointError(f"{key}={path} is damaged: its contents do not match {digest.name} "
                               f"(a truncated or interrupted write)")
     try:
