@@ -71,20 +71,9 @@ class Loud(MLP):
 """
 
 
-@pytest.mark.parametrize("model, words", [("Softmaxed", ["softmax", "logits"]),
-                                          ("Wide", ["(13,)", "10 logits"])])
-def test_a_model_whose_output_does_not_fit_the_loss_is_refused(tmp_path, model, words):
-    (tmp_path / "my_models.py").write_text(MODELS)
-    result = nnrun("imports=[my_models]", f"+model._target_=my_models.{model}", *QUICK, cwd=tmp_path)
-    assert result.returncode == 2
-    line = one_line_error(result)
-    assert all(w in line for w in words), line
-    assert not list(tmp_path.glob("outputs/*/*/metrics.csv"))              # stopped before training
-
-
 def test_a_first_loss_far_above_chance_warns(tmp_path):
-    (tmp_path / "my_models.py").write_text(MODELS)
-    _, run_dir = train(tmp_path, "imports=[my_models]", "+model._target_=my_models.Loud", *QUICK, name="loud")
+    (tmp_path / "my_code.py").write_text(MODELS)
+    _, run_dir = train(tmp_path, "imports=[my_code]", "+model._target_=my_code.Loud", *QUICK, name="loud")
     message = warned(run_dir)["first_loss"]
     assert "ln 10" in message          # silent on a good model: test_a_good_table_passes_every_check
 
@@ -107,12 +96,17 @@ def one_class_val(root, seed, **options):
 """
 
 
-@pytest.mark.parametrize("name, words", [("nan_rows", ["train data has NaN or infinite inputs in sample 17"]),
-                                         ("one_class_val", ["validation split holds a single class (a)"])])
-def test_data_a_model_cannot_learn_from_is_refused_before_training(tmp_path, name, words):
-    # Built-in loaders catch these in the file (naming its row); a user's own loader meets the same checks.
-    (tmp_path / "my_data.py").write_text(DATASETS)
-    result = nnrun("imports=[my_data]", f"data.name={name}", *QUICK, cwd=tmp_path)
+@pytest.mark.parametrize("code, overrides, words", [
+    (MODELS, ["+model._target_=my_code.Softmaxed"], ["softmax", "logits"]),
+    (MODELS, ["+model._target_=my_code.Wide"], ["(13,)", "10 logits"]),
+    # built-in loaders catch these in the file, naming its row; a user's own loader meets the same checks
+    (DATASETS, ["data.name=nan_rows"], ["train data has NaN or infinite inputs in sample 17"]),
+    (DATASETS, ["data.name=one_class_val"], ["validation split holds a single class (a)"]),
+], ids=["softmax_output", "output_shape", "non_finite_data", "single_class_validation"])
+def test_what_a_model_cannot_learn_from_is_refused_before_training(tmp_path, code, overrides, words):
+    (tmp_path / "my_code.py").write_text(code)
+    result = nnrun("imports=[my_code]", *overrides, *QUICK, cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert all(w in line for w in words), line
+    assert not list(tmp_path.glob("outputs/*/*/metrics.csv"))              # stopped before training

@@ -99,7 +99,7 @@ def build_data(name: str, batch_size: int, val_split: float, seed: int, device=N
     loaded = DATASETS.build(name, root=root, seed=seed, **options)
     task = loaded.get("task", "multiclass")
     for part in ("train", "val", "test"):                # before scaling spreads a NaN everywhere
-        if loaded.get(part) is not None:
+        if loaded.get(part) is not None and loaded.get("transform") is None:   # (csv imputes its own)
             non_finite_data(part, Split(*loaded[part]))
     x_train, y_train = loaded["train"]
     x_val, y_val = loaded.get("val") or (None, None)
