@@ -1,9 +1,23 @@
-"""--multirun: one folder per job; a failing job is reported and the others still run."""
+"""--multirun: one folder per job; a failing job is reported and the others still run; the
+results table (results.csv, results.md, compare.png) is written at the end and rebuilt by
+nnrun-report from the run folders alone."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import nnrun, summary
+from conftest import clean_env, nnrun, summary
+
+REPORT = [str(Path(sys.executable).parent / "nnrun-report")]
+
+
+def results(folder) -> list:
+    with open(Path(folder) / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_two_by_two_sweep_gives_four_job_folders(tmp_path):
@@ -21,6 +35,28 @@ def test_two_by_two_sweep_gives_four_job_folders(tmp_path):
         assert (job / "metrics.csv").is_file() and (job / "checkpoints/best.pt").is_file()
     assert len(seen) == 4
 
+    # results.csv: one row per job, the swept keys as columns, numbers equal to each summary.json
+    rows = results(sweep)
+    assert len(rows) == 4 and {"model", "optimizer.lr", "status", "best_score", "test_accuracy"} <= set(rows[0])
+    for row in rows:
+        info = summary(row["run_dir"])
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((Path(row["run_dir"]) / ".hydra/overrides.yaml").read_text()))
+        assert (row["model"], row["optimizer.lr"]) == (overrides["model"], overrides["optimizer.lr"])
+        assert float(row["best_score"]) == pytest.approx(info["best_score"], rel=1e-12)
+        assert float(row["test_accuracy"]) == pytest.approx(info["test_accuracy"], rel=1e-12)
+        assert int(row["params"]) == info["params"] and int(row["best_epoch"]) == info["best_epoch"]
+    scores = [float(r["best_score"]) for r in rows]
+    assert scores == sorted(scores)                            # val_loss: best (lowest) first
+    assert (sweep / "compare.png").stat().st_size > 10_000 and "| model |" in (sweep / "results.md").read_text()
+    assert "(best first)" in result.stdout
+
+    # nnrun-report rebuilds the same table from the run folders alone
+    before = (sweep / "results.csv").read_text()
+    (sweep / "results.csv").unlink()
+    again = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
+    assert again.returncode == 0, again.stderr
+    assert (sweep / "results.csv").read_text() == before
+
 
 @pytest.mark.slow
 def test_the_default_sweep_folder_is_under_outputs_multirun(tmp_path):
@@ -37,3 +73,33 @@ def test_a_failing_job_is_named_and_the_rest_still_run(tmp_path):
     assert "job [model.dropout=1.5 trainer.epochs=1]" in result.stderr and "Traceback" not in result.stderr
     assert summary(sweep / "0")["status"] == "failed"
     assert summary(sweep / "1")["status"] == "completed"
+    rows = results(sweep)                                      # the failed job is listed, last
+    assert [(r["model.dropout"], r["status"]) for r in rows] == [("0.1", "completed"), ("1.5", "failed")]
+
+
+def fake_run(folder: Path, overrides: list, **summary_fields) -> None:
+    """A run folder as nnrun leaves it, reduced to what nnrun-report reads."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if summary_fields:
+        import json
+        (folder / "summary.json").write_text(json.dumps({"monitor": "val_accuracy", "mode": "max", **summary_fields}))
+    (folder / "metrics.csv").write_text("epoch,val_accuracy\n1,0.5\n2,0.6\n")
+
+
+def test_report_groups_seeds_and_shows_runs_still_going(tmp_path):
+    runs = tmp_path / "runs"
+    for i, (lr, seed, score) in enumerate([("0.1", 1, 0.90), ("0.1", 2, 0.80), ("0.01", 1, 0.70), ("0.01", 2, 0.72)]):
+        fake_run(runs / f"r{i}", [f"optimizer.lr={lr}", f"trainer.seed={seed}"], status="completed",
+                 best_score=score, test_accuracy=score - 0.05, best_epoch=2)
+    fake_run(runs / "late", ["optimizer.lr=1.0", "trainer.seed=1"])         # no summary.json yet
+    result = subprocess.run([*REPORT, str(runs)], capture_output=True, text=True, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    rows = results(runs)
+    assert [r["best_score"] for r in rows] == ["0.9", "0.8", "0.72", "0.7", ""]   # mode max: highest first
+    assert rows[-1]["status"] == "running"
+    text = (runs / "results.md").read_text()
+    assert "| 0.1 | 2 | 0.8500 ± 0.0707 | 0.8000 ± 0.0707 |" in text         # mean ± sample std of 2 seeds
+    assert "| 0.01 | 2 | 0.7100 ± 0.0141 |" in text
+    empty = subprocess.run([*REPORT, str(tmp_path / "nothing")], capture_output=True, text=True, env=clean_env())
+    assert empty.returncode == 2 and "no such folder" in empty.stderr

@@ -82,6 +82,11 @@ class Standardize:
     def unscaled(self) -> None:
         self.mean, self.std = 0.0, 1.0      # data.normalize=false: values pass as they are
 
+    def adopt(self, description: dict) -> "Standardize":
+        """Take the fitted values a run stored (preprocessing.json) instead of fitting."""
+        self.mean, self.std = float(description["mean"]), float(description["std"])
+        return self
+
     def describe(self) -> dict:
         return {"kind": "standardize", "mean": self.mean, "std": self.std}
 
@@ -90,9 +95,10 @@ TARGET_DTYPES = {"multiclass": torch.long, "binary": torch.float32, "regression"
 
 
 def build_data(name: str, batch_size: int, val_split: float, seed: int, device=None,
-               root: str = "data", normalize: bool = True, augment=None, **options) -> Data:
+               root: str = "data", normalize: bool = True, augment=None, fitted: dict = None, **options) -> Data:
     """Load data by name, hold out a seeded validation split (stratified for classes; loaders of
-    series split by time themselves), fit the scaling on the training split only, place on device."""
+    series split by time themselves), fit the scaling on the training split only, place on device.
+    fitted: a run's stored transform (preprocessing.json's "transform") to apply instead of fitting."""
     options = {k: v for k, v in options.items() if v is not None}
     if "val_split" in DATASETS.parameters(name):
         options["val_split"] = val_split
@@ -108,9 +114,12 @@ def build_data(name: str, batch_size: int, val_split: float, seed: int, device=N
         train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
     transform = loaded.get("transform") or Standardize()
-    transform.fit(x_train)
-    if not normalize:
-        transform.unscaled()
+    if fitted is not None:
+        transform.adopt(fitted)
+    else:
+        transform.fit(x_train)
+        if not normalize:
+            transform.unscaled()
 
     def split(x, y):
         return Split(transform(x), y.to(TARGET_DTYPES[task]))

@@ -137,6 +137,11 @@ class FeatureScale:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.double() - self.mean) / self.std).float().contiguous()
 
+    def adopt(self, description: dict) -> "FeatureScale":
+        self.mean = torch.tensor(description["mean"], dtype=torch.float64)
+        self.std = torch.tensor(description["std"], dtype=torch.float64)
+        return self
+
     def unscaled(self) -> None:
         self.mean, self.std = torch.zeros_like(self.mean), torch.ones_like(self.std)
 

@@ -167,6 +167,7 @@ class TabularTransform:
 
     def __init__(self, features, levels: dict, impute, target: str):
         self.features, self.levels, self.impute, self.target = features, levels, impute, target
+        self.position = {name: j for j, name in enumerate(features)}     # column of x holding each
 
     def fit(self, x: torch.Tensor) -> "TabularTransform":
         x = x.double()
@@ -189,6 +190,26 @@ class TabularTransform:
                 self.std[name] = 1.0       # a constant column stays constant (0) instead of NaN
         return self
 
+    def adopt(self, description: dict) -> "TabularTransform":
+        """The run's fitted values; categories are matched by name, so their codes may differ
+        between the run's file and this one (a category this file lacks is an all-zero column)."""
+        columns = {c["name"]: c for c in description["columns"]}
+        missing = [f for f in columns if f not in self.features]
+        if missing:
+            raise ConfigError(f"this data lacks the column(s) {', '.join(missing)} the model was trained on")
+        self.features, self.fill, self.mean, self.std, self.seen = list(columns), {}, {}, {}, {}
+        for name, c in columns.items():
+            if c["kind"] == "numeric":
+                self.mean[name], self.std[name] = c["mean"], c["std"]
+                self.fill[name] = c["fill"] if c["fill"] is not None else float("nan")
+            else:
+                names = self.levels.get(name, [])
+                self.seen[name] = [names.index(v) if v in names else -1 for v in c["categories"]]
+                fill = c.get("fill")
+                self.fill[name] = float(names.index(fill)) if fill in names else float("nan")
+        self.impute = description.get("impute")
+        return self
+
     def unscaled(self) -> None:
         """data.normalize=false: numeric columns pass as they are (categories are still one-hot)."""
         self.mean = dict.fromkeys(self.mean, 0.0)
@@ -197,7 +218,8 @@ class TabularTransform:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.double()
         parts = []
-        for j, name in enumerate(self.features):
+        for name in self.features:
+            j = self.position[name]
             column = torch.where(x[:, j].isnan(), self.fill[name], x[:, j])
             if name in self.levels:
                 codes = torch.tensor(self.seen[name], dtype=torch.float64)

@@ -75,6 +75,13 @@ class TextTransform:
         self.ids = {w: i + 2 for i, w in enumerate(self.words)}
         return self
 
+    def adopt(self, description: dict) -> "TextTransform":
+        """The run's vocabulary and rules, for texts it never saw."""
+        self.words, self.max_len = list(description["vocabulary"]), int(description["max_len"])
+        self.lowercase = bool(description["lowercase"])
+        self.ids = {w: i + 2 for i, w in enumerate(self.words)}
+        return self
+
     def unscaled(self) -> None:
         """Token ids are never scaled."""
 

@@ -39,6 +39,7 @@ def set_determinism(deterministic: bool, device) -> None:
     naming itself) and cuDNN/cuBLAS settings; false: cuDNN picks the fastest kernels."""
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(deterministic)   # imports torch._inductor (~3 s): only when needed
     if deterministic and torch.device(device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's reproducible workspace

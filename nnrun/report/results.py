@@ -1,0 +1,270 @@
+"""The results table of a folder of runs: a sweep (written when a --multirun ends, by the Hydra
+callback SweepResults) or any folder holding run folders (`nnrun-report <folder>`). It reads only
+the run folders: summary.json, .hydra/overrides.yaml and metrics.csv. Writes results.csv,
+results.md and compare.png into the folder and prints the table."""
+
+import argparse
+import csv
+import logging
+import math
+import statistics
+import sys
+from pathlib import Path
+
+log = logging.getLogger("nnrun")
+FIXED = ["status", "best_epoch", "monitor", "best_score"]
+TAIL = ["epochs", "wall_time", "params", "run_dir"]
+
+
+def find_runs(folder: Path) -> list:
+    """Run folders under folder (itself included): those with a summary.json, or a metrics.csv
+    (a run still going), or a .hydra folder (a job that has not logged an epoch yet)."""
+    found = set()
+    for marker in ("summary.json", "metrics.csv", ".hydra/overrides.yaml"):
+        for path in folder.rglob(marker):
+            run = path.parent.parent if marker.startswith(".hydra") else path.parent
+            if "checkpoints" not in run.parts:
+                found.add(run)
+    return sorted(found, key=sort_key)
+
+
+def sort_key(path: Path):
+    """Job folders 0, 1, ..., 10 in number order; others by name."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
+
+
+def read_run(run: Path) -> dict:
+    import json
+
+    import yaml
+
+    row = {"run_dir": str(run), "overrides": {}}
+    overrides = run / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        for item in yaml.safe_load(overrides.read_text()) or []:
+            key, _, value = str(item).partition("=")
+            row["overrides"][key.lstrip("+~")] = value
+    summary = run / "summary.json"
+    if summary.is_file():
+        info = json.loads(summary.read_text())
+        row.update({k: v for k, v in info.items() if k in FIXED + TAIL or k.startswith("test_")})
+        row["run_dir"] = str(run)            # where it is now, not where it was written
+        row["mode"] = info.get("mode")
+        if info.get("status") != "completed" and info.get("error"):
+            row["error"] = info["error"]
+    else:
+        row["status"] = "running" if (run / "metrics.csv").is_file() else "started"
+    row["curve"] = read_curve(run / "metrics.csv", row.get("monitor"))
+    return row
+
+
+def read_curve(path: Path, monitor) -> list:
+    """(epoch, value) of the monitored name (or val_loss, then loss) from metrics.csv."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return []
+    name = next((n for n in (monitor, "val_loss", "loss") if n and n in rows[0]), None)
+    out = []
+    for r in rows:
+        try:
+            out.append((int(r["epoch"]), float(r[name])))
+        except (TypeError, ValueError, KeyError):
+            continue
+    return [(e, v) for e, v in out if math.isfinite(v)]
+
+
+def swept_keys(rows: list) -> list:
+    """Override keys whose values differ between the runs, in first-seen order."""
+    keys = []
+    for row in rows:
+        keys += [k for k in row["overrides"] if k not in keys]
+    return [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]
+
+
+def ranked(rows: list) -> list:
+    """Completed runs by monitored score (best first, by each run's mode), then the others."""
+    def key(row):
+        score = row.get("best_score")
+        if row.get("status") != "completed" or score is None or not math.isfinite(score):
+            return (1, 0.0)
+        return (0, -score if row.get("mode") == "max" else score)
+    return sorted(rows, key=key)
+
+
+def table(rows: list) -> tuple:
+    """(columns, list of dicts) for the CSV/markdown/terminal table."""
+    keys = swept_keys(rows)
+    tests = []
+    for row in rows:
+        tests += [k for k in row if k.startswith("test_") and k not in tests]
+    columns = keys + FIXED + tests + TAIL
+    out = []
+    for row in ranked(rows):
+        line = {k: row["overrides"].get(k, "") for k in keys}
+        line.update({k: row.get(k, "") for k in FIXED + tests + TAIL})
+        out.append(line)
+    return columns, out
+
+
+def seed_groups(rows: list) -> tuple:
+    """Runs that differ only in trainer.seed, grouped: (columns, lines) with mean ± std of the
+    monitored score and test metrics; ([], []) when no group has two completed runs."""
+    keys = swept_keys(rows)
+    if "trainer.seed" not in keys:
+        return [], []
+    others = [k for k in keys if k != "trainer.seed"]
+    groups = {}
+    for row in rows:
+        if row.get("status") == "completed":
+            groups.setdefault(tuple(row["overrides"].get(k, "") for k in others), []).append(row)
+    if not any(len(g) > 1 for g in groups.values()):
+        return [], []
+    metrics = ["best_score"] + sorted({k for row in rows for k in row if k.startswith("test_")
+                                       and isinstance(row[k], (int, float))})
+    columns = others + ["seeds"] + metrics
+    lines = []
+    for values, group in groups.items():
+        line = dict(zip(others, values), seeds=len(group))
+        for m in metrics:
+            numbers = [r[m] for r in group if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
+            if numbers:
+                spread = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+                line[m] = f"{statistics.mean(numbers):.4f} ± {spread:.4f}"
+        lines.append(line)
+    return columns, lines
+
+
+def cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def write_csv(path: Path, columns: list, lines: list) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for line in lines:
+            writer.writerow({k: line.get(k, "") for k in columns})
+
+
+def markdown(columns: list, lines: list, best: bool = True) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for i, line in enumerate(lines):
+        cells = [cell(line.get(k, "")) for k in columns]
+        if best and i == 0 and line.get("status") == "completed":
+            cells = [f"**{c}**" if c else c for c in cells]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_compare(path: Path, rows: list, keys: list) -> bool:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = [(row, row["curve"]) for row in rows if row["curve"]]
+    if not curves:
+        return False
+    monitor = next((r.get("monitor") for r, _ in curves if r.get("monitor")), "val_loss")
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for row, curve in curves:
+        label = " ".join(f"{k}={row['overrides'].get(k, '')}" for k in keys) or Path(row["run_dir"]).name
+        ax.plot([e for e, _ in curve], [v for _, v in curve], "o-", ms=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title=f"{monitor} per epoch, {len(curves)} runs", xlabel="epoch", ylabel=monitor)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def report(folder: Path, console=None) -> list:
+    """Write results.csv, results.md and compare.png for the runs under folder; print the table.
+    Returns the table's lines (best first). Run folders are named by absolute path, so the table
+    is the same whichever way the folder was given."""
+    folder = Path(folder).resolve()
+    rows = [read_run(run) for run in find_runs(folder)]
+    if not rows:
+        return []
+    columns, lines = table(rows)
+    write_csv(folder / "results.csv", columns, lines)
+    group_columns, groups = seed_groups(rows)
+    text = f"# Results: {folder}\n\n{len(rows)} runs, best first by the monitored score.\n\n" + markdown(columns, lines)
+    if groups:
+        text += "\n## Over seeds (mean ± std)\n\n" + markdown(group_columns, groups, best=False)
+    (folder / "results.md").write_text(text)
+    try:
+        plot_compare(folder / "compare.png", rows, swept_keys(rows))
+    except Exception as exc:  # noqa: BLE001  (the numbers are written; a plot is not worth a failure)
+        log.warning("could not draw compare.png: %s", exc)
+    print_table(console, folder, columns, lines, group_columns, groups)
+    return lines
+
+
+def print_table(console, folder, columns, lines, group_columns, groups) -> None:
+    """The table on the console: the swept keys, status, best epoch, the monitored score (named by
+    what it is), test metrics, seconds and the run folder's name; the files hold every column."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=220)     # a log file: one line per run, never wrapped
+    monitors = {line.get("monitor") for line in lines if line.get("monitor")}
+    score = monitors.pop() if len(monitors) == 1 else "best_score"
+    shown = [c for c in columns if c not in ("monitor", "epochs", "params", "run_dir")]
+    t = Table(title=f"{len(lines)} runs in {folder} (best first)", box=box.SIMPLE_HEAD, title_justify="left")
+    for c in shown + ["run"]:
+        t.add_column(score if c == "best_score" else c, no_wrap=True)
+    for i, line in enumerate(lines):
+        style = "bold green" if i == 0 and line.get("status") == "completed" else \
+            ("red" if line.get("status") not in ("completed", "running", "started") else None)
+        t.add_row(*[cell(line.get(c, "")) for c in shown], Path(str(line.get("run_dir", ""))).name, style=style)
+    console.print(t)
+    if groups:
+        g = Table(title="over seeds (mean ± std)", box=box.SIMPLE_HEAD, title_justify="left")
+        for c in group_columns:
+            g.add_column(score if c == "best_score" else c, no_wrap=True)
+        for line in groups:
+            g.add_row(*[cell(line.get(c, "")) for c in group_columns])
+        console.print(g)
+    console.print(f"results: {folder / 'results.csv'}, {folder / 'results.md'}, {folder / 'compare.png'}")
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object
+
+
+class SweepResults(_HydraCallback):
+    """Hydra callback: the results table when a --multirun ends."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        try:
+            report(Path(config.hydra.sweep.dir))
+        except Exception as exc:  # noqa: BLE001  (the jobs' own results are already written)
+            print(f"nnrun: could not write the results table: {exc}", file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="nnrun-report", description="The results table of a folder of runs: "
+                                     "a sweep (finished or running) or several single runs.")
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        print(f"nnrun-report: {args.folder}: no such folder", file=sys.stderr)
+        sys.exit(2)
+    if not report(args.folder):
+        print(f"nnrun-report: no run folders under {args.folder} (a run folder holds summary.json or metrics.csv)",
+              file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,280 @@
+"""A trained model from its run folder, ready to use: load_run(folder).predict(x), as Keras's
+load_model(...).predict(x); and the nnrun-eval and nnrun-predict commands built on it. Only
+files that hold no code are read: model.safetensors, preprocessing.json, .hydra/config.yaml."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnrun.errors import ConfigError
+
+
+class Run:
+    """model (eval mode, the run's tested weights), config (the run's resolved config), task,
+    classes, and the fitted input transform it stored (preprocessing.json)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder).expanduser()
+        for name in ("model.safetensors", "preprocessing.json", ".hydra/config.yaml"):
+            if not (self.folder / name).is_file():
+                raise ConfigError(f"run={self.folder}: no {name} there; give the folder of a completed nnrun run")
+        from omegaconf import OmegaConf
+        from safetensors.torch import load_file
+
+        from nnrun.models import build_model
+
+        self.config = OmegaConf.to_container(OmegaConf.load(self.folder / ".hydra/config.yaml"), resolve=True)
+        prep = json.loads((self.folder / "preprocessing.json").read_text())
+        self.task, self.classes, self.input_shape = prep["task"], prep["classes"], tuple(prep["input_shape"])
+        self.preprocessing = prep["transform"]
+        vocab = len(self.preprocessing["vocabulary"]) + 2 if self.preprocessing["kind"] == "tokens" else 0
+        outputs = len(self.classes) if self.task == "multiclass" else 1
+        self.model = build_model(**self.config["model"], input_shape=self.input_shape, num_classes=outputs,
+                                 vocab_size=vocab)
+        self.model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
+        self.model.eval()
+
+    def prepare(self, inputs) -> torch.Tensor:
+        """Raw inputs -> the model's input, with the run's fitted transform: images (N, H, W) or
+        (N, C, H, W); windows (N, steps, features); a pandas DataFrame of table rows; a list of texts."""
+        kind = self.preprocessing["kind"]
+        if kind == "tabular":
+            return table_input(inputs, self.preprocessing)
+        if kind == "tokens":
+            from nnrun.data.text import TextTransform
+
+            texts = [str(t) for t in inputs]
+            return TextTransform(texts, 0, 0, True).adopt(self.preprocessing)(torch.arange(len(texts)))
+        x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+        if x.dim() == len(self.input_shape) and self.input_shape[0] == 1 and kind == "standardize":
+            x = x.unsqueeze(1)                                # (N, H, W) grey images
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ConfigError(f"inputs of shape {tuple(x.shape)}: this model takes (N, {', '.join(map(str, self.input_shape))})")
+        if kind == "standardize":
+            from nnrun.data import Standardize
+
+            return Standardize().adopt(self.preprocessing)(x)
+        from nnrun.data.sequence import FeatureScale
+
+        return FeatureScale(self.preprocessing["features"]).adopt(self.preprocessing)(x)
+
+    @torch.no_grad()
+    def predict(self, inputs, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities (N, C) for multiclass; the probability of classes[1] (N,) for
+        binary; values (N,) for regression."""
+        x = self.prepare(inputs)
+        out = torch.cat([self.model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
+            torch.zeros(0, len(self.classes) if self.task == "multiclass" else 1)
+        if self.task == "multiclass":
+            return out.softmax(1).numpy()
+        out = out.reshape(len(x))
+        return out.sigmoid().numpy() if self.task == "binary" else out.numpy()
+
+    def predict_classes(self, inputs) -> list:
+        """Class names (classification) of each input."""
+        p = self.predict(inputs)
+        index = p.argmax(1) if self.task == "multiclass" else (p > 0.5).astype(int)
+        return [self.classes[i] for i in index]
+
+
+def load_run(folder) -> Run:
+    """The trained model of a run folder with its preprocessing; .predict(x) as Keras's."""
+    return Run(folder)
+
+
+def table_input(frame, description: dict) -> torch.Tensor:
+    """Rows of a DataFrame -> the model's input columns, as the run's TabularTransform made them."""
+    import pandas as pd
+
+    frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+    parts = []
+    for column in description["columns"]:
+        name = column["name"]
+        if name not in frame.columns:
+            raise ConfigError(f"the input lacks column {name!r}; the model was trained on: "
+                              f"{', '.join(c['name'] for c in description['columns'])}")
+        values = frame[name]
+        if column["kind"] == "numeric":
+            v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            if column["fill"] is not None:
+                v = np.where(np.isnan(v), column["fill"], v)
+            bad = ~np.isfinite(v)
+            if bad.any():
+                raise ConfigError(f"column {name!r}: row {int(bad.argmax()) + 2} is missing or not a number")
+            parts.append(((v - column["mean"]) / column["std"])[:, None])
+        else:
+            text = values.astype("string").fillna(column["fill"] or "").to_numpy(dtype=object)
+            parts.append(np.stack([(text == c) for c in column["categories"]], 1).astype(np.float64))
+    return torch.from_numpy(np.concatenate(parts, 1)).float()
+
+
+def read_inputs(run: Run, path: Path):
+    """An input file in the form run.prepare() takes, and the row labels of the output."""
+    kind = run.preprocessing["kind"]
+    if not path.is_file():
+        raise ConfigError(f"input={path}: no such file")
+    if path.suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+        return array, list(range(len(array)))
+    if path.suffix != ".csv":
+        raise ConfigError(f"input={path}: use a .csv file (tables, texts, series) or a .npy array")
+    from nnrun.data.tabular import read_csv
+
+    frame = read_csv(str(path), "input")
+    if kind == "tabular":
+        return frame, list(range(len(frame)))
+    if kind == "tokens":
+        column = run.config["data"].get("text") or "text"
+        if column not in frame.columns:
+            raise ConfigError(f"input={path} has no column {column!r} (data.text of the run)")
+        return frame[column].fillna("").astype(str).tolist(), list(range(len(frame)))
+    if kind == "standardize_features":         # a series: every window of it, labelled by its last step
+        window, features = run.input_shape[0], run.preprocessing["features"]
+        lacking = [f for f in features if f not in frame.columns]
+        if lacking:
+            raise ConfigError(f"input={path} lacks the column(s) {', '.join(lacking)}")
+        series = frame[features].to_numpy(dtype=np.float64)
+        if len(series) < window:
+            raise ConfigError(f"input={path} has {len(series)} steps, fewer than one window of {window}")
+        starts = np.arange(len(series) - window + 1)
+        return series[starts[:, None] + np.arange(window)[None, :]], [int(s + window - 1) for s in starts]
+    raise ConfigError(f"input={path}: images are read from a .npy array of shape (N, H, W) or (N, C, H, W)")
+
+
+def parse_args(argv, prog: str, required: tuple) -> dict:
+    """key=value arguments, as Hydra takes them."""
+    args = {}
+    for item in argv:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"{prog}: {item!r} is not key=value; e.g. {prog} run=outputs/2026-11-23/10-00-00")
+        args[key] = value
+    for key in required:
+        if key not in args:
+            raise ConfigError(f"{prog}: {key}= is missing; e.g. {prog} " + " ".join(f"{k}=..." for k in required))
+    return args
+
+
+def predict_main(argv=None) -> None:
+    """nnrun-predict run=<folder> input=<file> [output=<file.csv>]"""
+    def job():
+        import csv
+
+        args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-predict", ("run", "input"))
+        run = load_run(args["run"])
+        path = Path(args["input"]).expanduser()
+        inputs, rows = read_inputs(run, path)
+        p = run.predict(inputs)
+        out = Path(args.get("output") or f"{path.stem}_predictions.csv")
+        with open(out, "w", newline="") as f:
+            w = csv.writer(f)
+            if run.task == "multiclass":
+                w.writerow(["row", "prediction", *(f"probability_{c}" for c in run.classes)])
+                for r, probs in zip(rows, p):
+                    w.writerow([r, run.classes[int(probs.argmax())], *(f"{v:.6g}" for v in probs)])
+            elif run.task == "binary":
+                w.writerow(["row", "prediction", f"probability_{run.classes[1]}"])
+                for r, prob in zip(rows, p):
+                    w.writerow([r, run.classes[int(prob > 0.5)], f"{prob:.6g}"])
+            else:
+                w.writerow(["row", "prediction"])
+                for r, value in zip(rows, p):
+                    w.writerow([r, f"{value:.8g}"])
+        print(f"nnrun-predict: {len(rows)} predictions ({run.task}) written to {out}")
+    guarded(job, "nnrun-predict")
+
+
+def eval_main(argv=None) -> None:
+    """nnrun-eval run=<folder> [data.<key>=<value> ...]: the run's tested weights on the test split
+    of its own data, or of the data the overrides describe, with the run's fitted preprocessing."""
+    def job():
+        from nnrun.data import build_data
+        from nnrun.losses import build_loss
+        from nnrun.train.loop import evaluate
+
+        args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-eval", ("run",))
+        run = load_run(args.pop("run"))
+        data_conf = dict(run.config["data"])
+        for key, value in args.items():
+            if not key.startswith("data."):
+                raise ConfigError(f"nnrun-eval: {key}= is not a data key; only data.* can change, e.g. data.test_path=...")
+            from omegaconf import OmegaConf
+            data_conf[key[5:]] = OmegaConf.create({"v": value})["v"] if value else None   # YAML types, as Hydra
+        data_conf["augment"] = None
+        data = build_data(**data_conf, seed=run.config["trainer"]["seed"], fitted=run.preprocessing)
+        if data.task != run.task or (data.task != "regression" and data.classes != run.classes):
+            raise ConfigError(f"this data is {data.task} with classes {data.classes}; the model was trained on "
+                              f"{run.task} with classes {run.classes}")
+        loss = build_loss(**{"name": "auto", **run.config.get("loss", {})}, task=data.task)
+        scores = evaluate(run.model, data.test, data.batch_size, loss, "cpu",
+                          task=data.task, num_classes=data.num_classes)
+        result = {f"test_{k}": v for k, v in scores.items()}
+        (run.folder / "eval.json").write_text(json.dumps({"data": data_conf, **result}, indent=2, default=str) + "\n")
+        print(f"nnrun-eval: {len(data.test)} test samples: " + " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
+        print(f"written to {run.folder / 'eval.json'}")
+    guarded(job, "nnrun-eval")
+
+
+def guarded(job, prog: str) -> None:
+    """One line and exit 2 for bad input, as nnrun does; NNRUN_DEBUG=1 shows the traceback."""
+    import os
+
+    from nnrun.errors import describe
+
+    try:
+        job()
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("NNRUN_DEBUG", "") not in ("", "0"):
+            raise
+        message = describe(exc)
+        print(f"{prog}: {'error' if message else 'failed'}: {message or f'{type(exc).__name__}: {exc}'}",
+              file=sys.stderr)
+        sys.exit(2 if message else 1)
+
+
+FORMATS = ("torchscript", "onnx", "safetensors")
+
+
+def export_main(argv=None) -> None:
+    """nnrun-export run=<folder> format=torchscript|onnx|safetensors [output=<file>]: the tested
+    weights for deployment; the preprocessing stays in the run's preprocessing.json."""
+    def job():
+        import shutil
+
+        args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-export", ("run", "format"))
+        if args["format"] not in FORMATS:
+            raise ConfigError(f"format={args['format']} is not one of {', '.join(FORMATS)}")
+        run = load_run(args["run"])
+        fmt = args["format"]
+        out = Path(args.get("output") or run.folder / ("model.ts" if fmt == "torchscript" else "model.onnx"))
+        if fmt == "safetensors":
+            out = Path(args.get("output") or run.folder / "model.safetensors")
+            if out.resolve() != (run.folder / "model.safetensors").resolve():
+                shutil.copyfile(run.folder / "model.safetensors", out)
+        else:
+            example = example_input(run)
+            if fmt == "torchscript":
+                import warnings
+
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)    # torch 2.14 marks jit deprecated; it still works
+                    torch.jit.trace(run.model, example).save(str(out))
+            else:
+                import importlib.util
+
+                if importlib.util.find_spec("onnx") is None:
+                    raise ConfigError("format=onnx needs the onnx package: pip install 'nnrun[onnx]'")
+                torch.onnx.export(run.model, (example,), str(out), input_names=["input"], output_names=["output"],
+                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+        print(f"nnrun-export: {fmt} written to {out} (inputs: the model input of shape (N, "
+              f"{', '.join(map(str, run.input_shape))}), prepared as {run.folder / 'preprocessing.json'} says)")
+    guarded(job, "nnrun-export")
+
+
+def example_input(run: Run) -> torch.Tensor:
+    if run.preprocessing["kind"] == "tokens":
+        return torch.ones(2, *run.input_shape, dtype=torch.long)
+    return torch.zeros(2, *run.input_shape)
