@@ -138,7 +138,7 @@ def task(conf):
     from nnrun.report.summary import write_summary
     from nnrun.signals import signal_number, stop_signals
     from nnrun.train.loop import Interrupted, NonFiniteLoss
-    from nnrun.train.resume import AlreadyCompleted, locate, move_to
+    from nnrun.train.resume import AlreadyCompleted, locate, move_to, resume_job, status_of
 
     hydra_conf = HydraConfig.get()
     run_dir = Path(hydra_conf.runtime.output_dir)
@@ -147,7 +147,9 @@ def task(conf):
     try:
         with stop_signals(signal_number(conf.trainer.get("requeue_signal"))) as stop:
             resume_from = None
-            if conf.trainer.get("resume"):
+            if sweep and conf.trainer.get("resume") == "auto":      # a job of a sweep being continued
+                resume_from = resume_job(run_dir)
+            elif conf.trainer.get("resume"):
                 folder, resume_from = locate(str(conf.trainer.resume), run_dir,
                                              OmegaConf.to_container(conf, resolve=False))
                 if folder != run_dir:
@@ -159,7 +161,7 @@ def task(conf):
     except AlreadyCompleted as done:
         move_to(run_dir, done.run_dir)        # this attempt's empty folder goes; the note goes to that run's log
         log.info(str(done))
-        return None
+        return status_of(done.run_dir).get("best_score")     # a sweeper still gets the job's score
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
         # epoch: the one running (1-based, as for nan_loss); step: its batches done, 0 = at its end
@@ -212,6 +214,7 @@ def main() -> None:
     stopped = None
     try:
         refuse_used_run_dir(sys.argv[1:])
+        sys.argv[1:] = continue_sweep(sys.argv[1:])
         entry()
     except KeyboardInterrupt:
         print("nnrun: interrupted", file=sys.stderr)
@@ -247,6 +250,54 @@ def refuse_used_run_dir(args) -> None:
             if any((folder / name).exists() for name in ("summary.json", "metrics.csv", "checkpoints")):
                 raise ConfigError(f"hydra.run.dir={folder} already holds a run; choose a new folder, or "
                                   f"continue that run with trainer.resume={folder}")
+
+
+HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
+                          "--experimental-rerun", "--package", "-p", "--info", "-i")
+
+
+def swept(args) -> list:
+    """The task overrides of a command line (Hydra's own flags, hydra.* and trainer.resume aside), sorted."""
+    out, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = not skip and arg in HYDRA_FLAGS_WITH_VALUE
+            continue
+        if not arg.startswith(("hydra.", "trainer.resume=")):
+            out.append(arg)
+    return sorted(out)
+
+
+def saved_sweep(folder: Path):
+    """The sorted task overrides of the sweep in folder (its multirun.yaml), or None."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((folder / "multirun.yaml").read_text())
+        return sorted(o for o in saved["hydra"]["overrides"]["task"] if not o.startswith("trainer.resume="))
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
+def continue_sweep(args: list) -> list:
+    """--multirun ... trainer.resume=auto continues the newest earlier sweep of the same overrides,
+    in its folder (added as hydra.sweep.dir): completed jobs are skipped, the others resume from
+    their checkpoints. With hydra.sweep.dir given, that sweep must have the same overrides."""
+    if not {"--multirun", "-m"} & set(args) or "trainer.resume=auto" not in args:
+        return args
+    mine = swept(args)
+    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")]
+    if given:
+        theirs = saved_sweep(Path(given[-1]).expanduser())
+        if theirs is not None and theirs != mine:
+            raise ConfigError(f"hydra.sweep.dir={given[-1]} holds a sweep of [{' '.join(theirs)}], not "
+                              f"[{' '.join(mine)}]: the swept config changed; use a new hydra.sweep.dir")
+        return args
+    for saved in sorted(Path("outputs/multirun").glob("*/*/multirun.yaml"), reverse=True):
+        if saved_sweep(saved.parent) == mine:
+            print(f"nnrun: continuing the sweep in {saved.parent}", file=sys.stderr)
+            return [*args, f"hydra.sweep.dir={saved.parent}"]
+    return args                                   # none to continue: a new sweep
 
 
 def register_resolvers() -> None:

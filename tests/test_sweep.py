@@ -103,3 +103,42 @@ def test_report_groups_seeds_and_shows_runs_still_going(tmp_path):
     assert "| 0.01 | 2 | 0.7100 ± 0.0141 |" in text
     empty = subprocess.run([*REPORT, str(tmp_path / "nothing")], capture_output=True, text=True, env=clean_env())
     assert empty.returncode == 2 and "no such folder" in empty.stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_continues_in_its_folder_running_only_the_rest(tmp_path):
+    import signal
+    import time
+
+    from conftest import NNRUN
+    args = ["--multirun", "trainer.epochs=2,60", "~callbacks.early_stopping", "trainer.plots=false",
+            "trainer.checkpoint_every_n_steps=5"]
+    proc = subprocess.Popen([*NNRUN, *args], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("outputs/multirun/*/*/1/checkpoints/last.pt")):   # job 0 done, job 1 saving
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    [sweep] = tmp_path.glob("outputs/multirun/*/*")
+    first = (sweep / "0/summary.json").read_text()
+    assert summary(sweep / "1")["status"] == "interrupted"
+
+    result = nnrun(*args, "trainer.resume=auto", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"continuing the sweep in {sweep.relative_to(tmp_path)}" in result.stderr
+    assert list(tmp_path.glob("outputs/multirun/*/*")) == [sweep]            # no second sweep folder
+    assert (sweep / "0/summary.json").read_text() == first                    # job 0 was not rerun
+    assert "continuing" in (sweep / "1/nnrun.log").read_text()                # job 1 resumed, not restarted
+    rows = results(sweep)
+    assert [(r["trainer.epochs"], r["status"], r["epochs"]) for r in rows if r] and \
+        sorted((r["trainer.epochs"], r["status"], r["epochs"]) for r in rows) == [("2", "completed", "2"),
+                                                                                 ("60", "completed", "60")]
+    report = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
+    assert report.returncode == 0 and results(sweep) == rows
+
+    changed = nnrun("--multirun", "trainer.epochs=2,30", *args[2:], "trainer.resume=auto",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert changed.returncode == 2 and "the swept config changed" in changed.stderr

@@ -121,8 +121,11 @@ def killed_midway(tmp_path, args, epochs: int) -> Path:
 def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
     folder = killed_midway(tmp_path, LONG, epochs=3)      # two saves of last.pt at least
     last = folder / "checkpoints/last.pt"
-    good = torch.load(folder / "checkpoints/last.prev.pt", weights_only=True)["epoch"]
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    prev = folder / "checkpoints/last.prev.pt"
+    good = torch.load(prev, weights_only=True)["epoch"]
+    # damaged in place; a kill between the two renames of a save leaves no last.pt: damage the one to come
+    whole = last.read_bytes() if last.exists() else prev.read_bytes()
+    last.write_bytes(whole[: len(whole) // 2])
     result = nnrun(*LONG, f"trainer.resume={folder}", f"trainer.epochs={good + 1}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "last.pt is damaged" in result.stdout and "previous checkpoint last.prev.pt" in result.stdout

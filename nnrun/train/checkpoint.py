@@ -72,18 +72,12 @@ def save_checkpoint(path, state: dict, keep_previous: bool = False) -> None:
 
 
 def keep_as_previous(path: Path) -> None:
-    """previous_path(path) becomes a second name of path's file (a hard link, so path itself never
-    goes missing), and its digest a copy of path's digest."""
+    """path's file becomes previous_path(path), by a rename, and its digest goes with it. A rename,
+    not a hard link: two names of one file would share its damage. Until the new file is renamed
+    in, path is missing; loading falls back to the previous file (load_resume_state)."""
     previous = previous_path(path)
-    link = previous.with_name(f".{previous.name}.link.tmp")
-    link.unlink(missing_ok=True)
-    try:
-        os.link(path, link)
-    except OSError:                        # no hard links here: a copy does the same job
-        import shutil
-        shutil.copyfile(path, link)
-    os.replace(link, previous)
-    if digest_path(path).exists():
+    os.replace(path, previous)
+    if digest_path(path).exists():         # a kill before this line: last.pt's digest still vouches for it
         write_atomic(digest_path(previous), digest_path(path).read_text())
 
 

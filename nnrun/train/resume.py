@@ -80,13 +80,29 @@ def comparable(config: dict) -> dict:
     return config
 
 
-def status(folder: Path):
+def status_of(folder: Path) -> dict:
     import json
 
     try:
-        return json.loads((folder / "summary.json").read_text()).get("status")
+        return json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def status(folder: Path):
+    return status_of(folder).get("status")
+
+
+def resume_job(run_dir: Path):
+    """A sweep's job folder when the sweep is continued: completed -> AlreadyCompleted; a checkpoint
+    -> continue from it; none (failed before its first save, or never started) -> from the start."""
+    if status(run_dir) in DONE:
+        raise AlreadyCompleted(run_dir)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if checkpoint.exists() or previous_path(checkpoint).exists():
+        log.info(f"continuing {run_dir} from {checkpoint}")
+        return checkpoint
+    return None
 
 
 def load_resume_state(path: Path) -> dict:
