@@ -23,11 +23,12 @@ EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
 
 
 def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", resume_from=None,
-        stop=None) -> dict:
+        stop=None, placement=None) -> dict:
     """Train, validate and test one model as conf says; everything is written under run_dir.
     extra_callbacks run after the configured ones (benchmarks time epochs with one); command is
     the command line that reruns it, for the report card; resume_from: a checkpoint to continue
-    from; stop(): a signal number asking to stop, or None."""
+    from; stop(): a signal number asking to stop, or None; placement: (device, threads) of a job
+    that shares the machine with others, in place of trainer.device and trainer.threads."""
     import torch
 
     from nnrun.callbacks import build_callbacks
@@ -50,7 +51,10 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     plain = OmegaConf.to_container(conf, resolve=True)   # config is unpacked here, once
     trainer = plain["trainer"]
     check_targets(plain)                                  # before anything is imported
-    device = resolve_device(trainer["device"])
+    device_name, threads = placement or (trainer["device"], trainer["threads"])
+    device = resolve_device(device_name)
+    if threads:
+        torch.set_num_threads(threads)
     set_determinism(trainer["deterministic"], device)
     import_modules(plain["imports"])                      # the user's registered models, callbacks...
     monitor = trainer["monitor"]
@@ -69,7 +73,7 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
                         vocab_size=data.vocab).to(device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"status": "completed", "task": data.task, "epochs": 0, "params": params, "device": str(device),
-               "run_dir": str(run_dir), "torch_version": torch.__version__}
+               "threads": torch.get_num_threads(), "run_dir": str(run_dir), "torch_version": torch.__version__}
     log.info(model_table(model, data.train.x[:2].to(device)))
     if trainer["epochs"] == 0:
         log.info("trainer.epochs=0: model summary only, nothing trained")
@@ -122,6 +126,9 @@ class StopSweep(BaseException):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self):               # crosses from a launcher's worker process to main()
+        return StopSweep, (self.code, str(self))
+
 
 def rerun_command(hydra_conf) -> str:
     """The command line that runs this job again (a sweep job alone), into a new run folder."""
@@ -140,9 +147,15 @@ def task(conf):
     from nnrun.train.loop import Interrupted, NonFiniteLoss
     from nnrun.train.resume import AlreadyCompleted, locate, move_to, resume_job, status_of
 
+    register_resolvers()                  # a launcher's worker process did not run main()
     hydra_conf = HydraConfig.get()
     run_dir = Path(hydra_conf.runtime.output_dir)
     sweep = hydra_conf.mode == RunMode.MULTIRUN
+    placement = None
+    if sweep:
+        from nnrun.train.device import share_machine
+
+        placement = share_machine(hydra_conf.launcher, hydra_conf.job.num, conf.trainer.device, conf.trainer.threads)
     console, handler = open_console()
     try:
         with stop_signals(signal_number(conf.trainer.get("requeue_signal"))) as stop:
@@ -156,12 +169,12 @@ def task(conf):
                     move_to(run_dir, folder)
                     run_dir = folder
                 log.info(f"resuming {run_dir}" + (f" from {resume_from}" if resume_from else ""))
-            return run(conf, run_dir, console, command=rerun_command(hydra_conf), resume_from=resume_from,
-                       stop=stop).get("best_score")
+            return finite(run(conf, run_dir, console, command=rerun_command(hydra_conf), resume_from=resume_from,
+                              stop=stop, placement=placement).get("best_score"))
     except AlreadyCompleted as done:
         move_to(run_dir, done.run_dir)        # this attempt's empty folder goes; the note goes to that run's log
         log.info(str(done))
-        return status_of(done.run_dir).get("best_score")     # a sweeper still gets the job's score
+        return finite(status_of(done.run_dir).get("best_score"))     # a sweeper still gets the job's score
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
         # epoch: the one running (1-based, as for nan_loss); step: its batches done, 0 = at its end
@@ -173,7 +186,8 @@ def task(conf):
     except Exception as exc:
         # The traceback goes to nnrun.log only; the console gets one line from main().
         log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
-        outcome = {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}"}
+        outcome = {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}",
+                   "exit_code": EXIT_USAGE if describe(exc) else EXIT_FAILURE}   # for a sweep run elsewhere
         if isinstance(exc, NonFiniteLoss):
             outcome.update(status="nan_loss", epoch=exc.epoch, step=exc.step)
         elif type(exc).__name__ == "OutOfMemoryError":
@@ -184,11 +198,19 @@ def task(conf):
             log.error("could not write summary.json: %s", write_error)
         FAILED_JOBS.append((" ".join(hydra_conf.overrides.task) if sweep else "", exc))
         if sweep and conf.get("fail_fast"):
-            raise StopSweep(EXIT_USAGE if describe(exc) else EXIT_FAILURE, "fail_fast: the sweep stopped at "
-                                                                          "its first failure") from None
+            raise StopSweep(outcome["exit_code"], f"fail_fast: the sweep stopped at its first failure, job "
+                                                  f"[{FAILED_JOBS[-1][0]}]: {outcome['error']}") from None
         return None
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def finite(score):
+    """The job's score for a sweeper, None when there is none or it is not finite: Optuna records a
+    trial whose value is not a number as failed."""
+    import math
+
+    return score if isinstance(score, (int, float)) and math.isfinite(score) else None
 
 
 def failure_message(exc) -> str:
@@ -203,6 +225,8 @@ def failure_message(exc) -> str:
                 f"trainer.resume=auto")
     if type(exc).__name__ == "NonFiniteLoss":
         return first
+    if first.startswith("No trials are completed yet"):     # Optuna, at the end of a search
+        return "no trial completed, so the search has no best one (each trial's failure is above)"
     return f"{type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; NNRUN_DEBUG=1 prints it)"
 
 
@@ -221,19 +245,24 @@ def main() -> None:
         sys.exit(EXIT_SIGINT)
     except StopSweep as exc:
         stopped = exc
-    except Exception as exc:                  # composition errors: before any job
+    except Exception as exc:                  # composition errors before any job, or a sweeper's own
         FAILED_JOBS.append(("", exc))
+        from nnrun.report.results import finish_sweep
+        finish_sweep()
     if debug and FAILED_JOBS:
         raise FAILED_JOBS[0][1]
+    failures = [(overrides, EXIT_USAGE if describe(exc) is not None else EXIT_FAILURE,
+                 describe(exc) or failure_message(exc)) for overrides, exc in FAILED_JOBS]
+    if not failures:                      # jobs that ran in a launcher's worker processes
+        from nnrun.report.results import SWEEP_FAILURES
+        failures = SWEEP_FAILURES
     codes = []
-    for overrides, exc in FAILED_JOBS:
-        message = describe(exc)
-        codes.append(EXIT_USAGE if message is not None else EXIT_FAILURE)
+    for overrides, code, message in failures:
+        codes.append(code)
         where = f"job [{overrides}] " if overrides else ""
-        print(f"nnrun: {where}{'error' if codes[-1] == EXIT_USAGE else 'failed'}: "
-              f"{message or failure_message(exc)}", file=sys.stderr)
+        print(f"nnrun: {where}{'error' if code == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
     if stopped is not None:
-        if stopped.code > 128:
+        if stopped.code > 128 or not failures:      # failures is empty when the job ran in a worker process
             print(f"nnrun: {stopped}", file=sys.stderr)
         sys.exit(stopped.code)
     if codes:
@@ -302,9 +331,17 @@ def continue_sweep(args: list) -> list:
 
 def register_resolvers() -> None:
     """${nnrun_run_dir:<folder>,<run_name>} for hydra.run.dir: a folder of its own (a suffix -1, -2...
-    when another run took the name in the same second), with the run name made safe."""
-    if not OmegaConf.has_resolver("nnrun_run_dir"):
-        OmegaConf.register_new_resolver("nnrun_run_dir", unique_run_dir)
+    when another run took the name in the same second), with the run name made safe.
+    ${nnrun_direction:<monitor>,<mode>}: minimize or maximize, for Optuna."""
+    for name, resolver in (("nnrun_run_dir", unique_run_dir), ("nnrun_direction", direction)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+def direction(monitor: str, mode: str) -> str:
+    from nnrun.train.metrics import resolve_mode
+
+    return "maximize" if resolve_mode(monitor, mode, "trainer.mode") == "max" else "minimize"
 
 
 _RUN_DIRS = {}

@@ -77,6 +77,7 @@ class TrainerConf:
     checkpoint_every_n_steps: Optional[int] = None   # also save last.pt within epochs
     deterministic: bool = False         # PyTorch's deterministic algorithms, cuDNN/cuBLAS flags
     requeue_signal: Optional[str] = None  # e.g. SIGUSR1: save and exit 138 so a wrapper can requeue
+    threads: Optional[int] = None       # torch CPU threads (null: all cores, or shared by parallel jobs)
     checks: ChecksConf = field(default_factory=ChecksConf)
 
 
@@ -103,6 +104,7 @@ RANGES = {
     "trainer.limit_batches": (1, None, True),
     "trainer.accumulate": (1, None, True),
     "trainer.checkpoint_every_n_steps": (1, None, True),
+    "trainer.threads": (1, None, True),
     "model.l1": (0, None, True),
     "model.l2": (0, None, True),
     "data.batch_size": (1, None, True),

@@ -267,8 +267,13 @@ def export_main(argv=None) -> None:
 
                 if importlib.util.find_spec("onnx") is None:
                     raise ConfigError("format=onnx needs the onnx package: pip install 'nnrun[onnx]'")
-                torch.onnx.export(run.model, (example,), str(out), input_names=["input"], output_names=["output"],
-                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+                import warnings
+
+                with warnings.catch_warnings():
+                    # nnrun's LSTM starts from zero states sized by the input, so any batch size runs (tested)
+                    warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
+                    torch.onnx.export(run.model, (example,), str(out), input_names=["input"], output_names=["output"],
+                                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
         print(f"nnrun-export: {fmt} written to {out} (inputs: the model input of shape (N, "
               f"{', '.join(map(str, run.input_shape))}), prepared as {run.folder / 'preprocessing.json'} says)")
     guarded(job, "nnrun-export")

@@ -3,6 +3,7 @@ results table (results.csv, results.md, compare.png) is written at the end and r
 nnrun-report from the run folders alone."""
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import clean_env, nnrun, summary
+from conftest import FAST, clean_env, nnrun, summary
 
 REPORT = [str(Path(sys.executable).parent / "nnrun-report")]
 
@@ -142,3 +143,42 @@ def test_an_interrupted_sweep_continues_in_its_folder_running_only_the_rest(tmp_
     changed = nnrun("--multirun", "trainer.epochs=2,30", *args[2:], "trainer.resume=auto",
                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert changed.returncode == 2 and "the swept config changed" in changed.stderr
+
+
+def test_parallel_jobs_share_the_cores_and_their_failures_set_the_exit_code(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    result = nnrun("--multirun", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optimizer.lr=0.001,-1",
+                   *FAST, "trainer.plots=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    # the failing job ran in a worker process, yet the command names it and exits 2 (a config error)
+    assert result.returncode == 2, result.stderr
+    assert "job [optimizer.lr=-1] error: optimizer.lr=-1.0 is out of range" in result.stderr
+    rows = {r["optimizer.lr"]: r for r in results(sweep)}
+    assert {lr: r["status"] for lr, r in rows.items()} == {"0.001": "completed", "-1": "failed"}
+    cores = len(os.sched_getaffinity(0))
+    assert summary(rows["0.001"]["run_dir"])["threads"] == max(1, cores // 2)   # two jobs split the cores
+
+
+def test_optuna_search_tells_nan_trials_as_failed_and_ends_with_the_table(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    result = nnrun("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "optimizer.lr=choice(0.003, 1e30)",
+                   "trainer.monitor=val_accuracy", *FAST, "trainer.plots=false", f"hydra.sweep.dir={sweep}",
+                   "hydra.sweeper.storage=sqlite:///study.db", cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert "Directions: ['maximize']" in out                   # follows trainer.monitor and trainer.mode
+    rows = results(sweep)
+    assert len(rows) == 4 and {"optimizer.lr", "data.batch_size", "model.dropout"} <= set(rows[0])
+    assert {r["optimizer.lr"]: r["status"] for r in rows} == {"0.003": "completed", "1e+30": "nan_loss"}
+    failed = [r for r in rows if r["status"] != "completed"]
+    assert out.count("Failed experiment: Return value must be float-castable") == len(failed)
+    import optuna                                              # what Optuna itself recorded
+    study = optuna.load_study(study_name="nnrun", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = {f"{t.params['optimizer.lr']:g}": t.state.name for t in study.trials}
+    assert states == {"0.003": "COMPLETE", "1e+30": "FAIL"}
+    assert result.returncode == 1 and "the training loss became nan" in result.stderr
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    scores = [float(r["best_score"]) for r in rows if r["status"] == "completed"]
+    assert best["best_value"] == pytest.approx(max(scores)) and float(rows[0]["best_score"]) == max(scores)
+    assert "4 runs in" in result.stdout

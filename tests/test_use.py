@@ -101,3 +101,19 @@ def test_export_to_torchscript_gives_the_same_outputs(tmp_path):
         assert torch.allclose(torch.jit.load(str(run_dir / "model.ts"))(x), run.model(x), atol=1e-6)
     result = tool("nnrun-export", f"run={run_dir}", "format=keras", cwd=tmp_path)
     assert result.returncode == 2 and "torchscript, onnx, safetensors" in one_line_error(result)
+
+
+@pytest.mark.parametrize("model", ["lstm", pytest.param("cnn", marks=pytest.mark.slow)])
+def test_export_to_onnx_runs_in_onnxruntime_at_any_batch_size(tmp_path, model):
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+    _, run_dir = train(tmp_path, "trainer.epochs=1", f"model={model}")
+    result = tool("nnrun-export", f"run={run_dir}", "format=onnx", cwd=tmp_path)
+    assert result.returncode == 0 and "model.onnx" in result.stdout and "Warning" not in result.stderr, result.stderr
+    run = nnrun.load_run(run_dir)
+    session = ort.InferenceSession(str(run_dir / "model.onnx"))
+    for n in (1, 7):                                    # exported with a batch of 2
+        x = run.prepare(np.random.default_rng(n).integers(0, 17, (n, 8, 8)))
+        with torch.no_grad():
+            expected = run.model(x).numpy()
+        assert np.allclose(session.run(None, {"input": x.numpy()})[0], expected, atol=1e-5)

@@ -52,6 +52,7 @@ def read_run(run: Path) -> dict:
         row["mode"] = info.get("mode")
         if info.get("status") != "completed" and info.get("error"):
             row["error"] = info["error"]
+            row["exit_code"] = info.get("exit_code", 1)
     else:
         row["status"] = "running" if (run / "metrics.csv").is_file() else "started"
     row["curve"] = read_curve(run / "metrics.csv", row.get("monitor"))
@@ -143,6 +144,17 @@ def cell(value) -> str:
     return "" if value is None else str(value)
 
 
+def short(value) -> str:
+    """cell(), with long numbers among the overrides (Optuna's 0.0013292918943162175) cut to 4
+    significant digits: the terminal table stays readable, the files keep every digit."""
+    if isinstance(value, str) and len(value) > 8:
+        try:
+            return f"{float(value):.4g}"
+        except ValueError:
+            pass
+    return cell(value)
+
+
 def write_csv(path: Path, columns: list, lines: list) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -200,6 +212,7 @@ def report(folder: Path, console=None) -> list:
     if groups:
         text += "\n## Over seeds (mean ± std)\n\n" + markdown(group_columns, groups, best=False)
     (folder / "results.md").write_text(text)
+    (folder / "compare.png").unlink(missing_ok=True)     # a plot of an earlier state would mislead
     try:
         plot_compare(folder / "compare.png", rows, swept_keys(rows))
     except Exception as exc:  # noqa: BLE001  (the numbers are written; a plot is not worth a failure)
@@ -228,7 +241,7 @@ def print_table(console, folder, columns, lines, group_columns, groups) -> None:
     for i, line in enumerate(lines):
         style = "bold green" if i == 0 and line.get("status") == "completed" else \
             ("red" if line.get("status") not in ("completed", "running", "started") else None)
-        t.add_row(*[cell(line.get(c, "")) for c in shown], Path(str(line.get("run_dir", ""))).name, style=style)
+        t.add_row(*[short(line.get(c, "")) for c in shown], Path(str(line.get("run_dir", ""))).name, style=style)
     console.print(t)
     if groups:
         g = Table(title="over seeds (mean ± std)", box=box.SIMPLE_HEAD, title_justify="left")
@@ -237,7 +250,8 @@ def print_table(console, folder, columns, lines, group_columns, groups) -> None:
         for line in groups:
             g.add_row(*[cell(line.get(c, "")) for c in group_columns])
         console.print(g)
-    console.print(f"results: {folder / 'results.csv'}, {folder / 'results.md'}, {folder / 'compare.png'}")
+    files = [folder / name for name in ("results.csv", "results.md", "compare.png") if (folder / name).is_file()]
+    console.print("results: " + ", ".join(map(str, files)))
 
 
 try:
@@ -247,13 +261,52 @@ except ImportError:  # pragma: no cover
 
 
 class SweepResults(_HydraCallback):
-    """Hydra callback: the results table when a --multirun ends."""
+    """Hydra callback: the results table when a --multirun ends. Also, before the sweeper starts:
+    Hydra's basic sweeper with the basic launcher gets batches of one job, so that a stop signal
+    (or fail_fast) ends the sweep at once; launchers that run jobs side by side keep the whole
+    grid in one batch. (Set in code, as hydra.sweeper differs by sweeper: Optuna has no such key.)"""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from omegaconf import open_dict, read_write
+
+        sweeper, launcher = config.hydra.sweeper, config.hydra.launcher
+        if (str(sweeper.get("_target_", "")).endswith(".BasicSweeper") and sweeper.get("max_batch_size") is None
+                and str(launcher.get("_target_", "")).endswith(".BasicLauncher")):
+            with read_write(config.hydra), open_dict(config.hydra):
+                sweeper.max_batch_size = 1
+        UNFINISHED[:] = [Path(config.hydra.sweep.dir)]
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        try:
-            report(Path(config.hydra.sweep.dir))
-        except Exception as exc:  # noqa: BLE001  (the jobs' own results are already written)
-            print(f"nnrun: could not write the results table: {exc}", file=sys.stderr)
+        finish_sweep()
+
+
+# The sweep folder between the start and the end of a --multirun: a sweeper that raises (Optuna
+# when no trial completed) skips on_multirun_end, and main() finishes the table then.
+UNFINISHED = []
+# The failed jobs of the last sweep as (overrides, exit code, message), for the command's exit code
+# when the jobs ran in other processes (hydra/launcher=parallel) and could not report to main().
+SWEEP_FAILURES = []
+
+
+def finish_sweep() -> None:
+    """The results table of the sweep that is ending, and its failures in SWEEP_FAILURES."""
+    if not UNFINISHED:
+        return
+    folder = UNFINISHED.pop()
+    try:
+        report(folder)
+    except Exception as exc:  # noqa: BLE001  (the jobs' own results are already written)
+        print(f"nnrun: could not write the results table: {exc}", file=sys.stderr)
+    rows = [read_run(run) for run in find_runs(folder.resolve())]
+    keys = swept_keys(rows)
+    SWEEP_FAILURES[:] = [failure(row, keys) for row in rows if row.get("status") not in ("completed", "summary_only")]
+
+
+def failure(row: dict, keys: list) -> tuple:
+    overrides = " ".join(f"{k}={row['overrides'][k]}" for k in keys if k in row["overrides"])
+    if row.get("status") in ("started", "running"):     # the sweep is over: its process died (killed, out of memory)
+        return overrides, 1, f"ended without a summary.json (its process died); see {row['run_dir']}/nnrun.log"
+    return overrides, row.get("exit_code") or 1, row.get("error") or row.get("status")
 
 
 def main(argv=None) -> None:

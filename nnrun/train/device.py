@@ -34,6 +34,23 @@ def resolve_device(name: str):
     return device
 
 
+def share_machine(launcher, job_num: int, device: str, threads):
+    """Jobs run side by side (a launcher with n_jobs > 1, e.g. hydra/launcher=parallel) share the
+    machine: each gets cores // n_jobs torch threads unless trainer.threads says, and with
+    trainer.device=auto on a box with several GPUs, job k trains on GPU k mod their count. A device
+    index rather than CUDA_VISIBLE_DEVICES: a launcher's worker process runs job after job, and CUDA
+    reads that variable once per process. Returns (device, threads or None)."""
+    n_jobs = launcher.get("n_jobs") if launcher is not None else None
+    if not isinstance(n_jobs, int) or n_jobs in (0, 1):
+        return device, threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_jobs < 0:                        # joblib's convention: -1 = one job per core, -2 = all but one...
+        n_jobs = max(1, cores + 1 + n_jobs)
+    if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        device = f"cuda:{job_num % torch.cuda.device_count()}"
+    return device, threads or max(1, cores // n_jobs)
+
+
 def set_determinism(deterministic: bool, device) -> None:
     """trainer.deterministic=true: PyTorch's deterministic algorithms (an op without one raises,
     naming itself) and cuDNN/cuBLAS settings; false: cuDNN picks the fastest kernels."""
