@@ -41,7 +41,9 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     from nnrun.report.console import EpochProgress, model_table
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
     from nnrun.train.checkpoint import checkpoint_state, resume_state, restore, save_checkpoint
-    from nnrun.train.device import resolve_device, set_determinism
+    from nnrun.train import distributed
+    from nnrun.train.engine import Engine
+    from nnrun.train.device import device_facts, peak_memory, resolve_device, set_determinism
     from nnrun.train.loop import Saving, check_monitors, evaluate, fit
     from nnrun.train.metrics import resolve_mode
     from nnrun.train.resume import check_same, load_resume_state
@@ -52,7 +54,11 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     trainer = plain["trainer"]
     check_targets(plain)                                  # before anything is imported
     device_name, threads = placement or (trainer["device"], trainer["threads"])
-    device = resolve_device(device_name)
+    world = distributed.world_size() if trainer["strategy"] == "ddp" else 1
+    device = resolve_device(distributed.check(trainer["strategy"], device_name))
+    if world > 1 and trainer["checkpoint_every_n_steps"]:
+        raise ConfigError("trainer.checkpoint_every_n_steps does not work with trainer.strategy=ddp yet: "
+                          "DDP runs save (and stop for signals) at the end of each epoch")
     if threads:
         torch.set_num_threads(threads)
     set_determinism(trainer["deterministic"], device)
@@ -65,6 +71,8 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
         check_same(saved["config"], plain, resume_from)
     torch.manual_seed(trainer["seed"])                    # weights and dropout; data order has its own
     data = build_data(**plain["data"], seed=trainer["seed"], device=device)
+    if world > 1:                                         # this rank's slice of every global batch
+        data.train = distributed.Shard(data.train, distributed.rank(), world)
     log.info(f"data {plain['data']['name']}: {len(data.train)} train, {len(data.val) if data.val else 0} val, "
              f"{len(data.test)} test, samples of shape {data.input_shape}, "
              f"{f'{data.num_classes} classes' if data.num_classes else data.task}, on {device}")
@@ -73,13 +81,16 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
                         vocab_size=data.vocab).to(device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"status": "completed", "task": data.task, "epochs": 0, "params": params, "device": str(device),
-               "threads": torch.get_num_threads(), "run_dir": str(run_dir), "torch_version": torch.__version__}
+               "threads": torch.get_num_threads(), "run_dir": str(run_dir), **device_facts(device)}
     log.info(model_table(model, data.train.x[:2].to(device)))
     if trainer["epochs"] == 0:
         log.info("trainer.epochs=0: model summary only, nothing trained")
         write_summary(run_dir, {**summary, "status": "summary_only"})
         return summary
 
+    engine = Engine(model, device, trainer["precision"], trainer["compile"],
+                    channels_last=device.type == "cuda" and plain["model"]["name"] == "cnn",
+                    wrap=distributed.wrap(device) if world > 1 else None, world=world)
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
     steps = -(-data.train.num_batches(data.batch_size, trainer["limit_batches"]) // trainer["accumulate"])
     scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], steps_per_epoch=steps, **plain["scheduler"])
@@ -91,24 +102,24 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
         cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
             path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)), optimizer)
     check_monitors(data.val is not None, monitor, callbacks, scheduler, data.task)
-    history = restore(saved, model, optimizer, scheduler, device) if saved is not None else None
+    history = restore(saved, model, optimizer, scheduler, device, engine) if saved is not None else None
     last = run_dir / "checkpoints" / "last.pt"
     saving = Saving(save=lambda h: save_checkpoint(last, resume_state(model, optimizer, scheduler, callbacks, h,
-                                                                      plain, device), keep_previous=True),
+                                                                      plain, device, engine), keep_previous=True),
                     epoch_end=any(getattr(cb, "save_last", False) for cb in callbacks),
                     every_n_steps=trainer["checkpoint_every_n_steps"], signal=stop or (lambda: None))
     history = fit(model, data, optimizer, scheduler, callbacks, EpochProgress(console),
                   train_loss=train_loss, eval_loss=eval_loss, epochs=trainer["epochs"], device=device,
                   seed=trainer["seed"], grad_clip=trainer["grad_clip"], accumulate=trainer["accumulate"],
                   limit_batches=trainer["limit_batches"], monitor=monitor, mode=mode,
-                  history=history, saving=saving)
+                  history=history, saving=saving, engine=engine)
 
     if history.best_state is not None:                    # test the best epoch, not the last
         model.load_state_dict(history.best_state)
     test = evaluate(model, data.test, data.batch_size, eval_loss, device, trainer["limit_batches"],
-                    task=data.task, num_classes=data.num_classes, confusion=True)
+                    task=data.task, num_classes=data.num_classes, confusion=True, engine=engine)
     export_weights(run_dir, model)
-    summary.update(wall_time=round(time.perf_counter() - start, 3), command=command)
+    summary.update(**peak_memory(device), wall_time=round(time.perf_counter() - start, 3), command=command)
     return finish_run(run_dir, summary, history, test, data, eval_loss, monitor, mode, trainer["plots"])
 
 
@@ -156,15 +167,32 @@ def task(conf):
         from nnrun.train.device import share_machine
 
         placement = share_machine(hydra_conf.launcher, hydra_conf.job.num, conf.trainer.device, conf.trainer.threads)
-    console, handler = open_console()
+    from nnrun.train import distributed
+
+    helper = distributed.launched() and distributed.rank() != 0     # (torch is imported by now)
+    if helper:        # a DDP rank other than 0 trains alike but writes into a folder of its own, then deletes it
+        import tempfile
+
+        run_dir = Path(tempfile.mkdtemp(prefix=f"nnrun-rank{distributed.rank()}-"))
+    console, handler = open_console(quiet=helper)
     try:
         with stop_signals(signal_number(conf.trainer.get("requeue_signal"))) as stop:
             resume_from = None
             if sweep and conf.trainer.get("resume") == "auto":      # a job of a sweep being continued
                 resume_from = resume_job(run_dir)
+            elif conf.trainer.get("resume") and helper:            # rank 0 finds the checkpoint; so do we
+                found = distributed.agree(None)
+                if found is None:                                  # rank 0: the run was already completed
+                    return None
+                resume_from = found
             elif conf.trainer.get("resume"):
-                folder, resume_from = locate(str(conf.trainer.resume), run_dir,
-                                             OmegaConf.to_container(conf, resolve=False))
+                try:
+                    folder, resume_from = locate(str(conf.trainer.resume), run_dir,
+                                                 OmegaConf.to_container(conf, resolve=False))
+                except AlreadyCompleted:
+                    distributed.agree(None)
+                    raise
+                distributed.agree(resume_from)
                 if folder != run_dir:
                     move_to(run_dir, folder)
                     run_dir = folder
@@ -203,6 +231,10 @@ def task(conf):
         return None
     finally:
         logging.getLogger().removeHandler(handler)
+        if helper:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def finite(score):
@@ -237,6 +269,7 @@ def main() -> None:
     entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(task)
     stopped = None
     try:
+        ddp_setup()
         refuse_used_run_dir(sys.argv[1:])
         sys.argv[1:] = continue_sweep(sys.argv[1:])
         entry()
@@ -267,6 +300,18 @@ def main() -> None:
         sys.exit(stopped.code)
     if codes:
         sys.exit(EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_USAGE)
+
+
+def ddp_setup() -> None:
+    """Under torchrun: the process group first (ranks agree on the run folder while Hydra composes),
+    and ranks other than 0 leave the run folder alone: no .hydra/, no log file."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:      # (before importing torch: config errors stay quick)
+        return
+    from nnrun.train import distributed
+
+    distributed.init()
+    if distributed.rank() != 0:
+        sys.argv[1:] = [*sys.argv[1:], "hydra.output_subdir=null", "hydra/job_logging=disabled"]
 
 
 def refuse_used_run_dir(args) -> None:
@@ -347,7 +392,7 @@ def direction(monitor: str, mode: str) -> str:
 _RUN_DIRS = {}
 
 
-def unique_run_dir(folder: str, name=None) -> str:
+def make_run_dir(folder: str, name=None) -> str:
     import re
 
     key = (folder, name)
@@ -366,3 +411,14 @@ def unique_run_dir(folder: str, name=None) -> str:
                 n += 1
         _RUN_DIRS[key] = str(candidate)
     return _RUN_DIRS[key]
+
+
+def unique_run_dir(folder: str, name=None) -> str:
+    """The folder of this run; under torchrun, rank 0's (the others must not make their own)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return make_run_dir(folder, name)
+    from nnrun.train import distributed
+
+    if (folder, name) not in _RUN_DIRS:
+        _RUN_DIRS[(folder, name)] = distributed.agree(make_run_dir(folder, name) if distributed.rank() == 0 else None)
+    return _RUN_DIRS[(folder, name)]

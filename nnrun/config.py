@@ -78,6 +78,9 @@ class TrainerConf:
     deterministic: bool = False         # PyTorch's deterministic algorithms, cuDNN/cuBLAS flags
     requeue_signal: Optional[str] = None  # e.g. SIGUSR1: save and exit 138 so a wrapper can requeue
     threads: Optional[int] = None       # torch CPU threads (null: all cores, or shared by parallel jobs)
+    precision: str = "32"               # 32 | bf16 | 16: autocast (16: with a gradient scaler)
+    compile: bool = False               # torch.compile the model (slow first steps, faster after)
+    strategy: Optional[str] = None      # null | ddp (under torchrun: one process per device)
     checks: ChecksConf = field(default_factory=ChecksConf)
 
 

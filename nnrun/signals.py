@@ -37,7 +37,8 @@ def stop_signals(requeue=None):
         yield request
     finally:
         for number, handler in previous.items():
-            signal.signal(number, handler)
+            # once stopping, a late second signal must not turn into a KeyboardInterrupt on the way out
+            signal.signal(number, signal.SIG_IGN if request.signum is not None else handler)
 
 
 def signal_number(name, key: str = "trainer.requeue_signal"):

@@ -29,6 +29,12 @@ def clean_env(**extra) -> dict:
 
 
 def nnrun(*args, cwd, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """`nnrun args` in its own process; forked from a helper that has the imports done (tests/warm.py)."""
+    from warm import warm_run
+
+    result = warm_run(args, cwd, env or clean_env(), timeout)
+    if result is not None:
+        return result
     return subprocess.run([*NNRUN, *args], cwd=cwd, env=env or clean_env(), capture_output=True,
                           text=True, timeout=timeout)
 

@@ -33,10 +33,15 @@ class ConsoleHandler(logging.Handler):
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def open_console() -> tuple:
-    """(console, handler): the handler is attached to the root logger; remove it when done."""
-    console = Console(file=sys.stdout)
-    handler = ConsoleHandler(console)
+def open_console(quiet: bool = False) -> tuple:
+    """(console, handler): the handler is attached to the root logger; remove it when done.
+    quiet: warnings and errors only, no progress (DDP ranks other than 0)."""
+    import os
+
+    console = Console(file=open(os.devnull, "w") if quiet else sys.stdout)
+    handler = ConsoleHandler(Console(file=sys.stdout) if quiet else console)
+    if quiet:
+        handler.setLevel(logging.WARNING)
     logging.getLogger().addHandler(handler)
     return console, handler
 

@@ -143,7 +143,7 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
     return state
 
 
-def resume_state(model, optimizer, scheduler, callbacks, history, config: dict, device) -> dict:
+def resume_state(model, optimizer, scheduler, callbacks, history, config: dict, device, engine=None) -> dict:
     """checkpoint_state plus all a resumed run needs to continue bit for bit: where the loop
     stands (epoch, step, partial sums, history), the callbacks' state and the random generators."""
     state = checkpoint_state(model, optimizer, scheduler, history.epoch,
@@ -152,11 +152,12 @@ def resume_state(model, optimizer, scheduler, callbacks, history, config: dict, 
     if torch.device(device).type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     state.update(step=history.step, history=history.state_dict(), rng=rng,
+                 scaler=engine.state_dict() if engine is not None else None,
                  callbacks={cb.name: cb.state_dict() for cb in callbacks if cb.name})
     return state
 
 
-def restore(state: dict, model, optimizer, scheduler, device):
+def restore(state: dict, model, optimizer, scheduler, device, engine=None):
     """Put a resume_state back; returns the History to continue."""
     from nnrun.train.loop import History
 
@@ -167,6 +168,8 @@ def restore(state: dict, model, optimizer, scheduler, device):
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
+    if engine is not None:
+        engine.load_state_dict(state.get("scaler"))        # fp16's loss scale goes on where it was
     torch.set_rng_state(state["rng"]["torch"])
     if "cuda" in state["rng"] and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state(state["rng"]["cuda"], device)

@@ -51,6 +51,40 @@ def share_machine(launcher, job_num: int, device: str, threads):
     return device, threads or max(1, cores // n_jobs)
 
 
+def device_facts(device) -> dict:
+    """What the run ran on, for summary.json: versions and the device's name."""
+    import platform
+
+    device = torch.device(device)
+    facts = {"torch_version": torch.__version__, "cuda_version": torch.version.cuda,
+             "device_name": cpu_name() or platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        facts["device_name"] = torch.cuda.get_device_name(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    return facts
+
+
+def cpu_name() -> str:
+    """The CPU's model name on Linux ('' elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def peak_memory(device) -> dict:
+    """The process's peak resident memory and, on CUDA, the peak of memory allocated by tensors, in MiB."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux, bytes on macOS
+    peaks = {"rss_peak_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if torch.device(device).type == "cuda":
+        peaks["gpu_memory_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peaks
+
+
 def set_determinism(deterministic: bool, device) -> None:
     """trainer.deterministic=true: PyTorch's deterministic algorithms (an op without one raises,
     naming itself) and cuDNN/cuBLAS settings; false: cuDNN picks the fastest kernels."""

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 
 from nnrun.errors import ConfigError, suggest
 from nnrun.train.metrics import Tally, improved, logged_names
@@ -59,12 +58,14 @@ class Saving:
 def fit(model, data, optimizer, scheduler, callbacks, progress, *, train_loss, eval_loss, epochs: int,
         device, seed: int, grad_clip: Optional[float] = None, accumulate: int = 1,
         limit_batches: Optional[int] = None, monitor: str = "val_loss", mode: str = "min",
-        history: Optional[History] = None, saving: Optional[Saving] = None) -> History:
+        history: Optional[History] = None, saving: Optional[Saving] = None, engine=None) -> History:
     """Train for up to epochs; track the best epoch by monitor; callbacks may stop early.
     train_loss may carry class weights; eval_loss (validation) does not, as in Keras.
     history: where a resumed run stands (None: the start). The caller checks monitored names
-    first (check_monitors), before printing anything."""
-    history, saving = history or History(), saving or Saving()
+    first (check_monitors), before printing anything. engine: precision, compile, DDP (nnrun.train.engine)."""
+    from nnrun.train.engine import Engine
+
+    history, saving, engine = history or History(), saving or Saving(), engine or Engine(model, device)
     batch_callbacks = [cb for cb in callbacks if overrides(cb, "on_train_batch_end")]
     for cb in callbacks:
         if history.callbacks is not None and cb.name in history.callbacks:
@@ -78,7 +79,7 @@ def fit(model, data, optimizer, scheduler, callbacks, progress, *, train_loss, e
                 break
             run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch_callbacks, progress,
                       train_loss, eval_loss, device, seed, grad_clip, accumulate, limit_batches, monitor, mode,
-                      history, saving)
+                      history, saving, engine)
     finally:
         progress.train_end()
     for cb in callbacks:
@@ -88,7 +89,7 @@ def fit(model, data, optimizer, scheduler, callbacks, progress, *, train_loss, e
 
 def run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch_callbacks, progress,
               train_loss, eval_loss, device, seed, grad_clip, accumulate, limit_batches, monitor, mode,
-              history, saving) -> None:
+              history, saving, engine) -> None:
     """Train (from history.step), validate, track the best, run the callbacks, save."""
     for cb in callbacks:
         cb.on_epoch_begin(epoch, {})
@@ -96,13 +97,14 @@ def run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch
     # Data order depends on seed and epoch only, so a resumed run sees the same batches.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     logs, seen, lr = train_epoch(model, data, optimizer, scheduler, train_loss, generator, device, grad_clip,
-                                 accumulate, limit_batches, progress, batch_callbacks, epoch, history, saving)
+                                 accumulate, limit_batches, progress, batch_callbacks, epoch, history, saving,
+                                 engine)
     prior = history.partial["seconds"] if history.partial else 0.0    # before a resume
     history.samples += seen
     history.train_seconds += prior + time.perf_counter() - start
     if data.val is not None:
         scores = evaluate(model, data.val, data.batch_size, eval_loss, device, limit_batches,
-                          task=data.task, num_classes=data.num_classes)
+                          task=data.task, num_classes=data.num_classes, engine=engine)
         logs.update((f"val_{name}", value) for name, value in scores.items())
     logs["lr"] = lr
     logs["epoch_time"] = prior + time.perf_counter() - start
@@ -121,7 +123,7 @@ def run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch
     history.epoch, history.step, history.partial = epoch, 0, None
     history.finished = stop or epoch == epochs
     history.stopped_early = stop and epoch < epochs
-    signum = saving.signal()
+    signum = engine.agree_signal(saving.signal())
     if saving.save is not None and (saving.epoch_end or signum):
         saving.save(history)
     if signum and not history.finished:
@@ -129,7 +131,7 @@ def run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch
 
 
 def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, grad_clip, accumulate,
-                limit_batches, progress, batch_callbacks, epoch, history, saving):
+                limit_batches, progress, batch_callbacks, epoch, history, saving, engine):
     """One pass over the training split from batch history.step; returns (logs: loss and the
     task's metrics, samples seen, the lr the epoch started with)."""
     model.train()
@@ -139,7 +141,8 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
     seen, lr, first = part.get("seen", 0), part.get("lr", optimizer.param_groups[0]["lr"]), history.step
     batches = data.train.num_batches(data.batch_size, limit_batches)
     per_step = scheduler is not None and scheduler.interval == "step"
-    lagged = torch.device(device).type != "cpu"   # read the finite-loss flag one step late: no stall
+    # read the finite-loss flag one step late on a GPU: no stall; under DDP every rank must agree at once
+    lagged = torch.device(device).type != "cpu" and engine.world == 1
     pending = None
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -148,23 +151,23 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if data.augment is not None:               # seeded per step: a resumed run augments alike
             x = data.augment(x, seed=(generator.initial_seed() * 100_003 + i) % 2**63)
-        output = forward(model, x, y)
+        output = forward(engine, x, y, training=True)
         loss = loss_fn(output, y)
         finite = torch.isfinite(loss.detach())
         if pending is not None and not pending[0]:
             raise NonFiniteLoss(float(pending[1]), epoch, i)
         pending = (finite, loss.detach()) if lagged else None
-        if not lagged and not finite:              # before the step: the weights stay finite
+        if not lagged and not engine.agree_finite(finite):    # before the step: the weights stay finite
             raise NonFiniteLoss(loss.item(), epoch, i + 1)
         total = loss + model.penalty() if model.penalty else loss   # L1/L2 train the weights, not the metric
         if accumulate > 1:                         # mean over the group; the last group may be short
             total = total / min(accumulate, batches - i // accumulate * accumulate)
-        total.backward()
+        if engine.world > 1:    # DDP averages the ranks' gradients: weigh each by its share of the global batch
+            total = total * (len(y) * engine.world / data.train.global_size(data.batch_size, i))
+        engine.backward(total)
         stepped = (i + 1) % accumulate == 0 or i + 1 == batches
         if stepped:
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            engine.step(optimizer, grad_clip)
             optimizer.zero_grad(set_to_none=True)
             if per_step:
                 scheduler.step()
@@ -174,7 +177,7 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
         progress.batch_end(i + 1, loss_sum, seen)  # reads the sum only when it redraws
         for cb in batch_callbacks:
             cb.on_train_batch_end(i, {"loss": loss.detach()})
-        if not stepped or i + 1 == batches:
+        if not stepped or i + 1 == batches or engine.world > 1:    # DDP: stop signals wait for the epoch's end
             continue
         signum = saving.signal()
         due = saving.every_n_steps and ((i + 1) // accumulate) % saving.every_n_steps == 0
@@ -187,28 +190,37 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
             raise Interrupted(signum, epoch - 1, i + 1)     # epochs finished, steps into the next
     if pending is not None and not pending[0]:
         raise NonFiniteLoss(float(pending[1]), epoch, batches)
+    if engine.world > 1:                           # the epoch's sums over every rank's shard
+        from nnrun.train.distributed import sum_all
+
+        sum_all(loss_sum)
+        seen = int(sum_all(torch.tensor(seen, device=loss_sum.device)).item())
+        tally.reduce(sum_all)
     return {"loss": (loss_sum / seen).item(), **tally.result()}, seen, lr
 
 
-def forward(model, x, y):
+def forward(engine, x, y, training: bool):
     """The model's output shaped like the targets where they are values (binary, regression):
     (B, 1) -> (B,), so a loss never broadcasts (B, 1) against (B,)."""
-    output = model(x)
+    output = engine.forward(x, training)
     return output if y.dtype == torch.long else output.reshape(y.shape)
 
 
 @torch.no_grad()
 def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None, task="multiclass",
-             num_classes=0, confusion=False) -> dict:
+             num_classes=0, confusion=False, engine=None) -> dict:
     """{"loss", and the task's metrics} over split, summed per sample so a short last batch counts
     right; with confusion (classification) also "confusion": counts[true, predicted], on the CPU."""
+    from nnrun.train.engine import Engine
+
+    engine = engine or Engine(model, device)
     model.eval()
     loss_sum = torch.zeros((), device=device)
     tally = Tally(task, device, num_classes, every_prediction=True)
     seen = 0
     for x, y in split.batches(batch_size, limit=limit_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        output = forward(model, x, y)
+        output = forward(engine, x, y, training=False)
         loss_sum += loss_fn(output, y) * len(y)
         tally.update(output, y)
         seen += len(y)

@@ -50,6 +50,12 @@ class Tally:
         sums = {"sums": self.sums} if self.task == "regression" else {"counts": self.counts}
         return {"n": self.n, **{k: v.detach().cpu().clone() for k, v in sums.items()}}
 
+    def reduce(self, sum_all) -> None:
+        """Add up the tallies of every DDP process: sum_all(tensor) all-reduces in place."""
+        sums = self.sums if self.task == "regression" else self.counts
+        self.n = int(sum_all(torch.tensor(self.n, device=sums.device)).item())
+        sum_all(sums)
+
     def update(self, output: torch.Tensor, y: torch.Tensor) -> None:
         output = output.detach()
         self.n += len(y)

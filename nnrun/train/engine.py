@@ -1,0 +1,89 @@
+"""How a batch goes through the model on the device: trainer.precision (autocast, with a gradient
+scaler for fp16), trainer.compile (torch.compile), channels_last for CNNs on CUDA, and DDP. The
+loop asks the engine to run forward, backward and the optimizer step; the engine holds no data."""
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import nn
+
+from nnrun.errors import ConfigError
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+class Engine:
+    def __init__(self, model: nn.Module, device, precision: str = "32", compile: bool = False,
+                 channels_last: bool = False, wrap=None, world: int = 1):
+        """wrap: a function that wraps the model for training (DistributedDataParallel), or None;
+        world: the number of DDP processes (1: none)."""
+        self.world = world
+        if str(precision) not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={precision} is not one of 32, bf16, 16")
+        self.model, self.device = model, torch.device(device)
+        self.dtype = PRECISIONS[str(precision)]
+        # fp16 overflows where bf16 does not: its gradients are scaled, and steps with inf skipped
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype is torch.float16 else None
+        self.channels_last = channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        trained = wrap(model) if wrap is not None else model
+        self.train_call = torch.compile(trained) if compile else trained
+        self.eval_call = model                 # evaluation never goes through DDP: no gradients to share
+        if compile:
+            self.eval_call = self.train_call if wrap is None else torch.compile(model)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def forward(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """The model's output in float32 (losses and metrics read it at full precision)."""
+        with self.autocast():
+            output = (self.train_call if training else self.eval_call)(self.prepare(x))
+        return output.float() if self.dtype is not None else output
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer, grad_clip: Optional[float]) -> None:
+        if self.scaler is not None:
+            if grad_clip:
+                self.scaler.unscale_(optimizer)       # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return
+        if grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        optimizer.step()
+
+    def agree_signal(self, signum):
+        """A stop signal that reached any DDP process stops them all at the same point."""
+        if self.world == 1:
+            return signum
+        from nnrun.train.distributed import max_all
+
+        return int(max_all([signum or 0], self.device)[0]) or None
+
+    def agree_finite(self, finite: torch.Tensor) -> bool:
+        """Whether the loss is finite on every DDP process (a host sync; every step under DDP)."""
+        if self.world == 1:
+            return bool(finite)
+        from nnrun.train.distributed import max_all
+
+        return max_all([0.0 if bool(finite) else 1.0], self.device)[0] == 0.0
+
+    def state_dict(self) -> Optional[dict]:
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: Optional[dict]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)

@@ -1,0 +1,66 @@
+"""One device made fast and several made one: DDP under torchrun (gloo on CPU), mixed precision,
+torch.compile, and the device facts every run records."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import clean_env, metrics, nnrun, one_line_error, summary, train
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+SAME = ["model.dropout=0", "trainer.epochs=2", "~callbacks.early_stopping", "trainer.plots=false"]
+
+
+def weights(run_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(run_dir) / "model.safetensors")
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    # 2 x 24 per process = 48 a step, as the single run; 1295 training samples leave a short last batch
+    (tmp_path / "ddp").mkdir()
+    ddp = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun",
+                          "trainer.strategy=ddp", "data.batch_size=24", *SAME],
+                         cwd=tmp_path / "ddp", env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    folders = [p.parent for p in (tmp_path / "ddp").glob("outputs/*/*/summary.json")]
+    assert len(list((tmp_path / "ddp").glob("outputs/*/*"))) == 1 and len(folders) == 1   # one run folder
+    assert ddp.stdout.count("test (weights of the best epoch)") == 1                   # rank 0 speaks
+
+    _, single = train(tmp_path, *SAME, "data.batch_size=48", name="single")
+    a, b = weights(folders[0]), weights(single)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    for row_a, row_b in zip(metrics(folders[0]), metrics(single), strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert float(row_a[key]) == pytest.approx(float(row_b[key]), rel=1e-4), key
+    info = summary(folders[0])
+    assert info["test_accuracy"] == pytest.approx(summary(single)["test_accuracy"], abs=1e-9)
+
+
+def test_ddp_without_torchrun_is_a_one_line_error(tmp_path):
+    result = nnrun("trainer.strategy=ddp", cwd=tmp_path)
+    assert result.returncode == 2 and "torchrun --nproc_per_node=N" in one_line_error(result)
+
+
+def test_bf16_trains_on_cpu_and_every_run_records_its_device(tmp_path):
+    _, run_dir = train(tmp_path, "trainer.precision=bf16", "trainer.epochs=2", "trainer.limit_batches=5")
+    info = summary(run_dir)
+    assert info["status"] == "completed" and info["test_accuracy"] > 0.3
+    assert info["torch_version"] == torch.__version__ and info["device_name"] and info["rss_peak_mb"] > 50
+    assert info["samples_per_sec"] > 0 and "cuda_version" in info
+    result = nnrun("trainer.precision=8", cwd=tmp_path)
+    assert result.returncode == 2 and "trainer.precision=8 is not one of 32, bf16, 16" in one_line_error(result)
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_training_as_eager(tmp_path):
+    args = ["model.dropout=0", "trainer.epochs=1", "trainer.limit_batches=5"]
+    _, eager = train(tmp_path, *args, name="eager")
+    _, compiled = train(tmp_path, *args, "trainer.compile=true", name="compiled")
+    a, b = weights(eager), weights(compiled)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)

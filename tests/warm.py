@@ -1,0 +1,104 @@
+"""Run the nnrun CLI in a fresh process without paying Python's start-up and imports each time.
+
+A helper process imports torch (and torch._dynamo, which torch.optim pulls in), Hydra and nnrun
+once; for each command it forks a child that sets argv, working folder, environment, stdin and
+output files, and calls nnrun.cli.main(), exactly what the console script calls. Each command is
+still its own process with its own exit code, output and files; what is shared is only the
+already-imported modules (about 7 s a command on a 2-core machine). Tests of start-up, signals
+and the installed script itself use the console script (conftest.NNRUN). NNRUN_TEST_WARM=0
+turns this off: every command then starts cold."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SERVER = r'''
+import json, os, sys
+import torch, torch._dynamo, torch.optim                    # what every run imports anyway
+import hydra, omegaconf, rich, sklearn.datasets, safetensors.torch
+import nnrun.cli, nnrun.data, nnrun.models, nnrun.train.loop, nnrun.callbacks, nnrun.report.console
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+            os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+            sys.argv = ["nnrun", *request["args"]]
+            code = 0
+            try:
+                nnrun.cli.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    print(json.dumps({"pid": pid}), flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"status": os.waitstatus_to_exitcode(status)}), flush=True)
+'''
+
+
+class Warm:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=self.server_env())
+        self.replies = self.proc.stdout
+
+    @staticmethod
+    def server_env() -> dict:
+        env = dict(os.environ)
+        if "PYTEST_XDIST_WORKER" in env:          # as conftest.clean_env: one thread per xdist worker
+            env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+    def reply(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.replies], [], [], timeout)
+        if not ready:
+            raise TimeoutError
+        line = self.replies.readline()
+        if not line:
+            raise RuntimeError("the warm nnrun helper died")
+        return json.loads(line)
+
+    def run(self, args, cwd, env, timeout) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            self.proc.stdin.write(json.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "env": env,
+                                              "stdout": str(out), "stderr": str(err)}) + "\n")
+            self.proc.stdin.flush()
+            pid = self.reply(30)["pid"]
+            try:
+                code = self.reply(timeout)["status"]
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                self.reply(30)
+                raise subprocess.TimeoutExpired(["nnrun", *args], timeout) from None
+            return subprocess.CompletedProcess(["nnrun", *args], code, out.read_text(), err.read_text())
+
+
+_WARM = []
+
+
+def warm_run(args, cwd, env, timeout):
+    """subprocess.run-like result of `nnrun args` in cwd with env; None when warm runs are off."""
+    if os.environ.get("NNRUN_TEST_WARM", "1") == "0" or not hasattr(os, "fork"):
+        return None
+    if not _WARM or _WARM[0].proc.poll() is not None:
+        _WARM[:] = [Warm()]
+    return _WARM[0].run(args, cwd, env, timeout)
