@@ -56,8 +56,10 @@ for line in sys.stdin:
 
 class Warm:
     def __init__(self):
+        # started outside the checkout: `python -c` puts the working folder first on sys.path, and the
+        # repository's nnrun/ (without its conf package) must not shadow the installed one
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=self.server_env())
+                                     text=True, env=self.server_env(), cwd=tempfile.gettempdir())
         self.replies = self.proc.stdout
 
     @staticmethod

@@ -19,6 +19,7 @@ class Split:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
+        self.pin = False      # CPU splits feeding a GPU: each batch in page-locked memory, so .to() is async
 
     def __len__(self) -> int:
         return len(self.y)
@@ -36,12 +37,17 @@ class Split:
             count = min(count, limit)
         if generator is None:
             for i in range(start, count):
-                yield self.x[i * batch_size:(i + 1) * batch_size], self.y[i * batch_size:(i + 1) * batch_size]
+                yield self.placed(self.x[i * batch_size:(i + 1) * batch_size],
+                                  self.y[i * batch_size:(i + 1) * batch_size])
             return
         order = torch.randperm(n, generator=generator).to(self.x.device)
         for i in range(start, count):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            yield self.x[idx], self.y[idx]
+            yield self.placed(self.x[idx], self.y[idx])
+
+    def placed(self, x, y) -> tuple:
+        # PyTorch's pinned-memory cache reuses the blocks, and keeps each until its copy is done
+        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
 
     def num_batches(self, batch_size: int, limit: Optional[int] = None) -> int:
         count = -(-len(self) // batch_size)
@@ -134,6 +140,10 @@ def build_data(name: str, batch_size: int, val_split: float, seed: int, device=N
     if device is not None and fits_on(device, data):
         data.train, data.test = data.train.to(device), data.test.to(device)
         data.val = data.val.to(device) if data.val is not None else None
+    elif device is not None and torch.device(device).type == "cuda":    # batches go over from pinned memory
+        for s in (data.train, data.val, data.test):
+            if s is not None:
+                s.pin = True
     return data
 
 

@@ -114,4 +114,4 @@ class Shard:
             torch.arange(n, device=self.x.device)
         for i in range(start, self.global_batches(batch_size, limit)):
             idx = order[i * size:(i + 1) * size].tensor_split(self.world)[self.rank]
-            yield self.x[idx], self.y[idx]
+            yield self.split.placed(self.x[idx], self.y[idx])
