@@ -4,9 +4,12 @@ Both sides train the same model (built from nnrun's config, same seed) with Adam
 size, over the same standardised tensors preloaded in memory, and validate once per epoch. The
 nnrun side is the CLI's own run() with its default callbacks (early stopping, checkpoints, CSV),
 timed from on_epoch_begin to the end of the last on_epoch_end. Trials alternate nnrun and the
-hand loop; the ratio is median nnrun epoch / median hand epoch.
+hand loop; the ratio is median nnrun epoch / median hand epoch. Samples/s counts training
+samples over the whole epoch (validation included). Then benchmarks/startup.py's table, so one run
+gives both (--startup-repeats 0 skips it).
 
     python benchmarks/epoch_speed.py                        # real files if installed, else random
+    python benchmarks/epoch_speed.py --device cuda          # on a GPU
     python benchmarks/epoch_speed.py --batches 100 --repeats 5
     python benchmarks/epoch_speed.py --augment   # random flip + crop(2) on both sides
 """
@@ -30,6 +33,9 @@ from nnrun.callbacks import Callback
 from nnrun.cli import run
 from nnrun.data import build_data
 from nnrun.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import startup  # noqa: E402
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -69,13 +75,13 @@ def flip_and_crop(x: torch.Tensor, pad: int, fill: float) -> torch.Tensor:
     return padded.flatten(2).gather(2, index).reshape(n, c, h, w)
 
 
-def hand_epochs(conf, epochs: int, batches, augment: bool = False) -> list:
-    """The loop from pytorch/examples, over tensors already in memory."""
+def hand_epochs(conf, epochs: int, batches, augment: bool = False, device: str = "cpu") -> list:
+    """The loop from pytorch/examples, over tensors already in memory (on the device)."""
     plain = OmegaConf.to_container(conf, resolve=True)
     seed, batch_size = plain["trainer"]["seed"], plain["data"]["batch_size"]
-    data = build_data(**plain["data"], seed=seed, device=torch.device("cpu"))
+    data = build_data(**plain["data"], seed=seed, device=torch.device(device))
     torch.manual_seed(seed)
-    model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.num_classes)
+    model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.num_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=plain["optimizer"]["lr"])
     loss_fn = nn.CrossEntropyLoss()
     (x, y), (vx, vy) = (data.train.x, data.train.y), (data.val.x, data.val.y)
@@ -85,7 +91,7 @@ def hand_epochs(conf, epochs: int, batches, augment: bool = False) -> list:
     for _ in range(epochs):
         start = time.perf_counter()
         model.train()
-        order = torch.randperm(len(y))
+        order = torch.randperm(len(y), device=y.device)
         for i in range(0, min(stop, len(y)), batch_size):
             idx = order[i:i + batch_size]
             xb = flip_and_crop(x[idx], 2, data.augment.fill) if augment else x[idx]
@@ -120,21 +126,25 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="train/val batches per epoch (default all)")
     parser.add_argument("--augment", action="store_true", help="random flip and crop on both sides")
     parser.add_argument("--root", type=Path, default=DEBIAN_ROOT, help="folder with the Fashion-MNIST files")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--startup-repeats", type=int, default=5, help="start-up trials (0: skip)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         real = any(args.root.glob("train-images-idx3-ubyte*"))
         root = args.root if real else random_fashion(tmp)
+        where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
         print(f"Fashion-MNIST: {'real files in ' + str(root) if real else 'random data of the same shape'}; "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}, {where}, "
               f"{args.epochs} epochs x {args.repeats} trials per side, batches per epoch: {args.batches or 'all'}"
-              + (", augmentation: random flip + crop(2)" if args.augment else ""))
-        print(f"{'model':<6} {'nnrun s/epoch':>14} {'hand s/epoch':>13} {'ratio':>7}")
+              + (", augmentation: random flip + crop(2)" if args.augment else "") + "\n")
+        print("| model | nnrun s/epoch | hand s/epoch | nnrun samples/s | hand samples/s | ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
         with initialize_config_module(config_module="nnrun.conf", version_base="1.3"):
             for name in args.models:
                 overrides = [f"model={name}", "data=fashion_mnist", f"data.root={root}", "data.download=false",
-                             f"trainer.epochs={args.epochs}", "trainer.device=cpu"]
+                             f"trainer.epochs={args.epochs}", f"trainer.device={args.device}"]
                 if args.batches:
                     overrides.append(f"trainer.limit_batches={args.batches}")
                 if args.augment:
@@ -142,9 +152,22 @@ def main() -> None:
                 ours, hand = [], []
                 for trial in range(args.repeats):      # alternate, so drift on a shared machine hits both
                     ours += nnrun_epochs(overrides, tmp / f"{name}-{trial}")
-                    hand += hand_epochs(compose("config", overrides=overrides), args.epochs, args.batches, args.augment)
+                    hand += hand_epochs(compose("config", overrides=overrides), args.epochs, args.batches,
+                                        args.augment, args.device)
                 a, b = statistics.median(ours), statistics.median(hand)
-                print(f"{name:<6} {a:>14.3f} {b:>13.3f} {a / b:>6.2f}x", flush=True)
+                conf = compose("config", overrides=overrides)
+                samples = train_samples(conf, args.batches)
+                print(f"| {name} | {a:.3f} | {b:.3f} | {samples / a:,.0f} | {samples / b:,.0f} | {a / b:.2f}x |",
+                      flush=True)
+    if args.startup_repeats:
+        startup.print_table(startup.measure(args.startup_repeats), args.startup_repeats)
+
+
+def train_samples(conf, batches) -> int:
+    """Training samples in one epoch: the training split, or limit_batches full batches."""
+    plain = OmegaConf.to_container(conf, resolve=True)
+    data = build_data(**plain["data"], seed=plain["trainer"]["seed"], device=torch.device("cpu"))
+    return min(len(data.train.y), batches * plain["data"]["batch_size"]) if batches else len(data.train.y)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Start-up cost: seconds from starting a command to the end of the first training step, for
 `nnrun` (default config: MLP on the embedded digits) and for a minimal hand-written PyTorch
 script doing the same (digits, the same MLP, Adam, one step), against `python -c "import torch"`.
-The three alternate, each repeated; medians are printed. Both training commands pay the same
+All alternate, each repeated; medians are printed. Both training commands pay the same
 PyTorch price beyond `import torch`: torch.optim imports torch._dynamo when an optimizer is
-built (about 3 s on a slow 2-core machine).
+built and at every step() (about 2-3 s on a slow 2-core machine), so `import torch, torch._dynamo`
+is timed too, as the floor for any PyTorch training script. benchmarks/epoch_speed.py runs this
+as well, so one run gives both tables.
 
     python benchmarks/startup.py --repeats 5
 """
@@ -48,37 +50,48 @@ def first_step(command: list, cwd: Path, env: dict) -> float:
     return float(mark.read_text()) - start
 
 
-def import_torch(env: dict) -> float:
+def imports(code: str, env: dict) -> float:
     start = time.time()
-    subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
     return time.time() - start
+
+
+def measure(repeats: int) -> dict:
+    """Median seconds for each command, the commands alternating."""
+    here = Path(__file__).resolve().parent
+    nnrun = Path(sys.executable).parent / "nnrun"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    times = {"import torch": [], "import torch, torch._dynamo": [], "hand-written script": [], "nnrun": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        (cwd / "hand.py").write_text(HAND)
+        for _ in range(repeats):         # alternate, so drifts in machine load hit all of them
+            times["import torch"].append(imports("import torch", env))
+            times["import torch, torch._dynamo"].append(imports("import torch, torch._dynamo", env))
+            times["hand-written script"].append(first_step([sys.executable, "hand.py"], cwd, env))
+            times["nnrun"].append(first_step([str(nnrun), "imports=[first_step]", "+callbacks.first_step={}",
+                                              "trainer.plots=false"], cwd, env))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def print_table(medians: dict, repeats: int) -> None:
+    base = medians["import torch"]
+    print(f"\nStart-up to the end of the first training step (default config: MLP on digits), "
+          f"median of {repeats}:\n")
+    print("| command | seconds | over `import torch` |")
+    print("|---|---:|---:|")
+    for name, median in medians.items():
+        print(f"| {name} | {median:.2f} | {median - base:+.2f} |")
+    print(f"\nnnrun over the hand-written script: {medians['nnrun'] - medians['hand-written script']:+.2f} s; "
+          f"over `import torch, torch._dynamo`: {medians['nnrun'] - medians['import torch, torch._dynamo']:+.2f} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    here = Path(__file__).resolve().parent
-    nnrun = Path(sys.executable).parent / "nnrun"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
-    times = {"import torch": [], "hand-written script": [], "nnrun": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        cwd = Path(tmp)
-        (cwd / "hand.py").write_text(HAND)
-        for _ in range(args.repeats):         # alternate, so drifts in machine load hit all three
-            times["import torch"].append(import_torch(env))
-            times["hand-written script"].append(first_step([sys.executable, "hand.py"], cwd, env))
-            times["nnrun"].append(first_step([str(nnrun), "imports=[first_step]", "+callbacks.first_step={}",
-                                              "trainer.plots=false"], cwd, env))
-    base = statistics.median(times["import torch"])
-    print(f"start-up to the end of the first training step, median of {args.repeats} "
-          f"(torch {__import__('torch').__version__}, {os.cpu_count()} cores)")
-    print(f"{'command':<22}{'seconds':>9}{'over import torch':>20}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:<22}{median:>9.2f}{median - base:>+20.2f}")
-    hand = statistics.median(times["hand-written script"])
-    print(f"nnrun over the hand-written script: {statistics.median(times['nnrun']) - hand:+.2f} s")
+    print(f"torch {__import__('torch').__version__}, {os.cpu_count()} cores")
+    print_table(measure(args.repeats), args.repeats)
 
 
 if __name__ == "__main__":
