@@ -181,22 +181,23 @@ def task(conf):
             if sweep and conf.trainer.get("resume") == "auto":      # a job of a sweep being continued
                 resume_from = resume_job(run_dir)
             elif conf.trainer.get("resume") and helper:            # rank 0 finds the checkpoint; so do we
-                found = distributed.agree(None)
-                if found is None:                                  # rank 0: the run was already completed
+                decided = distributed.agree(None)
+                if decided["end"]:                # rank 0 stops: the run was completed, or the request refused
                     return None
-                resume_from = found
+                resume_from = decided["from"]
             elif conf.trainer.get("resume"):
                 try:
                     folder, resume_from = locate(str(conf.trainer.resume), run_dir,
                                                  OmegaConf.to_container(conf, resolve=False))
-                except AlreadyCompleted:
-                    distributed.agree(None)
+                except BaseException:
+                    distributed.agree({"end": True})
                     raise
-                distributed.agree(resume_from)
+                distributed.agree({"end": False, "from": resume_from})     # None: from the start
                 if folder != run_dir:
                     move_to(run_dir, folder)
                     run_dir = folder
-                log.info(f"resuming {run_dir}" + (f" from {resume_from}" if resume_from else ""))
+                if resume_from:
+                    log.info(f"resuming {run_dir} from {resume_from}")
             return finite(run(conf, run_dir, console, command=rerun_command(hydra_conf), resume_from=resume_from,
                               stop=stop, placement=placement).get("best_score"))
     except AlreadyCompleted as done:
@@ -320,8 +321,10 @@ def refuse_used_run_dir(args) -> None:
         return
     for arg in args:
         if arg.startswith("hydra.run.dir="):
+            from nnrun.train.resume import holds_run
+
             folder = Path(arg.split("=", 1)[1]).expanduser()
-            if any((folder / name).exists() for name in ("summary.json", "metrics.csv", "checkpoints")):
+            if holds_run(folder):
                 raise ConfigError(f"hydra.run.dir={folder} already holds a run; choose a new folder, or "
                                   f"continue that run with trainer.resume={folder}")
 

@@ -1,8 +1,10 @@
 """One device made fast and several made one: DDP under torchrun (gloo on CPU), mixed precision,
 torch.compile, and the device facts every run records."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,33 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
             assert float(row_a[key]) == pytest.approx(float(row_b[key]), rel=1e-4), key
     info = summary(folders[0])
     assert info["test_accuracy"] == pytest.approx(summary(single)["test_accuracy"], abs=1e-9)
+
+
+def test_a_stopped_ddp_run_resumes_in_its_folder_and_ends_as_one_process_would(tmp_path):
+    folder = tmp_path / "run"
+    args = ["model.dropout=0", "~callbacks.early_stopping", "trainer.plots=false", "trainer.epochs=40"]
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun", "trainer.strategy=ddp",
+               "data.batch_size=24", f"hydra.run.dir={folder}", *args]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (folder / "metrics.csv").exists() or len(metrics(folder)) < 2:     # two epochs done
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)                # torchrun passes it on; the ranks stop at the epoch's end
+    proc.communicate(timeout=120)
+    stopped = summary(folder)
+    assert stopped["status"] == "interrupted" and stopped["epoch"] < 40, stopped
+
+    resumed = subprocess.run([*command, "trainer.resume=auto"], cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming {folder} from" in resumed.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]          # no second folder
+    assert [int(row["epoch"]) for row in metrics(folder)] == list(range(1, 41))
+    _, single = train(tmp_path, *args, "data.batch_size=48", name="single")
+    a, b = weights(folder), weights(single)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
 
 def test_ddp_without_torchrun_is_a_one_line_error(tmp_path):

@@ -18,11 +18,12 @@ class CSVLogger(Callback):
         return {"rows": self.rows}
 
     def load_state_dict(self, state: dict) -> None:
-        # rows written after the checkpoint (the run was killed before saving) are written again
+        # rows written after the checkpoint (the run was killed before saving) are written again;
+        # no file (a DDP rank's scratch folder): a new one, header first
         self.on_train_begin({})
         self.rows = state["rows"]
-        if self.rows:
-            path = self.run_dir / self.filename
+        path = self.run_dir / self.filename
+        if self.rows and path.exists():
             keep_lines(path, 1 + self.rows)
             with open(path, newline="") as f:
                 columns = next(csv.reader(f))

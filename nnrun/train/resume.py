@@ -1,7 +1,8 @@
 """trainer.resume: which run to continue, from which checkpoint, and whether it fits this config.
 
 auto       the newest run under the outputs folder whose config is this one (trainer.resume aside):
-           unfinished -> continue it in its own folder; completed -> nothing to do; none -> start
+           unfinished -> continue it in its own folder; completed -> nothing to do; none -> start.
+           When this run's own folder (hydra.run.dir=...) already holds a run, that run.
 <folder>   that run folder's checkpoints/last.pt
 <file.pt>  that checkpoint; inside a run's checkpoints/ the run continues in that run's folder
 """
@@ -30,6 +31,8 @@ class AlreadyCompleted(Exception):
 
 def locate(spec: str, run_dir: Path, config: dict):
     """(folder to run in, checkpoint to resume from or None). config: this run's, unresolved."""
+    if spec == "auto" and holds_run(run_dir):      # hydra.run.dir named a run's folder: continue that run
+        spec = str(run_dir)
     if spec == "auto":
         found = newest_same_run(run_dir, config)
         if found is None:
@@ -55,6 +58,11 @@ def locate(spec: str, run_dir: Path, config: dict):
         log.info(f"trainer.resume=auto: {folder} has no checkpoint yet; training it from the start")
         checkpoint = None
     return folder, checkpoint
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether a run has written into folder (Hydra's .hydra/ and the log alone do not count)."""
+    return any((Path(folder) / name).exists() for name in ("summary.json", "metrics.csv", "checkpoints"))
 
 
 def newest_same_run(run_dir: Path, config: dict):
