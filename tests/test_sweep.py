@@ -160,6 +160,24 @@ def test_parallel_jobs_share_the_cores_and_their_failures_set_the_exit_code(tmp_
     assert summary(rows["0.001"]["run_dir"])["threads"] == max(1, cores // 2)   # two jobs split the cores
 
 
+@pytest.mark.slow
+def test_a_job_timed_out_by_submitit_is_requeued_and_continues_from_its_checkpoint(tmp_path):
+    # submitit's local executor does what SLURM does: SIGUSR2 before the time limit (here every 30 s),
+    # then the job is requeued (3 times) and, with trainer.resume=auto, continues from last.pt
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    result = nnrun("--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
+                   "hydra.launcher.gpus_per_node=0", "trainer.resume=auto", "trainer.epochs=100000",
+                   "~callbacks.early_stopping", "trainer.plots=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                   timeout=400)
+    assert result.returncode == 1 and "timed-out too many times" in result.stderr   # it never ends: 100000 epochs
+    log = (sweep / "0" / "nnrun.log").read_text()
+    assert log.count("continuing ") == 3 and log.count("/checkpoints/last.pt") >= 3
+    epochs = [int(row["epoch"]) for row in csv.DictReader(open(sweep / "0" / "metrics.csv", newline=""))]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 3      # one run, no epoch twice
+    assert (sweep / "0" / "checkpoints" / "last.pt").exists()
+
+
 def test_optuna_search_tells_nan_trials_as_failed_and_ends_with_the_table(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "sweep"
