@@ -31,7 +31,8 @@ class AlreadyCompleted(Exception):
 
 def locate(spec: str, run_dir: Path, config: dict):
     """(folder to run in, checkpoint to resume from or None). config: this run's, unresolved."""
-    if spec == "auto" and holds_run(run_dir):      # hydra.run.dir named a run's folder: continue that run
+    auto = spec == "auto"
+    if auto and holds_run(run_dir):      # hydra.run.dir named a run's folder: continue that run
         spec = str(run_dir)
     if spec == "auto":
         found = newest_same_run(run_dir, config)
@@ -52,7 +53,7 @@ def locate(spec: str, run_dir: Path, config: dict):
         raise AlreadyCompleted(folder)
     checkpoint = folder / "checkpoints" / "last.pt"
     if not checkpoint.exists() and not previous_path(checkpoint).exists():
-        if spec != "auto":     # auto matched the whole config; a named folder may hold another one
+        if not auto:           # auto matched the whole config; a named folder may hold another one
             raise ConfigError(f"trainer.resume={spec}: that run stopped before its first checkpoint, so there "
                               f"is nothing to resume; start a new run")
         log.info(f"trainer.resume=auto: {folder} has no checkpoint yet; training it from the start")
