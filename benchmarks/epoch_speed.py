@@ -155,8 +155,7 @@ def main() -> None:
                     hand += hand_epochs(compose("config", overrides=overrides), args.epochs, args.batches,
                                         args.augment, args.device)
                 a, b = statistics.median(ours), statistics.median(hand)
-                conf = compose("config", overrides=overrides)
-                samples = train_samples(conf, args.batches)
+                samples = train_samples(compose("config", overrides=overrides), args.batches)
                 print(f"| {name} | {a:.3f} | {b:.3f} | {samples / a:,.0f} | {samples / b:,.0f} | {a / b:.2f}x |",
                       flush=True)
     if args.startup_repeats:

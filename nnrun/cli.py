@@ -176,7 +176,7 @@ def task(conf):
         run_dir = Path(tempfile.mkdtemp(prefix=f"nnrun-rank{distributed.rank()}-"))
     console, handler = open_console(quiet=helper)
     try:
-        with stop_signals(signal_number(conf.trainer.get("requeue_signal"))) as stop:
+        with stop_signals(signal_number(conf.trainer.get("requeue_signal")), quiet=helper) as stop:
             resume_from = None
             if sweep and conf.trainer.get("resume") == "auto":      # a job of a sweep being continued
                 resume_from = resume_job(run_dir)
@@ -210,8 +210,9 @@ def task(conf):
         write_summary(run_dir, {"status": "interrupted", "signal": name, "epoch": exc.epoch + (1 if exc.step else 0),
                                 "step": exc.step, "run_dir": str(run_dir)})
         where = f"after epoch {exc.epoch}" if not exc.step else f"at epoch {exc.epoch + 1}, step {exc.step}"
-        raise StopSweep(128 + exc.signum, f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
-                                          f"continue with trainer.resume=auto (or trainer.resume={run_dir})")
+        raise StopSweep(128 + exc.signum, "" if helper else      # rank 0 tells; the others' folders go
+                        f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
+                        f"continue with trainer.resume=auto (or trainer.resume={run_dir})")
     except Exception as exc:
         # The traceback goes to nnrun.log only; the console gets one line from main().
         log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
@@ -296,17 +297,22 @@ def main() -> None:
         where = f"job [{overrides}] " if overrides else ""
         print(f"nnrun: {where}{'error' if code == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
     if stopped is not None:
-        if stopped.code > 128 or not failures:      # failures is empty when the job ran in a worker process
+        if (stopped.code > 128 or not failures) and str(stopped):   # no failures: the job ran in a worker process
             print(f"nnrun: {stopped}", file=sys.stderr)
         sys.exit(stopped.code)
     if codes:
         sys.exit(EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_USAGE)
 
 
+def under_torchrun() -> bool:
+    """nnrun.train.distributed.launched(), read before importing torch: config errors stay quick."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def ddp_setup() -> None:
     """Under torchrun: the process group first (ranks agree on the run folder while Hydra composes),
     and ranks other than 0 leave the run folder alone: no .hydra/, no log file."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:      # (before importing torch: config errors stay quick)
+    if not under_torchrun():
         return
     from nnrun.train import distributed
 
@@ -418,7 +424,7 @@ def make_run_dir(folder: str, name=None) -> str:
 
 def unique_run_dir(folder: str, name=None) -> str:
     """The folder of this run; under torchrun, rank 0's (the others must not make their own)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not under_torchrun():
         return make_run_dir(folder, name)
     from nnrun.train import distributed
 

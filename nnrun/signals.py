@@ -8,15 +8,17 @@ from contextlib import contextmanager
 
 
 class StopRequest:
-    def __init__(self):
-        self.signum = None
+    def __init__(self, quiet: bool = False):
+        self.signum, self.quiet = None, quiet     # quiet: a DDP rank other than 0 (rank 0 tells)
 
     def __call__(self):
         """The number of the signal asking to stop, or None."""
         return self.signum
 
     def handle(self, signum, frame):
-        if self.signum is None:
+        if self.quiet:
+            self.signum = self.signum or signum
+        elif self.signum is None:
             self.signum = signum
             print(f"nnrun: {signal.Signals(signum).name} received: finishing this step and saving "
                   f"(a second signal changes nothing)", file=sys.stderr, flush=True)
@@ -25,9 +27,10 @@ class StopRequest:
 
 
 @contextmanager
-def stop_signals(requeue=None):
-    """Catch SIGINT, SIGTERM and the optional requeue signal (e.g. SIGUSR1 on SLURM) while inside."""
-    request = StopRequest()
+def stop_signals(requeue=None, quiet: bool = False):
+    """Catch SIGINT, SIGTERM and the optional requeue signal (e.g. SIGUSR1 on SLURM) while inside;
+    quiet: say nothing when one arrives."""
+    request = StopRequest(quiet)
     names = ["SIGINT", "SIGTERM"] + ([requeue] if requeue else [])
     previous = {}
     for name in names:

@@ -56,7 +56,8 @@ def test_a_stopped_ddp_run_resumes_in_its_folder_and_ends_as_one_process_would(t
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)                # torchrun passes it on; the ranks stop at the epoch's end
-    proc.communicate(timeout=120)
+    said = proc.communicate(timeout=120)[0]
+    assert said.count("nnrun: stopped by SIGTERM") == 1 and "nnrun-rank" not in said, said[-3000:]   # rank 0 tells
     stopped = summary(folder)
     assert stopped["status"] == "interrupted" and stopped["epoch"] < 40, stopped
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nnrun.errors import ConfigError
-from nnrun.train.checkpoint import CheckpointError, load_checkpoint, previous_path
 
 log = logging.getLogger("nnrun")
+# nnrun.train.checkpoint (torch) is imported where it is used: main() asks holds_run() before
+# Hydra composes, and a config error must not wait for torch
 DONE = ("completed", "summary_only")
 # Keys that change what is trained: resuming with another value is refused.
 SAME = ("model", "data.name", "data.target", "data.features", "data.task")
@@ -31,6 +32,8 @@ class AlreadyCompleted(Exception):
 
 def locate(spec: str, run_dir: Path, config: dict):
     """(folder to run in, checkpoint to resume from or None). config: this run's, unresolved."""
+    from nnrun.train.checkpoint import previous_path
+
     auto = spec == "auto"
     if auto and holds_run(run_dir):      # hydra.run.dir named a run's folder: continue that run
         spec = str(run_dir)
@@ -105,6 +108,8 @@ def status(folder: Path):
 def resume_job(run_dir: Path):
     """A sweep's job folder when the sweep is continued: completed -> AlreadyCompleted; a checkpoint
     -> continue from it; none (failed before its first save, or never started) -> from the start."""
+    from nnrun.train.checkpoint import previous_path
+
     if status(run_dir) in DONE:
         raise AlreadyCompleted(run_dir)
     checkpoint = run_dir / "checkpoints" / "last.pt"
@@ -116,6 +121,8 @@ def resume_job(run_dir: Path):
 
 def load_resume_state(path: Path) -> dict:
     """The checkpoint at path; when it is damaged, the one it replaced (last.prev.pt), saying so."""
+    from nnrun.train.checkpoint import CheckpointError, load_checkpoint, previous_path
+
     try:
         return load_checkpoint(path, "trainer.resume")
     except CheckpointError as exc:
