@@ -17,9 +17,13 @@ from omegaconf import OmegaConf
 
 from nnrun import config
 from nnrun.errors import ConfigError, describe
+from nnrun.runfolder import claim, install_hydra_checks, release
 
 log = logging.getLogger("nnrun")
 EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
+# Hydra's callbacks, logging and .hydra/ are checked before Hydra acts on them, in this process and
+# in a launcher's worker processes (which import this module to run task())
+install_hydra_checks()
 
 
 def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", resume_from=None,
@@ -37,7 +41,8 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     from nnrun.losses import build_losses
     from nnrun.models import build_model
     from nnrun.optim import build_optimizer, build_scheduler
-    from nnrun.registry import check_targets, import_modules
+    from nnrun.registry import import_modules
+    from nnrun.safety import check_targets
     from nnrun.report.console import EpochProgress, model_table
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
     from nnrun.train.checkpoint import checkpoint_state, resume_state, restore, save_checkpoint
@@ -155,6 +160,7 @@ def task(conf):
     from nnrun.report.console import open_console
     from nnrun.report.summary import write_summary
     from nnrun.signals import signal_number, stop_signals
+    from nnrun.train.checkpoint import NonFiniteWeights
     from nnrun.train.loop import Interrupted, NonFiniteLoss
     from nnrun.train.resume import AlreadyCompleted, locate, move_to, resume_job, status_of
 
@@ -194,7 +200,10 @@ def task(conf):
                     raise
                 distributed.agree({"end": False, "from": resume_from})     # None: from the start
                 if folder != run_dir:
+                    if not helper:
+                        claim(folder)             # before anything there is written: one writer
                     move_to(run_dir, folder)
+                    release(run_dir)
                     run_dir = folder
                 if resume_from:
                     log.info(f"resuming {run_dir} from {resume_from}")
@@ -218,14 +227,11 @@ def task(conf):
         log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
         outcome = {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}",
                    "exit_code": EXIT_USAGE if describe(exc) else EXIT_FAILURE}   # for a sweep run elsewhere
-        if isinstance(exc, NonFiniteLoss):
+        if isinstance(exc, (NonFiniteLoss, NonFiniteWeights)):
             outcome.update(status="nan_loss", epoch=exc.epoch, step=exc.step)
         elif type(exc).__name__ == "OutOfMemoryError":
             outcome["status"] = "oom"
-        try:
-            write_summary(run_dir, {**outcome, "run_dir": str(run_dir)})
-        except OSError as write_error:    # e.g. the disk that is full
-            log.error("could not write summary.json: %s", write_error)
+        write_summary(run_dir, {**outcome, "run_dir": str(run_dir)}, last_resort=True)
         FAILED_JOBS.append((" ".join(hydra_conf.overrides.task) if sweep else "", exc))
         if sweep and conf.get("fail_fast"):
             raise StopSweep(outcome["exit_code"], f"fail_fast: the sweep stopped at its first failure, job "
@@ -233,6 +239,7 @@ def task(conf):
         return None
     finally:
         logging.getLogger().removeHandler(handler)
+        release(run_dir)
         if helper:
             import shutil
 
@@ -255,9 +262,11 @@ def failure_message(exc) -> str:
         return "out of GPU memory; try a smaller data.batch_size (or a smaller model)"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return (f"{first}; the previous checkpoint is kept: free some space and continue with "
-                f"trainer.resume=auto")
-    if type(exc).__name__ == "NonFiniteLoss":
+        where = exc.filename or "a file of the run"
+        text = exc.strerror if "while writing" in (exc.strerror or "") else \
+            f"No space left on device while writing {where}; the previous checkpoint is kept"
+        return f"{text}: free some space and continue with trainer.resume=auto"
+    if type(exc).__name__ in ("NonFiniteLoss", "NonFiniteWeights"):
         return first
     if first.startswith("No trials are completed yet"):     # Optuna, at the end of a search
         return "no trial completed, so the search has no best one (each trial's failure is above)"

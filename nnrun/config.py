@@ -32,6 +32,8 @@ class DataConf:
     task: Optional[str] = None          # csv: auto | binary | multiclass | regression
     test_path: Optional[str] = None     # csv: a separate test file (else data.test_split of data.path)
     impute: Optional[str] = None        # csv: null (missing values are an error) | mean | median
+    na_values: Optional[List[str]] = None  # csv: cell texts read as missing, e.g. ['?', 'n/a']
+    max_categories: Optional[int] = None  # csv: most distinct values a text column may have (one-hot)
     window: Optional[int] = None        # timeseries: steps per sample (null: one series per row)
     horizon: Optional[int] = None       # timeseries: forecast this many steps after the window
     stride: Optional[int] = None        # timeseries: steps between window starts

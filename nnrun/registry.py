@@ -2,8 +2,6 @@
 
 import importlib
 import inspect
-import os
-import sys
 
 from nnrun.errors import ConfigError, suggest
 
@@ -92,47 +90,12 @@ def _kind_name(default) -> str:
 
 def import_modules(names) -> None:
     """Import the user's modules (imports=[...]) so their @REGISTRY.register(...) entries exist;
-    modules in the current folder are found too."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for name in names:
+    only the user's own modules (nnrun.safety.check_imports), found in the current folder too."""
+    from nnrun.safety import check_imports
+
+    for name in check_imports(names):
         try:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"imports: cannot import {name} ({exc}); give a module importable from "
                               f"the current folder or the Python path, e.g. imports=[my_callbacks]") from exc
-
-
-ALLOWED_TARGETS = ("nnrun.", "torch.nn.", "torch.optim.")
-
-
-def check_targets(conf: dict) -> None:
-    """Every _target_ in the config must lie in nnrun, torch.nn, torch.optim or a module named in
-    imports, checked before anything is imported: a config must not run arbitrary code."""
-    allowed = ALLOWED_TARGETS + tuple(f"{name}." for name in conf.get("imports") or [])
-    for key, target in find_targets(conf):
-        if not isinstance(target, str) or not target.startswith(allowed) or ".." in target:
-            raise ConfigError(f"{key}={target} is not allowed: a _target_ must be a class in nnrun, torch.nn, "
-                              f"torch.optim or a module named in imports (imports=[...])")
-
-
-def find_targets(node, path: str = ""):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            where = f"{path}.{key}" if path else str(key)
-            if key == "_target_":
-                yield where, value
-            else:
-                yield from find_targets(value, where)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from find_targets(value, f"{path}[{i}]")
-
-
-def locate(target: str):
-    """The class named by an allowed _target_ (check_targets has vetted it)."""
-    module, _, name = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"_target_={target} cannot be found ({exc})") from None

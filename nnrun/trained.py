@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from nnrun.errors import ConfigError
+from nnrun.safety import check_targets
 
 
 class Run:
@@ -27,6 +28,10 @@ class Run:
         from nnrun.models import build_model
 
         self.config = OmegaConf.to_container(OmegaConf.load(self.folder / ".hydra/config.yaml"), resolve=True)
+        if not isinstance(self.config, dict) or not isinstance(self.config.get("model"), dict):
+            raise ConfigError(f"run={self.folder}: .hydra/config.yaml is not an nnrun config (no model section)")
+        # the stored config is data from whoever made the folder: the same allowlist as nnrun's
+        check_targets(self.config, missing_ok=True)
         prep = json.loads((self.folder / "preprocessing.json").read_text())
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], tuple(prep["input_shape"])
         self.preprocessing = prep["transform"]
@@ -123,7 +128,7 @@ def read_inputs(run: Run, path: Path):
         raise ConfigError(f"input={path}: use a .csv file (tables, texts, series) or a .npy array")
     from nnrun.data.tabular import read_csv
 
-    frame = read_csv(str(path), "input")
+    frame = read_csv(str(path), "input", run.config["data"].get("na_values"))
     if kind == "tabular":
         return frame, list(range(len(frame)))
     if kind == "tokens":
@@ -212,7 +217,11 @@ def eval_main(argv=None) -> None:
         scores = evaluate(run.model, data.test, data.batch_size, loss, "cpu",
                           task=data.task, num_classes=data.num_classes)
         result = {f"test_{k}": v for k, v in scores.items()}
-        (run.folder / "eval.json").write_text(json.dumps({"data": data_conf, **result}, indent=2, default=str) + "\n")
+        from nnrun.train.checkpoint import write_atomic
+
+        # a new file renamed into place: a link planted at eval.json is replaced, never written through
+        write_atomic(run.folder / "eval.json", json.dumps({"data": data_conf, **result}, indent=2, default=str) + "\n",
+                     sync=False)
         print(f"nnrun-eval: {len(data.test)} test samples: " + " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
         print(f"written to {run.folder / 'eval.json'}")
     guarded(job, "nnrun-eval")
@@ -242,6 +251,7 @@ def export_main(argv=None) -> None:
     """nnrun-export run=<folder> format=torchscript|onnx|safetensors [output=<file>]: the tested
     weights for deployment; the preprocessing stays in the run's preprocessing.json."""
     def job():
+        import os
         import shutil
 
         args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-export", ("run", "format"))
@@ -250,10 +260,14 @@ def export_main(argv=None) -> None:
         run = load_run(args["run"])
         fmt = args["format"]
         out = Path(args.get("output") or run.folder / ("model.ts" if fmt == "torchscript" else "model.onnx"))
+        # written beside and renamed into place: a link planted at the output's name is replaced, not followed
+        tmp = out.with_name(f".{out.name}.tmp")
         if fmt == "safetensors":
             out = Path(args.get("output") or run.folder / "model.safetensors")
+            tmp = out.with_name(f".{out.name}.tmp")
             if out.resolve() != (run.folder / "model.safetensors").resolve():
-                shutil.copyfile(run.folder / "model.safetensors", out)
+                shutil.copyfile(run.folder / "model.safetensors", tmp)
+                os.replace(tmp, out)
         else:
             example = example_input(run)
             if fmt == "torchscript":
@@ -261,7 +275,7 @@ def export_main(argv=None) -> None:
 
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)    # torch 2.14 marks jit deprecated; it still works
-                    torch.jit.trace(run.model, example).save(str(out))
+                    torch.jit.trace(run.model, example).save(str(tmp))
             else:
                 import importlib.util
 
@@ -272,8 +286,9 @@ def export_main(argv=None) -> None:
                 with warnings.catch_warnings():
                     # nnrun's LSTM starts from zero states sized by the input, so any batch size runs (tested)
                     warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
-                    torch.onnx.export(run.model, (example,), str(out), input_names=["input"], output_names=["output"],
+                    torch.onnx.export(run.model, (example,), str(tmp), input_names=["input"], output_names=["output"],
                                       dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+            os.replace(tmp, out)
         print(f"nnrun-export: {fmt} written to {out} (inputs: the model input of shape (N, "
               f"{', '.join(map(str, run.input_shape))}), prepared as {run.folder / 'preprocessing.json'} says)")
     guarded(job, "nnrun-export")

@@ -37,9 +37,11 @@ class Callback:
 
 def keep_lines(path: Path, count: int) -> None:
     """Cut a text file to its first count lines (for a resumed run's logs)."""
-    if not path.exists():
+    from nnrun.runfolder import open_file
+
+    if not path.exists() and not path.is_symlink():
         return
-    with open(path, "r+", newline="") as f:
+    with open_file(path, "r+") as f:
         lines = f.readlines()[:count]
         f.seek(0)
         f.writelines(lines)

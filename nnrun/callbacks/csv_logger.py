@@ -3,12 +3,14 @@
 import csv
 
 from nnrun.callbacks import CALLBACKS, Callback, keep_lines
+from nnrun.runfolder import open_file
+from nnrun.safety import relative_name
 
 
 @CALLBACKS.register("csv_logger")
 class CSVLogger(Callback):
     def __init__(self, filename="metrics.csv"):
-        self.filename = filename
+        self.filename = relative_name(filename, "callbacks.csv_logger.filename")
 
     def on_train_begin(self, logs):
         self.file = self.writer = None
@@ -27,14 +29,15 @@ class CSVLogger(Callback):
             keep_lines(path, 1 + self.rows)
             with open(path, newline="") as f:
                 columns = next(csv.reader(f))
-            self.file = open(path, "a", newline="")
+            self.file = open_file(path, "a")
             self.writer = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
 
     def on_epoch_end(self, epoch, logs):
         row = {"epoch": epoch, **logs}
         if self.writer is None:     # columns known once the first epoch logged them, in its order
             columns = list(row)
-            self.file = open(self.run_dir / self.filename, "w", newline="")
+            (self.run_dir / self.filename).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open_file(self.run_dir / self.filename, "w")
             self.writer = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
             self.writer.writeheader()
         self.writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})

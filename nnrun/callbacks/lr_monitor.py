@@ -2,16 +2,20 @@
 schedulers that change it within an epoch; metrics.csv keeps the rate each epoch started with."""
 
 from nnrun.callbacks import CALLBACKS, Callback, keep_lines
+from nnrun.runfolder import open_file
+from nnrun.safety import relative_name
 
 
 @CALLBACKS.register("lr_monitor")
 class LRMonitor(Callback):
     def __init__(self, filename="lr.csv"):
-        self.filename = filename
+        self.filename = relative_name(filename, "callbacks.lr_monitor.filename")
 
     def on_train_begin(self, logs):
         self.rows, self.batch = [], 0
-        (self.run_dir / self.filename).write_text("batch,epoch,lr\n")
+        (self.run_dir / self.filename).parent.mkdir(parents=True, exist_ok=True)
+        with open_file(self.run_dir / self.filename, "w") as f:
+            f.write("batch,epoch,lr\n")
 
     def state_dict(self) -> dict:
         return {"batch": self.batch, "rows": list(self.rows)}
@@ -31,6 +35,6 @@ class LRMonitor(Callback):
         self.lr = self.optimizer.param_groups[0]["lr"]   # a Python float: no device sync
 
     def on_epoch_end(self, epoch, logs):
-        with open(self.run_dir / self.filename, "a") as f:
+        with open_file(self.run_dir / self.filename, "a") as f:
             f.writelines(self.rows)
         self.rows = []

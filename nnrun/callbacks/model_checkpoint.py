@@ -4,6 +4,7 @@ from pathlib import Path
 
 from nnrun.callbacks import CALLBACKS, Callback
 from nnrun.errors import ConfigError
+from nnrun.train.checkpoint import digest_path
 from nnrun.train.metrics import improved, resolve_mode
 
 
@@ -32,10 +33,13 @@ class ModelCheckpoint(Callback):
         self.kept = []          # (score, path) of the best checkpoints on disk, best first
 
     def state_dict(self) -> dict:
-        return {"kept": [[score, str(path)] for score, path in self.kept]}
+        # names, not paths: a copy of the run folder, resumed, only ever touches its own files
+        return {"kept": [[score, path.name] for score, path in self.kept]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.kept = [(score, Path(path)) for score, path in state["kept"]]
+        # Path(...).name also reads the absolute paths older checkpoints stored, as this folder's files
+        self.kept = [(score, self.run_dir / "checkpoints" / Path(str(name)).name) for score, name in state["kept"]
+                     if Path(str(name)).name not in ("", ".", "..")]
 
     def on_epoch_end(self, epoch, logs):
         # last.pt (save_last) is written by the loop after every callback has run: it holds
@@ -59,6 +63,7 @@ class ModelCheckpoint(Callback):
             for _, dropped in self.kept[self.save_top_k:]:
                 if dropped != path and all(dropped != p for _, p in self.kept[:self.save_top_k]):
                     dropped.unlink(missing_ok=True)
+                    digest_path(dropped).unlink(missing_ok=True)     # no orphaned .sha256
             self.kept = self.kept[:self.save_top_k]
 
     def path_for(self, epoch, logs) -> str:

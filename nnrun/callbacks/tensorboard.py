@@ -12,7 +12,9 @@ class TensorBoard(Callback):
         except ImportError:
             raise ConfigError("callbacks.tensorboard needs the tensorboard package: "
                               "pip install 'nnrun[tensorboard]' (or remove the callback)") from None
-        self.writer_class, self.log_dir = SummaryWriter, log_dir
+        from nnrun.safety import relative_name
+
+        self.writer_class, self.log_dir = SummaryWriter, relative_name(log_dir, "callbacks.tensorboard.log_dir")
 
     def on_train_begin(self, logs):
         self.writer = self.writer_class(str(self.run_dir / self.log_dir))

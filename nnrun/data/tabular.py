@@ -19,7 +19,8 @@ MAX_CLASSES = 20      # an integer target with more distinct values than this is
 
 @DATASETS.register("csv")
 def csv(root: str, seed: int, path: str = None, target: str = None, features=None, task: str = "auto",
-        test_path: str = None, test_split: float = 0.2, impute: str = None):
+        test_path: str = None, test_split: float = 0.2, impute: str = None, na_values=None,
+        max_categories: int = 50):
     """Rows of a CSV file; data.target names the column to predict, the others are features."""
     if not path:
         raise ConfigError("data.path is not set: give the CSV file, e.g. data.path=patients.csv")
@@ -29,10 +30,11 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
         raise ConfigError(f"data.task={task} is not one of {', '.join(TASKS)}")
     if impute is not None and impute not in IMPUTE:
         raise ConfigError(f"data.impute={impute} is not one of {', '.join(IMPUTE)} (or null: missing values are an error)")
-    frame = read_csv(path, "data.path")
+    na_values = [na_values] if isinstance(na_values, str) else list(na_values or [])
+    frame = read_csv(path, "data.path", na_values)
     features = pick_features(frame, target, features, path)
     if test_path:
-        test_frame = read_csv(test_path, "data.test_path")
+        test_frame = read_csv(test_path, "data.test_path", na_values)
         absent = [c for c in [target, *features] if c not in test_frame.columns]
         if absent:
             raise ConfigError(f"data.test_path={test_path} lacks the column(s) {', '.join(absent)} that "
@@ -41,6 +43,7 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
         import pandas as pd
         frame = pd.concat([frame, test_frame], ignore_index=True)
     categorical = [c for c in features if not is_numeric(frame[c])]
+    check_categories(frame, categorical, max_categories, path)
     check_values(frame, features, categorical, target, impute, path, test_path, len(frame) if not test_path else frame_rows)
     y, task, classes = encode_target(frame[target], task, target)
     x = np.stack([frame[c].to_numpy(dtype=np.float64, na_value=np.nan) if c not in categorical
@@ -62,14 +65,14 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
             "transform": TabularTransform(features, levels, impute, target)}
 
 
-def read_csv(path: str, key: str):
+def read_csv(path: str, key: str, na_values=()):
     import pandas as pd
 
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"{key}={path}: no such file (relative paths start from the folder you run nnrun in)")
     try:
-        frame = pd.read_csv(file, skipinitialspace=True)
+        frame = pd.read_csv(file, skipinitialspace=True, na_values=list(na_values or []) or None)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{key}={path} is not a readable CSV file: {str(exc).strip().splitlines()[0]}") from None
     if len(frame) == 0:
@@ -97,6 +100,30 @@ def pick_features(frame, target: str, features, path: str) -> list:
 
 def is_numeric(column) -> bool:
     return column.dtype.kind in "iuf"
+
+
+def check_categories(frame, categorical, max_categories: int, path: str) -> None:
+    """A text column is one-hot encoded: refuse one that is numbers but for a few cells (a '?'
+    would turn it into thousands of one-hot columns), and one with too many distinct values."""
+    import pandas as pd
+
+    for column in categorical:
+        values = frame[column]
+        present = values.notna()
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = present & numbers.isna()
+        if int(bad.sum()) and int((present & numbers.notna()).sum()) >= int(bad.sum()):
+            rows = [int(i) for i in bad.to_numpy().nonzero()[0][:3]]
+            cells = ", ".join(f"{values.iloc[i]!r} at row {i + 2}" for i in rows)
+            texts = sorted({str(values.iloc[i]) for i in bad.to_numpy().nonzero()[0][:20]})
+            raise ConfigError(f"column {column!r} of {path} holds numbers but for {int(bad.sum())} cell(s) "
+                              f"({cells}); fix them, or read them as missing with data.na_values=[{','.join(repr(t) for t in texts)}] "
+                              f"and fill them with data.impute=mean")
+        distinct = values[present].astype("string").nunique()
+        if max_categories is not None and distinct > max_categories:
+            raise ConfigError(f"column {column!r} of {path} has {distinct} distinct text values, more than "
+                              f"data.max_categories={max_categories}: one-hot encoding would make {distinct} "
+                              f"inputs; drop it (data.features), or raise data.max_categories")
 
 
 def check_values(frame, features, categorical, target, impute, path, test_path, rows_in_path) -> None:

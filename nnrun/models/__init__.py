@@ -54,7 +54,7 @@ def build_model(name: str, input_shape, num_classes: int, l1: float = 0.0, l2: f
         options["vocab_size"] = vocab_size
     if target is None:
         model = MODELS.build(name, tuple(input_shape), num_classes, **options)
-    else:                       # a class by import path (vetted by registry.check_targets)
+    else:                       # a class by import path (vetted by nnrun.safety)
         model = build_target(target, tuple(input_shape), num_classes, options)
     model.penalty = weight_penalty(model, l1, l2)
     return model
@@ -65,9 +65,10 @@ def build_target(target: str, input_shape, num_classes: int, options: dict) -> n
     when it takes them (as registered models do)."""
     import inspect
 
-    from nnrun.registry import check_options, locate
+    from nnrun.registry import check_options
+    from nnrun.safety import resolve
 
-    cls = locate(target)
+    cls = resolve(target, nn.Module, "model._target_")
     params = inspect.signature(cls).parameters
     extra = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes)) if k in params}
     check_options(cls, options, f"model._target_ {target}", prefix="model", types=False)

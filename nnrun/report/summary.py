@@ -17,8 +17,23 @@ def write_json(path: Path, content: dict) -> Path:
     return path
 
 
-def write_summary(run_dir, summary: dict) -> Path:
-    return write_json(Path(run_dir) / "summary.json", summary)
+def write_summary(run_dir, summary: dict, last_resort: bool = False) -> Path:
+    """last_resort (a failed run): when the atomic write fails (a full disk has no room for a second
+    copy), write the file in place, whose old blocks are freed first; failing that, log it."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        return write_json(path, summary)
+    except OSError as exc:
+        if not last_resort:
+            raise
+        try:
+            from nnrun.runfolder import open_file
+
+            with open_file(path, "w") as f:
+                f.write(json.dumps(summary, indent=2, default=float) + "\n")
+        except OSError:
+            log.error("could not write summary.json: %s", exc)
+        return path
 
 
 def write_preprocessing(run_dir, data) -> Path:

@@ -2,8 +2,10 @@
 to each file, read only with weights_only=True and verified, so a truncated or corrupted file is
 found before anything is loaded from it."""
 
+import errno
 import hashlib
 import os
+import pickle
 import re
 import tempfile
 import warnings
@@ -18,10 +20,39 @@ class CheckpointError(ConfigError):
     """A file that is not a checkpoint nnrun can load: damaged, or holding more than data."""
 
 
-def checkpoint_state(model, optimizer, scheduler, epoch: int, logs: dict, config: dict) -> dict:
-    """Everything needed to use the weights; loads with torch.load(weights_only=True)."""
+class UnsafeCheckpoint(CheckpointError):
+    """A file holding Python objects that would run code when loaded: never a fallback, always an error."""
+
+
+class NonFiniteWeights(RuntimeError):
+    """The weights hold NaN or inf (a gradient blow-up whose loss was still finite): not saved."""
+
+    def __init__(self, name: str, epoch: int, step: int):
+        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        super().__init__(f"the weights became NaN or infinite ({name}) at {where}, before they were saved; the "
+                         f"last finite checkpoint is kept; try a 10x lower optimizer.lr, or trainer.grad_clip=1.0")
+        # as NonFiniteLoss reports it: the epoch running (from 1) and its steps done, 0 = at its end
+        self.epoch, self.step = (epoch + 1, step) if step else (epoch, 0)
+
+
+def non_finite(weights: dict):
+    """The name of the first floating-point tensor holding NaN or inf, or None (one sync per call)."""
+    names = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not names:
+        return None
+    flags = torch.stack([torch.isfinite(weights[k]).all() for k in names]).cpu()
+    return None if bool(flags.all()) else names[int((~flags).nonzero()[0])]
+
+
+def checkpoint_state(model, optimizer, scheduler, epoch: int, logs: dict, config: dict, step: int = 0) -> dict:
+    """Everything needed to use the weights; loads with torch.load(weights_only=True). Weights
+    that are not finite are never saved: NonFiniteWeights, and the previous file stays."""
+    weights = model.state_dict()
+    bad = non_finite(weights)
+    if bad is not None:
+        raise NonFiniteWeights(bad, epoch, step)
     return {
-        "model": model.state_dict(),
+        "model": weights,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": int(epoch),
@@ -57,7 +88,13 @@ def save_checkpoint(path, state: dict, keep_previous: bool = False) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            writer = Recording(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is not None:    # torch words a full disk as "unexpected pos ..."
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, default_mode())       # mkstemp makes 0600; use what the umask allows
@@ -66,19 +103,49 @@ def save_checkpoint(path, state: dict, keep_previous: bool = False) -> None:
             keep_as_previous(path)
         os.replace(tmp, path)
         write_atomic(digest_path(path), digest + "\n")
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(path) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+class DiskFull(OSError):
+    def __init__(self, path: Path):
+        super().__init__(errno.ENOSPC, f"No space left on device while writing {path}; the previous checkpoint "
+                                       f"is kept")
+
+
+class Recording:
+    """A binary file for torch.save that keeps the OSError of a failed write (torch replaces it
+    with its own message)."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def keep_as_previous(path: Path) -> None:
     """path's file becomes previous_path(path), by a rename, and its digest goes with it. A rename,
     not a hard link: two names of one file would share its damage. Until the new file is renamed
-    in, path is missing; loading falls back to the previous file (load_resume_state)."""
+    in (two renames apart), path is missing; loading falls back to the previous file
+    (load_resume_state). The digest goes first, so that window is not an fsync long."""
     previous = previous_path(path)
-    os.replace(path, previous)
-    if digest_path(path).exists():         # a kill before this line: last.pt's digest still vouches for it
+    if digest_path(path).exists():
         write_atomic(digest_path(previous), digest_path(path).read_text())
+    os.replace(path, previous)
 
 
 def write_atomic(path: Path, text: str, sync: bool = True) -> None:
@@ -132,10 +199,11 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
         text = str(exc).strip()
-        refused = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
-        if refused:
-            raise CheckpointError(f"{key}={path} holds Python objects that would run code when loaded, not only "
-                                  f"tensors; refused, nothing was loaded ({refused.group(1)[:160]})") from None
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+            named = re.search(r"GLOBAL ([\w.]+)", text)      # torch's text names the callable it refused
+            what = f" ({named.group(1)})" if named else ""
+            raise UnsafeCheckpoint(f"{key}={path} was refused because loading it would run code: it holds Python "
+                                   f"objects, not only tensors{what}; nothing in it was loaded or run") from None
         first = text.splitlines()[0] if text else type(exc).__name__
         raise CheckpointError(f"{key}={path} is not a readable checkpoint: {first[:200]}") from None
     if not isinstance(state, dict) or "model" not in state:
@@ -147,7 +215,7 @@ def resume_state(model, optimizer, scheduler, callbacks, history, config: dict, 
     """checkpoint_state plus all a resumed run needs to continue bit for bit: where the loop
     stands (epoch, step, partial sums, history), the callbacks' state and the random generators."""
     state = checkpoint_state(model, optimizer, scheduler, history.epoch,
-                             history.logs[-1] if history.logs else {}, config)
+                             history.logs[-1] if history.logs else {}, config, history.step)
     rng = {"torch": torch.get_rng_state()}
     if torch.device(device).type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)

@@ -121,16 +121,26 @@ def resume_job(run_dir: Path):
 
 def load_resume_state(path: Path) -> dict:
     """The checkpoint at path; when it is damaged, the one it replaced (last.prev.pt), saying so."""
-    from nnrun.train.checkpoint import CheckpointError, load_checkpoint, previous_path
+    from nnrun.train.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint, non_finite, previous_path
 
+    previous = previous_path(path)
     try:
-        return load_checkpoint(path, "trainer.resume")
+        state = load_checkpoint(path, "trainer.resume")
+        bad = non_finite(state["model"])
+        if bad is not None:
+            raise CheckpointError(f"trainer.resume={path} holds NaN or infinite weights ({bad})")
+        return state
+    except UnsafeCheckpoint:
+        raise                             # someone planted it: an error, never a quiet fallback
     except CheckpointError as exc:
-        previous = previous_path(path)
         if not previous.exists():
             raise
         log.warning(f"{exc}; resuming from the previous checkpoint {previous.name} instead")
-        return load_checkpoint(previous, "trainer.resume")
+    state = load_checkpoint(previous, "trainer.resume")
+    if non_finite(state["model"]) is not None:
+        raise CheckpointError(f"trainer.resume: {path} and {previous.name} both hold NaN or infinite weights; "
+                              f"start a new run (with a lower optimizer.lr)")
+    return state
 
 
 def check_same(saved: dict, plain: dict, path: Path) -> None:
@@ -157,5 +167,5 @@ def move_to(old: Path, new: Path) -> None:
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == old:
             handler.close()
             handler.baseFilename, handler.mode = str(new / Path(handler.baseFilename).name), "a"
-    if {p.name for p in old.iterdir()} <= {".hydra", "nnrun.log"}:
+    if {p.name for p in old.iterdir()} <= {".hydra", "nnrun.log", ".lock"}:
         shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,175 @@
+"""One writer per run folder, and nothing written through links: a process claims the folder
+(an flock on <run>/.lock, released by the OS even on kill -9) before anything in it is written,
+refuses a folder holding symbolic links, and clears the temporary files a killed write left.
+Hydra writes the log and .hydra/ before nnrun's job starts, so the claim is made from Hydra's
+own steps (install_hydra_checks), after the config is checked and before any file is opened."""
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from nnrun.errors import ConfigError
+
+LOCK = ".lock"
+_HELD = {}            # resolved run folder -> open lock file descriptor
+
+
+def claim(run_dir) -> Path:
+    """Lock run_dir for this process (again: a no-op), refuse links in it, remove stale .tmp files."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD:
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    refuse_links(run_dir)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise ConfigError(f"run folder {run_dir} is in use by another nnrun (pid {holder}); wait for it to "
+                              f"end, or start a new run") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+    remove_stale_tmp(run_dir)
+    return run_dir
+
+
+def release(run_dir) -> None:
+    fd = _HELD.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def held(run_dir) -> bool:
+    return str(Path(run_dir).resolve()) in _HELD
+
+
+def refuse_links(run_dir: Path) -> None:
+    """A run folder nnrun made holds no symbolic links: one in it (say metrics.csv -> ~/.bashrc)
+    would make a resumed run write elsewhere."""
+    for root, dirs, files in os.walk(run_dir):           # os.walk does not follow links into folders
+        for name in dirs + files:
+            path = Path(root) / name
+            if path.is_symlink():
+                raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run "
+                                  f"folder: remove it (or copy the run without links) and try again")
+
+
+def remove_stale_tmp(run_dir: Path) -> None:
+    """Temporary files of writes that a kill cut short (.last.pt.x1y2.tmp): only this process
+    writes here now, so none is in use."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp"):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
+
+
+def open_file(path, mode: str = "a", newline=""):
+    """open() for a run file that refuses to follow a symbolic link at its name."""
+    flags = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+             "r+": os.O_RDWR}[mode]
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run folder") \
+                from None
+        raise
+    return os.fdopen(fd, mode, newline=newline)
+
+
+def install_hydra_checks() -> None:
+    """Check what Hydra is about to act on, at the three places it does: instantiating
+    hydra.callbacks (the whole composed config is checked first), configuring logging (the log
+    file must be inside the run folder; the folder is claimed here, before the log is opened),
+    and saving .hydra/ (inside the run folder)."""
+    import hydra._internal.hydra as hydra_main
+    import hydra.core.utils as hydra_utils
+
+    if getattr(hydra_utils, "_nnrun_checked", False):
+        return
+    hydra_utils._nnrun_checked = True
+    original_callbacks, original_log, original_save = hydra_main.Callbacks, hydra_utils.configure_log, \
+        hydra_utils._save_config
+
+    class CheckedCallbacks(original_callbacks):
+        def __init__(self, config=None):
+            if config is not None:
+                check_composed(config)
+            super().__init__(config)
+
+    def configure_log(log_config, verbose_config=False):
+        run_dir = job_dir()
+        if run_dir is not None and run_dir.is_dir():
+            refuse_links(run_dir)          # before the log file's name is followed anywhere
+        if log_config is not None:
+            from omegaconf import OmegaConf
+
+            from nnrun.safety import check_logging
+
+            plain = OmegaConf.to_container(log_config, resolve=run_dir is not None)
+            check_logging(plain, "hydra.job_logging" if run_dir else "hydra.hydra_logging", run_dir)
+        if run_dir is not None and not helper_rank():
+            claim(run_dir)
+        return original_log(log_config, verbose_config)
+
+    def save_config(cfg, filename, output_dir):
+        run_dir = job_dir()
+        from nnrun.safety import inside
+
+        if run_dir is not None and not inside(run_dir, output_dir):
+            raise ConfigError(f"hydra.output_subdir: {output_dir} is outside the run folder {run_dir}")
+        path = Path(output_dir) / filename
+        if path.is_symlink():
+            raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run folder")
+        return original_save(cfg, filename, output_dir)
+
+    hydra_main.Callbacks = CheckedCallbacks
+    hydra_main.configure_log = hydra_utils.configure_log = configure_log
+    hydra_utils._save_config = save_config
+
+
+def check_composed(config) -> None:
+    """The whole composed config, Hydra's part included, before Hydra instantiates anything in it."""
+    from omegaconf import OmegaConf
+
+    from nnrun.safety import check_hydra, check_targets, resolve
+
+    plain = OmegaConf.to_container(config, resolve=False)
+    check_targets(plain)
+    check_hydra(plain.get("hydra") or {})
+    from hydra.experimental.callback import Callback
+
+    for name, entry in ((plain.get("hydra") or {}).get("callbacks") or {}).items():
+        if isinstance(entry, dict) and "_target_" in entry:
+            resolve(entry["_target_"], Callback, f"hydra.callbacks.{name}._target_")
+    target = (plain.get("model") or {}).get("_target_")
+    if target is not None:               # refused before the run folder is made (imports torch: only then)
+        from torch import nn
+
+        from nnrun.registry import import_modules
+
+        import_modules(plain.get("imports"))
+        resolve(target, nn.Module, "model._target_")
+
+
+def job_dir():
+    """The folder of the Hydra job being set up, or None (Hydra composing, before any job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    output = HydraConfig.get().runtime.get("output_dir")
+    return Path(output) if output else None
+
+
+def helper_rank() -> bool:
+    """A DDP rank other than 0: it leaves rank 0's folder alone (rank 0 holds the claim)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0

@@ -1,0 +1,216 @@
+"""What a config may reach. A config, a preset or a run folder may come from someone else: it is
+data. Every `_target_` must name a class in nnrun, torch.nn, torch.optim or the user's own
+modules (`imports`), checked before anything is imported; Hydra's own settings (callbacks,
+logging, job name, output subdir) are checked the same way before Hydra acts on them."""
+
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
+
+from nnrun.errors import ConfigError
+
+ALLOWED = ("nnrun", "torch.nn", "torch.optim")
+# Hydra's launcher and sweeper plugins are classes Hydra itself picks from these packages
+PLUGINS = ("hydra._internal.core_plugins", "hydra_plugins")
+LOGGING = ("logging", "hydra", "rich.logging")       # handler/formatter classes a logging config may name
+STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
+# environment variables that make a later child process (a compiler, a worker) run other code
+UNSAFE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON|BASH_ENV$|ENV$|PATH$|PERL5|RUBY|NODE_OPTIONS$)")
+VETTED = set()          # modules named in imports that passed check_imports, in this process
+DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def check_imports(names, missing_ok: bool = False) -> list:
+    """imports=[...] may name the user's own modules: a file under the working folder (outside any
+    site-packages), or an installed package that depends on nnrun. Never the standard library or
+    another third-party package: naming one must not make its callables reachable by `_target_`."""
+    names, vetted = list(names or []), []
+    cwd = Path.cwd().resolve()
+    if str(cwd) not in sys.path:
+        sys.path.insert(0, str(cwd))
+    for name in names:
+        if not isinstance(name, str) or not DOTTED.match(name):
+            raise ConfigError(f"imports: {name!r} is not a module name; e.g. imports=[my_models]")
+        top = name.split(".")[0]
+        if top == "nnrun":
+            vetted.append(name)
+            continue
+        if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+            raise ConfigError(f"imports: {name} is a standard-library module; imports names your own modules "
+                              f"(files under {cwd}, or packages that depend on nnrun), nothing else")
+        try:
+            spec = importlib.util.find_spec(top)      # finds the file without running it
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None and missing_ok:       # a stored config's module that is not here: never imported
+            continue
+        if spec is None:
+            raise ConfigError(f"imports: cannot find module {name}; give a module importable from the current "
+                              f"folder or the Python path, e.g. imports=[my_callbacks]")
+        if not (own_file(spec, cwd) or depends_on_nnrun(top)):
+            raise ConfigError(f"imports: {name} is not your own module: it is neither a file under {cwd} nor a "
+                              f"package that depends on nnrun, so nnrun will not import it or reach its callables")
+        VETTED.add(name)
+        vetted.append(name)
+    return vetted
+
+
+def own_file(spec, cwd: Path) -> bool:
+    places = [spec.origin] if spec.origin not in (None, "namespace", "built-in", "frozen") else []
+    places += list(spec.submodule_search_locations or [])
+    for place in places:
+        path = Path(place).resolve()
+        if path.is_relative_to(cwd) and not {"site-packages", "dist-packages"} & set(path.parts):
+            return True
+    return False
+
+
+def depends_on_nnrun(top: str) -> bool:
+    from importlib import metadata
+
+    for dist_name in metadata.packages_distributions().get(top, []):
+        try:
+            requires = metadata.requires(dist_name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        if any(re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0].lower() == "nnrun" for r in requires):
+            return True
+    return False
+
+
+def find_targets(node, path: str = ""):
+    """(key, value) of every _target_ in a plain config, at any depth."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield where, value
+            else:
+                yield from find_targets(value, where)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from find_targets(value, f"{path}[{i}]")
+
+
+def within(target: str, prefixes) -> bool:
+    return any(target == p or target.startswith(p + ".") for p in prefixes)
+
+
+def check_targets(conf: dict, missing_ok: bool = False) -> None:
+    """Every _target_ of the task config (and of hydra.callbacks, when conf holds hydra) names a
+    class in nnrun, torch.nn, torch.optim or a module in imports; hydra.launcher and hydra.sweeper
+    name Hydra plugins. Checked as text, before anything is imported."""
+    own = tuple(check_imports(conf.get("imports"), missing_ok))
+    for key, target in find_targets(conf):
+        allowed = PLUGINS if key in ("hydra.launcher._target_", "hydra.sweeper._target_") else ALLOWED + own
+        if key.startswith("hydra.sweeper.") and key != "hydra.sweeper._target_":
+            allowed = ("optuna.samplers",)            # hparams_search=optuna's sampler
+        if not isinstance(target, str) or not DOTTED.match(target) or "__" in target \
+                or not within(target, allowed):
+            raise ConfigError(f"{key}={target} is not allowed: a _target_ must be a class in "
+                              f"{', '.join(allowed)} (your own modules: imports=[...]); see docs/security.md")
+
+
+def resolve(target: str, base: type, key: str):
+    """The class a vetted _target_ names: imported module by module, attribute by attribute, each
+    step a module or a class (no hop through a module's imports), ending on a class defined in an
+    allowed module that is a subclass of base. Functions (which can write files) are refused."""
+    allowed = ALLOWED + tuple(sorted(VETTED))
+    parts = target.split(".")
+    obj, i = None, len(parts)
+    while i > 0:
+        name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(name)
+            break
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise ConfigError(f"{key}={target} cannot be imported ({exc})") from None
+            i -= 1
+    if obj is None:
+        raise ConfigError(f"{key}={target} cannot be found")
+    for part in parts[i:]:
+        obj = getattr(obj, part, None)
+        if not inspect.isclass(obj):
+            break
+    if not inspect.isclass(obj) or not within(obj.__module__, allowed):
+        raise ConfigError(f"{key}={target} is not allowed: it must name a class defined in "
+                          f"{', '.join(allowed)}, not a function or a module")
+    if not issubclass(obj, base):
+        raise ConfigError(f"{key}={target} is not allowed: it must be a {base.__module__}.{base.__qualname__}")
+    return obj
+
+
+def check_hydra(hydra: dict) -> None:
+    """Hydra's own settings that reach files, code or the environment: the job name and output
+    subdir are plain names inside the run folder, logging names only logging classes and the
+    run folder's files, env_set sets nothing that makes child processes run other code."""
+    job = hydra.get("job") or {}
+    name = job.get("name")
+    if name is not None and not plain_name(str(name)):
+        raise ConfigError(f"hydra.job.name={name} is not allowed: use a plain name (it names the log file "
+                          f"inside the run folder)")
+    subdir = hydra.get("output_subdir")
+    if subdir is not None and (Path(str(subdir)).is_absolute() or ".." in Path(str(subdir)).parts):
+        raise ConfigError(f"hydra.output_subdir={subdir} is not allowed: use a folder inside the run folder, "
+                          f"e.g. .hydra")
+    for var in (job.get("env_set") or {}):
+        if UNSAFE_ENV.match(str(var)):
+            raise ConfigError(f"hydra.job.env_set.{var} is not allowed: it would change what child processes run")
+    check_logging(hydra.get("hydra_logging") or {}, "hydra.hydra_logging")
+    # the job's log file is checked once its folder is known (nnrun.runfolder's configure_log)
+    check_logging(hydra.get("job_logging") or {}, "hydra.job_logging", files=False)
+
+
+def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> None:
+    """A logging.config dictionary names classes and factories it calls, and files it opens:
+    classes from logging (and Hydra's, rich's), streams stdout/stderr, files inside run_dir
+    (none at all when run_dir is None: Hydra's own logging, before any run folder exists)."""
+    for section in ("handlers", "formatters", "filters"):
+        for name, entry in (conf.get(section) or {}).items():
+            if not isinstance(entry, dict):
+                continue
+            where = f"{key}.{section}.{name}"
+            if "()" in entry:
+                raise ConfigError(f"{where}.() is not allowed: a logging config may not call factories")
+            for field in ("class", "stream"):
+                value = entry.get(field)
+                if value is None:
+                    continue
+                value = str(value)
+                ok = value in STREAMS if field == "stream" else (DOTTED.match(value) and within(value, LOGGING))
+                if not ok:
+                    raise ConfigError(f"{where}.{field}={value} is not allowed: use a class from "
+                                      f"{', '.join(LOGGING)}" + (" or ext://sys.stdout / ext://sys.stderr"
+                                                                 if field == "stream" else ""))
+            filename = entry.get("filename") if files else None
+            if filename is not None and run_dir is None:
+                raise ConfigError(f"{where}.filename is not allowed: only the job's log (hydra.job_logging) "
+                                  f"writes a file, inside the run folder")
+            if filename is not None and not inside(run_dir, Path(str(filename)).absolute()):   # as logging opens it
+                raise ConfigError(f"{where}.filename={filename} is not allowed: log files stay inside the run "
+                                  f"folder {run_dir}")
+
+
+def plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def inside(run_dir, name) -> bool:
+    """Whether run_dir/name stays inside run_dir (absolute names and .. that climb out do not)."""
+    root = Path(run_dir).resolve()
+    path = Path(str(name))
+    path = (path if path.is_absolute() else Path(run_dir) / path).resolve()
+    return path == root or path.is_relative_to(root)
+
+
+def relative_name(name: str, key: str) -> str:
+    """A file name from the config for a file in the run folder: relative, no .. (checked at start)."""
+    path = Path(str(name))
+    if not str(name) or path.is_absolute() or ".." in path.parts or "\0" in str(name):
+        raise ConfigError(f"{key}={name} is not allowed: give a file name inside the run folder, "
+                          f"e.g. {key}={path.name or 'file'}")
+    return str(name)
