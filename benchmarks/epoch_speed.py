@@ -66,11 +66,12 @@ def flip_and_crop(x: torch.Tensor, pad: int, fill: float) -> torch.Tensor:
     """The same tensor operations as nnrun's, written inline: flip half the batch, pad, cut each
     image at its own offset (one gather)."""
     n, c, h, w = x.shape
-    x = torch.where((torch.rand(n) < 0.5)[:, None, None, None], x.flip(-1), x)
+    d = x.device                             # every random draw and index on the batch's device
+    x = torch.where((torch.rand(n, device=d) < 0.5)[:, None, None, None], x.flip(-1), x)
     padded = nn.functional.pad(x, (pad, pad, pad, pad), value=fill)
-    top, left = torch.randint(0, 2 * pad + 1, (n,)), torch.randint(0, 2 * pad + 1, (n,))
-    rows = top[:, None, None] + torch.arange(h)[None, :, None]
-    cols = left[:, None, None] + torch.arange(w)[None, None, :]
+    top, left = torch.randint(0, 2 * pad + 1, (n,), device=d), torch.randint(0, 2 * pad + 1, (n,), device=d)
+    rows = top[:, None, None] + torch.arange(h, device=d)[None, :, None]
+    cols = left[:, None, None] + torch.arange(w, device=d)[None, None, :]
     index = (rows * (w + 2 * pad) + cols).reshape(n, 1, h * w).expand(n, c, h * w)
     return padded.flatten(2).gather(2, index).reshape(n, c, h, w)
 

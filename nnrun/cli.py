@@ -84,6 +84,10 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     write_preprocessing(run_dir, data)
     model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.outputs,
                         vocab_size=data.vocab).to(device)
+    if device.type == "cpu" and str(trainer["precision"]) == "16" and \
+            any(isinstance(m, torch.nn.RNNBase) for m in model.modules()):
+        raise ConfigError("trainer.precision=16 with an LSTM/GRU does not run on the CPU (oneDNN has no float16 "
+                          "recurrent layers); use trainer.precision=bf16 or 32 there, or a GPU")
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"status": "completed", "task": data.task, "epochs": 0, "params": params, "device": str(device),
                "threads": torch.get_num_threads(), "run_dir": str(run_dir), **device_facts(device)}
@@ -232,6 +236,11 @@ def task(conf):
         elif type(exc).__name__ == "OutOfMemoryError":
             outcome["status"] = "oom"
         write_summary(run_dir, {**outcome, "run_dir": str(run_dir)}, last_resort=True)
+        if os.environ.get("NNRUN_DEBUG", "") in ("", "0"):
+            # its traceback holds this job's frames (model, data, activations: GPU memory); the next
+            # job of a sweep needs that memory, and the log has the traceback already
+            exc = exc.with_traceback(None)
+            exc.__context__ = exc.__cause__ = None
         FAILED_JOBS.append((" ".join(hydra_conf.overrides.task) if sweep else "", exc))
         if sweep and conf.get("fail_fast"):
             raise StopSweep(outcome["exit_code"], f"fail_fast: the sweep stopped at its first failure, job "

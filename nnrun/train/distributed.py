@@ -25,10 +25,23 @@ def launched() -> bool:
 def init() -> None:
     """The process group, before Hydra composes the config (the run folder is agreed on then):
     gloo for CPU tensors, and NCCL for CUDA tensors where CUDA is available."""
+    import atexit
+
     import torch.distributed as dist
 
     if launched() and not dist.is_initialized():
+        if torch.cuda.is_available():    # this rank's GPU is the current one before NCCL starts (not all on cuda:0)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(finish)
+
+
+def finish() -> None:
+    """Leave the process group (NCCL warns, and may hang at exit, without it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check(strategy, device_name: str) -> str:
@@ -41,6 +54,10 @@ def check(strategy, device_name: str) -> str:
     if strategy is None and launched():
         raise ConfigError(f"started as {world_size()} processes (WORLD_SIZE): add trainer.strategy=ddp, or run "
                           f"a single nnrun")
+    if strategy == "ddp" and str(device_name).startswith("cuda:"):
+        raise ConfigError(f"trainer.device={device_name} under trainer.strategy=ddp would put every process on "
+                          f"one GPU; use trainer.device=cuda (process k takes cuda:LOCAL_RANK), and pick the GPUs "
+                          f"with CUDA_VISIBLE_DEVICES")
     if strategy == "ddp" and device_name in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"      # one GPU per process
     return device_name

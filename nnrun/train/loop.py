@@ -141,9 +141,9 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
     seen, lr, first = part.get("seen", 0), part.get("lr", optimizer.param_groups[0]["lr"]), history.step
     batches = data.train.num_batches(data.batch_size, limit_batches)
     per_step = scheduler is not None and scheduler.interval == "step"
-    # read the finite-loss flag one step late on a GPU: no stall; under DDP every rank must agree at once
-    lagged = torch.device(device).type != "cpu" and engine.world == 1
-    pending = None
+    # on CUDA the finite-loss flag is read without waiting for the GPU (FiniteWatch); elsewhere, and
+    # under DDP (every rank must agree at once), before each step
+    watch = FiniteWatch(device) if torch.device(device).type == "cuda" and engine.world == 1 else None
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, limit_batches, start=first),
@@ -154,10 +154,10 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
         output = forward(engine, x, y, training=True)
         loss = loss_fn(output, y)
         finite = torch.isfinite(loss.detach())
-        if pending is not None and not pending[0]:
-            raise NonFiniteLoss(float(pending[1]), epoch, i)
-        pending = (finite, loss.detach()) if lagged else None
-        if not lagged and not engine.agree_finite(finite):    # before the step: the weights stay finite
+        if watch is not None:
+            watch.check(epoch)                     # an earlier step's flag, if it has arrived
+            watch.add(finite, loss.detach(), i + 1)
+        elif not engine.agree_finite(finite):      # before the step: the weights stay finite
             raise NonFiniteLoss(loss.item(), epoch, i + 1)
         total = loss + model.penalty() if model.penalty else loss   # L1/L2 train the weights, not the metric
         if accumulate > 1:                         # mean over the group; the last group may be short
@@ -182,14 +182,16 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
         signum = saving.signal()
         due = saving.every_n_steps and ((i + 1) // accumulate) % saving.every_n_steps == 0
         if saving.save is not None and (signum or due):
+            if watch is not None:
+                watch.check(epoch, wait=True)      # never save after a non-finite loss
             history.step = i + 1
             history.partial = {"loss_sum": loss_sum.detach().cpu().clone(), "tally": tally.state(), "seen": seen,
                                "lr": lr, "seconds": part.get("seconds", 0.0) + time.perf_counter() - start}
             saving.save(history)
         if signum:
             raise Interrupted(signum, epoch - 1, i + 1)     # epochs finished, steps into the next
-    if pending is not None and not pending[0]:
-        raise NonFiniteLoss(float(pending[1]), epoch, batches)
+    if watch is not None:
+        watch.check(epoch, wait=True)
     if engine.world > 1:                           # the epoch's sums over every rank's shard
         from nnrun.train.distributed import sum_all
 
@@ -197,6 +199,40 @@ def train_epoch(model, data, optimizer, scheduler, loss_fn, generator, device, g
         seen = int(sum_all(torch.tensor(seen, device=loss_sum.device)).item())
         tally.reduce(sum_all)
     return {"loss": (loss_sum / seen).item(), **tally.result()}, seen, lr
+
+
+class FiniteWatch:
+    """Whether every training loss so far was finite, known on the host without a per-step sync:
+    each step ANDs its flag into a flag on the GPU (keeping the first bad loss and its step), and
+    copies that flag to pinned memory behind an event. check() reads the copy once the event has
+    passed, so a NaN is seen a step or two late but never missed (the flag only falls); with
+    wait=True (save points, the epoch's end) it waits for it."""
+
+    def __init__(self, device):
+        self.ok = torch.ones((), dtype=torch.bool, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+        self.bad_step = torch.zeros((), dtype=torch.long, device=device)
+        self.host = torch.ones((), dtype=torch.bool).pin_memory()
+        self.event = None
+
+    def add(self, finite: torch.Tensor, loss: torch.Tensor, step: int) -> None:
+        first = self.ok & ~finite
+        self.bad_loss = torch.where(first, loss.float(), self.bad_loss)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.ok &= finite
+        self.host.copy_(self.ok, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def check(self, epoch: int, wait: bool = False) -> None:
+        if self.event is None:
+            return
+        if wait:
+            self.event.synchronize()
+        elif not self.event.query():
+            return
+        if not bool(self.host):
+            raise NonFiniteLoss(float(self.bad_loss), epoch, int(self.bad_step))
 
 
 def forward(engine, x, y, training: bool):

@@ -70,7 +70,9 @@ class Tally:
             classes = 2
         else:
             predicted, classes = output.argmax(1), self.num_classes
-        self.counts += torch.bincount(y * classes + predicted, minlength=classes ** 2)
+        # scatter_add_, not bincount: bincount reads the index range back to the host (a GPU sync)
+        index = y * classes + predicted
+        self.counts.scatter_add_(0, index, torch.ones_like(index))
 
     def confusion(self) -> torch.Tensor:
         """counts[true, predicted] as a (C, C) CPU tensor (classification only)."""
