@@ -177,6 +177,10 @@ def task(conf):
         from nnrun.train.device import share_machine
 
         placement = share_machine(hydra_conf.launcher, hydra_conf.job.num, conf.trainer.device, conf.trainer.threads)
+        if conf.trainer.get("compile"):
+            import torch._dynamo
+
+            torch._dynamo.reset()         # each job compiles afresh: no recompile limit reached across jobs
     from nnrun.train import distributed
 
     helper = distributed.launched() and distributed.rank() != 0     # (torch is imported by now)
@@ -249,6 +253,10 @@ def task(conf):
     finally:
         logging.getLogger().removeHandler(handler)
         release(run_dir)
+        if sweep:
+            from nnrun.train.device import release_slots
+
+            release_slots()
         if helper:
             import shutil
 
@@ -288,6 +296,9 @@ def main() -> None:
     register_resolvers()
     entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(task)
     stopped = None
+    if any(a.startswith("trainer.deterministic=") and "true" in a.lower() for a in sys.argv[1:]):
+        # before any job starts cuBLAS: a sweep's deterministic job may follow one that is not
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         ddp_setup()
         refuse_used_run_dir(sys.argv[1:])

@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
-# Seeds of one experiment side by side on a GPU box: seed k on GPU k mod the number of GPUs,
-# each in the background with its own log, then wait and report every exit code.
+# Seeds of one experiment side by side on a GPU box: seed k on the k-th of the GPUs this job may use
+# (round-robin), each in the background with its own log, then wait and report every exit code.
 #   scripts/seeds_on_gpus.sh "model=cnn data=fashion_mnist data.root=/data/fashion" 1 2 3 4
+# The GPUs: those CUDA_VISIBLE_DEVICES names when it is set (a SLURM allocation, your own subset),
+# else every GPU nvidia-smi lists, or every MIG device where the GPUs are split into MIG devices.
+# CPU threads: the cores this job may use, shared out among the seeds (OMP_NUM_THREADS, unless set).
 # nnrun's exit codes: 0 done, 1 failed while training, 2 bad config or data, 130/143 stopped.
 set -uo pipefail
 overrides=$1; shift
-gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
-[ "$gpus" -gt 0 ] || { echo "no GPU found (nvidia-smi)"; exit 2; }
+[ "$#" -gt 0 ] || { echo "give the seeds after the overrides, e.g. seeds_on_gpus.sh \"model=cnn\" 1 2 3"; exit 2; }
+if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+    IFS=, read -ra devices <<< "$CUDA_VISIBLE_DEVICES"
+else
+    listing=$(nvidia-smi -L 2>/dev/null)
+    # MIG devices, when there are any, are what CUDA can use: "  MIG 1g.10gb Device 0: (UUID: MIG-...)"
+    mapfile -t devices < <(sed -n 's/^ *MIG .*(UUID: \(MIG-[^)]*\)).*/\1/p' <<< "$listing")
+    if [ "${#devices[@]}" -eq 0 ]; then
+        mapfile -t devices < <(sed -n 's/^GPU \([0-9][0-9]*\):.*/\1/p' <<< "$listing")
+    fi
+fi
+[ "${#devices[@]}" -gt 0 ] || { echo "no GPU found (CUDA_VISIBLE_DEVICES is empty and nvidia-smi -L lists none)"; exit 2; }
+cores=$(nproc 2>/dev/null || echo 1)
+threads=${OMP_NUM_THREADS:-$(( cores / $# > 0 ? cores / $# : 1 ))}
 mkdir -p logs
 declare -A pids
 i=0
 for seed in "$@"; do
-    gpu=$(( i % gpus )); i=$(( i + 1 ))
+    device=${devices[$(( i % ${#devices[@]} ))]}; i=$(( i + 1 ))
     # word splitting of $overrides is intended: it holds several key=value words
     # shellcheck disable=SC2086
-    CUDA_VISIBLE_DEVICES=$gpu nohup nnrun $overrides trainer.seed="$seed" run_name="seed$seed" \
-        > "logs/seed$seed.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=$device OMP_NUM_THREADS=$threads nohup nnrun $overrides trainer.seed="$seed" \
+        run_name="seed$seed" > "logs/seed$seed.log" 2>&1 &
     pids[$seed]=$!
-    echo "seed $seed on GPU $gpu: pid ${pids[$seed]}, log logs/seed$seed.log"
+    echo "seed $seed on GPU $device with $threads CPU threads: pid ${pids[$seed]}, log logs/seed$seed.log"
 done
 failed=0
 for seed in "${!pids[@]}"; do

@@ -94,3 +94,47 @@ def test_compile_gives_the_same_training_as_eager(tmp_path):
     _, compiled = train(tmp_path, *args, "trainer.compile=true", name="compiled")
     a, b = weights(eager), weights(compiled)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("callbacks", [[], ["callbacks=[default,reduce_lr_on_plateau]",
+                                            "callbacks.reduce_lr_on_plateau.patience=1"]])
+def test_ddp_ranks_stop_early_and_change_the_rate_together(tmp_path, callbacks):
+    # each rank's batch-norm statistics differ after its last step: without rank 0's numbers on every
+    # rank, early stopping fired on one rank only and gloo failed with "Connection closed by peer"
+    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun",
+                             "trainer.strategy=ddp", "model=cnn", "trainer.device=cpu", "trainer.epochs=40",
+                             "trainer.plots=false", "hydra.run.dir=run", *callbacks],
+                            cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    info = summary(tmp_path / "run")
+    assert info["status"] == "completed" and info["stopped_early"] and info["epochs"] < 40
+    rates = [float(row["lr"]) for row in metrics(tmp_path / "run")]
+    if callbacks:
+        assert min(rates) < rates[0], rates                  # the plateau lowered the rate
+
+
+def test_ddp_with_one_named_gpu_is_refused(tmp_path):
+    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun",
+                             "trainer.strategy=ddp", "trainer.device=cuda:0", "trainer.epochs=1"],
+                            cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "trainer.device=cuda:0 under trainer.strategy=ddp would put every process on one GPU" in result.stderr
+
+
+def test_parallel_jobs_take_a_gpu_no_other_job_holds(tmp_path):
+    from nnrun.train.device import free_slot, release_slots
+
+    gpus = ["GPU-aaa", "GPU-bbb"]
+    assert free_slot(gpus, 0, tmp_path) == 0                 # job 0 holds GPU 0
+    assert free_slot(gpus, 1, tmp_path) == 1                 # job 1 holds GPU 1
+    import os
+    import fcntl
+    os.close(__import__("nnrun.train.device", fromlist=["_SLOTS"])._SLOTS.pop())   # job 1 ends
+    assert free_slot(gpus, 2, tmp_path) == 1                 # job 2: GPU 0 is busy, so GPU 1, not 2 mod 2
+    assert free_slot(gpus, 3, tmp_path) == 1                 # all busy: its own index, shared
+    release_slots()
+    fd = os.open(tmp_path / "GPU-aaa.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)           # released: free again
+    os.close(fd)

@@ -3,6 +3,7 @@ results table (results.csv, results.md, compare.png) is written at the end and r
 nnrun-report from the run folders alone."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,21 @@ def test_optuna_search_tells_nan_trials_as_failed_and_ends_with_the_table(tmp_pa
     scores = [float(r["best_score"]) for r in rows if r["status"] == "completed"]
     assert best["best_value"] == pytest.approx(max(scores)) and float(rows[0]["best_score"]) == max(scores)
     assert "4 runs in" in result.stdout
+
+
+def test_a_failed_job_frees_its_model_before_the_next_job(tmp_path):
+    # on a GPU the failed job's model, data and activations would hold memory the next job needs
+    (tmp_path / "probe.py").write_text(
+        "import gc, weakref\nfrom nnrun.callbacks import CALLBACKS, Callback\nMODELS = []\n"
+        "@CALLBACKS.register('probe')\nclass Probe(Callback):\n"
+        "    def __init__(self, fail=False):\n        self.fail = fail\n"
+        "    def on_train_begin(self, logs):\n        gc.collect()\n"
+        "        alive = sum(ref() is not None for ref in MODELS)\n"
+        "        open('alive.txt', 'a').write(f'{alive}\\n')\n        MODELS.append(weakref.ref(self.model))\n"
+        "    def on_epoch_end(self, epoch, logs):\n        if self.fail:\n"
+        "            raise RuntimeError('the probe fails this job')\n")
+    result = nnrun("--multirun", "imports=[probe]", "+callbacks.probe.fail=true,false", "trainer.epochs=1",
+                   "trainer.limit_batches=2", "trainer.plots=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1 and "the probe fails this job" in result.stderr
+    assert (tmp_path / "alive.txt").read_text().split() == ["0", "0"]     # job 0's model is gone by job 1
+    assert json.loads((tmp_path / "sweep/1/summary.json").read_text())["status"] == "completed"

@@ -37,7 +37,8 @@ def resolve_device(name: str):
 def share_machine(launcher, job_num: int, device: str, threads):
     """Jobs run side by side (a launcher with n_jobs > 1, e.g. hydra/launcher=parallel) share the
     machine: each gets cores // n_jobs torch threads unless trainer.threads says, and with
-    trainer.device=auto on a box with several GPUs, job k trains on GPU k mod their count. A device
+    trainer.device=auto on a box with several GPUs, a GPU no other nnrun job holds (free_slot),
+    starting from GPU k mod their count for job k; all taken: that one, shared. A device
     index rather than CUDA_VISIBLE_DEVICES: a launcher's worker process runs job after job, and CUDA
     reads that variable once per process. Returns (device, threads or None)."""
     n_jobs = launcher.get("n_jobs") if launcher is not None else None
@@ -47,8 +48,40 @@ def share_machine(launcher, job_num: int, device: str, threads):
     if n_jobs < 0:                        # joblib's convention: -1 = one job per core, -2 = all but one...
         n_jobs = max(1, cores + 1 + n_jobs)
     if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        device = f"cuda:{job_num % torch.cuda.device_count()}"
+        names = [str(torch.cuda.get_device_properties(k).uuid) for k in range(torch.cuda.device_count())]
+        device = f"cuda:{free_slot(names, job_num)}"
     return device, threads or max(1, cores // n_jobs)
+
+
+_SLOTS = []            # lock files this process holds: the GPU of the job under way
+
+
+def free_slot(names: list, job_num: int, folder=None) -> int:
+    """The index of a name (a GPU's UUID: the same GPU whatever CUDA_VISIBLE_DEVICES each process
+    has) that no other process holds, trying job_num mod len(names) first; holds it (an flock,
+    released by release_slots() or the process's end). None free: job_num mod len(names)."""
+    import fcntl
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder or Path(tempfile.gettempdir()) / f"nnrun-gpus-{os.getuid()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    first = job_num % len(names)
+    for k in [*range(first, len(names)), *range(first)]:
+        fd = os.open(folder / f"{names[k]}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _SLOTS.append(fd)
+        return k
+    return first
+
+
+def release_slots() -> None:
+    while _SLOTS:
+        os.close(_SLOTS.pop())
 
 
 def device_facts(device) -> dict:
@@ -93,4 +126,9 @@ def set_determinism(deterministic: bool, device) -> None:
     if deterministic or torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(deterministic)   # imports torch._inductor (~3 s): only when needed
     if deterministic and torch.device(device).type == "cuda":
+        if "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.cuda.is_initialized():
+            # cuBLAS read it when an earlier job of this process started it: too late to set now
+            raise ConfigError("trainer.deterministic=true after another CUDA job in this process: cuBLAS has "
+                              "started without its reproducible workspace; set CUBLAS_WORKSPACE_CONFIG=:4096:8 "
+                              "in the environment (nnrun does, when the command line asks for determinism)")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's reproducible workspace

@@ -73,6 +73,25 @@ class Engine:
 
         return int(max_all([signum or 0], self.device)[0]) or None
 
+    def agree(self, value):
+        """Rank 0's value on every DDP process: the epoch's logs and the stop decision, so that
+        callbacks, schedulers and early stopping decide alike on every rank."""
+        if self.world == 1:
+            return value
+        from nnrun.train.distributed import agree
+
+        return agree(value)
+
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (batch-norm statistics) on every DDP process before validation: the
+        last step updated each rank's own from its own shard, so ranks would validate different models."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for buffer in self.model.buffers():
+            dist.broadcast(buffer, src=0)
+
     def agree_finite(self, finite: torch.Tensor) -> bool:
         """Whether the loss is finite on every DDP process (a host sync; every step under DDP)."""
         if self.world == 1:

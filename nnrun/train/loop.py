@@ -103,11 +103,13 @@ def run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch
     history.samples += seen
     history.train_seconds += prior + time.perf_counter() - start
     if data.val is not None:
+        engine.sync_buffers()
         scores = evaluate(model, data.val, data.batch_size, eval_loss, device, limit_batches,
                           task=data.task, num_classes=data.num_classes, engine=engine)
         logs.update((f"val_{name}", value) for name, value in scores.items())
     logs["lr"] = lr
     logs["epoch_time"] = prior + time.perf_counter() - start
+    logs = engine.agree(logs)                  # DDP: every rank acts on rank 0's numbers
     is_best = improved(logs[monitor], history.best_score, mode)
     if is_best:
         history.best_epoch, history.best_score = epoch, logs[monitor]
@@ -119,7 +121,7 @@ def run_epoch(epoch, epochs, model, data, optimizer, scheduler, callbacks, batch
     if scheduler is not None and scheduler.interval == "epoch":
         monitored = getattr(scheduler, "monitor", None)
         scheduler.step(logs[monitored]) if monitored else scheduler.step()
-    stop = any(cb.stop_training for cb in callbacks)
+    stop = engine.agree(any(cb.stop_training for cb in callbacks))
     history.epoch, history.step, history.partial = epoch, 0, None
     history.finished = stop or epoch == epochs
     history.stopped_early = stop and epoch < epochs
