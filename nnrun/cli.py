@@ -8,7 +8,9 @@ import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -45,11 +47,11 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     from nnrun.safety import check_targets
     from nnrun.report.console import EpochProgress, model_table
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
-    from nnrun.train.checkpoint import checkpoint_state, resume_state, restore, save_checkpoint
     from nnrun.train import distributed
     from nnrun.train.engine import Engine
     from nnrun.train.device import device_facts, peak_memory, resolve_device, set_determinism
-    from nnrun.train.loop import Saving, check_monitors, evaluate, fit
+    from nnrun.train.loop import check_monitors
+    from nnrun.train.trainer import Outputs, Settings, Trainer
     from nnrun.train.metrics import resolve_mode
     from nnrun.train.resume import check_same, load_resume_state
 
@@ -103,33 +105,26 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
     steps = -(-data.train.num_batches(data.batch_size, trainer["limit_batches"]) // trainer["accumulate"])
     scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], steps_per_epoch=steps, **plain["scheduler"])
-    train_loss, eval_loss = build_losses(plain["loss"], data, trainer["class_weight"], device)
-    warnings = preflight(data, model, eval_loss, device, trainer["checks"], trainer["class_weight"],
+    losses = build_losses(plain["loss"], data, trainer["class_weight"], device)
+    warnings = preflight(data, model, losses[1], device, trainer["checks"], trainer["class_weight"],
                          resumed=saved is not None)
     summary["warnings"] = [{"check": name, "message": message} for name, message in warnings]
-    for cb in callbacks:
-        cb.setup(model, run_dir, lambda path, epoch, logs: save_checkpoint(
-            path, checkpoint_state(model, optimizer, scheduler, epoch, logs, plain)), optimizer)
+    settings = Settings(epochs=trainer["epochs"], seed=trainer["seed"], grad_clip=trainer["grad_clip"],
+                        accumulate=trainer["accumulate"], limit_batches=trainer["limit_batches"], monitor=monitor,
+                        mode=mode, every_n_steps=trainer["checkpoint_every_n_steps"])
+    fitter = Trainer(engine, optimizer, scheduler, callbacks, losses, settings,
+                     Outputs(run_dir, plain, EpochProgress(console), stop or (lambda: None)))
     check_monitors(data.val is not None, monitor, callbacks, scheduler, data.task)
-    history = restore(saved, model, optimizer, scheduler, device, engine) if saved is not None else None
-    last = run_dir / "checkpoints" / "last.pt"
-    saving = Saving(save=lambda h: save_checkpoint(last, resume_state(model, optimizer, scheduler, callbacks, h,
-                                                                      plain, device, engine), keep_previous=True),
-                    epoch_end=any(getattr(cb, "save_last", False) for cb in callbacks),
-                    every_n_steps=trainer["checkpoint_every_n_steps"], signal=stop or (lambda: None))
-    history = fit(model, data, optimizer, scheduler, callbacks, EpochProgress(console),
-                  train_loss=train_loss, eval_loss=eval_loss, epochs=trainer["epochs"], device=device,
-                  seed=trainer["seed"], grad_clip=trainer["grad_clip"], accumulate=trainer["accumulate"],
-                  limit_batches=trainer["limit_batches"], monitor=monitor, mode=mode,
-                  history=history, saving=saving, engine=engine)
+    if saved is not None:
+        fitter.load_state_dict(saved)
+    history = fitter.fit(data)
 
     if history.best_state is not None:                    # test the best epoch, not the last
         model.load_state_dict(history.best_state)
-    test = evaluate(model, data.test, data.batch_size, eval_loss, device, trainer["limit_batches"],
-                    task=data.task, num_classes=data.num_classes, confusion=True, engine=engine)
+    test = fitter.evaluate(data, data.test, confusion=True)
     export_weights(run_dir, model)
     summary.update(**peak_memory(device), wall_time=round(time.perf_counter() - start, 3), command=command)
-    return finish_run(run_dir, summary, history, test, data, eval_loss, monitor, mode, trainer["plots"])
+    return finish_run(run_dir, summary, history, test, data, losses[1], monitor, mode, trainer["plots"])
 
 
 # Jobs that raised, as (sweep job's overrides or "", exception). A job records its error instead of raising it, so
@@ -159,8 +154,31 @@ def rerun_command(hydra_conf) -> str:
     return shlex.join(words + list(hydra_conf.overrides.task))
 
 
+@dataclass
+class Outcome:
+    """What one job ended with: its run folder, its best score (finite, for sweepers), and the
+    exception it failed with (recorded in its summary.json and nnrun.log already), or None."""
+    run_dir: Path
+    score: Optional[float] = None
+    error: Optional[Exception] = None
+    overrides: str = ""                   # a sweep job's overrides, for the report at the end
+
+
 def task(conf):
-    """One Hydra job; returns the best monitored score so that sweepers can optimise it."""
+    """One Hydra job; returns the best monitored score so that sweepers can optimise it. A failure
+    is recorded for main() to report (a sweep runs its other jobs) unless fail_fast stops the sweep."""
+    outcome = job(conf)
+    if outcome.error is not None:
+        FAILED_JOBS.append((outcome.overrides, outcome.error))
+        if HydraConfig.get().mode == RunMode.MULTIRUN and conf.get("fail_fast"):
+            message = describe(outcome.error) or f"{type(outcome.error).__name__}: {outcome.error}"
+            raise StopSweep(EXIT_USAGE if describe(outcome.error) else EXIT_FAILURE,
+                            f"fail_fast: the sweep stopped at its first failure, job [{outcome.overrides}]: {message}")
+    return outcome.score
+
+
+def job(conf) -> Outcome:
+    """One Hydra job, from its config: resume, signals, the run, its failure recorded in the run folder."""
     from nnrun.report.console import open_console
     from nnrun.report.summary import write_summary
     from nnrun.signals import signal_number, stop_signals
@@ -197,7 +215,7 @@ def task(conf):
             elif conf.trainer.get("resume") and helper:            # rank 0 finds the checkpoint; so do we
                 decided = distributed.agree(None)
                 if decided["end"]:                # rank 0 stops: the run was completed, or the request refused
-                    return None
+                    return Outcome(run_dir)
                 resume_from = decided["from"]
             elif conf.trainer.get("resume"):
                 try:
@@ -215,12 +233,13 @@ def task(conf):
                     run_dir = folder
                 if resume_from:
                     log.info(f"resuming {run_dir} from {resume_from}")
-            return finite(run(conf, run_dir, console, command=rerun_command(hydra_conf), resume_from=resume_from,
-                              stop=stop, placement=placement).get("best_score"))
+            summary = run(conf, run_dir, console, command=rerun_command(hydra_conf), resume_from=resume_from,
+                          stop=stop, placement=placement)
+            return Outcome(run_dir, finite(summary.get("best_score")))
     except AlreadyCompleted as done:
         move_to(run_dir, done.run_dir)        # this attempt's empty folder goes; the note goes to that run's log
         log.info(str(done))
-        return finite(status_of(done.run_dir).get("best_score"))     # a sweeper still gets the job's score
+        return Outcome(done.run_dir, finite(status_of(done.run_dir).get("best_score")))   # a sweeper still gets it
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
         # epoch: the one running (1-based, as for nan_loss); step: its batches done, 0 = at its end
@@ -233,23 +252,19 @@ def task(conf):
     except Exception as exc:
         # The traceback goes to nnrun.log only; the console gets one line from main().
         log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
-        outcome = {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}",
-                   "exit_code": EXIT_USAGE if describe(exc) else EXIT_FAILURE}   # for a sweep run elsewhere
+        record = {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}",
+                  "exit_code": EXIT_USAGE if describe(exc) else EXIT_FAILURE}   # for a sweep run elsewhere
         if isinstance(exc, (NonFiniteLoss, NonFiniteWeights)):
-            outcome.update(status="nan_loss", epoch=exc.epoch, step=exc.step)
+            record.update(status="nan_loss", epoch=exc.epoch, step=exc.step)
         elif type(exc).__name__ == "OutOfMemoryError":
-            outcome["status"] = "oom"
-        write_summary(run_dir, {**outcome, "run_dir": str(run_dir)}, last_resort=True)
+            record["status"] = "oom"
+        write_summary(run_dir, {**record, "run_dir": str(run_dir)}, last_resort=True)
         if os.environ.get("NNRUN_DEBUG", "") in ("", "0"):
             # its traceback holds this job's frames (model, data, activations: GPU memory); the next
             # job of a sweep needs that memory, and the log has the traceback already
             exc = exc.with_traceback(None)
             exc.__context__ = exc.__cause__ = None
-        FAILED_JOBS.append((" ".join(hydra_conf.overrides.task) if sweep else "", exc))
-        if sweep and conf.get("fail_fast"):
-            raise StopSweep(outcome["exit_code"], f"fail_fast: the sweep stopped at its first failure, job "
-                                                  f"[{FAILED_JOBS[-1][0]}]: {outcome['error']}") from None
-        return None
+        return Outcome(run_dir, error=exc, overrides=" ".join(hydra_conf.overrides.task) if sweep else "")
     finally:
         logging.getLogger().removeHandler(handler)
         release(run_dir)

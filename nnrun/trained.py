@@ -42,6 +42,45 @@ class Run:
         self.model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
         self.model.eval()
 
+    @property
+    def dir(self) -> Path:
+        """The run folder."""
+        return self.folder
+
+    @property
+    def summary(self) -> dict:
+        """summary.json as a dict: status, best epoch, test metrics, speed, hints..."""
+        return json.loads((self.folder / "summary.json").read_text())
+
+    @property
+    def history(self):
+        """metrics.csv as a pandas DataFrame: one row per epoch (Keras's History.history, as a table)."""
+        import pandas as pd
+
+        return pd.read_csv(self.folder / "metrics.csv")
+
+    def evaluate(self, **data) -> dict:
+        """The tested weights on the test split of the run's own data, or of data.<key> changes
+        given as keywords (test_path="new.csv"): {"test_loss", "test_<metric>"...}, as nnrun-eval
+        prints them."""
+        return self.score({**self.config["data"], **data})[1]
+
+    def score(self, data_conf: dict):
+        """(test samples, {"test_<metric>": value}) on the test split data_conf describes."""
+        from nnrun.data import build_data
+        from nnrun.losses import build_loss
+        from nnrun.train.loop import evaluate
+
+        data = build_data(**{**data_conf, "augment": None}, seed=self.config["trainer"]["seed"],
+                          fitted=self.preprocessing)
+        if data.task != self.task or (data.task != "regression" and data.classes != self.classes):
+            raise ConfigError(f"this data is {data.task} with classes {data.classes}; the model was trained on "
+                              f"{self.task} with classes {self.classes}")
+        loss = build_loss(**{"name": "auto", **self.config.get("loss", {})}, task=data.task)
+        scores = evaluate(self.model, data.test, data.batch_size, loss, "cpu", task=data.task,
+                          num_classes=data.num_classes)
+        return len(data.test), {f"test_{k}": v for k, v in scores.items()}
+
     def prepare(self, inputs) -> torch.Tensor:
         """Raw inputs -> the model's input, with the run's fitted transform: images (N, H, W) or
         (N, C, H, W); windows (N, steps, features); a pandas DataFrame of table rows; a list of texts."""
@@ -196,10 +235,6 @@ def eval_main(argv=None) -> None:
     """nnrun-eval run=<folder> [data.<key>=<value> ...]: the run's tested weights on the test split
     of its own data, or of the data the overrides describe, with the run's fitted preprocessing."""
     def job():
-        from nnrun.data import build_data
-        from nnrun.losses import build_loss
-        from nnrun.train.loop import evaluate
-
         args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-eval", ("run",))
         run = load_run(args.pop("run"))
         data_conf = dict(run.config["data"])
@@ -208,21 +243,14 @@ def eval_main(argv=None) -> None:
                 raise ConfigError(f"nnrun-eval: {key}= is not a data key; only data.* can change, e.g. data.test_path=...")
             from omegaconf import OmegaConf
             data_conf[key[5:]] = OmegaConf.create({"v": value})["v"] if value else None   # YAML types, as Hydra
+        count, result = run.score(data_conf)
         data_conf["augment"] = None
-        data = build_data(**data_conf, seed=run.config["trainer"]["seed"], fitted=run.preprocessing)
-        if data.task != run.task or (data.task != "regression" and data.classes != run.classes):
-            raise ConfigError(f"this data is {data.task} with classes {data.classes}; the model was trained on "
-                              f"{run.task} with classes {run.classes}")
-        loss = build_loss(**{"name": "auto", **run.config.get("loss", {})}, task=data.task)
-        scores = evaluate(run.model, data.test, data.batch_size, loss, "cpu",
-                          task=data.task, num_classes=data.num_classes)
-        result = {f"test_{k}": v for k, v in scores.items()}
         from nnrun.train.checkpoint import write_atomic
 
         # a new file renamed into place: a link planted at eval.json is replaced, never written through
         write_atomic(run.folder / "eval.json", json.dumps({"data": data_conf, **result}, indent=2, default=str) + "\n",
                      sync=False)
-        print(f"nnrun-eval: {len(data.test)} test samples: " + " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
+        print(f"nnrun-eval: {count} test samples: " + " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
         print(f"written to {run.folder / 'eval.json'}")
     guarded(job, "nnrun-eval")
 

@@ -209,38 +209,3 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{key}={path} is not an nnrun checkpoint (no 'model' weights in it)")
     return state
-
-
-def resume_state(model, optimizer, scheduler, callbacks, history, config: dict, device, engine=None) -> dict:
-    """checkpoint_state plus all a resumed run needs to continue bit for bit: where the loop
-    stands (epoch, step, partial sums, history), the callbacks' state and the random generators."""
-    state = checkpoint_state(model, optimizer, scheduler, history.epoch,
-                             history.logs[-1] if history.logs else {}, config, history.step)
-    rng = {"torch": torch.get_rng_state()}
-    if torch.device(device).type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    state.update(step=history.step, history=history.state_dict(), rng=rng,
-                 scaler=engine.state_dict() if engine is not None else None,
-                 callbacks={cb.name: cb.state_dict() for cb in callbacks if cb.name})
-    return state
-
-
-def restore(state: dict, model, optimizer, scheduler, device, engine=None):
-    """Put a resume_state back; returns the History to continue."""
-    from nnrun.train.loop import History
-
-    if "history" not in state:
-        raise CheckpointError("trainer.resume: this checkpoint holds weights but not the training state "
-                              "(e.g. a best checkpoint); resume from a run folder or its checkpoints/last.pt")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if engine is not None:
-        engine.load_state_dict(state.get("scaler"))        # fp16's loss scale goes on where it was
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.device(device).type == "cuda":
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    history = History(**state["history"])
-    history.callbacks = state.get("callbacks", {})
-    return history

@@ -1,0 +1,62 @@
+"""nnrun.fit(): the nnrun command from Python, for notebooks. The same config (the same
+overrides), the same run folder, the same progress and report card; the run comes back as the
+Run that nnrun.load_run() gives."""
+
+import shlex
+from pathlib import Path
+
+
+def fit(overrides=None, *, config_dir=None, run_dir=None):
+    """Train as `nnrun <overrides>` would and return the Run.
+
+    overrides: a list of Hydra overrides (["model=cnn", "trainer.epochs=5"]), or one string as
+    typed on the command line; config_dir: a folder of your own configs, searched before nnrun's
+    (as --config-dir); run_dir: the run folder (default outputs/<date>/<time>).
+    A config error raises nnrun.ConfigError with the one line the command prints; a failure while
+    training raises its exception (summary.json and nnrun.log in the run folder have it too); a
+    stop signal (Ctrl-C, the notebook's interrupt) saves and raises KeyboardInterrupt."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+
+    import hydra._internal.hydra as hydra_main
+    from nnrun import cli
+    from nnrun.errors import ConfigError, describe
+    from nnrun.trained import load_run
+
+    words = shlex.split(overrides) if isinstance(overrides, str) else [str(w) for w in overrides or []]
+    if run_dir is not None:
+        words.append(f"hydra.run.dir={Path(run_dir).expanduser()}")
+    if config_dir is not None:
+        words.append(f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]")
+    cli.register_resolvers()
+    outcome = []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("nnrun.conf", version_base="1.3", job_name="nnrun"):
+            try:
+                config = compose("config", overrides=words, return_hydra_config=True)
+                callbacks = hydra_main.Callbacks(config)       # checks the whole config first
+            except Exception as exc:  # noqa: BLE001  (Hydra and OmegaConf raise many types)
+                message = describe(exc)
+                if message is None:
+                    raise
+                raise ConfigError(message) from None
+            run_job(task_function=lambda conf: outcome.append(cli.job(conf)), config=config,
+                    job_dir_key="hydra.run.dir", job_subdir_key=None,
+                    hydra_context=HydraContext(config_loader=GlobalHydra.instance().config_loader(),
+                                               callbacks=callbacks))
+    except cli.StopSweep as stop:
+        raise KeyboardInterrupt(str(stop)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    if not outcome:
+        raise RuntimeError("nnrun.fit: the job did not run")
+    done = outcome[0]
+    if done.error is not None:
+        message = describe(done.error)
+        if message is not None:
+            raise ConfigError(message) from None
+        raise done.error
+    return load_run(done.run_dir)

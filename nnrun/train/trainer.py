@@ -1,0 +1,253 @@
+"""The Trainer: the explicit training loop and everything it owns (model, optimizer, scheduler,
+engine, callbacks, the history and when to save). fit() trains and validates each epoch;
+state_dict() is the whole resumable run and load_state_dict() resumes it."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from nnrun.train.loop import FiniteWatch, History, Interrupted, NonFiniteLoss, evaluate, forward, overrides
+from nnrun.train.metrics import Tally, improved
+
+
+@dataclass
+class Settings:
+    """The trainer.* keys the loop reads."""
+    epochs: int
+    seed: int = 0
+    grad_clip: Optional[float] = None       # max gradient norm
+    accumulate: int = 1                     # batches per optimizer step
+    limit_batches: Optional[int] = None     # batches per split and epoch (smoke runs)
+    monitor: str = "val_loss"               # what "best" means
+    mode: str = "min"
+    every_n_steps: Optional[int] = None     # also save last.pt every n optimizer steps
+
+
+class Quiet:
+    """A progress display that shows nothing."""
+    def train_begin(self, epochs, batches): ...
+    def batch_end(self, batch, loss_sum, seen): ...
+    def epoch_end(self, epoch, logs, is_best): ...
+    def train_end(self): ...
+
+
+@dataclass
+class Outputs:
+    """Where the trainer writes and whom it tells: the run folder (checkpoints/last.pt), the config
+    stored in every checkpoint, the progress display, and stop(): a signal number asking to stop."""
+    run_dir: Optional[Path] = None
+    config: dict = field(default_factory=dict)
+    progress: object = field(default_factory=Quiet)
+    stop: Callable = lambda: None
+
+
+class Trainer:
+    def __init__(self, engine, optimizer, scheduler, callbacks, losses, settings: Settings,
+                 outputs: Optional[Outputs] = None):
+        """engine: the model on its device (precision, compile, DDP; nnrun.train.engine); losses:
+        (training loss, which may carry class weights; validation loss, which does not, as in Keras)."""
+        self.engine, self.model, self.device = engine, engine.model, engine.device
+        self.optimizer, self.scheduler, self.callbacks = optimizer, scheduler, list(callbacks)
+        self.train_loss, self.eval_loss = losses
+        self.settings, self.outputs = settings, outputs or Outputs()
+        self.history = History()
+        # last.pt after every epoch when a callback asks for it (model_checkpoint's save_last)
+        self.save_last = any(getattr(cb, "save_last", False) for cb in self.callbacks)
+        for cb in self.callbacks:
+            cb.setup(self.model, self.outputs.run_dir or Path("."), self.save_weights, optimizer)
+
+    # --- training -------------------------------------------------------------------------------
+    def fit(self, data) -> History:
+        """Train for up to settings.epochs from where the history stands; track the best epoch by
+        settings.monitor; callbacks may stop early. The caller checks monitored names first
+        (loop.check_monitors), before printing anything."""
+        history, progress = self.history, self.outputs.progress
+        for cb in self.callbacks:
+            if history.callbacks is not None and cb.name in history.callbacks:
+                cb.load_state_dict(history.callbacks[cb.name])     # instead of on_train_begin
+            else:
+                cb.on_train_begin({})
+        progress.train_begin(self.settings.epochs, data.train.num_batches(data.batch_size, self.settings.limit_batches))
+        try:
+            for epoch in range(history.epoch + 1, self.settings.epochs + 1):
+                if history.finished:
+                    break
+                self.run_epoch(data, epoch)
+        finally:
+            progress.train_end()
+        for cb in self.callbacks:
+            cb.on_train_end(history.logs[-1] if history.logs else {})
+        return history
+
+    def run_epoch(self, data, epoch: int) -> None:
+        """Train (from history.step), validate, track the best, run the callbacks, save."""
+        history, settings, engine = self.history, self.settings, self.engine
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch, {})
+        start = time.perf_counter()
+        # Data order depends on seed and epoch only, so a resumed run sees the same batches.
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
+        logs, seen, lr = self.train_epoch(data, generator, epoch)
+        prior = history.partial["seconds"] if history.partial else 0.0    # before a resume
+        history.samples += seen
+        history.train_seconds += prior + time.perf_counter() - start
+        if data.val is not None:
+            engine.sync_buffers()
+            scores = self.evaluate(data, data.val)
+            logs.update((f"val_{name}", value) for name, value in scores.items())
+        logs["lr"] = lr
+        logs["epoch_time"] = prior + time.perf_counter() - start
+        logs = engine.agree(logs)                  # DDP: every rank acts on rank 0's numbers
+        is_best = improved(logs[settings.monitor], history.best_score, settings.mode)
+        if is_best:
+            history.best_epoch, history.best_score = epoch, logs[settings.monitor]
+            history.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        history.logs.append(logs)
+        self.outputs.progress.epoch_end(epoch, logs, is_best)
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, logs)
+        scheduler = self.scheduler
+        if scheduler is not None and scheduler.interval == "epoch":
+            monitored = getattr(scheduler, "monitor", None)
+            scheduler.step(logs[monitored]) if monitored else scheduler.step()
+        stop = engine.agree(any(cb.stop_training for cb in self.callbacks))
+        history.epoch, history.step, history.partial = epoch, 0, None
+        history.finished = stop or epoch == settings.epochs
+        history.stopped_early = stop and epoch < settings.epochs
+        signum = engine.agree_signal(self.outputs.stop())
+        if self.outputs.run_dir is not None and (self.save_last or signum):
+            self.save()
+        if signum and not history.finished:
+            raise Interrupted(signum, epoch, 0)
+
+    def train_epoch(self, data, generator, epoch: int):
+        """One pass over the training split from batch history.step; returns (logs: loss and the
+        task's metrics, samples seen, the lr the epoch started with)."""
+        model, optimizer, engine, device = self.model, self.optimizer, self.engine, self.device
+        history, settings, accumulate = self.history, self.settings, self.settings.accumulate
+        model.train()
+        part = history.partial or {}
+        loss_sum = part["loss_sum"].to(device) if part else torch.zeros((), device=device)
+        tally = Tally(data.task, device, data.num_classes, state=part.get("tally"))
+        seen, lr, first = part.get("seen", 0), part.get("lr", optimizer.param_groups[0]["lr"]), history.step
+        batches = data.train.num_batches(data.batch_size, settings.limit_batches)
+        per_step = self.scheduler is not None and self.scheduler.interval == "step"
+        batch_callbacks = [cb for cb in self.callbacks if overrides(cb, "on_train_batch_end")]
+        # on CUDA the finite-loss flag is read without waiting for the GPU (FiniteWatch); elsewhere, and
+        # under DDP (every rank must agree at once), before each step
+        watch = FiniteWatch(device) if device.type == "cuda" and engine.world == 1 else None
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, settings.limit_batches,
+                                                      start=first), start=first):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if data.augment is not None:               # seeded per step: a resumed run augments alike
+                x = data.augment(x, seed=(generator.initial_seed() * 100_003 + i) % 2**63)
+            output = forward(engine, x, y, training=True)
+            loss = self.train_loss(output, y)
+            finite = torch.isfinite(loss.detach())
+            if watch is not None:
+                watch.check(epoch)                     # an earlier step's flag, if it has arrived
+                watch.add(finite, loss.detach(), i + 1)
+            elif not engine.agree_finite(finite):      # before the step: the weights stay finite
+                raise NonFiniteLoss(loss.item(), epoch, i + 1)
+            total = loss + model.penalty() if model.penalty else loss   # L1/L2 train the weights, not the metric
+            if accumulate > 1:                         # mean over the group; the last group may be short
+                total = total / min(accumulate, batches - i // accumulate * accumulate)
+            if engine.world > 1:    # DDP averages the ranks' gradients: weigh each by its share of the global batch
+                total = total * (len(y) * engine.world / data.train.global_size(data.batch_size, i))
+            engine.backward(total)
+            stepped = (i + 1) % accumulate == 0 or i + 1 == batches
+            if stepped:
+                engine.step(optimizer, settings.grad_clip)
+                optimizer.zero_grad(set_to_none=True)
+                if per_step:
+                    self.scheduler.step()
+            seen += len(y)
+            loss_sum += loss.detach() * len(y)         # stays a tensor: .item() would sync the GPU
+            tally.update(output, y)
+            self.outputs.progress.batch_end(i + 1, loss_sum, seen)  # reads the sum only when it redraws
+            for cb in batch_callbacks:
+                cb.on_train_batch_end(i, {"loss": loss.detach()})
+            if not stepped or i + 1 == batches or engine.world > 1:   # DDP: stop signals wait for the epoch's end
+                continue
+            signum = self.outputs.stop()
+            due = settings.every_n_steps and ((i + 1) // accumulate) % settings.every_n_steps == 0
+            if self.outputs.run_dir is not None and (signum or due):
+                if watch is not None:
+                    watch.check(epoch, wait=True)      # never save after a non-finite loss
+                history.step = i + 1
+                history.partial = {"loss_sum": loss_sum.detach().cpu().clone(), "tally": tally.state(),
+                                   "seen": seen, "lr": lr,
+                                   "seconds": part.get("seconds", 0.0) + time.perf_counter() - start}
+                self.save()
+            if signum:
+                raise Interrupted(signum, epoch - 1, i + 1)     # epochs finished, steps into the next
+        if watch is not None:
+            watch.check(epoch, wait=True)
+        if engine.world > 1:                           # the epoch's sums over every rank's shard
+            from nnrun.train.distributed import sum_all
+
+            sum_all(loss_sum)
+            seen = int(sum_all(torch.tensor(seen, device=loss_sum.device)).item())
+            tally.reduce(sum_all)
+        return {"loss": (loss_sum / seen).item(), **tally.result()}, seen, lr
+
+    def evaluate(self, data, split, confusion: bool = False) -> dict:
+        """{"loss", and the task's metrics} over split with the validation loss; with confusion
+        (classification) also the confusion counts."""
+        return evaluate(self.model, split, data.batch_size, self.eval_loss, self.device,
+                        self.settings.limit_batches, task=data.task, num_classes=data.num_classes,
+                        confusion=confusion, engine=self.engine)
+
+    # --- state ----------------------------------------------------------------------------------
+    def save_weights(self, path, epoch: int, logs: dict) -> None:
+        """A checkpoint of the weights (and optimizer) at path, for callbacks (best checkpoints)."""
+        from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
+
+        save_checkpoint(path, checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, logs,
+                                               self.outputs.config))
+
+    def save(self) -> None:
+        """The resumable state as checkpoints/last.pt (the previous one kept as last.prev.pt)."""
+        from nnrun.train.checkpoint import save_checkpoint
+
+        save_checkpoint(Path(self.outputs.run_dir) / "checkpoints" / "last.pt", self.state_dict(), keep_previous=True)
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue bit for bit: the weights, optimizer and
+        scheduler, where the loop stands (epoch, step, partial sums, history), the callbacks'
+        state, the random generators and fp16's loss scale. Loads with weights_only=True."""
+        from nnrun.train.checkpoint import checkpoint_state
+
+        history = self.history
+        state = checkpoint_state(self.model, self.optimizer, self.scheduler, history.epoch,
+                                 history.logs[-1] if history.logs else {}, self.outputs.config, history.step)
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        state.update(step=history.step, history=history.state_dict(), rng=rng, scaler=self.engine.state_dict(),
+                     callbacks={cb.name: cb.state_dict() for cb in self.callbacks if cb.name})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a state_dict(): weights, optimizer, scheduler, loss scale, generators,
+        history; the callbacks get theirs when fit() starts."""
+        from nnrun.train.checkpoint import CheckpointError
+
+        if "history" not in state:
+            raise CheckpointError("trainer.resume: this checkpoint holds weights but not the training state "
+                                  "(e.g. a best checkpoint); resume from a run folder or its checkpoints/last.pt")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.engine.load_state_dict(state.get("scaler"))        # fp16's loss scale goes on where it was
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.history = History(**state["history"])
+        self.history.callbacks = state.get("callbacks", {})
