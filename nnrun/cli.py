@@ -184,7 +184,7 @@ def job(conf) -> Outcome:
     from nnrun.signals import signal_number, stop_signals
     from nnrun.train.checkpoint import NonFiniteWeights
     from nnrun.train.loop import Interrupted, NonFiniteLoss
-    from nnrun.train.resume import AlreadyCompleted, locate, move_to, resume_job, status_of
+    from nnrun.train.resume import DONE, AlreadyCompleted, locate, move_to, resume_job, status, status_of
 
     register_resolvers()                  # a launcher's worker process did not run main()
     hydra_conf = HydraConfig.get()
@@ -228,6 +228,9 @@ def job(conf) -> Outcome:
                 if folder != run_dir:
                     if not helper:
                         claim(folder)             # before anything there is written: one writer
+                        if status(folder) in DONE:        # it completed while we looked
+                            release(folder)
+                            raise AlreadyCompleted(folder)
                     move_to(run_dir, folder)
                     release(run_dir)
                     run_dir = folder

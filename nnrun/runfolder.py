@@ -6,10 +6,13 @@ own steps (install_hydra_checks), after the config is checked and before any fil
 
 import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from nnrun.errors import ConfigError
+
+log = logging.getLogger("nnrun")
 
 LOCK = ".lock"
 _HELD = {}            # resolved run folder -> open lock file descriptor
@@ -22,21 +25,37 @@ def claim(run_dir) -> Path:
     if key in _HELD:
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    refuse_links(run_dir)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    shared = refuse_links(run_dir)
+    try:
+        if (run_dir / LOCK).lstat().st_nlink > 1:     # a hard-linked copy's (cp -al): one of its own
+            (run_dir / LOCK).unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"{run_dir / LOCK} cannot be opened as a lock file ({exc.strerror}); remove it") from None
+    if os.fstat(fd).st_nlink > 1:         # a hard link to a file elsewhere: writing the pid would change it
+        os.close(fd)
+        raise ConfigError(f"{run_dir / LOCK} has other hard links; remove it and try again")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise ConfigError(f"run folder {run_dir} is in use by another nnrun (pid {holder}); wait for it to "
-                              f"end, or start a new run") from None
-        raise
+        if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):     # e.g. Lustre mounted without flock
+            log.warning(f"{run_dir} is on a filesystem without file locks: nothing stops a second nnrun writing it")
+        else:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ConfigError(f"run folder {run_dir} is in use by another nnrun (pid {holder}); wait for it "
+                                  f"to end, or start a new run") from None
+            raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _HELD[key] = fd
     remove_stale_tmp(run_dir)
+    for path in shared:                   # only now: no other nnrun has these files open
+        unshare(path)
     return run_dir
 
 
@@ -52,13 +71,33 @@ def held(run_dir) -> bool:
 
 def refuse_links(run_dir: Path) -> None:
     """A run folder nnrun made holds no symbolic links: one in it (say metrics.csv -> ~/.bashrc)
-    would make a resumed run write elsewhere."""
+    would make a resumed run write elsewhere. Nor FIFOs or devices (an open would hang or read
+    forever). Returns the files that have other hard links (a copy made with cp -al): claim()
+    gives each a file of its own, so writing it never changes the other run."""
+    import stat
+
+    shared = []
     for root, dirs, files in os.walk(run_dir):           # os.walk does not follow links into folders
         for name in dirs + files:
             path = Path(root) / name
-            if path.is_symlink():
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
                 raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run "
                                   f"folder: remove it (or copy the run without links) and try again")
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                raise ConfigError(f"{path} is not a regular file (a FIFO or a device); remove it and try again")
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1 and name != LOCK:
+                shared.append(path)
+    return shared
+
+
+def unshare(path: Path) -> None:
+    """path as a file of its own: a copy renamed over the hard link."""
+    import shutil
+
+    tmp = path.with_name(f".{path.name}.unshare.tmp")
+    shutil.copy2(path, tmp)
+    os.replace(tmp, path)
 
 
 def remove_stale_tmp(run_dir: Path) -> None:
@@ -109,6 +148,8 @@ def install_hydra_checks() -> None:
         run_dir = job_dir()
         if run_dir is not None and run_dir.is_dir():
             refuse_links(run_dir)          # before the log file's name is followed anywhere
+            if not helper_rank():
+                refuse_used(run_dir, log_config)
         if log_config is not None:
             from omegaconf import OmegaConf
 
@@ -137,27 +178,42 @@ def install_hydra_checks() -> None:
 
 
 def check_composed(config) -> None:
-    """The whole composed config, Hydra's part included, before Hydra instantiates anything in it."""
+    """The whole composed config, Hydra's part included, before Hydra instantiates anything in it:
+    every _target_ as text first, then (importing only allowed modules) the class it names."""
     from omegaconf import OmegaConf
 
     from nnrun.safety import check_hydra, check_targets, resolve
 
     plain = OmegaConf.to_container(config, resolve=False)
-    check_targets(plain)
+    targets = check_targets(plain)
     check_hydra(plain.get("hydra") or {})
-    from hydra.experimental.callback import Callback
+    for key, target, allowed, base in targets:
+        if base == "torch.nn.Module":        # refused before the run folder is made (imports torch: only then)
+            from torch import nn
 
-    for name, entry in ((plain.get("hydra") or {}).get("callbacks") or {}).items():
-        if isinstance(entry, dict) and "_target_" in entry:
-            resolve(entry["_target_"], Callback, f"hydra.callbacks.{name}._target_")
-    target = (plain.get("model") or {}).get("_target_")
-    if target is not None:               # refused before the run folder is made (imports torch: only then)
-        from torch import nn
+            from nnrun.registry import import_modules
 
-        from nnrun.registry import import_modules
+            import_modules(plain.get("imports"))
+            base = nn.Module
+        elif base == "hydra.experimental.callback.Callback":
+            from hydra.experimental.callback import Callback as base
+        else:
+            base = object
+        resolve(target, base, key, allowed)
 
-        import_modules(plain.get("imports"))
-        resolve(target, nn.Module, "model._target_")
+
+def refuse_used(run_dir: Path, log_config) -> None:
+    """A job folder that already holds a run (a preset's hydra.run.dir, a sweep's repeated subdir)
+    is written only to resume it: the job's config (log_config's root) must say trainer.resume."""
+    from omegaconf import OmegaConf
+
+    from nnrun.train.resume import holds_run
+
+    root = log_config._get_root() if hasattr(log_config, "_get_root") else None
+    resume = OmegaConf.select(root, "trainer.resume", default=None) if root is not None else None
+    if not resume and holds_run(run_dir):
+        raise ConfigError(f"run folder {run_dir} already holds a run; choose a new folder (hydra.run.dir, "
+                          f"hydra.sweep.subdir), or continue that run with trainer.resume={run_dir}")
 
 
 def job_dir():

@@ -17,20 +17,22 @@ ALLOWED = ("nnrun", "torch.nn", "torch.optim")
 PLUGINS = ("hydra._internal.core_plugins", "hydra_plugins")
 LOGGING = ("logging", "hydra", "rich.logging")       # handler/formatter classes a logging config may name
 STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
+KINDS = {"handlers": "Handler", "formatters": "Formatter", "filters": "Filter"}
+RESOLVER = re.compile(r"\$\{\s*[\w.-]+\s*:")   # ${name:...}: a resolver call, not a plain ${key}
 # environment variables that make a later child process (a compiler, a worker) run other code
 UNSAFE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON|BASH_ENV$|ENV$|PATH$|PERL5|RUBY|NODE_OPTIONS$)")
 VETTED = set()          # modules named in imports that passed check_imports, in this process
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-def check_imports(names, missing_ok: bool = False) -> list:
+def check_imports(names) -> list:
     """imports=[...] may name the user's own modules: a file under the working folder (outside any
     site-packages), or an installed package that depends on nnrun. Never the standard library or
     another third-party package: naming one must not make its callables reachable by `_target_`."""
     names, vetted = list(names or []), []
     cwd = Path.cwd().resolve()
-    if str(cwd) not in sys.path:
-        sys.path.insert(0, str(cwd))
+    if str(cwd) not in sys.path:          # last: a file here never shadows an installed package
+        sys.path.append(str(cwd))
     for name in names:
         if not isinstance(name, str) or not DOTTED.match(name):
             raise ConfigError(f"imports: {name!r} is not a module name; e.g. imports=[my_models]")
@@ -45,8 +47,6 @@ def check_imports(names, missing_ok: bool = False) -> list:
             spec = importlib.util.find_spec(top)      # finds the file without running it
         except (ImportError, ValueError):
             spec = None
-        if spec is None and missing_ok:       # a stored config's module that is not here: never imported
-            continue
         if spec is None:
             raise ConfigError(f"imports: cannot find module {name}; give a module importable from the current "
                               f"folder or the Python path, e.g. imports=[my_callbacks]")
@@ -99,26 +99,50 @@ def within(target: str, prefixes) -> bool:
     return any(target == p or target.startswith(p + ".") for p in prefixes)
 
 
-def check_targets(conf: dict, missing_ok: bool = False) -> None:
-    """Every _target_ of the task config (and of hydra.callbacks, when conf holds hydra) names a
-    class in nnrun, torch.nn, torch.optim or a module in imports; hydra.launcher and hydra.sweeper
-    name Hydra plugins. Checked as text, before anything is imported."""
-    own = tuple(check_imports(conf.get("imports"), missing_ok))
+def target_places(key: str, own: tuple):
+    """(allowed modules, the base class by name) for a _target_ at key, or None:
+    nnrun builds a _target_ only as the model and as Hydra callbacks; Hydra picks its launcher and
+    sweeper plugins (and Optuna's sampler). A _target_ anywhere else, nested ones included (Hydra
+    would build those too), is refused."""
+    parts = key.split(".")
+    if key == "model._target_":
+        return ALLOWED + own, "torch.nn.Module"
+    if len(parts) == 4 and parts[:2] == ["hydra", "callbacks"] and parts[3] == "_target_":
+        return ALLOWED + own, "hydra.experimental.callback.Callback"
+    if key in ("hydra.launcher._target_", "hydra.sweeper._target_"):
+        return PLUGINS, "object"
+    if key == "hydra.sweeper.sampler._target_":
+        return ("optuna.samplers",), "object"
+    return None
+
+
+def check_targets(conf: dict, stored: bool = False) -> list:
+    """Every _target_ stands where one may (target_places) and names, as text, something in the
+    modules allowed there; checked before anything is imported. stored: a run folder's config,
+    whose imports are never honoured (its folder is not the user's code). Returns the
+    (key, target, allowed, base) to resolve once importing is safe."""
+    own = () if stored else tuple(check_imports(conf.get("imports")))
+    found = []
     for key, target in find_targets(conf):
-        allowed = PLUGINS if key in ("hydra.launcher._target_", "hydra.sweeper._target_") else ALLOWED + own
-        if key.startswith("hydra.sweeper.") and key != "hydra.sweeper._target_":
-            allowed = ("optuna.samplers",)            # hparams_search=optuna's sampler
+        place = target_places(key, own)
+        if place is None:
+            raise ConfigError(f"{key}={target} is not allowed: nnrun builds a _target_ only at model._target_ and "
+                              f"hydra.callbacks.<name>._target_; see docs/security.md")
+        allowed, base = place
         if not isinstance(target, str) or not DOTTED.match(target) or "__" in target \
                 or not within(target, allowed):
-            raise ConfigError(f"{key}={target} is not allowed: a _target_ must be a class in "
-                              f"{', '.join(allowed)} (your own modules: imports=[...]); see docs/security.md")
+            mine = "" if stored else " (your own modules: imports=[...])"
+            raise ConfigError(f"{key}={target} is not allowed: a _target_ there must be a class in "
+                              f"{', '.join(allowed)}{mine}; see docs/security.md")
+        found.append((key, target, allowed, base))
+    return found
 
 
-def resolve(target: str, base: type, key: str):
+def resolve(target: str, base: type, key: str, allowed=None):
     """The class a vetted _target_ names: imported module by module, attribute by attribute, each
     step a module or a class (no hop through a module's imports), ending on a class defined in an
     allowed module that is a subclass of base. Functions (which can write files) are refused."""
-    allowed = ALLOWED + tuple(sorted(VETTED))
+    allowed = tuple(allowed) if allowed is not None else ALLOWED + tuple(sorted(VETTED))
     parts = target.split(".")
     obj, i = None, len(parts)
     while i > 0:
@@ -153,6 +177,9 @@ def check_hydra(hydra: dict) -> None:
     if name is not None and not plain_name(str(name)):
         raise ConfigError(f"hydra.job.name={name} is not allowed: use a plain name (it names the log file "
                           f"inside the run folder)")
+    if job.get("chdir"):
+        raise ConfigError("hydra.job.chdir=true is not allowed: nnrun writes into the run folder without moving "
+                          "there, and a run folder's files must never be importable code; run from your project folder")
     subdir = hydra.get("output_subdir")
     if subdir is not None and (Path(str(subdir)).is_absolute() or ".." in Path(str(subdir)).parts):
         raise ConfigError(f"hydra.output_subdir={subdir} is not allowed: use a folder inside the run folder, "
@@ -176,16 +203,18 @@ def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> Non
             where = f"{key}.{section}.{name}"
             if "()" in entry:
                 raise ConfigError(f"{where}.() is not allowed: a logging config may not call factories")
-            for field in ("class", "stream"):
-                value = entry.get(field)
-                if value is None:
-                    continue
+            stream = entry.get("stream")
+            if stream is not None and str(stream) not in STREAMS:
+                raise ConfigError(f"{where}.stream={stream} is not allowed: use ext://sys.stdout or ext://sys.stderr")
+            value = entry.get("class")
+            if value is not None:
                 value = str(value)
-                ok = value in STREAMS if field == "stream" else (DOTTED.match(value) and within(value, LOGGING))
-                if not ok:
-                    raise ConfigError(f"{where}.{field}={value} is not allowed: use a class from "
-                                      f"{', '.join(LOGGING)}" + (" or ext://sys.stdout / ext://sys.stderr"
-                                                                 if field == "stream" else ""))
+                if not DOTTED.match(value) or "__" in value or not within(value, LOGGING):
+                    raise ConfigError(f"{where}.class={value} is not allowed: use a logging {KINDS[section]} class "
+                                      f"from {', '.join(LOGGING)}")
+                import logging
+
+                resolve(value, getattr(logging, KINDS[section]), f"{where}.class", LOGGING)
             filename = entry.get("filename") if files else None
             if filename is not None and run_dir is None:
                 raise ConfigError(f"{where}.filename is not allowed: only the job's log (hydra.job_logging) "
@@ -193,6 +222,20 @@ def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> Non
             if filename is not None and not inside(run_dir, Path(str(filename)).absolute()):   # as logging opens it
                 raise ConfigError(f"{where}.filename={filename} is not allowed: log files stay inside the run "
                                   f"folder {run_dir}")
+
+
+def check_stored(node, path: str = "") -> None:
+    """A run folder's stored config is data: plain ${key} references are fine, resolver calls
+    (${oc.env:...}, ${nnrun_run_dir:...}) would read the environment or act when resolved."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_stored(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_stored(value, f"{path}[{i}]")
+    elif isinstance(node, str) and RESOLVER.search(node):
+        raise ConfigError(f"{path}={node} is not allowed in a stored config: nnrun resolves no resolver calls "
+                          f"(${{name:...}}) in a run folder's .hydra/config.yaml")
 
 
 def plain_name(name: str) -> bool:

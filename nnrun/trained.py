@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from nnrun.errors import ConfigError
-from nnrun.safety import check_targets
+from nnrun.safety import check_stored, check_targets
 
 
 class Run:
@@ -27,18 +27,23 @@ class Run:
 
         from nnrun.models import build_model
 
-        self.config = OmegaConf.to_container(OmegaConf.load(self.folder / ".hydra/config.yaml"), resolve=True)
-        if not isinstance(self.config, dict) or not isinstance(self.config.get("model"), dict):
+        stored = OmegaConf.to_container(OmegaConf.load(self.folder / ".hydra/config.yaml"), resolve=False)
+        if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
             raise ConfigError(f"run={self.folder}: .hydra/config.yaml is not an nnrun config (no model section)")
-        # the stored config is data from whoever made the folder: the same allowlist as nnrun's
-        check_targets(self.config, missing_ok=True)
+        # the stored config is data from whoever made the folder: nnrun's allowlist, without its
+        # imports (a run folder is not your code), and no resolver calls (${oc.env:...})
+        check_stored(stored)
+        check_targets(stored, stored=True)
+        self.config = OmegaConf.to_container(OmegaConf.create(stored), resolve=True)
         prep = json.loads((self.folder / "preprocessing.json").read_text())
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], tuple(prep["input_shape"])
         self.preprocessing = prep["transform"]
         vocab = len(self.preprocessing["vocabulary"]) + 2 if self.preprocessing["kind"] == "tokens" else 0
         outputs = len(self.classes) if self.task == "multiclass" else 1
-        self.model = build_model(**self.config["model"], input_shape=self.input_shape, num_classes=outputs,
-                                 vocab_size=vocab)
+        model_conf = {**self.config["model"], "input_shape": self.input_shape, "num_classes": outputs,
+                      "vocab_size": vocab}
+        check_shapes(self.folder, build_model, model_conf)
+        self.model = build_model(**model_conf)
         self.model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
         self.model.eval()
 
@@ -122,6 +127,26 @@ class Run:
         p = self.predict(inputs)
         index = p.argmax(1) if self.task == "multiclass" else (p > 0.5).astype(int)
         return [self.classes[i] for i in index]
+
+
+def check_shapes(folder: Path, build, model_conf: dict) -> None:
+    """The model the stored config describes, built on the meta device (no memory), must have the
+    tensors model.safetensors holds, shape for shape: a crafted preprocessing.json or config cannot
+    make nnrun allocate a model that the weights do not describe."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        model = build(**model_conf)
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
+        raise ConfigError(f"run={folder}: model.safetensors is not readable ({exc})") from None
+    if wanted != have:
+        differ = sorted(k for k in set(wanted) | set(have) if wanted.get(k) != have.get(k))[:3]
+        raise ConfigError(f"run={folder}: model.safetensors does not fit the model its config and "
+                          f"preprocessing.json describe (e.g. {', '.join(differ)}); the folder is damaged")
 
 
 def load_run(folder) -> Run:

@@ -2,6 +2,7 @@
 the run folder, one process writes a folder at a time, and no checkpoint holds NaN weights."""
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import yaml
 from conftest import NNRUN, clean_env, nnrun, one_line_error, summary, train, tree
 from test_trust import LONG, epochs_logged, killed_midway, start, wait_until
 
+BARE = ["~model.hidden", "~model.activation", "~model.dropout", "~model.batchnorm", "~model.embedding_dim"]
 TOOLS = {
     "nnrun-predict": lambda run: ["input=x.npy"],
     "nnrun-eval": lambda run: [],
@@ -85,9 +87,15 @@ def test_a_planted_config_in_a_run_folder_runs_nothing(tmp_path, finished, prog,
      "+hydra.callbacks.evil.mode=w"],
     ["+hydra.callbacks.evil._target_=torch.nn.functional.torch.save", "+hydra.callbacks.evil.obj=1",
      "+hydra.callbacks.evil.f=victim.txt"],
-    ["imports=[os]", "+model._target_=os.system", "+model.command=touch pwned"],
-    ["imports=[shutil]", "+model._target_=shutil.copyfile", "+model.src=x", "+model.dst=victim.txt"],
-    ["+model._target_=nnrun.train.checkpoint.save_checkpoint", "+model.path=victim.txt", "+model.state={}"],
+    ["imports=[os]", "+model._target_=os.system", "+model.command=touch pwned", *BARE],
+    ["imports=[shutil]", "+model._target_=shutil.copyfile", "+model.src=x", "+model.dst=victim.txt", *BARE],
+    ["+model._target_=nnrun.train.checkpoint.save_checkpoint", "+model.path=victim.txt", "+model.state={}", *BARE],
+    # nested: Hydra would build these too, through a module's imports (torch.load of a planted pickle)
+    ["+hydra.callbacks.results.sub._target_=nnrun.train.checkpoint.torch.load", "+hydra.callbacks.results.sub.f=x"],
+    ["+hydra.callbacks.results.sub._target_=nnrun.train.checkpoint.Recording", "+hydra.callbacks.results.sub.file=x"],
+    ["+hydra.job_logging.handlers.evil={class:logging.io.FileIO,file:victim.txt,mode:w}"],
+    ["+hydra.job_logging.handlers.evil={class:logging.FileHandler,filename:victim.txt}"],
+    ["hydra.job.chdir=true"],
     ["hydra.job_logging.handlers.file.filename=victim.txt"],
     ["hydra.job.name=../victim"],
     ["hydra.output_subdir=../.."],
@@ -289,3 +297,90 @@ def test_a_text_column_with_too_many_values_is_refused(tmp_path):
     result = nnrun("data=csv", "data.path=t.csv", "data.target=y", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2
     assert "120 distinct" in one_line_error(result) and "data.max_categories=50" in one_line_error(result)
+
+
+def test_a_run_folder_cannot_bring_its_own_code_to_the_tools(tmp_path, finished):
+    # the run folder sits under the working folder, so its evil.py looks like "your own module"
+    run = planted(tmp_path, finished, {"name": "mlp", "_target_": "shared_run.evil.Net"})
+    (run / "evil.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').close()\nclass Net: pass\n")
+    (run / "__init__.py").write_text("")
+    config = yaml.safe_load((run / ".hydra/config.yaml").read_text())
+    config["imports"] = ["shared_run.evil"]
+    (run / ".hydra/config.yaml").write_text(yaml.safe_dump(config))
+    for prog in TOOLS:
+        result = tool(prog, f"run={run}", *TOOLS[prog](run), cwd=tmp_path)
+        assert result.returncode == 2 and "is not allowed" in one_line_error(result), result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_stored_config_is_not_resolved_against_the_environment(tmp_path, finished):
+    run = tmp_path / "envrun"
+    shutil.copytree(finished, run)
+    config = yaml.safe_load((run / ".hydra/config.yaml").read_text())
+    config["data"]["root"] = "${oc.env:NNRUN_TEST_SECRET}"
+    (run / ".hydra/config.yaml").write_text(yaml.safe_dump(config))
+    env = clean_env(NNRUN_TEST_SECRET="hunter2")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnrun-eval"), f"run={run}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "resolver" in one_line_error(result)
+    assert not any("hunter2" in p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file())
+
+
+def test_a_crafted_input_shape_is_refused_before_the_model_is_built(tmp_path, finished):
+    run = tmp_path / "big"
+    shutil.copytree(finished, run)
+    prep = yaml.safe_load((run / "preprocessing.json").read_text())
+    prep["input_shape"] = [1, 200000, 200000]           # a 40-billion-input first layer
+    (run / "preprocessing.json").write_text(json.dumps(prep))
+    result = tool("nnrun-eval", f"run={run}", cwd=tmp_path)
+    assert result.returncode == 2 and "does not fit the model" in one_line_error(result)
+
+
+def test_resume_auto_with_a_named_folder_never_takes_over_another_project(tmp_path):
+    other = tmp_path / "other_project"
+    other.mkdir()
+    folder = killed_midway(other, LONG, epochs=2)       # an unfinished run of the same config, elsewhere
+    before = tree(folder)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    result = nnrun(f"hydra.run.dir={tmp_path / 'x' / 'y' / 'run'}", *LONG, "trainer.resume=auto", "trainer.epochs=2",
+                   cwd=mine)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" not in result.stdout
+    assert tree(folder) == before
+
+
+def test_a_folder_that_holds_a_run_is_not_overwritten_by_a_preset_or_a_sweep(tmp_path, finished):
+    victim = tmp_path / "victim_run"
+    shutil.copytree(finished, victim)
+    before = tree(victim)
+    (tmp_path / "presets/experiment").mkdir(parents=True)
+    (tmp_path / "presets/experiment/here.yaml").write_text(f"# @package _global_\nhydra:\n  run:\n    dir: {victim}\n")
+    result = nnrun("--config-dir", str(tmp_path / "presets"), "experiment=here", "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 2 and "already holds a run" in one_line_error(result)
+    assert tree(victim) == before
+    sweep = nnrun("--multirun", "hydra.sweep.dir=sw", "hydra.sweep.subdir=same", "optimizer.lr=0.001,0.002",
+                  "trainer.epochs=1", "trainer.limit_batches=2", "trainer.plots=false", cwd=tmp_path)
+    assert sweep.returncode == 2 and "already holds a run" in sweep.stderr
+    assert yaml.safe_load((tmp_path / "sw/same/.hydra/config.yaml").read_text())["optimizer"]["lr"] == 0.001
+
+
+def test_resuming_a_hard_linked_copy_leaves_the_original_untouched(tmp_path):
+    args = [*LONG, "callbacks=[default,lr_monitor]"]
+    original = killed_midway(tmp_path, args, epochs=2)
+    copy = tmp_path / "hardlinked"
+    for path in original.rglob("*"):                 # cp -al: the same files under two names
+        target = copy / path.relative_to(original)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    before = {p: h for p, h in ((p, hashlib.sha256(p.read_bytes()).hexdigest()) for p in original.rglob("*")
+                                if p.is_file())}
+    saved = [copy / "checkpoints" / n for n in ("last.pt", "last.prev.pt")]
+    done = torch.load(next(p for p in saved if p.exists()), weights_only=True)["epoch"]
+    result = nnrun(*args, f"trainer.resume={copy}", f"trainer.epochs={done + 2}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in original.rglob("*") if p.is_file()}
+    assert after == before

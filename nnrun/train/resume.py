@@ -70,12 +70,23 @@ def holds_run(folder: Path) -> bool:
 
 
 def newest_same_run(run_dir: Path, config: dict):
-    """The newest other run folder (outputs/<date>/<time>) whose saved config is this one."""
-    root = run_dir.parents[1] if len(run_dir.parents) > 1 else run_dir.parent
+    """The newest other run folder under ./outputs (outputs/<date>/<time>) whose saved config is
+    this one; none when this run's folder is elsewhere (hydra.run.dir=...): auto never reaches
+    into folders it was not started among."""
+    import stat
+
+    root = Path("outputs").resolve()
+    if not run_dir.resolve().is_relative_to(root):
+        return None
     mine = comparable(config)
     for saved in sorted(root.glob("*/*/.hydra/config.yaml"), reverse=True):
         folder = saved.parent.parent
         if folder.resolve() == run_dir.resolve():
+            continue
+        try:
+            if not stat.S_ISREG(saved.lstat().st_mode):     # a FIFO would hang the read; a link, lead elsewhere
+                continue
+        except OSError:
             continue
         try:
             theirs = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
