@@ -57,10 +57,10 @@ class OptimizerConf:
 
 @dataclass
 class ChecksConf:                       # pre-flight warnings; false silences one (errors always stop)
-    unnormalized_inputs: bool = True
-    class_imbalance: bool = True
-    first_loss: bool = True
-    overlap: bool = True
+    unnormalized_inputs: bool = True    # warn: |inputs| above 20, or feature scales 100x apart
+    class_imbalance: bool = True        # warn: largest class 5x the smallest (no class_weight)
+    first_loss: bool = True             # warn: the untrained loss above 2x ln(classes)
+    overlap: bool = True                # warn: 1%+ of validation samples also in training
 
 
 @dataclass
