@@ -2,6 +2,7 @@
 overrides), the same run folder, the same progress and report card; the run comes back as the
 Run that nnrun.load_run() gives."""
 
+import logging
 import shlex
 from pathlib import Path
 
@@ -14,7 +15,8 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     (as --config-dir); run_dir: the run folder (default outputs/<date>/<time>).
     A config error raises nnrun.ConfigError with the one line the command prints; a failure while
     training raises its exception (summary.json and nnrun.log in the run folder have it too); a
-    stop signal (Ctrl-C, the notebook's interrupt) saves and raises KeyboardInterrupt."""
+    stop signal (Ctrl-C, the notebook's interrupt) saves and raises KeyboardInterrupt. With
+    trainer.epochs=0 (the model summary only) it returns None."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.utils import run_job
@@ -33,6 +35,8 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     cli.register_resolvers()
     outcome = []
     GlobalHydra.instance().clear()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level      # Hydra's logging setup replaces them
     try:
         with initialize_config_module("nnrun.conf", version_base="1.3", job_name="nnrun"):
             try:
@@ -51,6 +55,14 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
         raise KeyboardInterrupt(str(stop)) from None
     finally:
         GlobalHydra.instance().clear()
+        for handler in root.handlers[:]:    # the job's log file closes with the job
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
     if not outcome:
         raise RuntimeError("nnrun.fit: the job did not run")
     done = outcome[0]
@@ -59,4 +71,6 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
         if message is not None:
             raise ConfigError(message) from None
         raise done.error
+    if not (Path(done.run_dir) / "model.safetensors").exists():    # trainer.epochs=0: a model summary only
+        return None
     return load_run(done.run_dir)

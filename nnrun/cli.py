@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from nnrun import config
 from nnrun.errors import ConfigError, describe
-from nnrun.runfolder import claim, install_hydra_checks, release
+from nnrun.runfolder import claim, install_hydra_checks, release, write_pending
 
 log = logging.getLogger("nnrun")
 EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
@@ -76,6 +76,7 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     saved = load_resume_state(Path(resume_from)) if resume_from else None
     if saved is not None:
         check_same(saved["config"], plain, resume_from)
+    write_pending()                                       # the resume is accepted: .hydra/ may now change
     torch.manual_seed(trainer["seed"])                    # weights and dropout; data order has its own
     data = build_data(**plain["data"], seed=trainer["seed"], device=device)
     if world > 1:                                         # this rank's slice of every global batch
@@ -270,6 +271,7 @@ def job(conf) -> Outcome:
         return Outcome(run_dir, error=exc, overrides=" ".join(hydra_conf.overrides.task) if sweep else "")
     finally:
         logging.getLogger().removeHandler(handler)
+        write_pending(accepted=False)         # refused or completed: the stored config stays as it was
         release(run_dir)
         if sweep:
             from nnrun.train.device import release_slots

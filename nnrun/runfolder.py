@@ -55,7 +55,8 @@ def claim(run_dir) -> Path:
     _HELD[key] = fd
     remove_stale_tmp(run_dir)
     for path in shared:                   # only now: no other nnrun has these files open
-        unshare(path)
+        if path.exists():                 # (a stale .tmp is gone already)
+            unshare(path)
     return run_dir
 
 
@@ -159,22 +160,47 @@ def install_hydra_checks() -> None:
             check_logging(plain, "hydra.job_logging" if run_dir else "hydra.hydra_logging", run_dir)
         if run_dir is not None and not helper_rank():
             claim(run_dir)
-        return original_log(log_config, verbose_config)
+        try:
+            return original_log(log_config, verbose_config)
+        except BaseException:
+            if run_dir is not None:
+                release(run_dir)
+            raise
 
     def save_config(cfg, filename, output_dir):
         run_dir = job_dir()
         from nnrun.safety import inside
+        from nnrun.train.resume import holds_run
 
         if run_dir is not None and not inside(run_dir, output_dir):
             raise ConfigError(f"hydra.output_subdir: {output_dir} is outside the run folder {run_dir}")
         path = Path(output_dir) / filename
         if path.is_symlink():
             raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run folder")
+        if run_dir is not None and holds_run(run_dir):
+            # resuming the run already here: its stored config stays until the resume is accepted
+            # (write_pending(), after the checkpoint's config matched); a refused one changes nothing
+            PENDING.append((cfg, filename, output_dir))
+            return None
         return original_save(cfg, filename, output_dir)
 
+    save_config.__wrapped__ = original_save
     hydra_main.Callbacks = CheckedCallbacks
     hydra_main.configure_log = hydra_utils.configure_log = configure_log
     hydra_utils._save_config = save_config
+
+
+PENDING = []         # .hydra/ files Hydra would have rewritten in a folder that holds a run
+
+
+def write_pending(accepted: bool = True) -> None:
+    """Write (accepted) or drop the .hydra/ files held back by save_config."""
+    import hydra.core.utils as hydra_utils
+
+    while PENDING:
+        cfg, filename, output_dir = PENDING.pop(0)
+        if accepted:
+            hydra_utils._save_config.__wrapped__(cfg, filename, output_dir)
 
 
 def check_composed(config) -> None:

@@ -15,14 +15,12 @@ from nnrun.errors import ConfigError
 ALLOWED = ("nnrun", "torch.nn", "torch.optim")
 # Hydra's launcher and sweeper plugins are classes Hydra itself picks from these packages
 PLUGINS = ("hydra._internal.core_plugins", "hydra_plugins")
-LOGGING = ("logging", "hydra", "rich.logging")       # handler/formatter classes a logging config may name
 STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
-KINDS = {"handlers": "Handler", "formatters": "Formatter", "filters": "Filter"}
 RESOLVER = re.compile(r"\$\{\s*[\w.-]+\s*:")   # ${name:...}: a resolver call, not a plain ${key}
 # environment variables that make a later child process (a compiler, a worker) run other code
 UNSAFE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON|BASH_ENV$|ENV$|PATH$|PERL5|RUBY|NODE_OPTIONS$)")
 VETTED = set()          # modules named in imports that passed check_imports, in this process
-DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+DOTTED = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def check_imports(names) -> list:
@@ -187,34 +185,65 @@ def check_hydra(hydra: dict) -> None:
     for var in (job.get("env_set") or {}):
         if UNSAFE_ENV.match(str(var)):
             raise ConfigError(f"hydra.job.env_set.{var} is not allowed: it would change what child processes run")
+    check_plugins(hydra)
     check_logging(hydra.get("hydra_logging") or {}, "hydra.hydra_logging")
     # the job's log file is checked once its folder is known (nnrun.runfolder's configure_log)
     check_logging(hydra.get("job_logging") or {}, "hydra.job_logging", files=False)
 
 
+# What a logging config may say: these handler classes (no sockets, HTTP, mail or syslog: a log
+# must not leave the machine), logging's Formatter, and per entry only these keys. No "()"
+# factories, no "." attribute setting, no ext:// or cfg:// lookups (an ext:// imports a module).
+HANDLERS = ("logging.FileHandler", "logging.StreamHandler", "logging.NullHandler", "rich.logging.RichHandler")
+ENTRY_KEYS = {"handlers": {"class", "formatter", "level", "filename", "mode", "stream", "encoding", "delay"},
+              "formatters": {"class", "format", "datefmt", "style"}}
+
+
+def check_plugins(hydra: dict) -> None:
+    """Launcher and sweeper settings that would call code or write elsewhere: Optuna's
+    custom_search_space (a function it calls per trial), its storage (a database file), joblib's
+    temp_folder and submitit's folder (outside the sweep folder)."""
+    sweeper, launcher = hydra.get("sweeper") or {}, hydra.get("launcher") or {}
+    if sweeper.get("custom_search_space") is not None:
+        raise ConfigError("hydra.sweeper.custom_search_space is not allowed: it names a function Optuna would call; "
+                          "give the search space in hydra.sweeper.params")
+    storage = sweeper.get("storage")
+    if storage is not None:
+        path = str(storage).removeprefix("sqlite:///")
+        if not str(storage).startswith("sqlite:///") or Path(path).is_absolute() or ".." in Path(path).parts:
+            raise ConfigError(f"hydra.sweeper.storage={storage} is not allowed: use null, or a SQLite file in the "
+                              f"folder you run nnrun from, e.g. sqlite:///optuna.db")
+    if launcher.get("temp_folder") is not None:
+        raise ConfigError("hydra.launcher.temp_folder is not allowed: joblib uses the system's temporary folder")
+    folder = launcher.get("submitit_folder")
+    if folder is not None and not str(folder).startswith("${hydra.sweep.dir}"):
+        raise ConfigError(f"hydra.launcher.submitit_folder={folder} is not allowed: it stays inside the sweep "
+                          f"folder (${{hydra.sweep.dir}}/...)")
+
+
 def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> None:
-    """A logging.config dictionary names classes and factories it calls, and files it opens:
-    classes from logging (and Hydra's, rich's), streams stdout/stderr, files inside run_dir
-    (none at all when run_dir is None: Hydra's own logging, before any run folder exists)."""
-    for section in ("handlers", "formatters", "filters"):
+    """A logging.config dictionary names classes it builds, keywords it passes, modules it looks up
+    and files it opens: only the handler classes above, logging.Formatter, streams stdout/stderr,
+    files inside run_dir (none when run_dir is None: Hydra's own logging, before any run folder)."""
+    refuse_lookups(conf, key)
+    if conf.get("filters"):
+        raise ConfigError(f"{key}.filters is not allowed: nnrun's logging configs take no filters")
+    for section, allowed in ENTRY_KEYS.items():
         for name, entry in (conf.get(section) or {}).items():
-            if not isinstance(entry, dict):
-                continue
             where = f"{key}.{section}.{name}"
-            if "()" in entry:
-                raise ConfigError(f"{where}.() is not allowed: a logging config may not call factories")
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where} must be a mapping of {', '.join(sorted(allowed))}")
+            extra = sorted(set(map(str, entry)) - allowed)
+            if extra:
+                raise ConfigError(f"{where}.{extra[0]} is not allowed: a logging {section[:-1]} takes only "
+                                  f"{', '.join(sorted(allowed))}")
             stream = entry.get("stream")
             if stream is not None and str(stream) not in STREAMS:
                 raise ConfigError(f"{where}.stream={stream} is not allowed: use ext://sys.stdout or ext://sys.stderr")
             value = entry.get("class")
-            if value is not None:
-                value = str(value)
-                if not DOTTED.match(value) or "__" in value or not within(value, LOGGING):
-                    raise ConfigError(f"{where}.class={value} is not allowed: use a logging {KINDS[section]} class "
-                                      f"from {', '.join(LOGGING)}")
-                import logging
-
-                resolve(value, getattr(logging, KINDS[section]), f"{where}.class", LOGGING)
+            classes = HANDLERS if section == "handlers" else ("logging.Formatter",)
+            if value is not None and str(value) not in classes:
+                raise ConfigError(f"{where}.class={value} is not allowed: use one of {', '.join(classes)}")
             filename = entry.get("filename") if files else None
             if filename is not None and run_dir is None:
                 raise ConfigError(f"{where}.filename is not allowed: only the job's log (hydra.job_logging) "
@@ -222,6 +251,23 @@ def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> Non
             if filename is not None and not inside(run_dir, Path(str(filename)).absolute()):   # as logging opens it
                 raise ConfigError(f"{where}.filename={filename} is not allowed: log files stay inside the run "
                                   f"folder {run_dir}")
+
+
+def refuse_lookups(node, key: str) -> None:
+    """No "()" or "." keys and no ext:// / cfg:// values anywhere in a logging config, the two
+    standard streams aside."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if str(name) in ("()", "."):
+                raise ConfigError(f"{key}.{name} is not allowed: a logging config may not call factories or set "
+                                  f"attributes")
+            refuse_lookups(value, f"{key}.{name}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            refuse_lookups(value, f"{key}[{i}]")
+    elif isinstance(node, str) and node.strip().startswith(("ext://", "cfg://")) and node.strip() not in STREAMS:
+        raise ConfigError(f"{key}={node} is not allowed: ext:// and cfg:// look up (and import) objects; only "
+                          f"ext://sys.stdout and ext://sys.stderr are allowed")
 
 
 def check_stored(node, path: str = "") -> None:

@@ -22,6 +22,9 @@ class Run:
         for name in ("model.safetensors", "preprocessing.json", ".hydra/config.yaml"):
             if not (self.folder / name).is_file():
                 raise ConfigError(f"run={self.folder}: no {name} there; give the folder of a completed nnrun run")
+        from nnrun.runfolder import refuse_links
+
+        refuse_links(self.folder)             # the tools write into it (eval.json, model.ts): no links, no FIFOs
         from omegaconf import OmegaConf
         from safetensors.torch import load_file
 
@@ -313,11 +316,19 @@ def export_main(argv=None) -> None:
         run = load_run(args["run"])
         fmt = args["format"]
         out = Path(args.get("output") or run.folder / ("model.ts" if fmt == "torchscript" else "model.onnx"))
-        # written beside and renamed into place: a link planted at the output's name is replaced, not followed
-        tmp = out.with_name(f".{out.name}.tmp")
         if fmt == "safetensors":
             out = Path(args.get("output") or run.folder / "model.safetensors")
-            tmp = out.with_name(f".{out.name}.tmp")
+        import importlib.util
+
+        if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+            raise ConfigError("format=onnx needs the onnx package: pip install 'nnrun[onnx]'")
+        # a new file of our own (mkstemp: never a name planted as a link) renamed into place
+        import tempfile
+
+        descriptor, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(descriptor)
+        tmp = Path(tmp)
+        if fmt == "safetensors":
             if out.resolve() != (run.folder / "model.safetensors").resolve():
                 shutil.copyfile(run.folder / "model.safetensors", tmp)
                 os.replace(tmp, out)
@@ -330,10 +341,6 @@ def export_main(argv=None) -> None:
                     warnings.simplefilter("ignore", FutureWarning)    # torch 2.14 marks jit deprecated; it still works
                     torch.jit.trace(run.model, example).save(str(tmp))
             else:
-                import importlib.util
-
-                if importlib.util.find_spec("onnx") is None:
-                    raise ConfigError("format=onnx needs the onnx package: pip install 'nnrun[onnx]'")
                 import warnings
 
                 with warnings.catch_warnings():
@@ -342,6 +349,7 @@ def export_main(argv=None) -> None:
                     torch.onnx.export(run.model, (example,), str(tmp), input_names=["input"], output_names=["output"],
                                       dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
             os.replace(tmp, out)
+        tmp.unlink(missing_ok=True)
         print(f"nnrun-export: {fmt} written to {out} (inputs: the model input of shape (N, "
               f"{', '.join(map(str, run.input_shape))}), prepared as {run.folder / 'preprocessing.json'} says)")
     guarded(job, "nnrun-export")

@@ -40,3 +40,13 @@ def test_a_config_error_raises_config_error_with_the_cli_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "caught: model=nope is not an option; choose one of: cnn, lstm, mlp"
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("summary.json"))
+
+
+def test_fit_leaves_the_notebooks_logging_as_it_was(tmp_path):
+    result = python("import logging, nnrun\nbefore = list(logging.getLogger().handlers)\n"
+                    "nnrun.fit('trainer.epochs=1 trainer.limit_batches=2 trainer.plots=false')\n"
+                    "print(logging.getLogger().handlers == before)\n"
+                    "print(nnrun.fit('trainer.epochs=0'))\n", tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "True" in lines and lines[-1] == "None"

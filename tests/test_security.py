@@ -384,3 +384,51 @@ def test_resuming_a_hard_linked_copy_leaves_the_original_untouched(tmp_path):
     assert result.returncode == 0, result.stderr
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in original.rglob("*") if p.is_file()}
     assert after == before
+
+
+PRESETS = {
+    "dot": "hydra:\n  job_logging:\n    handlers:\n      file:\n        mode: w\n        delay: true\n"
+           "        '.': {{baseFilename: {victim}}}\n",
+    "ext": "hydra:\n  job_logging:\n    root: {{level: 'ext://evilmod.LEVEL'}}\n",
+    "net": "hydra:\n  job_logging:\n    handlers:\n      net: {{class: logging.handlers.DatagramHandler, host: 127.0.0.1, "
+           "port: 9}}\n",
+    "search": "defaults:\n  - override /hydra/sweeper: optuna\nhydra:\n  sweeper:\n    custom_search_space: evilmod.f\n",
+    "storage": "defaults:\n  - override /hydra/sweeper: optuna\nhydra:\n  sweeper:\n    storage: 'sqlite:///{victim}'\n",
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_preset_cannot_reach_code_or_files_through_hydras_own_settings(tmp_path, preset):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "evilmod.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').close()\nLEVEL = 'INFO'\n"
+                                         "def f(cfg, trial):\n    pass\n")
+    (tmp_path / "cd/experiment").mkdir(parents=True)
+    (tmp_path / "cd/experiment/evil.yaml").write_text("# @package _global_\n" + PRESETS[preset].format(victim=victim))
+    sweep = ["--multirun", "hydra.sweeper.n_trials=1"] if preset in ("search", "storage") else []
+    result = nnrun("--config-dir", str(tmp_path / "cd"), *sweep, "experiment=evil", "trainer.epochs=1",
+                   "trainer.limit_batches=2", "trainer.plots=false", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+    assert "not allowed" in result.stderr
+    assert victim.read_text() == "precious\n" and not (tmp_path / "pwned").exists()
+
+
+def test_export_never_writes_through_a_link_planted_in_the_run_folder(tmp_path, finished):
+    run = tmp_path / "dl"
+    shutil.copytree(finished, run)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (run / ".model.ts.tmp").symlink_to(victim)
+    result = tool("nnrun-export", f"run={run}", "format=torchscript", cwd=tmp_path)
+    assert result.returncode == 2 and "symbolic link" in one_line_error(result)
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_refused_resume_leaves_the_stored_config_alone(tmp_path, finished):
+    run = tmp_path / "done"
+    shutil.copytree(finished, run)
+    before = (run / ".hydra/config.yaml").read_bytes()
+    result = nnrun(f"hydra.run.dir={run}", "trainer.resume=auto", "model=cnn", "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0 and "already completed" in result.stdout + result.stderr
+    assert (run / ".hydra/config.yaml").read_bytes() == before
+    assert tool("nnrun-eval", f"run={run}", cwd=tmp_path).returncode == 0
