@@ -102,7 +102,7 @@ def hand_epochs(conf, epochs: int, batches, augment: bool = False, device: str =
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            val_loss = sum(loss_fn(model(vx[i:i + batch_size]), vy[i:i + batch_size]).item()
+            _val_loss = sum(loss_fn(model(vx[i:i + batch_size]), vy[i:i + batch_size]).item()
                            for i in range(0, min(val_stop, len(vy)), batch_size))
         times.append(time.perf_counter() - start)
     return times
@@ -135,7 +135,8 @@ def main() -> None:
         tmp = Path(tmp)
         real = any(args.root.glob("train-images-idx3-ubyte*"))
         root = args.root if real else random_fashion(tmp)
-        where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+        cuda = args.device.startswith("cuda")
+        where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
         print(f"Fashion-MNIST: {'real files in ' + str(root) if real else 'random data of the same shape'}; "
               f"torch {torch.__version__}, {where}, "
               f"{args.epochs} epochs x {args.repeats} trials per side, batches per epoch: {args.batches or 'all'}"

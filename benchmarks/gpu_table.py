@@ -234,7 +234,8 @@ def cmd_same(args) -> None:
 
 
 def cmd_audit(args) -> None:
-    lines = ["| run | sync site (innermost nnrun frame) | via | count | steps | per step |", "|---|---|---|---:|---:|---|"]
+    lines = ["| run | sync site (innermost nnrun frame) | via | count | steps | per step |",
+             "|---|---|---|---:|---:|---|"]
     problems, notes = [], []
     for path in args.files:
         try:

@@ -125,7 +125,7 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     test = fitter.evaluate(data, data.test, confusion=True)
     export_weights(run_dir, model)
     summary.update(**peak_memory(device), wall_time=round(time.perf_counter() - start, 3), command=command)
-    return finish_run(run_dir, summary, history, test, data, losses[1], monitor, mode, trainer["plots"])
+    return finish_run(run_dir, summary, history, test, data, losses[1], settings, trainer["plots"])
 
 
 # Jobs that raised, as (sweep job's overrides or "", exception). A job records its error instead of raising it, so

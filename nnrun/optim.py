@@ -76,7 +76,7 @@ def onecycle(optimizer, epochs, steps_per_epoch, max_lr=None, pct_start=0.3, div
 
 
 @SCHEDULERS.register("plateau")
-def plateau(optimizer, epochs, steps_per_epoch, monitor="val_loss", mode="auto", factor=0.1, patience=3,
+def plateau(optimizer, epochs, steps_per_epoch, monitor="val_loss", mode="auto", factor=0.1, patience=3,  # noqa: PLR0913
             min_delta=0.0, min_lr=0.0):
     from nnrun.train.metrics import resolve_mode
 

@@ -37,7 +37,8 @@ class Registry:
     def build(self, name: str, *args, **options):
         """Call the constructor registered as name; options must be among its parameters."""
         obj = self.get(name)
-        check_options(obj, options, f"{self.kind} '{name}'", prefix=f"{self.kind}.{name}" if self.keyed_by_name else self.kind,
+        prefix = f"{self.kind}.{name}" if self.keyed_by_name else self.kind
+        check_options(obj, options, f"{self.kind} '{name}'", prefix=prefix,
                       types=self.check_types)
         try:
             return obj(*args, **options)

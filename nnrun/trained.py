@@ -85,8 +85,7 @@ class Run:
             raise ConfigError(f"this data is {data.task} with classes {data.classes}; the model was trained on "
                               f"{self.task} with classes {self.classes}")
         loss = build_loss(**{"name": "auto", **self.config.get("loss", {})}, task=data.task)
-        scores = evaluate(self.model, data.test, data.batch_size, loss, "cpu", task=data.task,
-                          num_classes=data.num_classes)
+        scores = evaluate(self.model, data, data.test, loss, "cpu")
         return len(data.test), {f"test_{k}": v for k, v in scores.items()}
 
     def prepare(self, inputs) -> torch.Tensor:
@@ -104,7 +103,8 @@ class Run:
         if x.dim() == len(self.input_shape) and self.input_shape[0] == 1 and kind == "standardize":
             x = x.unsqueeze(1)                                # (N, H, W) grey images
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ConfigError(f"inputs of shape {tuple(x.shape)}: this model takes (N, {', '.join(map(str, self.input_shape))})")
+            raise ConfigError(f"inputs of shape {tuple(x.shape)}: this model takes "
+                              f"(N, {', '.join(map(str, self.input_shape))})")
         if kind == "standardize":
             from nnrun.data import Standardize
 
@@ -268,7 +268,8 @@ def eval_main(argv=None) -> None:
         data_conf = dict(run.config["data"])
         for key, value in args.items():
             if not key.startswith("data."):
-                raise ConfigError(f"nnrun-eval: {key}= is not a data key; only data.* can change, e.g. data.test_path=...")
+                raise ConfigError(f"nnrun-eval: {key}= is not a data key; only data.* can change, "
+                                  f"e.g. data.test_path=...")
             from omegaconf import OmegaConf
             data_conf[key[5:]] = OmegaConf.create({"v": value})["v"] if value else None   # YAML types, as Hydra
         count, result = run.score(data_conf)

@@ -210,11 +210,19 @@ def test_weights_that_blow_up_are_never_saved(tmp_path):
         assert all(torch.isfinite(t).all() for t in state.values()), path.name
 
 
+def stopped_midway(tmp_path, args, epochs: int):
+    """A run stopped by SIGTERM (saved cleanly: last.pt and last.prev.pt with their digests)."""
+    proc = start(*args, cwd=tmp_path)
+    wait_until(lambda: any(epochs_logged(f) >= epochs for f in (tmp_path / "outputs").glob("*/*")), proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    [folder] = list((tmp_path / "outputs").glob("*/*"))
+    return folder
+
+
 def test_resume_falls_back_past_a_checkpoint_with_nan_weights(tmp_path):
-    folder = killed_midway(tmp_path, LONG, epochs=3)
+    folder = stopped_midway(tmp_path, LONG, epochs=3)
     last = folder / "checkpoints/last.pt"
-    if not last.exists():                                       # killed between the two renames
-        shutil.copy(folder / "checkpoints/last.prev.pt", last)
     state = torch.load(last, weights_only=True)
     state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                       for k, v in state["model"].items()}

@@ -1,6 +1,5 @@
 """What the loop and its callbacks do, seen in the files a run leaves."""
 
-import math
 
 import pytest
 import torch

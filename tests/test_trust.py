@@ -1,13 +1,11 @@
 """Runs you can trust: killed and resumed runs end bit-identical to uninterrupted ones; signals,
 damaged checkpoints, a full disk and NaN losses lose nothing; unsafe files and names are refused."""
 
-import json
 import os
 import pickle
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -101,10 +101,11 @@ TARGET_DTYPES = {"multiclass": torch.long, "binary": torch.float32, "regression"
 
 
 def build_data(name: str, batch_size: int, val_split: float, seed: int, device=None,
-               root: str = "data", normalize: bool = True, augment=None, fitted: dict = None, **options) -> Data:
+               normalize: bool = True, augment=None, fitted: dict = None, **options) -> Data:
     """Load data by name, hold out a seeded validation split (stratified for classes; loaders of
     series split by time themselves), fit the scaling on the training split only, place on device.
     fitted: a run's stored transform (preprocessing.json's "transform") to apply instead of fitting."""
+    root = options.pop("root", None) or "data"           # the folder the loader reads (data.root)
     options = {k: v for k, v in options.items() if v is not None}
     if "val_split" in DATASETS.parameters(name):
         options["val_split"] = val_split

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 @DATASETS.register("timeseries")
-def timeseries(root: str, seed: int, path: str = None, target: str = None, features=None, window: int = None,
+def timeseries(root: str, seed: int, path: str = None, target: str = None, features=None, window: int = None,  # noqa: PLR0913
                horizon: int = 1, stride: int = 1, task: str = "auto", test_split: float = 0.2,
                val_split: float = 0.1):
     """Windows of a long series (forecasting), or one labelled series per row."""
@@ -39,8 +39,7 @@ def timeseries(root: str, seed: int, path: str = None, target: str = None, featu
                           f"its columns: {', '.join(columns)}")
     if window is None:
         return labelled_series(path, columns, values, target, features, task, test_split, seed)
-    return forecast_windows(path, columns, values, target, features, window, horizon, stride,
-                            test_split, val_split)
+    return forecast_windows(path, values, target, features, window, horizon, stride, (test_split, val_split))
 
 
 def read_series(path: str):
@@ -75,7 +74,10 @@ def numeric(path: str, name: str, column) -> np.ndarray:
     return values
 
 
-def forecast_windows(path, columns, values, target, features, window, horizon, stride, test_split, val_split):
+def forecast_windows(path, values, target, features, window, horizon, stride, splits):
+    """Windows of window steps forecasting target horizon steps later, every stride steps; the
+    series split by time into train, val and test (splits: the test and val fractions)."""
+    test_split, val_split = splits
     if window < 1 or horizon < 1 or stride < 1:
         raise ConfigError(f"data.window={window}, data.horizon={horizon}, data.stride={stride}: use 1 or more")
     series = np.stack([numeric(path, c, values[c]) for c in features], axis=1)      # (T, F)

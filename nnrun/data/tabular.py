@@ -18,7 +18,7 @@ MAX_CLASSES = 20      # an integer target with more distinct values than this is
 
 
 @DATASETS.register("csv")
-def csv(root: str, seed: int, path: str = None, target: str = None, features=None, task: str = "auto",
+def csv(root: str, seed: int, path: str = None, target: str = None, features=None, task: str = "auto",  # noqa: PLR0913
         test_path: str = None, test_split: float = 0.2, impute: str = None, na_values=None,
         max_categories: int = 50):
     """Rows of a CSV file; data.target names the column to predict, the others are features."""
@@ -29,7 +29,8 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
     if task not in TASKS:
         raise ConfigError(f"data.task={task} is not one of {', '.join(TASKS)}")
     if impute is not None and impute not in IMPUTE:
-        raise ConfigError(f"data.impute={impute} is not one of {', '.join(IMPUTE)} (or null: missing values are an error)")
+        raise ConfigError(f"data.impute={impute} is not one of {', '.join(IMPUTE)} "
+                          f"(or null: missing values are an error)")
     na_values = [na_values] if isinstance(na_values, str) else list(na_values or [])
     frame = read_csv(path, "data.path", na_values)
     features = pick_features(frame, target, features, path)
@@ -44,7 +45,8 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
         frame = pd.concat([frame, test_frame], ignore_index=True)
     categorical = [c for c in features if not is_numeric(frame[c])]
     check_categories(frame, categorical, max_categories, path)
-    check_values(frame, features, categorical, target, impute, path, test_path, len(frame) if not test_path else frame_rows)
+    check_values(frame, features, categorical, target, impute, path, test_path,
+                 len(frame) if not test_path else frame_rows)
     y, task, classes = encode_target(frame[target], task, target)
     x = np.stack([frame[c].to_numpy(dtype=np.float64, na_value=np.nan) if c not in categorical
                   else category_codes(frame[c]) for c in features], axis=1)
@@ -83,7 +85,8 @@ def read_csv(path: str, key: str, na_values=()):
 def pick_features(frame, target: str, features, path: str) -> list:
     columns = list(frame.columns)
     if target not in columns:
-        raise ConfigError(f"data.target={target} is not a column of {path}; its columns: {', '.join(map(str, columns))}")
+        raise ConfigError(f"data.target={target} is not a column of {path}; "
+                          f"its columns: {', '.join(map(str, columns))}")
     if features is None:
         return [c for c in columns if c != target]
     features = [features] if isinstance(features, str) else list(features)
@@ -117,7 +120,8 @@ def check_categories(frame, categorical, max_categories: int, path: str) -> None
             cells = ", ".join(f"{values.iloc[i]!r} at row {i + 2}" for i in rows)
             texts = sorted({str(values.iloc[i]) for i in bad.to_numpy().nonzero()[0][:20]})
             raise ConfigError(f"column {column!r} of {path} holds numbers but for {int(bad.sum())} cell(s) "
-                              f"({cells}); fix them, or read them as missing with data.na_values=[{','.join(repr(t) for t in texts)}] "
+                              f"({cells}); fix them, or read them as missing with "
+                              f"data.na_values=[{','.join(repr(t) for t in texts)}] "
                               f"and fill them with data.impute=mean")
         distinct = values[present].astype("string").nunique()
         if max_categories is not None and distinct > max_categories:

@@ -24,7 +24,7 @@ def tokenize(text: str, lowercase: bool = True) -> list:
 
 
 @DATASETS.register("text_csv")
-def text_csv(root: str, seed: int, path: str = None, text: str = "text", target: str = "label",
+def text_csv(root: str, seed: int, path: str = None, text: str = "text", target: str = "label",  # noqa: PLR0913
              task: str = "auto", vocab_size: int = 10000, max_len: int = 100, lowercase: bool = True,
              test_path: str = None, test_split: float = 0.2):
     """Rows of a CSV file: data.text holds the text, data.target its class."""

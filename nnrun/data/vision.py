@@ -61,7 +61,8 @@ def load_idx_dataset(root: str, name: str, download: bool, classes):
         outside = ((y < 0) | (y >= len(classes))).nonzero().flatten()
         if len(outside):     # caught here, not later as a CUDA device-side assert
             first = int(outside[0])
-            raise ConfigError(f"{paths[labels]}: label {int(y[first])} at index {first} is outside 0..{len(classes) - 1} "
+            raise ConfigError(f"{paths[labels]}: label {int(y[first])} at index {first} is outside "
+                              f"0..{len(classes) - 1} "
                               f"({len(outside)} such labels); the file is damaged or not {name}")
         out[split] = (x, y)
     return out

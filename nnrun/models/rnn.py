@@ -14,7 +14,7 @@ class RNNClassifier(nn.Module):
     """(B, C, H, W) -> H steps of C*W features; (B, steps, features); or (B, steps) token ids ->
     Embedding -> recurrent layers -> last state -> logits."""
 
-    def __init__(self, input_shape, num_classes, cell="lstm", hidden_size=128, num_layers=1,
+    def __init__(self, input_shape, num_classes, cell="lstm", hidden_size=128, num_layers=1,  # noqa: PLR0913
                  bidirectional=False, dropout=0.0, embedding_dim=64, vocab_size=0):
         super().__init__()
         if cell not in CELLS:

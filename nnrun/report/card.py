@@ -38,7 +38,8 @@ def diagnose(logs: list, chance: float) -> list:
     half = losses[len(losses) // 2:]
     if len(losses) >= 4 and losses[-1] > 0.75 * chance and half[-1] > 0.95 * half[0]:
         hints.append(f"underfitting: the training loss is flat and high ({losses[-1]:.4f}; a model that "
-                     f"learned nothing gets {chance:.4f}); try a bigger model, more trainer.epochs, or a higher optimizer.lr")
+                     f"learned nothing gets {chance:.4f}); try a bigger model, more trainer.epochs, "
+                     f"or a higher optimizer.lr")
     return hints
 
 

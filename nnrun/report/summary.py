@@ -44,9 +44,10 @@ def write_preprocessing(run_dir, data) -> Path:
         "transform": data.transform.describe()})
 
 
-def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, monitor: str, mode: str,
-               plots: bool) -> dict:
-    """Fill in the results, write summary.json and the plots, print the report card."""
+def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, settings, plots: bool) -> dict:
+    """Fill in the results, write summary.json and the plots, print the report card. settings:
+    the Trainer's (monitor and mode say what "best" meant)."""
+    monitor, mode = settings.monitor, settings.mode
     from nnrun.report.card import card_lines, chance_loss, diagnose
 
     confusion = test.pop("confusion", None)

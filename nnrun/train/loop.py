@@ -1,14 +1,13 @@
 """Pieces of the training loop (nnrun.train.trainer has the loop itself): the history of a run, the
 stops it can take, the finite-loss watch, the forward pass, and evaluate(), which scores a split."""
 
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from nnrun.errors import ConfigError, suggest
-from nnrun.train.metrics import Tally, improved, logged_names
+from nnrun.train.metrics import Tally, logged_names
 
 
 @dataclass
@@ -87,10 +86,11 @@ def forward(engine, x, y, training: bool):
 
 
 @torch.no_grad()
-def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None, task="multiclass",
-             num_classes=0, confusion=False, engine=None) -> dict:
-    """{"loss", and the task's metrics} over split, summed per sample so a short last batch counts
-    right; with confusion (classification) also "confusion": counts[true, predicted], on the CPU."""
+def evaluate(model, data, split, loss_fn, device, limit_batches=None, confusion=False, engine=None) -> dict:
+    """{"loss", and the task's metrics} over split (one of data's), in batches of data.batch_size,
+    summed per sample so a short last batch counts right; with confusion (classification) also
+    "confusion": counts[true, predicted], on the CPU."""
+    task, num_classes = data.task, data.num_classes
     from nnrun.train.engine import Engine
 
     engine = engine or Engine(model, device)
@@ -98,7 +98,7 @@ def evaluate(model, split, batch_size: int, loss_fn, device, limit_batches=None,
     loss_sum = torch.zeros((), device=device)
     tally = Tally(task, device, num_classes, every_prediction=True)
     seen = 0
-    for x, y in split.batches(batch_size, limit=limit_batches):
+    for x, y in split.batches(data.batch_size, limit=limit_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         output = forward(engine, x, y, training=False)
         loss_sum += loss_fn(output, y) * len(y)

@@ -199,8 +199,7 @@ class Trainer:
     def evaluate(self, data, split, confusion: bool = False) -> dict:
         """{"loss", and the task's metrics} over split with the validation loss; with confusion
         (classification) also the confusion counts."""
-        return evaluate(self.model, split, data.batch_size, self.eval_loss, self.device,
-                        self.settings.limit_batches, task=data.task, num_classes=data.num_classes,
+        return evaluate(self.model, data, split, self.eval_loss, self.device, self.settings.limit_batches,
                         confusion=confusion, engine=self.engine)
 
     # --- state ----------------------------------------------------------------------------------
