@@ -1,0 +1,152 @@
+"""Unit tests of the core pieces, beside the CLI tests: a failure here points at a function.
+Metric tallies against scikit-learn, splits, the improvement rule, the registry's checks, and a
+Trainer's state round trip (a resumed Trainer ends with the same weights as one that never stopped)."""
+
+import math
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nnrun.data import Data, Split, random_split, stratified_split
+from nnrun.errors import ConfigError
+from nnrun.registry import Registry
+from nnrun.train.engine import Engine
+from nnrun.train.loop import Interrupted
+from nnrun.train.metrics import Tally, improved, resolve_mode
+from nnrun.train.trainer import Settings, Trainer
+
+
+def test_multiclass_tally_matches_scikit_learn():
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(200, 4, generator=g), torch.randint(0, 4, (200,), generator=g)
+    tally = Tally("multiclass", "cpu", 4)
+    for i in range(0, 200, 64):                                  # batches, a short last one
+        tally.update(logits[i:i + 64], y[i:i + 64])
+    predicted = logits.argmax(1)
+    assert tally.result()["accuracy"] == pytest.approx(accuracy_score(y, predicted))
+    assert tally.confusion().tolist() == confusion_matrix(y, predicted, labels=range(4)).tolist()
+
+
+def test_binary_and_regression_tallies_match_scikit_learn():
+    from sklearn.metrics import f1_score, mean_absolute_error, precision_score, r2_score, recall_score
+
+    g = torch.Generator().manual_seed(1)
+    scores, y = torch.randn(150, generator=g), torch.randint(0, 2, (150,), generator=g).float()
+    tally = Tally("binary", "cpu", 2)
+    tally.update(scores, y)
+    got, predicted = tally.result(), (scores > 0).long()
+    assert got["precision"] == pytest.approx(precision_score(y, predicted))
+    assert got["recall"] == pytest.approx(recall_score(y, predicted))
+    assert got["f1"] == pytest.approx(f1_score(y, predicted))
+    values, target = torch.randn(90, generator=g), torch.randn(90, generator=g)
+    tally = Tally("regression", "cpu")
+    tally.update(values[:50], target[:50])
+    tally.update(values[50:], target[50:])
+    got = tally.result()
+    assert got["mae"] == pytest.approx(mean_absolute_error(target, values), rel=1e-6)
+    assert got["rmse"] == pytest.approx(math.sqrt(((values - target) ** 2).mean().item()), rel=1e-6)
+    assert got["r2"] == pytest.approx(r2_score(target, values), rel=1e-5)
+
+
+def test_a_tally_resumed_from_its_state_adds_up_as_one():
+    g = torch.Generator().manual_seed(2)
+    logits, y = torch.randn(100, 3, generator=g), torch.randint(0, 3, (100,), generator=g)
+    whole = Tally("multiclass", "cpu", 3)
+    whole.update(logits, y)
+    first = Tally("multiclass", "cpu", 3)
+    first.update(logits[:40], y[:40])
+    second = Tally("multiclass", "cpu", 3, state=first.state())
+    second.update(logits[40:], y[40:])
+    assert second.result() == whole.result() and second.n == 100
+
+
+def test_stratified_split_keeps_every_class_on_both_sides_and_is_seeded():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    kept, held = stratified_split(y, 0.2, seed=7, key="data.val_split")
+    assert sorted(torch.cat([kept, held]).tolist()) == list(range(100))          # a partition
+    assert torch.bincount(y[held]).tolist() == [10, 6, 4]                         # 20% of each class
+    again = stratified_split(y, 0.2, seed=7, key="data.val_split")
+    assert torch.equal(held, again[1])
+    with pytest.raises(ConfigError, match="cannot hold out class 1"):
+        stratified_split(torch.tensor([0, 0, 0, 1]), 0.5, seed=0, key="data.val_split")
+
+
+def test_random_split_holds_out_at_least_one_and_refuses_all():
+    kept, held = random_split(10, 0.01, seed=0, key="data.test_split")
+    assert len(held) == 1 and len(kept) == 9
+    with pytest.raises(ConfigError, match="leaves nothing to train on"):
+        random_split(3, 1.0, seed=0, key="data.test_split")
+
+
+@pytest.mark.parametrize("current,best,mode,delta,expected", [
+    (0.5, None, "min", 0.0, True), (0.4, 0.5, "min", 0.0, True), (0.5, 0.5, "min", 0.0, False),
+    (0.45, 0.5, "min", 0.1, False), (0.6, 0.5, "max", 0.0, True), (float("nan"), None, "min", 0.0, False),
+    (float("nan"), 0.5, "max", 0.0, False),
+])
+def test_the_improvement_rule(current, best, mode, delta, expected):
+    assert improved(current, best, mode, delta) is expected
+
+
+def test_mode_auto_follows_the_metric_name():
+    assert resolve_mode("val_accuracy", "auto", "k") == "max" and resolve_mode("val_loss", "auto", "k") == "min"
+    with pytest.raises(ConfigError, match="k=up is not one of auto, min, max"):
+        resolve_mode("val_loss", "up", "k")
+
+
+def test_the_registry_names_unknown_entries_and_options():
+    things = Registry("model")
+
+    @things.register("wide")
+    def wide(input_shape, num_classes, width=8):
+        return width
+
+    assert things.build("wide", (1,), 2, width=16) == 16
+    with pytest.raises(ConfigError, match=r"model.name=wid is not known \(did you mean wide\?\)"):
+        things.get("wid")
+    with pytest.raises(ConfigError, match=r"model.widht is not an option .* \(did you mean width\?\)"):
+        things.build("wide", (1,), 2, widht=3)
+    with pytest.raises(ConfigError, match="model.width='x': model 'wide' expects an integer"):
+        things.build("wide", (1,), 2, width="x")
+    with pytest.raises(KeyError, match="registered twice"):
+        things.register("wide")(wide)
+
+
+def tiny_data() -> Data:
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(96, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
+    return Data(train=Split(x[:64], y[:64]), val=Split(x[64:80], y[64:80]), test=Split(x[80:], y[80:]),
+                batch_size=16, input_shape=(6,), num_classes=3, task="multiclass", classes=["a", "b", "c"],
+                transform=None)
+
+
+def trainer(epochs: int) -> Trainer:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    model.penalty = None
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    return Trainer(Engine(model, "cpu"), optimizer, None, [], (nn.CrossEntropyLoss(), nn.CrossEntropyLoss()),
+                   Settings(epochs=epochs, seed=5))
+
+
+def test_a_trainer_state_round_trip_continues_bit_for_bit():
+    data = tiny_data()
+    whole = trainer(4)
+    whole.fit(data)
+    first = trainer(4)                       # stopped by a signal after epoch 2, as Ctrl-C would
+    first.outputs.stop = lambda: signal.SIGTERM if first.history.epoch >= 2 else None
+    with pytest.raises(Interrupted):
+        first.fit(data)
+    state = first.state_dict()
+    resumed = trainer(4)
+    resumed.load_state_dict(state)
+    resumed.fit(data)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [log["loss"] for log in resumed.history.logs] == [log["loss"] for log in whole.history.logs]
+    assert resumed.history.epoch == 4 and resumed.history.best_epoch == whole.history.best_epoch
+    assert np.isfinite(resumed.history.best_score)
