@@ -256,6 +256,10 @@ def job(conf) -> Outcome:
     except Exception as exc:
         # The traceback goes to nnrun.log only; the console gets one line from main().
         log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
+        if helper:                        # this rank's log goes with its scratch folder: say it here
+            import traceback
+
+            print(f"nnrun: rank {distributed.rank()} failed:\n{traceback.format_exc()}", file=sys.stderr)
         record = {"status": "failed", "error": describe(exc) or f"{type(exc).__name__}: {exc}",
                   "exit_code": EXIT_USAGE if describe(exc) else EXIT_FAILURE}   # for a sweep run elsewhere
         if isinstance(exc, (NonFiniteLoss, NonFiniteWeights)):
@@ -316,7 +320,7 @@ def main() -> None:
     register_resolvers()
     entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(task)
     stopped = None
-    if any(a.startswith("trainer.deterministic=") and "true" in a.lower() for a in sys.argv[1:]):
+    if any(a.lstrip("+").startswith("trainer.deterministic=") and "true" in a.lower() for a in sys.argv[1:]):
         # before any job starts cuBLAS: a sweep's deterministic job may follow one that is not
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
@@ -360,9 +364,13 @@ def under_torchrun() -> bool:
 
 def ddp_setup() -> None:
     """Under torchrun: the process group first (ranks agree on the run folder while Hydra composes),
-    and ranks other than 0 leave the run folder alone: no .hydra/, no log file."""
+    and ranks other than 0 leave the run folder alone: no .hydra/, no log file. A sweep is refused:
+    a job failing on one rank only would leave the others waiting in the next job's collectives."""
     if not under_torchrun():
         return
+    if {"--multirun", "-m"} & set(sys.argv[1:]):
+        raise ConfigError("--multirun under torchrun is not supported: one job failing on one process would leave "
+                          "the others waiting; run the sweep's jobs one torchrun each (e.g. a shell loop)")
     from nnrun.train import distributed
 
     distributed.init()

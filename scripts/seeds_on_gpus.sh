@@ -9,15 +9,23 @@
 set -uo pipefail
 overrides=$1; shift
 [ "$#" -gt 0 ] || { echo "give the seeds after the overrides, e.g. seeds_on_gpus.sh \"model=cnn\" 1 2 3"; exit 2; }
-if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
-    IFS=, read -ra devices <<< "$CUDA_VISIBLE_DEVICES"
+declare -A seen
+for seed in "$@"; do        # each seed names a log and a run: empty or repeated ones would hide a run
+    [[ "$seed" =~ ^[0-9]+$ ]] || { echo "seed '$seed' is not a whole number"; exit 2; }
+    [ -z "${seen[$seed]:-}" ] || { echo "seed $seed is given twice"; exit 2; }
+    seen[$seed]=1
+done
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then        # set, even empty: the GPUs this job was given
+    IFS=, read -ra given <<< "${CUDA_VISIBLE_DEVICES// /}"
+    devices=()
+    for d in "${given[@]}"; do [ -n "$d" ] && devices+=("$d"); done
+    [ "${#devices[@]}" -gt 0 ] || { echo "CUDA_VISIBLE_DEVICES is set but names no GPU: this job has none"; exit 2; }
 else
-    listing=$(nvidia-smi -L 2>/dev/null)
-    # MIG devices, when there are any, are what CUDA can use: "  MIG 1g.10gb Device 0: (UUID: MIG-...)"
-    mapfile -t devices < <(sed -n 's/^ *MIG .*(UUID: \(MIG-[^)]*\)).*/\1/p' <<< "$listing")
-    if [ "${#devices[@]}" -eq 0 ]; then
-        mapfile -t devices < <(sed -n 's/^GPU \([0-9][0-9]*\):.*/\1/p' <<< "$listing")
-    fi
+    # each GPU nvidia-smi -L lists, or its MIG devices where it is split ("  MIG ... (UUID: MIG-...)")
+    mapfile -t devices < <(nvidia-smi -L 2>/dev/null | awk '
+        /^GPU [0-9]+:/ { if (gpu != "" && !mig) print gpu; gpu = $2; sub(":", "", gpu); mig = 0; next }
+        /^ *MIG / && match($0, /UUID: MIG-[^)]*/) { print substr($0, RSTART + 6, RLENGTH - 6); mig = 1 }
+        END { if (gpu != "" && !mig) print gpu }')
 fi
 [ "${#devices[@]}" -gt 0 ] || { echo "no GPU found (CUDA_VISIBLE_DEVICES is empty and nvidia-smi -L lists none)"; exit 2; }
 cores=$(nproc 2>/dev/null || echo 1)

@@ -138,3 +138,25 @@ def test_parallel_jobs_take_a_gpu_no_other_job_holds(tmp_path):
     fd = os.open(tmp_path / "GPU-aaa.lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)           # released: free again
     os.close(fd)
+
+
+def test_a_sweep_under_torchrun_is_refused(tmp_path):
+    # a job failing on one rank only would leave the other waiting in the next job's collectives
+    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun", "--multirun",
+                             "trainer.strategy=ddp", "trainer.seed=1,2"],
+                            cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "--multirun under torchrun is not supported" in result.stderr
+
+
+def test_gpu_slots_ignore_a_folder_someone_else_planted(tmp_path):
+    from nnrun.train.device import free_slot, release_slots
+
+    planted = tmp_path / "file"
+    planted.write_text("")
+    assert free_slot(["GPU-a", "GPU-b"], 3, planted) == 1           # no crash: the job's own GPU, unlocked
+    shared = tmp_path / "open"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert free_slot(["GPU-a", "GPU-b"], 2, shared) == 0 and not list(shared.iterdir())
+    release_slots()

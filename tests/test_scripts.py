@@ -84,3 +84,36 @@ def test_the_slurm_log_survives_requeues():
     assert "#SBATCH --open-mode=append" in header                  # a requeued attempt appends
     output = next(line for line in header if line.startswith("#SBATCH --output="))
     assert "/" not in output.split("=", 1)[1]                       # no folder that may not exist
+
+
+MIXED = ("echo 'GPU 0: NVIDIA A100 (UUID: GPU-0)'\necho '  MIG 3g.40gb     Device  0: (UUID: MIG-aaa)'\n"
+         "echo 'GPU 1: NVIDIA A100 (UUID: GPU-1)'\n")
+
+
+@pytest.mark.parametrize("visible,seeds,expected", [
+    ("", ["1", "2"], "names no GPU"),                   # set but empty: this job has no GPU
+    ("0,,1", ["1", "2"], None),
+    (None, ["1", "1"], "given twice"),
+    (None, ["1", ""], "not a whole number"),
+])
+def test_seed_scripts_refuse_what_would_hide_a_run(tmp_path, visible, seeds, expected):
+    env = stand_ins(tmp_path, nvidia_smi=MIXED, nnrun=RECORD, nnrun_report="exit 0\n")
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    result = subprocess.run(["bash", str(SCRIPTS / "seeds_on_gpus.sh"), "trainer.epochs=1", *seeds],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    if expected:
+        assert result.returncode == 2 and expected in result.stdout
+    else:                                               # empty entries dropped, no seed left without a GPU
+        assert result.returncode == 0
+        assert sorted(c.split()[0] for c in (tmp_path / "calls").read_text().splitlines()) == \
+            ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
+
+
+def test_a_box_with_mig_and_whole_gpus_uses_both(tmp_path):
+    env = stand_ins(tmp_path, nvidia_smi=MIXED, nnrun=RECORD, nnrun_report="exit 0\n")
+    result = subprocess.run(["bash", str(SCRIPTS / "seeds_on_gpus.sh"), "trainer.epochs=1", "1", "2"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(c.split()[0] for c in (tmp_path / "calls").read_text().splitlines()) == \
+        ["CUDA_VISIBLE_DEVICES=1", "CUDA_VISIBLE_DEVICES=MIG-aaa"]

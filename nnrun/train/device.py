@@ -61,14 +61,24 @@ def free_slot(names: list, job_num: int, folder=None) -> int:
     has) that no other process holds, trying job_num mod len(names) first; holds it (an flock,
     released by release_slots() or the process's end). None free: job_num mod len(names)."""
     import fcntl
+    import stat
     import tempfile
     from pathlib import Path
 
     folder = Path(folder or Path(tempfile.gettempdir()) / f"nnrun-gpus-{os.getuid()}")
-    folder.mkdir(parents=True, exist_ok=True)
     first = job_num % len(names)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.lstat()
+    except OSError:                       # a file planted at its name: no locks, the job's own GPU
+        return first
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return first                      # a link, or a folder others made or may write: no locks there
     for k in [*range(first, len(names)), *range(first)]:
-        fd = os.open(folder / f"{names[k]}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(folder / f"{names[k]}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
