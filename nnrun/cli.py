@@ -87,10 +87,6 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     write_preprocessing(run_dir, data)
     model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.outputs,
                         vocab_size=data.vocab).to(device)
-    if device.type == "cpu" and str(trainer["precision"]) == "16" and \
-            any(isinstance(m, torch.nn.RNNBase) for m in model.modules()):
-        raise ConfigError("trainer.precision=16 with an LSTM/GRU does not run on the CPU (oneDNN has no float16 "
-                          "recurrent layers); use trainer.precision=bf16 or 32 there, or a GPU")
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"status": "completed", "task": data.task, "epochs": 0, "params": params, "device": str(device),
                "threads": torch.get_num_threads(), "run_dir": str(run_dir), **device_facts(device)}

@@ -66,11 +66,7 @@ def release(run_dir) -> None:
         os.close(fd)
 
 
-def held(run_dir) -> bool:
-    return str(Path(run_dir).resolve()) in _HELD
-
-
-def refuse_links(run_dir: Path) -> None:
+def refuse_links(run_dir: Path) -> list:
     """A run folder nnrun made holds no symbolic links: one in it (say metrics.csv -> ~/.bashrc)
     would make a resumed run write elsewhere. Nor FIFOs or devices (an open would hang or read
     forever). Returns the files that have other hard links (a copy made with cp -al): claim()

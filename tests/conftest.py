@@ -50,6 +50,17 @@ def train(tmp_path, *args, name="run", plots=False) -> tuple:
     return result, run_dir
 
 
+def with_hook(tmp_path, code: str) -> subprocess.CompletedProcess:
+    """`nnrun hydra.run.dir=run *LONG`, started cold with code run first (a sitecustomize.py on the
+    path): for faults a test cannot cause from outside, such as a full disk."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(code)
+    args = ["hydra.run.dir=run", "trainer.epochs=500", "~callbacks.early_stopping", "trainer.plots=false"]
+    return subprocess.run([*NNRUN, *args], cwd=tmp_path, env=clean_env(PYTHONPATH=str(hook)), capture_output=True,
+                          text=True, timeout=300)
+
+
 def summary(run_dir) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
@@ -119,5 +130,5 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-__all__ = ["NNRUN", "FAST", "clean_env", "nnrun", "train", "summary", "yaml_config", "metrics", "write_idx",
+__all__ = ["NNRUN", "FAST", "clean_env", "nnrun", "train", "with_hook", "summary", "yaml_config", "metrics", "write_idx",
            "write_mnist", "tree", "one_line_error", "shutil"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import NNRUN, clean_env, nnrun, one_line_error, summary, train, tree
+from conftest import clean_env, nnrun, one_line_error, summary, train, tree, with_hook
 from test_trust import LONG, epochs_logged, killed_midway, start, wait_until
 
 BARE = ["~model.hidden", "~model.activation", "~model.dropout", "~model.batchnorm", "~model.embedding_dim"]
@@ -266,19 +266,14 @@ def test_stale_temporary_files_are_removed_at_the_next_start(tmp_path):
 def test_a_full_disk_during_torch_save_names_the_file(tmp_path):
     # from the 4th checkpoint on (epoch 2's last.pt), writing its bytes fails with ENOSPC, which torch
     # rewords as "unexpected pos ..."
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import errno\nfrom nnrun.train import checkpoint\n"
+    result = with_hook(
+        tmp_path, "import errno\nfrom nnrun.train import checkpoint\n"
         "_init, _write, _made = checkpoint.Recording.__init__, checkpoint.Recording.write, [0]\n"
         "def init(self, file):\n    _made[0] += 1\n    _init(self, file)\n"
         "def write(self, data):\n"
         "    if _made[0] > 3:\n        raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "    return _write(self, data)\n"
         "checkpoint.Recording.__init__, checkpoint.Recording.write = init, write\n")
-    env = clean_env(PYTHONPATH=str(hook))
-    result = subprocess.run([*NNRUN, "hydra.run.dir=run", *LONG], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
     line = one_line_error(result)
     assert "No space left on device while writing" in line and "previous checkpoint is kept" in line

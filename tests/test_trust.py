@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import NNRUN, clean_env, metrics, nnrun, one_line_error, summary, train, write_idx, write_mnist
+from conftest import NNRUN, clean_env, metrics, nnrun, one_line_error, summary, train, with_hook, write_idx, write_mnist
 
 # dropout (mlp default 0.2), shuffling and early stopping all on; a checkpoint every 3 steps
 RESUMABLE = ["trainer.epochs=8", "trainer.checkpoint_every_n_steps=3", "callbacks.early_stopping.patience=3",
@@ -133,16 +133,10 @@ def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
     # os.fsync fails with ENOSPC from the 7th call on (each checkpoint write calls it twice)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import errno, os\n_fsync, _calls = os.fsync, [0]\n"
-        "def fsync(fd):\n    _calls[0] += 1\n"
-        "    if _calls[0] > 6:\n        raise OSError(errno.ENOSPC, 'No space left on device')\n"
-        "    return _fsync(fd)\nos.fsync = fsync\n")
-    env = clean_env(PYTHONPATH=str(hook))
-    result = subprocess.run([*NNRUN, "hydra.run.dir=run", *LONG], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = with_hook(tmp_path, "import errno, os\n_fsync, _calls = os.fsync, [0]\n"
+                       "def fsync(fd):\n    _calls[0] += 1\n"
+                       "    if _calls[0] > 6:\n        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+                       "    return _fsync(fd)\nos.fsync = fsync\n")
     assert result.returncode == 1
     assert "No space left on device" in one_line_error(result)
     folder = tmp_path / "run"

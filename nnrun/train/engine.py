@@ -23,6 +23,10 @@ class Engine:
             raise ConfigError(f"trainer.precision={precision} is not one of 32, bf16, 16")
         self.model, self.device = model, torch.device(device)
         self.dtype = PRECISIONS[str(precision)]
+        if self.dtype is torch.float16 and self.device.type == "cpu" and \
+                any(isinstance(m, nn.RNNBase) for m in model.modules()):
+            raise ConfigError("trainer.precision=16 with an LSTM/GRU does not run on the CPU (oneDNN has no float16 "
+                              "recurrent layers); use trainer.precision=bf16 or 32 there, or a GPU")
         # fp16 overflows where bf16 does not: its gradients are scaled, and steps with inf skipped
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype is torch.float16 else None
         self.channels_last = channels_last

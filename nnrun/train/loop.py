@@ -56,7 +56,8 @@ class FiniteWatch:
         self.bad_loss = torch.zeros((), device=device)
         self.bad_step = torch.zeros((), dtype=torch.long, device=device)
         self.host = torch.ones((), dtype=torch.bool).pin_memory()
-        self.event = None
+        self.event = torch.cuda.Event()     # recorded again every step: it marks the newest copy
+        self.recorded = False
 
     def add(self, finite: torch.Tensor, loss: torch.Tensor, step: int) -> None:
         first = self.ok & ~finite
@@ -64,11 +65,11 @@ class FiniteWatch:
         self.bad_step = torch.where(first, step, self.bad_step)
         self.ok &= finite
         self.host.copy_(self.ok, non_blocking=True)
-        self.event = torch.cuda.Event()
         self.event.record()
+        self.recorded = True
 
     def check(self, epoch: int, wait: bool = False) -> None:
-        if self.event is None:
+        if not self.recorded:
             return
         if wait:
             self.event.synchronize()
