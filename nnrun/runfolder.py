@@ -77,7 +77,10 @@ def refuse_links(run_dir: Path) -> list:
     for root, dirs, files in os.walk(run_dir):           # os.walk does not follow links into folders
         for name in dirs + files:
             path = Path(root) / name
-            info = path.lstat()
+            try:
+                info = path.lstat()
+            except FileNotFoundError:        # a live run's temporary file, renamed since the listing
+                continue
             if stat.S_ISLNK(info.st_mode):
                 raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run "
                                   f"folder: remove it (or copy the run without links) and try again")

@@ -150,3 +150,32 @@ def test_a_trainer_state_round_trip_continues_bit_for_bit():
     assert [log["loss"] for log in resumed.history.logs] == [log["loss"] for log in whole.history.logs]
     assert resumed.history.epoch == 4 and resumed.history.best_epoch == whole.history.best_epoch
     assert np.isfinite(resumed.history.best_score)
+
+
+def test_checking_a_folder_while_its_run_writes_temporary_files(tmp_path):
+    """refuse_links runs before the lock, beside a live run whose .tmp files come and go (a CI
+    failure: the second nnrun died with FileNotFoundError instead of 'in use')."""
+    import os
+    import threading
+
+    from nnrun.runfolder import refuse_links
+
+    (tmp_path / "checkpoints").mkdir()
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            tmp = tmp_path / "checkpoints" / f".best.pt.{i}.tmp"
+            tmp.write_bytes(b"x")
+            os.replace(tmp, tmp_path / "checkpoints" / "best.pt")
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(3000):
+            assert refuse_links(tmp_path) == []
+    finally:
+        stop.set()
+        thread.join()
