@@ -23,7 +23,8 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     from hydra.types import HydraContext
 
     import hydra._internal.hydra as hydra_main
-    from nnrun import cli
+    from nnrun import launch
+    from nnrun.argv import register_resolvers, unique_run_dir
     from nnrun.errors import ConfigError, describe
     from nnrun.trained import load_run
 
@@ -32,7 +33,8 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
         words.append(f"hydra.run.dir={Path(run_dir).expanduser()}")
     if config_dir is not None:
         words.append(f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]")
-    cli.register_resolvers()
+    register_resolvers()
+    unique_run_dir.cache_clear()          # a second fit() in the same second gets a folder of its own
     outcome = []
     GlobalHydra.instance().clear()
     root = logging.getLogger()
@@ -47,11 +49,11 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
                 if message is None:
                     raise
                 raise ConfigError(message) from None
-            run_job(task_function=lambda conf: outcome.append(cli.job(conf)), config=config,
+            run_job(task_function=lambda conf: outcome.append(launch.job(conf)), config=config,
                     job_dir_key="hydra.run.dir", job_subdir_key=None,
                     hydra_context=HydraContext(config_loader=GlobalHydra.instance().config_loader(),
                                                callbacks=callbacks))
-    except cli.StopSweep as stop:
+    except launch.StopSweep as stop:
         raise KeyboardInterrupt(str(stop)) from None
     finally:
         GlobalHydra.instance().clear()

@@ -13,11 +13,14 @@ class Callback:
     name = ""               # its key under callbacks:, for messages
     monitor = None          # a logged metric name, checked at start when set
     stop_training = False
+    save_last = False       # True: the trainer writes checkpoints/last.pt after every epoch
 
-    def setup(self, model, run_dir: Path, save, optimizer=None):
+    def setup(self, model, run_dir: Path, save, optimizer=None, kept=None):
         """model: the nn.Module; save(path, epoch, logs) writes a checkpoint of the run; optimizer
-        for the callbacks that change the rate (Keras: self.model.optimizer)."""
+        for the callbacks that change the rate (Keras: self.model.optimizer); kept: the trainer's
+        KeptWeights, for a callback that goes back to an earlier epoch's weights."""
         self.model, self.run_dir, self.save, self.optimizer = model, Path(run_dir), save, optimizer
+        self.kept = kept
 
     def on_train_begin(self, logs): ...
     def on_epoch_begin(self, epoch, logs): ...

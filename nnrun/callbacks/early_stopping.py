@@ -20,12 +20,17 @@ class EarlyStopping(Callback):
         self.start_from_epoch = start_from_epoch  # epochs 1..start_from_epoch are warm-up, not judged
 
     def on_train_begin(self, logs):
-        self.best, self.best_epoch, self.wait, self.best_weights = self.baseline, None, 0, None
+        self.best, self.best_epoch, self.wait = self.baseline, None, 0
         self.stop_training = False
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict:        # the weights of best_epoch are in the trainer's KeptWeights
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
-                "best_weights": self.best_weights, "stop_training": self.stop_training}
+                "stop_training": self.stop_training}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        state.pop("best_weights", None)  # a last.pt from before KeptWeights: the trainer took them
+        super().load_state_dict(state)
 
     def on_epoch_end(self, epoch, logs):
         if epoch <= self.start_from_epoch:
@@ -33,8 +38,8 @@ class EarlyStopping(Callback):
         current = logs[self.monitor]
         if improved(current, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
-            if self.restore_best_weights:
-                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if self.restore_best_weights and self.kept is not None:
+                self.kept.keep("early_stopping", epoch)
             return
         self.wait += 1
         if self.wait >= self.patience:     # Keras: patience=0 stops at the first miss
@@ -45,7 +50,6 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, logs):
         # Restores even when the run used every epoch: the run ends on its best weights.
-        if self.best_weights is not None:
-            self.model.load_state_dict(self.best_weights)
+        if self.restore_best_weights and self.kept is not None and self.kept.restore("early_stopping"):
             if self.wait:       # the last epoch was not the best one
                 log.info("early stopping: restored the weights of epoch %d", self.best_epoch)

@@ -274,32 +274,33 @@ class SweepResults(_HydraCallback):
                 and str(launcher.get("_target_", "")).endswith(".BasicLauncher")):
             with read_write(config.hydra), open_dict(config.hydra):
                 sweeper.max_batch_size = 1
-        UNFINISHED[:] = [Path(config.hydra.sweep.dir)]
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        finish_sweep()
+        failures = finish_sweep(Path(config.hydra.sweep.dir))
+        if failures:
+            raise SweepFailures(failures)
 
 
-# The sweep folder between the start and the end of a --multirun: a sweeper that raises (Optuna
-# when no trial completed) skips on_multirun_end, and main() finishes the table then.
-UNFINISHED = []
-# The failed jobs of the last sweep as (overrides, exit code, message), for the command's exit code
-# when the jobs ran in other processes (hydra/launcher=parallel) and could not report to main().
-SWEEP_FAILURES = []
+class SweepFailures(BaseException):
+    """The failed jobs of a sweep as (overrides, exit code, message), read from their run folders
+    (jobs in a launcher's worker processes report only there), for the command's exit code.
+    A BaseException: Hydra turns a callback's Exception into a warning. (Raised last: Hydra calls
+    the end callbacks in reverse order, and this one is listed first.)"""
+
+    def __init__(self, failures: list):
+        super().__init__(f"{len(failures)} job(s) failed")
+        self.failures = failures
 
 
-def finish_sweep() -> None:
-    """The results table of the sweep that is ending, and its failures in SWEEP_FAILURES."""
-    if not UNFINISHED:
-        return
-    folder = UNFINISHED.pop()
+def finish_sweep(folder: Path) -> list:
+    """Write the results table of the sweep in folder; return its failed jobs as (overrides, exit code, message)."""
     try:
         report(folder)
     except Exception as exc:  # noqa: BLE001  (the jobs' own results are already written)
         print(f"nnrun: could not write the results table: {exc}", file=sys.stderr)
     rows = [read_run(run) for run in find_runs(folder.resolve())]
     keys = swept_keys(rows)
-    SWEEP_FAILURES[:] = [failure(row, keys) for row in rows if row.get("status") not in ("completed", "summary_only")]
+    return [failure(row, keys) for row in rows if row.get("status") not in ("completed", "summary_only")]
 
 
 def failure(row: dict, keys: list) -> tuple:

@@ -15,7 +15,6 @@ class History:
     logs: list = field(default_factory=list)    # one dict per epoch, Keras names
     best_epoch: Optional[int] = None             # 1-based, as in metrics.csv
     best_score: Optional[float] = None
-    best_state: Optional[dict] = None            # model weights of best_epoch
     stopped_early: bool = False
     samples: int = 0                             # training samples seen, all epochs
     train_seconds: float = 0.0                   # time in training steps (validation excluded)

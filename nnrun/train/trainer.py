@@ -44,6 +44,36 @@ class Outputs:
     stop: Callable = lambda: None
 
 
+class KeptWeights:
+    """The model's weights at the epochs something may go back to (the trainer's best epoch, early
+    stopping's best): one copy per epoch, however many holders name it, dropped when none does."""
+
+    def __init__(self, model):
+        self.model, self.epochs, self.weights = model, {}, {}
+
+    def keep(self, holder: str, epoch: int) -> None:
+        """holder goes back to epoch, which has just ended: its weights are the model's now."""
+        if epoch not in self.weights:
+            self.weights[epoch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.epochs[holder] = epoch
+        for kept in list(self.weights):
+            if kept not in self.epochs.values():
+                del self.weights[kept]
+
+    def restore(self, holder: str) -> Optional[int]:
+        """Load holder's weights into the model; returns their epoch (None: it kept none)."""
+        epoch = self.epochs.get(holder)
+        if epoch is not None:
+            self.model.load_state_dict(self.weights[epoch])
+        return epoch
+
+    def state_dict(self) -> dict:
+        return {"epochs": dict(self.epochs), "weights": dict(self.weights)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs, self.weights = dict(state["epochs"]), dict(state["weights"])
+
+
 class Trainer:
     def __init__(self, engine, optimizer, scheduler, callbacks, losses, settings: Settings,
                  outputs: Optional[Outputs] = None):
@@ -54,10 +84,11 @@ class Trainer:
         self.train_loss, self.eval_loss = losses
         self.settings, self.outputs = settings, outputs or Outputs()
         self.history = History()
+        self.kept = KeptWeights(self.model)
         # last.pt after every epoch when a callback asks for it (model_checkpoint's save_last)
-        self.save_last = any(getattr(cb, "save_last", False) for cb in self.callbacks)
+        self.save_last = any(cb.save_last for cb in self.callbacks)
         for cb in self.callbacks:
-            cb.setup(self.model, self.outputs.run_dir or Path("."), self.save_weights, optimizer)
+            cb.setup(self.model, self.outputs.run_dir or Path("."), self.save_weights, optimizer, self.kept)
 
     # --- training -------------------------------------------------------------------------------
     def fit(self, data) -> History:
@@ -104,7 +135,7 @@ class Trainer:
         is_best = improved(logs[settings.monitor], history.best_score, settings.mode)
         if is_best:
             history.best_epoch, history.best_score = epoch, logs[settings.monitor]
-            history.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.kept.keep("best", epoch)
         history.logs.append(logs)
         self.outputs.progress.epoch_end(epoch, logs, is_best)
         for cb in self.callbacks:
@@ -202,6 +233,11 @@ class Trainer:
         return evaluate(self.model, data, split, self.eval_loss, self.device, self.settings.limit_batches,
                         confusion=confusion, engine=self.engine)
 
+    def restore_best(self) -> Optional[int]:
+        """The weights of the best epoch by settings.monitor back in the model (for the test split
+        and the exported model); returns that epoch, None when there was no best."""
+        return self.kept.restore("best")
+
     # --- state ----------------------------------------------------------------------------------
     def save_weights(self, path, epoch: int, logs: dict) -> None:
         """A checkpoint of the weights (and optimizer) at path, for callbacks (best checkpoints)."""
@@ -229,6 +265,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state.update(step=history.step, history=history.state_dict(), rng=rng, scaler=self.engine.state_dict(),
+                     kept=self.kept.state_dict(),
                      callbacks={cb.name: cb.state_dict() for cb in self.callbacks if cb.name})
         return state
 
@@ -248,5 +285,21 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.history = History(**state["history"])
-        self.history.callbacks = state.get("callbacks", {})
+        history, callbacks = dict(state["history"]), state.get("callbacks", {})
+        self.kept.load_state_dict(state.get("kept") or older_kept(history, callbacks))
+        self.history = History(**history)
+        self.history.callbacks = callbacks
+
+
+def older_kept(history: dict, callbacks: dict) -> dict:
+    """The kept weights of a last.pt written before KeptWeights (each holder had its own copy)."""
+    epochs, weights = {}, {}
+    best = history.pop("best_state", None)
+    if best is not None:
+        epochs["best"] = history["best_epoch"]
+        weights[history["best_epoch"]] = best
+    stopping = dict(callbacks.get("early_stopping") or {})
+    if stopping.get("best_weights") is not None:
+        epochs["early_stopping"] = stopping["best_epoch"]
+        weights.setdefault(stopping["best_epoch"], stopping["best_weights"])
+    return {"epochs": epochs, "weights": weights}

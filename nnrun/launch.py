@@ -1,0 +1,313 @@
+"""One nnrun command as Hydra runs it: main() hands Hydra a Command, whose task() runs each job
+(resume, signals, cli.run, the failure written into the run folder) and keeps how each job
+ended; main() then prints one line per failure and exits with the command's code."""
+
+import logging
+import os
+import shlex
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from nnrun import config  # noqa: F401  (registers the schema, nnrun_schema, with Hydra)
+from nnrun.argv import continue_sweep, ddp_setup, refuse_used_run_dir, register_resolvers, unique_run_dir
+from nnrun.errors import describe
+from nnrun.runfolder import claim, install_hydra_checks, release, write_pending
+
+log = logging.getLogger("nnrun")
+EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
+# Hydra's callbacks, logging and .hydra/ are checked before Hydra acts on them, in this process and
+# in a launcher's worker processes (which import this module to run Command.task)
+install_hydra_checks()
+
+
+class StopSweep(BaseException):
+    """Raised out of a job to end the whole command: a stop signal, or fail_fast after a failure.
+    A BaseException, so that Hydra's job runner (which catches Exception and prints its own
+    "Error executing job" line) lets it through to main()."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):               # crosses from a launcher's worker process to main()
+        return StopSweep, (self.code, str(self))
+
+
+@dataclass
+class Outcome:
+    """What one job ended with: its run folder, its best score (finite, for sweepers), and the
+    exception it failed with (recorded in its summary.json and nnrun.log already), or None."""
+    run_dir: Path
+    score: Optional[float] = None
+    error: Optional[Exception] = None
+    overrides: str = ""                   # a sweep job's overrides, for the report at the end
+
+
+class Command:
+    """The jobs of one nnrun command that ran in this process, and the sweep folder they were in.
+    (Jobs in a launcher's worker processes report through their run folders: see SweepFailures.)"""
+
+    def __init__(self):
+        self.failed = []                  # Outcomes with an error
+        self.sweep_dir = None
+
+    def task(self, conf):
+        """Hydra's task function: one job; returns its best score, for sweepers. A failure is kept
+        for main() (a sweep runs its other jobs) unless fail_fast stops the sweep."""
+        outcome = job(conf)
+        hydra_conf = HydraConfig.get()
+        if hydra_conf.mode == RunMode.MULTIRUN:
+            self.sweep_dir = Path(hydra_conf.sweep.dir)
+        if outcome.error is not None:
+            self.failed.append(outcome)
+            if hydra_conf.mode == RunMode.MULTIRUN and conf.get("fail_fast"):
+                code, message = failure(outcome.error)
+                raise StopSweep(code, f"fail_fast: the sweep stopped at its first failure, job "
+                                      f"[{outcome.overrides}]: {message}")
+        return outcome.score
+
+
+def job(conf) -> Outcome:
+    """One Hydra job, from its config: resume, signals, the run, its failure recorded in the run folder."""
+    from nnrun import cli
+    from nnrun.report.console import open_console
+    from nnrun.signals import signal_number, stop_signals
+    from nnrun.train import distributed
+    from nnrun.train.loop import Interrupted
+    from nnrun.train.resume import AlreadyCompleted, move_to, status_of
+
+    register_resolvers()                  # a launcher's worker process did not run main()
+    hydra_conf = HydraConfig.get()
+    run_dir = Path(hydra_conf.runtime.output_dir)
+    sweep = hydra_conf.mode == RunMode.MULTIRUN
+    placement = sweep_placement(conf, hydra_conf) if sweep else None
+    helper = distributed.launched() and distributed.rank() != 0     # (torch is imported by now)
+    if helper:        # a DDP rank other than 0 trains alike but writes into a folder of its own, then deletes it
+        import tempfile
+
+        run_dir = Path(tempfile.mkdtemp(prefix=f"nnrun-rank{distributed.rank()}-"))
+    console, handler = open_console(quiet=helper)
+    try:
+        with stop_signals(signal_number(conf.trainer.get("requeue_signal")), quiet=helper) as stop:
+            run_dir, resume_from = find_resume(conf, run_dir, sweep, helper)
+            if resume_from is False:      # rank 0 ended it (the run was completed, or the request refused)
+                return Outcome(run_dir)
+            summary = cli.run(conf, run_dir, console, command=rerun_command(hydra_conf), resume_from=resume_from,
+                              stop=stop, placement=placement)
+            return Outcome(run_dir, finite(summary.get("best_score")))
+    except AlreadyCompleted as done:
+        move_to(run_dir, done.run_dir)        # this attempt's empty folder goes; the note goes to that run's log
+        log.info(str(done))
+        return Outcome(done.run_dir, finite(status_of(done.run_dir).get("best_score")))   # a sweeper still gets it
+    except Interrupted as exc:
+        raise interrupted(exc, run_dir, helper) from None
+    except Exception as exc:
+        record_failure(exc, run_dir, helper)
+        if os.environ.get("NNRUN_DEBUG", "") in ("", "0"):
+            # its traceback holds this job's frames (model, data, activations: GPU memory); the next
+            # job of a sweep needs that memory, and the log has the traceback already
+            exc = exc.with_traceback(None)
+            exc.__context__ = exc.__cause__ = None
+        return Outcome(run_dir, error=exc, overrides=" ".join(hydra_conf.overrides.task) if sweep else "")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        write_pending(accepted=False)         # refused or completed: the stored config stays as it was
+        release(run_dir)
+        if sweep:
+            from nnrun.train.device import release_slots
+
+            release_slots()
+        if helper:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def sweep_placement(conf, hydra_conf):
+    """(device, threads) of a sweep job sharing the machine with the sweep's other jobs."""
+    from nnrun.train.device import share_machine
+
+    if conf.trainer.get("compile"):
+        import torch._dynamo
+
+        torch._dynamo.reset()             # each job compiles afresh: no recompile limit reached across jobs
+    return share_machine(hydra_conf.launcher, hydra_conf.job.num, conf.trainer.device, conf.trainer.threads)
+
+
+def find_resume(conf, run_dir: Path, sweep: bool, helper: bool):
+    """(the folder to run in, the checkpoint to resume from: None for a fresh start, False when
+    rank 0 ended the run). Ranks agree: rank 0 finds the checkpoint and tells the others."""
+    from nnrun.train import distributed
+    from nnrun.train.resume import DONE, AlreadyCompleted, locate, move_to, resume_job, status
+
+    resume = conf.trainer.get("resume")
+    if not resume:
+        return run_dir, None
+    if sweep and resume == "auto":        # a job of a sweep being continued
+        return run_dir, resume_job(run_dir)
+    if helper:
+        decided = distributed.agree(None)
+        return run_dir, (False if decided["end"] else decided["from"])
+    try:
+        folder, resume_from = locate(str(resume), run_dir, OmegaConf.to_container(conf, resolve=False))
+    except BaseException:
+        distributed.agree({"end": True})
+        raise
+    distributed.agree({"end": False, "from": resume_from})     # None: from the start
+    if folder != run_dir:
+        claim(folder)                     # before anything there is written: one writer
+        if status(folder) in DONE:        # it completed while we looked
+            release(folder)
+            raise AlreadyCompleted(folder)
+        move_to(run_dir, folder)
+        release(run_dir)
+    if resume_from:
+        log.info(f"resuming {folder} from {resume_from}")
+    return folder, resume_from
+
+
+def interrupted(exc, run_dir: Path, helper: bool) -> StopSweep:
+    """The run stopped for a signal: its summary says where, and the command ends with 128 + the signal."""
+    from nnrun.report.summary import write_summary
+
+    name = signal.Signals(exc.signum).name
+    # epoch: the one running (1-based, as for nan_loss); step: its batches done, 0 = at its end
+    write_summary(run_dir, {"status": "interrupted", "signal": name, "epoch": exc.epoch + (1 if exc.step else 0),
+                            "step": exc.step, "run_dir": str(run_dir)})
+    where = f"after epoch {exc.epoch}" if not exc.step else f"at epoch {exc.epoch + 1}, step {exc.step}"
+    return StopSweep(128 + exc.signum, "" if helper else      # rank 0 tells; the others' folders go
+                     f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
+                     f"continue with trainer.resume=auto (or trainer.resume={run_dir})")
+
+
+def record_failure(exc, run_dir: Path, helper: bool) -> None:
+    """The traceback into nnrun.log, the failure into summary.json (a sweep's table and a sweep run
+    elsewhere read it there); the console gets one line from main()."""
+    from nnrun.report.summary import write_summary
+    from nnrun.train.checkpoint import NonFiniteWeights
+    from nnrun.train.loop import NonFiniteLoss
+
+    log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
+    if helper:                            # this rank's log goes with its scratch folder: say it here
+        import traceback
+
+        from nnrun.train import distributed
+
+        print(f"nnrun: rank {distributed.rank()} failed:\n{traceback.format_exc()}", file=sys.stderr)
+    code, message = failure(exc)
+    record = {"status": "failed", "error": message, "exit_code": code}
+    if isinstance(exc, (NonFiniteLoss, NonFiniteWeights)):
+        record.update(status="nan_loss", epoch=exc.epoch, step=exc.step)
+    elif out_of_memory(exc):
+        record["status"] = "oom"
+    write_summary(run_dir, {**record, "run_dir": str(run_dir)}, last_resort=True)
+
+
+def rerun_command(hydra_conf) -> str:
+    """The command line that runs this job again (a sweep job alone), into a new run folder."""
+    words = ["nnrun"]
+    for source in hydra_conf.runtime.config_sources:
+        if source.provider == "command-line":     # --config-dir
+            words += ["--config-dir", source.path.removeprefix("file://")]
+    return shlex.join(words + list(hydra_conf.overrides.task))
+
+
+def finite(score):
+    """The job's score for a sweeper, None when there is none or it is not finite: Optuna records a
+    trial whose value is not a number as failed."""
+    import math
+
+    return score if isinstance(score, (int, float)) and math.isfinite(score) else None
+
+
+def out_of_memory(exc) -> bool:
+    torch = sys.modules.get("torch")      # not imported: no GPU memory was ever asked for
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def raised_by(exc, package: str) -> bool:
+    """exc was raised inside package's code (its innermost frame is there)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and (tb.tb_frame.f_globals.get("__name__") or "").split(".")[0] == package
+
+
+def failure(exc) -> tuple:
+    """(exit code, one line) for a job's or a sweeper's exception, with what to do where nnrun knows."""
+    import errno
+
+    from nnrun.train.checkpoint import DiskFull, NonFiniteWeights
+    from nnrun.train.loop import NonFiniteLoss
+
+    config_error = describe(exc)
+    if config_error is not None:
+        return EXIT_USAGE, config_error
+    if out_of_memory(exc):
+        return EXIT_FAILURE, "out of GPU memory; try a smaller data.batch_size (or a smaller model)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = exc.filename or "a file of the run"
+        text = exc.strerror if isinstance(exc, DiskFull) else \
+            f"No space left on device while writing {where}; the previous checkpoint is kept"
+        return EXIT_FAILURE, f"{text}: free some space and continue with trainer.resume=auto"
+    if isinstance(exc, (NonFiniteLoss, NonFiniteWeights)):
+        return EXIT_FAILURE, first
+    if isinstance(exc, ValueError) and raised_by(exc, "optuna"):     # at the end of a search: no best trial
+        return EXIT_FAILURE, "no trial completed, so the search has no best one (each trial's failure is above)"
+    return EXIT_FAILURE, (f"{type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; "
+                          f"NNRUN_DEBUG=1 prints it)")
+
+
+def main(argv: list) -> int:
+    """Run the nnrun command argv (without the program name) and return its exit code."""
+    import hydra
+
+    from nnrun.report.results import SweepFailures, finish_sweep
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"      # Hydra re-raises; we print one line instead
+    debug = os.environ.get("NNRUN_DEBUG", "") not in ("", "0")
+    register_resolvers()
+    unique_run_dir.cache_clear()              # a new command: new run folders
+    command = Command()
+    entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(command.task)
+    stopped, failures = None, []
+    if any(a.lstrip("+").startswith("trainer.deterministic=") and "true" in a.lower() for a in argv):
+        # before any job starts cuBLAS: a sweep's deterministic job may follow one that is not
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        argv = ddp_setup(argv)
+        refuse_used_run_dir(argv)
+        sys.argv[1:] = continue_sweep(argv)
+        entry()
+    except KeyboardInterrupt:
+        print("nnrun: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+    except StopSweep as exc:
+        stopped = exc
+    except SweepFailures as exc:              # read from the run folders, for jobs that ran elsewhere
+        failures = exc.failures
+    except Exception as exc:                  # composition errors before any job, or a sweeper's own
+        command.failed.append(Outcome(Path("."), error=exc))
+        if command.sweep_dir is not None:     # a sweeper that raised (Optuna: no trial completed) skipped the table
+            finish_sweep(command.sweep_dir)
+    if debug and command.failed:
+        raise command.failed[0].error
+    if command.failed:                        # this process's own, with their exceptions
+        failures = [(outcome.overrides, *failure(outcome.error)) for outcome in command.failed]
+    for overrides, code, message in failures:
+        where = f"job [{overrides}] " if overrides else ""
+        print(f"nnrun: {where}{'error' if code == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
+    if stopped is not None:
+        if (stopped.code > 128 or not failures) and str(stopped):   # no failures: the job ran in a worker process
+            print(f"nnrun: {stopped}", file=sys.stderr)
+        return stopped.code
+    codes = [code for _, code, _ in failures]
+    return (EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_USAGE) if codes else 0
