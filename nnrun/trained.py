@@ -158,29 +158,14 @@ def load_run(folder) -> Run:
 
 
 def table_input(frame, description: dict) -> torch.Tensor:
-    """Rows of a DataFrame -> the model's input columns, as the run's TabularTransform made them."""
+    """Rows of a DataFrame -> the model's input columns, by the run's own TabularTransform."""
     import pandas as pd
 
+    from nnrun.data.tabular import TabularTransform
+
     frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
-    parts = []
-    for column in description["columns"]:
-        name = column["name"]
-        if name not in frame.columns:
-            raise ConfigError(f"the input lacks column {name!r}; the model was trained on: "
-                              f"{', '.join(c['name'] for c in description['columns'])}")
-        values = frame[name]
-        if column["kind"] == "numeric":
-            v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-            if column["fill"] is not None:
-                v = np.where(np.isnan(v), column["fill"], v)
-            bad = ~np.isfinite(v)
-            if bad.any():
-                raise ConfigError(f"column {name!r}: row {int(bad.argmax()) + 2} is missing or not a number")
-            parts.append(((v - column["mean"]) / column["std"])[:, None])
-        else:
-            text = values.astype("string").fillna(column["fill"] or "").to_numpy(dtype=object)
-            parts.append(np.stack([(text == c) for c in column["categories"]], 1).astype(np.float64))
-    return torch.from_numpy(np.concatenate(parts, 1)).float()
+    transform = TabularTransform(frame, (), None, description.get("target")).adopt(description)
+    return transform(torch.arange(len(frame)))
 
 
 def read_inputs(run: Run, path: Path):

@@ -179,3 +179,34 @@ def test_checking_a_folder_while_its_run_writes_temporary_files(tmp_path):
     finally:
         stop.set()
         thread.join()
+
+
+def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt():
+    """The trainer's best epoch and early stopping's share one copy; a last.pt written before
+    KeptWeights (best_state in the history, best_weights in early stopping's state) still resumes."""
+    from nnrun.callbacks import build_callbacks
+
+    data = tiny_data()
+    fitter = trainer(3)
+    fitter.callbacks = build_callbacks({"early_stopping": {"patience": 5}})
+    for cb in fitter.callbacks:
+        cb.setup(fitter.model, ".", fitter.save_weights, fitter.optimizer, fitter.kept)
+    fitter.outputs.stop = lambda: signal.SIGTERM if fitter.history.epoch >= 2 else None
+    with pytest.raises(Interrupted):
+        fitter.fit(data)
+    best = fitter.history.best_epoch
+    assert fitter.kept.epochs == {"best": best, "early_stopping": best} and list(fitter.kept.weights) == [best]
+    state = fitter.state_dict()
+    old = dict(state)                                      # the same state as an older nnrun wrote it
+    kept = old.pop("kept")
+    old["history"] = {**state["history"], "best_state": kept["weights"][best]}
+    old["callbacks"] = {"early_stopping": {**state["callbacks"]["early_stopping"],
+                                           "best_weights": kept["weights"][best]}}
+    for saved in (state, old):
+        resumed = trainer(3)
+        resumed.load_state_dict(saved)
+        assert resumed.kept.epochs["best"] == best
+        assert all(torch.equal(resumed.kept.weights[best][k], kept["weights"][best][k]) for k in kept["weights"][best])
+        resumed.model.load_state_dict({k: torch.zeros_like(v) for k, v in resumed.model.state_dict().items()})
+        assert resumed.restore_best() == best
+        assert torch.equal(resumed.model.state_dict()["0.weight"], kept["weights"][best]["0.weight"])

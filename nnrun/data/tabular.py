@@ -48,10 +48,7 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
     check_values(frame, features, categorical, target, impute, path, test_path,
                  len(frame) if not test_path else frame_rows)
     y, task, classes = encode_target(frame[target], task, target)
-    x = np.stack([frame[c].to_numpy(dtype=np.float64, na_value=np.nan) if c not in categorical
-                  else category_codes(frame[c]) for c in features], axis=1)
-    levels = {c: list(frame[c].astype("string").astype("category").cat.categories) for c in categorical}
-    x = torch.from_numpy(x).float()
+    x = torch.arange(len(frame))                   # row numbers: TabularTransform reads the rows
     y = torch.from_numpy(y)
     if test_path:
         train_idx, test_idx = torch.arange(frame_rows), torch.arange(frame_rows, frame_rows + test_rows)
@@ -64,7 +61,7 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
              + (f" ({len(categorical)} categorical: {', '.join(categorical)})" if categorical else ""))
     return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]),
             "classes": classes, "task": task,
-            "transform": TabularTransform(features, levels, impute, target)}
+            "transform": TabularTransform(frame[features], categorical, impute, target)}
 
 
 def read_csv(path: str, key: str, na_values=()):
@@ -153,13 +150,6 @@ def check_values(frame, features, categorical, target, impute, path, test_path, 
                                   f"{where(int(infinite.argmax()))}; replace them with finite numbers")
 
 
-def category_codes(column) -> np.ndarray:
-    """Index of each value among the column's sorted categories, as floats; missing is NaN."""
-    codes = column.astype("string").astype("category").cat.codes.to_numpy().astype(np.float64)
-    codes[codes < 0] = np.nan
-    return codes
-
-
 def encode_target(column, task: str, name: str):
     """(y, task, classes): class indices (int64) for multiclass, 0/1 floats for binary, floats for
     regression. task=auto: text or an integer column with few values is classification."""
@@ -192,83 +182,116 @@ def encode_target(column, task: str, name: str):
 
 
 class TabularTransform:
-    """Fitted on the training rows: fill values, mean/std of numeric columns, the categories seen.
-    Applied to every split: numeric columns standardised, categorical ones one-hot (a category
-    not seen in training is all zeros)."""
+    """A table's preprocessing, the one object that training, nnrun-eval, nnrun-predict and
+    load_run all use: a scikit-learn ColumnTransformer, fitted on the training rows (or set from a
+    run's preprocessing.json), with per column (in the features' order) the missing values filled
+    (data.impute), numeric values standardised, categories one-hot (a category not seen in
+    training is all zeros). Its inputs x are row numbers of frame, the feature columns as read."""
 
-    def __init__(self, features, levels: dict, impute, target: str):
-        self.features, self.levels, self.impute, self.target = features, levels, impute, target
-        self.position = {name: j for j, name in enumerate(features)}     # column of x holding each
+    def __init__(self, frame, categorical, impute, target: str):
+        self.frame, self.features, self.impute, self.target = frame, list(frame.columns), impute, target
+        self.categorical = set(categorical)
+        self.columns = None               # the fitted ColumnTransformer
 
     def fit(self, x: torch.Tensor) -> "TabularTransform":
-        x = x.double()
-        self.fill, self.mean, self.std, self.seen = {}, {}, {}, {}
-        for j, name in enumerate(self.features):
-            column = x[:, j]
-            known = column[~column.isnan()]
-            if name in self.levels:
-                codes, counts = known.long().unique(return_counts=True)
-                self.seen[name] = codes.tolist()
-                self.fill[name] = float(codes[counts.argmax()]) if len(codes) else 0.0
-                continue
-            if len(known) == 0:
+        rows = self.rows(x)
+        for name in self.features:
+            if name not in self.categorical and np.isnan(rows[name].to_numpy(dtype=np.float64)).all():
                 raise ConfigError(f"column {name!r} has no values in the training rows")
-            self.fill[name] = float(known.mean() if self.impute == "mean" else known.median())
-            column = torch.where(column.isnan(), self.fill[name], column)
-            self.mean[name] = float(column.mean())
-            self.std[name] = float(column.std()) if len(column) > 1 else 1.0
-            if not self.std[name] > 1e-12:
-                self.std[name] = 1.0       # a constant column stays constant (0) instead of NaN
+        self.columns = self.transformer({}).fit(rows)
         return self
 
     def adopt(self, description: dict) -> "TabularTransform":
-        """The run's fitted values; categories are matched by name, so their codes may differ
-        between the run's file and this one (a category this file lacks is an all-zero column)."""
-        columns = {c["name"]: c for c in description["columns"]}
-        missing = [f for f in columns if f not in self.features]
+        """The run's fitted values (preprocessing.json) instead of fitting; columns are matched by
+        name, categories by their text."""
+        stored = {c["name"]: c for c in description["columns"]}
+        missing = [name for name in stored if name not in self.frame.columns]
         if missing:
-            raise ConfigError(f"this data lacks the column(s) {', '.join(missing)} the model was trained on")
-        self.features, self.fill, self.mean, self.std, self.seen = list(columns), {}, {}, {}, {}
-        for name, c in columns.items():
+            raise ConfigError(f"the input lacks the column(s) {', '.join(map(repr, missing))} the model was "
+                              f"trained on: {', '.join(map(repr, stored))}")
+        self.features, self.impute = list(stored), description.get("impute")
+        self.categorical = {name for name, c in stored.items() if c["kind"] == "categorical"}
+        sample = {name: [c["categories"][0] if c["categories"] else "" ] if name in self.categorical else [0.0]
+                  for name, c in stored.items()}
+        import pandas as pd
+
+        self.columns = self.transformer(stored).fit(pd.DataFrame(sample, columns=self.features))
+        for name, c in stored.items():                # the stored scaling in place of the sample's
             if c["kind"] == "numeric":
-                self.mean[name], self.std[name] = c["mean"], c["std"]
-                self.fill[name] = c["fill"] if c["fill"] is not None else float("nan")
-            else:
-                names = self.levels.get(name, [])
-                self.seen[name] = [names.index(v) if v in names else -1 for v in c["categories"]]
-                fill = c.get("fill")
-                self.fill[name] = float(names.index(fill)) if fill in names else float("nan")
-        self.impute = description.get("impute")
+                scaler = self.columns.named_transformers_[name][-1]
+                scaler.mean_, scaler.scale_ = np.array([c["mean"]], float), np.array([c["std"]], float)
+                scaler.var_ = scaler.scale_ ** 2
         return self
+
+    def transformer(self, stored: dict):
+        """The ColumnTransformer: a pipeline per feature. stored: a run's columns by name, whose fill
+        values and categories are fixed (fitting then learns only the scaling)."""
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        def fill(name, strategy):
+            if name in stored:
+                value = stored[name].get("fill")
+                return [SimpleImputer(strategy="constant", fill_value=value)] if value is not None else []
+            return [SimpleImputer(strategy=strategy)] if self.impute else []
+
+        steps = []
+        for name in self.features:
+            if name in self.categorical:
+                categories = [stored[name]["categories"]] if name in stored else "auto"
+                encoder = OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False)
+                steps.append((name, make_pipeline(*fill(name, "most_frequent"), encoder), [name]))
+            else:
+                steps.append((name, make_pipeline(*fill(name, self.impute), StandardScaler()), [name]))
+        return ColumnTransformer(steps, verbose_feature_names_out=False)
+
+    def rows(self, x: torch.Tensor):
+        """The rows x names: numeric columns as floats (text that is not a number: missing),
+        categorical ones as text (missing: NaN)."""
+        import pandas as pd
+
+        rows = self.frame.iloc[np.asarray(x, dtype=np.int64)]
+        out = {}
+        for name in self.features:
+            if name in self.categorical:
+                out[name] = rows[name].astype("string").to_numpy(dtype=object, na_value=np.nan)
+            else:
+                out[name] = pd.to_numeric(rows[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        return pd.DataFrame(out, columns=self.features)
 
     def unscaled(self) -> None:
         """data.normalize=false: numeric columns pass as they are (categories are still one-hot)."""
-        self.mean = dict.fromkeys(self.mean, 0.0)
-        self.std = dict.fromkeys(self.std, 1.0)
+        for name in self.features:
+            if name not in self.categorical:
+                scaler = self.columns.named_transformers_[name][-1]
+                scaler.mean_, scaler.scale_, scaler.var_ = np.zeros(1), np.ones(1), np.ones(1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.double()
-        parts = []
+        rows = self.rows(x)
         for name in self.features:
-            j = self.position[name]
-            column = torch.where(x[:, j].isnan(), self.fill[name], x[:, j])
-            if name in self.levels:
-                codes = torch.tensor(self.seen[name], dtype=torch.float64)
-                parts.append((column[:, None] == codes[None, :]).double())
-            else:
-                parts.append(((column - self.mean[name]) / self.std[name])[:, None])
-        return torch.cat(parts, dim=1).float().contiguous()
+            if name in self.categorical or self.columns.named_transformers_[name].steps[0][0] == "simpleimputer":
+                continue
+            bad = np.isnan(rows[name].to_numpy())
+            if bad.any():
+                raise ConfigError(f"column {name!r}: row {int(np.asarray(x)[bad.argmax()]) + 2} is missing or not "
+                                  f"a number")
+        return torch.from_numpy(np.asarray(self.columns.transform(rows), dtype=np.float32)).contiguous()
 
     def describe(self) -> dict:
         """JSON-ready: what predictions must apply to new rows, in the order of the model's inputs."""
         columns = []
         for name in self.features:
-            if name in self.levels:
-                names = self.levels[name]
+            pipeline = self.columns.named_transformers_[name]
+            imputer = pipeline[0] if pipeline.steps[0][0] == "simpleimputer" else None
+            fill = imputer.statistics_[0] if imputer is not None else None
+            if name in self.categorical:
                 columns.append({"name": name, "kind": "categorical",
-                                "categories": [names[c] for c in self.seen[name]],
-                                "fill": names[int(self.fill[name])] if self.impute else None})
+                                "categories": [str(c) for c in pipeline[-1].categories_[0]],
+                                "fill": str(fill) if fill is not None else None})
             else:
-                columns.append({"name": name, "kind": "numeric", "mean": self.mean[name],
-                                "std": self.std[name], "fill": self.fill[name] if self.impute else None})
+                scaler = pipeline[-1]
+                columns.append({"name": name, "kind": "numeric", "mean": float(scaler.mean_[0]),
+                                "std": float(scaler.scale_[0]), "fill": float(fill) if fill is not None else None})
         return {"kind": "tabular", "target": self.target, "impute": self.impute, "columns": columns}
