@@ -66,7 +66,7 @@ def flip_and_crop(x: torch.Tensor, pad: int, fill: float) -> torch.Tensor:
     """The same tensor operations as nnrun's, written inline: flip half the batch, pad, cut each
     image at its own offset (one gather)."""
     n, c, h, w = x.shape
-    d = x.device                             # every random draw and index on the batch's device
+    d = x.device  # every random draw and index on the batch's device
     x = torch.where((torch.rand(n, device=d) < 0.5)[:, None, None, None], x.flip(-1), x)
     padded = nn.functional.pad(x, (pad, pad, pad, pad), value=fill)
     top, left = torch.randint(0, 2 * pad + 1, (n,), device=d), torch.randint(0, 2 * pad + 1, (n,), device=d)
@@ -94,7 +94,7 @@ def hand_epochs(conf, epochs: int, batches, augment: bool = False, device: str =
         model.train()
         order = torch.randperm(len(y), device=y.device)
         for i in range(0, min(stop, len(y)), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             xb = flip_and_crop(x[idx], 2, data.augment.fill) if augment else x[idx]
             loss = loss_fn(model(xb), y[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -102,8 +102,10 @@ def hand_epochs(conf, epochs: int, batches, augment: bool = False, device: str =
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            _val_loss = sum(loss_fn(model(vx[i:i + batch_size]), vy[i:i + batch_size]).item()
-                           for i in range(0, min(val_stop, len(vy)), batch_size))
+            _val_loss = sum(
+                loss_fn(model(vx[i : i + batch_size]), vy[i : i + batch_size]).item()
+                for i in range(0, min(val_stop, len(vy)), batch_size)
+            )
         times.append(time.perf_counter() - start)
     return times
 
@@ -112,8 +114,10 @@ def random_fashion(folder: Path) -> Path:
     """Random images and labels in Fashion-MNIST's shapes and IDX files."""
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 60_000), ("t10k", 10_000)):
-        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))),
-                            ("labels-idx1", rng.integers(0, 10, n))):
+        for kind, array in (
+            ("images-idx3", rng.integers(0, 256, (n, 28, 28))),
+            ("labels-idx1", rng.integers(0, 10, n)),
+        ):
             header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
             (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + array.astype(np.uint8).tobytes())
     return folder
@@ -137,29 +141,41 @@ def main() -> None:
         root = args.root if real else random_fashion(tmp)
         cuda = args.device.startswith("cuda")
         where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-        print(f"Fashion-MNIST: {'real files in ' + str(root) if real else 'random data of the same shape'}; "
-              f"torch {torch.__version__}, {where}, "
-              f"{args.epochs} epochs x {args.repeats} trials per side, batches per epoch: {args.batches or 'all'}"
-              + (", augmentation: random flip + crop(2)" if args.augment else "") + "\n")
+        print(
+            f"Fashion-MNIST: {'real files in ' + str(root) if real else 'random data of the same shape'}; "
+            f"torch {torch.__version__}, {where}, "
+            f"{args.epochs} epochs x {args.repeats} trials per side, batches per epoch: {args.batches or 'all'}"
+            + (", augmentation: random flip + crop(2)" if args.augment else "")
+            + "\n"
+        )
         print("| model | nnrun s/epoch | hand s/epoch | nnrun samples/s | hand samples/s | ratio |")
         print("|---|---:|---:|---:|---:|---:|")
         with initialize_config_module(config_module="nnrun.conf", version_base="1.3"):
             for name in args.models:
-                overrides = [f"model={name}", "data=fashion_mnist", f"data.root={root}", "data.download=false",
-                             f"trainer.epochs={args.epochs}", f"trainer.device={args.device}"]
+                overrides = [
+                    f"model={name}",
+                    "data=fashion_mnist",
+                    f"data.root={root}",
+                    "data.download=false",
+                    f"trainer.epochs={args.epochs}",
+                    f"trainer.device={args.device}",
+                ]
                 if args.batches:
                     overrides.append(f"trainer.limit_batches={args.batches}")
                 if args.augment:
                     overrides += AUGMENT
                 ours, hand = [], []
-                for trial in range(args.repeats):      # alternate, so drift on a shared machine hits both
+                for trial in range(args.repeats):  # alternate, so drift on a shared machine hits both
                     ours += nnrun_epochs(overrides, tmp / f"{name}-{trial}")
-                    hand += hand_epochs(compose("config", overrides=overrides), args.epochs, args.batches,
-                                        args.augment, args.device)
+                    hand += hand_epochs(
+                        compose("config", overrides=overrides), args.epochs, args.batches, args.augment, args.device
+                    )
                 a, b = statistics.median(ours), statistics.median(hand)
                 samples = train_samples(compose("config", overrides=overrides), args.batches)
-                print(f"| {name} | {a:.3f} | {b:.3f} | {samples / a:,.0f} | {samples / b:,.0f} | {a / b:.2f}x |",
-                      flush=True)
+                print(
+                    f"| {name} | {a:.3f} | {b:.3f} | {samples / a:,.0f} | {samples / b:,.0f} | {a / b:.2f}x |",
+                    flush=True,
+                )
     if args.startup_repeats:
         startup.print_table(startup.measure(args.startup_repeats), args.startup_repeats)
 

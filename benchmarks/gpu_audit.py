@@ -67,7 +67,7 @@ def sync(args) -> int:
             return
         stack = traceback.extract_stack()[:-1]
         while stack and os.path.basename(stack[-1].filename) in ("warnings.py", "_py_warnings.py"):
-            stack.pop()            # the warnings module's own frames, between the op's caller and us
+            stack.pop()  # the warnings module's own frames, between the op's caller and us
         site, function = "(outside nnrun)", ""
         for frame in reversed(stack):
             if os.path.abspath(frame.filename).startswith(package):
@@ -81,7 +81,7 @@ def sync(args) -> int:
             via = f"{'/'.join(parts[-2:])}:{inner.lineno}"
         counts[(site, via)] += 1
         functions[site] = function
-        during[(site, via)].add(steps[0])      # the optimizer step it came after: per-step sites hit each one
+        during[(site, via)].add(steps[0])  # the optimizer step it came after: per-step sites hit each one
 
     enabled, note = False, ""
     if torch.cuda.is_available():
@@ -94,23 +94,41 @@ def sync(args) -> int:
     warnings.showwarning = hook
     import logging
 
-    logging.captureWarnings = lambda capture: None       # keep our hook in place whatever configures logging
+    logging.captureWarnings = lambda capture: None  # keep our hook in place whatever configures logging
     start = time.perf_counter()
     code = run_nnrun(args.overrides)
     if enabled:
         torch.cuda.set_sync_debug_mode("default")
-    sites = [{"site": site, "via": via, "function": functions.get(site, ""), "count": n,
-              "steps_hit": len(during[(site, via)])} for (site, via), n in counts.most_common()]
-    report = {"label": args.label, "exit_code": code, "steps": steps[0], "sync_debug": enabled, "note": note,
-              "total": sum(counts.values()), "sites": sites, "seconds": round(time.perf_counter() - start, 1),
-              "other_warnings": dict(other.most_common(10))}
+    sites = [
+        {
+            "site": site,
+            "via": via,
+            "function": functions.get(site, ""),
+            "count": n,
+            "steps_hit": len(during[(site, via)]),
+        }
+        for (site, via), n in counts.most_common()
+    ]
+    report = {
+        "label": args.label,
+        "exit_code": code,
+        "steps": steps[0],
+        "sync_debug": enabled,
+        "note": note,
+        "total": sum(counts.values()),
+        "sites": sites,
+        "seconds": round(time.perf_counter() - start, 1),
+        "other_warnings": dict(other.most_common(10)),
+    }
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print(f"\nsync audit [{args.label}]: exit {code}, {steps[0]} optimizer steps, {report['total']} sync warnings")
     print(f"{'count':>7}  {'per-step':8}  site  (via)")
     for s in sites:
-        print(f"{s['count']:>7}  {'YES' if steps[0] and s['steps_hit'] >= 0.9 * steps[0] else 'no':8}  {s['site']} "
-              f"{s['function']}  ({s['via']})")
+        print(
+            f"{s['count']:>7}  {'YES' if steps[0] and s['steps_hit'] >= 0.9 * steps[0] else 'no':8}  {s['site']} "
+            f"{s['function']}  ({s['via']})"
+        )
     for text, n in other.most_common(10):
         print(f"other warning x{n}: {text}")
     return code
@@ -124,8 +142,11 @@ def oom(args) -> int:
         return 3
     torch.cuda.set_per_process_memory_fraction(args.fraction)
     total = torch.cuda.get_device_properties(0).total_memory
-    print(f"gpu_audit oom: memory fraction {args.fraction} of {total / 2**30:.1f} GiB = "
-          f"{args.fraction * total / 2**20:.0f} MiB for tensors", flush=True)
+    print(
+        f"gpu_audit oom: memory fraction {args.fraction} of {total / 2**30:.1f} GiB = "
+        f"{args.fraction * total / 2**20:.0f} MiB for tensors",
+        flush=True,
+    )
     return run_nnrun(args.overrides)
 
 

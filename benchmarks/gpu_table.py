@@ -23,7 +23,7 @@ import os
 import re
 from pathlib import Path
 
-VERDICT = []          # the last verdict printed wins; main() prints it last
+VERDICT = []  # the last verdict printed wins; main() prints it last
 
 
 def verdict(ok: bool, reason: str) -> None:
@@ -58,8 +58,7 @@ def fmt(value, digits=4) -> str:
     return str(value)
 
 
-COLUMNS = ["status", "device", "device_name", "gpu_memory_peak_mb", "samples_per_sec", "test_accuracy",
-           "wall_time"]
+COLUMNS = ["status", "device", "device_name", "gpu_memory_peak_mb", "samples_per_sec", "test_accuracy", "wall_time"]
 
 
 def table(rows: list, first: list) -> str:
@@ -67,8 +66,9 @@ def table(rows: list, first: list) -> str:
     head = first + COLUMNS
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for labels, s in rows:
-        lines.append("| " + " | ".join([str(labels.get(k, "")) for k in first] + [fmt(s.get(k)) for k in COLUMNS])
-                     + " |")
+        lines.append(
+            "| " + " | ".join([str(labels.get(k, "")) for k in first] + [fmt(s.get(k)) for k in COLUMNS]) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -106,27 +106,57 @@ def cmd_sweep(args) -> None:
         rows.append((labels, s))
         bad = check_summary(s, "completed", args.device)
         acc = s.get("test_accuracy")
-        if s.get("status") == "completed" and args.min_acc is not None and (
-                not isinstance(acc, (int, float)) or not acc >= args.min_acc):
+        if (
+            s.get("status") == "completed"
+            and args.min_acc is not None
+            and (not isinstance(acc, (int, float)) or not acc >= args.min_acc)
+        ):
             bad.append(f"test_accuracy {acc} < {args.min_acc}")
         problems += [f"job {d.name} ({labels.get('model', '?')}/{labels.get('precision', '?')}): {p}" for p in bad]
     write_md(args.md, table(rows, ["job", "model", "precision"]))
     if args.jobs and len(dirs) != args.jobs:
         problems.insert(0, f"{len(dirs)} job folders, expected {args.jobs}")
     speeds = [s.get("samples_per_sec") for _, s in rows if isinstance(s.get("samples_per_sec"), (int, float))]
-    verdict(not problems, "; ".join(problems) if problems else
-            f"{len(rows)} jobs completed on {args.device or 'the device'}"
-            + (f", {min(speeds):,.0f}-{max(speeds):,.0f} samples/s" if speeds else ""))
+    verdict(
+        not problems,
+        "; ".join(problems)
+        if problems
+        else f"{len(rows)} jobs completed on {args.device or 'the device'}"
+        + (f", {min(speeds):,.0f}-{max(speeds):,.0f} samples/s" if speeds else ""),
+    )
 
 
 def cmd_run(args) -> None:
     s = summary_of(args.dir)
-    print(json.dumps({k: s.get(k) for k in ["status", "signal", "epoch", "step", "error", "device", "device_name",
-                                            "epochs", "gpu_memory_peak_mb", "samples_per_sec", "test_accuracy",
-                                            "wall_time"] if k in s}))
+    print(
+        json.dumps(
+            {
+                k: s.get(k)
+                for k in [
+                    "status",
+                    "signal",
+                    "epoch",
+                    "step",
+                    "error",
+                    "device",
+                    "device_name",
+                    "epochs",
+                    "gpu_memory_peak_mb",
+                    "samples_per_sec",
+                    "test_accuracy",
+                    "wall_time",
+                ]
+                if k in s
+            }
+        )
+    )
     problems = check_summary(s, args.status, args.device)
-    verdict(not problems, "; ".join(problems) if problems else f"status {s.get('status')}"
-            + (f", device {s.get('device')}" if s.get("device") else ""))
+    verdict(
+        not problems,
+        "; ".join(problems)
+        if problems
+        else f"status {s.get('status')}" + (f", device {s.get('device')}" if s.get("device") else ""),
+    )
 
 
 def cmd_runs(args) -> None:
@@ -193,8 +223,10 @@ def cmd_finite(args) -> None:
             continue
         weights = [t for t in tensors_in(state.get("model", {})) if t.is_floating_point()]
         finite = all(bool(torch.isfinite(t).all()) for t in weights)
-        parts.append(f"{f.name} (epoch {state.get('epoch')}, step {state.get('step')}): "
-                     f"{'finite' if finite else 'NON-FINITE'} weights")
+        parts.append(
+            f"{f.name} (epoch {state.get('epoch')}, step {state.get('step')}): "
+            f"{'finite' if finite else 'NON-FINITE'} weights"
+        )
         if not finite and f.name == "last.pt":
             bad.append(f.name)
         elif not finite and f.name.startswith("best"):
@@ -212,8 +244,12 @@ def cmd_keys(args) -> None:
         return verdict(False, f"cannot read {args.path}: {type(exc).__name__}: {str(exc)[:150]}")
     wrapped = [k for k in tensors if "_orig_mod" in k or k.startswith("module.")]
     print(f"{len(tensors)} tensors: {', '.join(list(tensors)[:12])}{' ...' if len(tensors) > 12 else ''}")
-    verdict(not wrapped, f"{len(wrapped)} keys with _orig_mod/module. (e.g. {wrapped[0]})" if wrapped
-            else f"{len(tensors)} keys, none with _orig_mod")
+    verdict(
+        not wrapped,
+        f"{len(wrapped)} keys with _orig_mod/module. (e.g. {wrapped[0]})"
+        if wrapped
+        else f"{len(tensors)} keys, none with _orig_mod",
+    )
 
 
 def cmd_same(args) -> None:
@@ -229,13 +265,19 @@ def cmd_same(args) -> None:
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     for k in differ[:10]:
         print(f"{k}: max |a-b| = {float((a[k].double() - b[k].double()).abs().max()):.3g}")
-    verdict(not differ, f"{len(differ)} of {len(a)} tensors differ (e.g. {differ[0]})" if differ
-            else f"all {len(a)} tensors bit-identical")
+    verdict(
+        not differ,
+        f"{len(differ)} of {len(a)} tensors differ (e.g. {differ[0]})"
+        if differ
+        else f"all {len(a)} tensors bit-identical",
+    )
 
 
 def cmd_audit(args) -> None:
-    lines = ["| run | sync site (innermost nnrun frame) | via | count | steps | per step |",
-             "|---|---|---|---:|---:|---|"]
+    lines = [
+        "| run | sync site (innermost nnrun frame) | via | count | steps | per step |",
+        "|---|---|---|---:|---:|---|",
+    ]
     problems, notes = [], []
     for path in args.files:
         try:
@@ -252,8 +294,10 @@ def cmd_audit(args) -> None:
         for site in report.get("sites", []):
             # per step: it synced between (nearly) every two optimizer steps, not many times at a few
             every = steps > 0 and site.get("steps_hit", site["count"]) >= 0.9 * steps
-            lines.append(f"| {label} | {site['site']} ({site.get('function', '')}) | {site.get('via', '')} | "
-                         f"{site['count']} | {steps} | {'YES' if every else 'no'} |")
+            lines.append(
+                f"| {label} | {site['site']} ({site.get('function', '')}) | {site.get('via', '')} | "
+                f"{site['count']} | {steps} | {'YES' if every else 'no'} |"
+            )
             if every:
                 per_step.append(site["site"])
         if not report.get("sites"):
@@ -305,10 +349,13 @@ def cmd_pipes(args) -> None:
             out.append(line)
             previous = ""
         elif line.strip() and not line.startswith(("$ ", "[exit", "-----")):
-            previous = line.strip()           # the line that says what the next table is
+            previous = line.strip()  # the line that says what the next table is
     write_md(args.md, "\n".join(out) if out else "(no table printed)")
-    rows = [line for line in out if line.startswith("|") and not line.startswith("|---") and "model |" not in line
-            and "command |" not in line]
+    rows = [
+        line
+        for line in out
+        if line.startswith("|") and not line.startswith("|---") and "model |" not in line and "command |" not in line
+    ]
     verdict(bool(rows), f"{len(rows)} table rows" if rows else "no table rows printed")
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HAND = r'''
+HAND = r"""
 import os, time
 import torch
 from sklearn.datasets import load_digits
@@ -37,7 +37,7 @@ loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
 loss.backward()
 optimizer.step()
 open(os.environ["NNRUN_FIRST_STEP"], "w").write(repr(time.time()))
-'''
+"""
 
 
 def first_step(command: list, cwd: Path, env: dict) -> float:
@@ -45,8 +45,14 @@ def first_step(command: list, cwd: Path, env: dict) -> float:
     mark = cwd / "first_step.txt"
     mark.unlink(missing_ok=True)
     start = time.time()
-    subprocess.run(command, cwd=cwd, env={**env, "NNRUN_FIRST_STEP": str(mark)}, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command,
+        cwd=cwd,
+        env={**env, "NNRUN_FIRST_STEP": str(mark)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return float(mark.read_text()) - start
 
 
@@ -65,25 +71,29 @@ def measure(repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         (cwd / "hand.py").write_text(HAND)
-        for _ in range(repeats):         # alternate, so drifts in machine load hit all of them
+        for _ in range(repeats):  # alternate, so drifts in machine load hit all of them
             times["import torch"].append(imports("import torch", env))
             times["import torch, torch._dynamo"].append(imports("import torch, torch._dynamo", env))
             times["hand-written script"].append(first_step([sys.executable, "hand.py"], cwd, env))
-            times["nnrun"].append(first_step([str(nnrun), "imports=[first_step]", "+callbacks.first_step={}",
-                                              "trainer.plots=false"], cwd, env))
+            times["nnrun"].append(
+                first_step(
+                    [str(nnrun), "imports=[first_step]", "+callbacks.first_step={}", "trainer.plots=false"], cwd, env
+                )
+            )
     return {name: statistics.median(values) for name, values in times.items()}
 
 
 def print_table(medians: dict, repeats: int) -> None:
     base = medians["import torch"]
-    print(f"\nStart-up to the end of the first training step (default config: MLP on digits), "
-          f"median of {repeats}:\n")
+    print(f"\nStart-up to the end of the first training step (default config: MLP on digits), median of {repeats}:\n")
     print("| command | seconds | over `import torch` |")
     print("|---|---:|---:|")
     for name, median in medians.items():
         print(f"| {name} | {median:.2f} | {median - base:+.2f} |")
-    print(f"\nnnrun over the hand-written script: {medians['nnrun'] - medians['hand-written script']:+.2f} s; "
-          f"over `import torch, torch._dynamo`: {medians['nnrun'] - medians['import torch, torch._dynamo']:+.2f} s")
+    print(
+        f"\nnnrun over the hand-written script: {medians['nnrun'] - medians['hand-written script']:+.2f} s; "
+        f"over `import torch, torch._dynamo`: {medians['nnrun'] - medians['import torch, torch._dynamo']:+.2f} s"
+    )
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w.]*):(?P<value>[^#]*?)\s*(#\s?(?P<doc>.*))?$")
-SKIP = {"defaults", "hydra"}          # composition, and Hydra's own settings (see configuration.md)
+SKIP = {"defaults", "hydra"}  # composition, and Hydra's own settings (see configuration.md)
 
 
 def keys(path: Path):
@@ -44,7 +44,7 @@ def files():
             yield f"{folder.name}={path.stem}", path, prefix
 
 
-SCHEMA = (("data.augment", "AugmentConf"), ("trainer.checks", "ChecksConf"))   # keys set in no YAML file
+SCHEMA = (("data.augment", "AugmentConf"), ("trainer.checks", "ChecksConf"))  # keys set in no YAML file
 FIELD = re.compile(r"^    (?P<key>\w+): [^=]+= (?P<value>.+?)\s*(#\s?(?P<doc>.*))?$")
 
 
@@ -52,7 +52,7 @@ def schema(cls: str):
     """(key, default, comment) of each field of a dataclass in nnrun/config.py."""
     lines = (ROOT / "nnrun/config.py").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"class {cls}:"))
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("    "):
             break
         found = FIELD.match(line)
@@ -61,12 +61,16 @@ def schema(cls: str):
 
 
 def render() -> str:
-    out = ["# Configuration reference", "",
-           "Every key of every file in `conf/`, with its default and its meaning, generated from the",
-           "comments beside the keys (`python docs/gen_reference.py`; a test fails when a key has no",
-           "comment or this page is out of date). Pick an option of a group with `group=option`",
-           "(`model=cnn`); change a key with `key=value` (`model.channels=[32,64]`). A key shown with no",
-           "default holds the keys below it.", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        "Every key of every file in `conf/`, with its default and its meaning, generated from the",
+        "comments beside the keys (`python docs/gen_reference.py`; a test fails when a key has no",
+        "comment or this page is out of date). Pick an option of a group with `group=option`",
+        "(`model=cnn`); change a key with `key=value` (`model.channels=[32,64]`). A key shown with no",
+        "default holds the keys below it.",
+        "",
+    ]
     for title, path, prefix in files():
         rows = list(keys(path))
         if not rows:

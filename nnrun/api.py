@@ -34,30 +34,33 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     if config_dir is not None:
         words.append(f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]")
     register_resolvers()
-    unique_run_dir.cache_clear()          # a second fit() in the same second gets a folder of its own
+    unique_run_dir.cache_clear()  # a second fit() in the same second gets a folder of its own
     outcome = []
     GlobalHydra.instance().clear()
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level      # Hydra's logging setup replaces them
+    handlers, level = list(root.handlers), root.level  # Hydra's logging setup replaces them
     try:
         with initialize_config_module("nnrun.conf", version_base="1.3", job_name="nnrun"):
             try:
                 config = compose("config", overrides=words, return_hydra_config=True)
-                callbacks = hydra_main.Callbacks(config)       # checks the whole config first
+                callbacks = hydra_main.Callbacks(config)  # checks the whole config first
             except Exception as exc:  # noqa: BLE001  (Hydra and OmegaConf raise many types)
                 message = describe(exc)
                 if message is None:
                     raise
                 raise ConfigError(message) from None
-            run_job(task_function=lambda conf: outcome.append(launch.job(conf)), config=config,
-                    job_dir_key="hydra.run.dir", job_subdir_key=None,
-                    hydra_context=HydraContext(config_loader=GlobalHydra.instance().config_loader(),
-                                               callbacks=callbacks))
+            run_job(
+                task_function=lambda conf: outcome.append(launch.job(conf)),
+                config=config,
+                job_dir_key="hydra.run.dir",
+                job_subdir_key=None,
+                hydra_context=HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=callbacks),
+            )
     except launch.StopSweep as stop:
         raise KeyboardInterrupt(str(stop)) from None
     finally:
         GlobalHydra.instance().clear()
-        for handler in root.handlers[:]:    # the job's log file closes with the job
+        for handler in root.handlers[:]:  # the job's log file closes with the job
             if handler not in handlers:
                 root.removeHandler(handler)
                 handler.close()
@@ -73,6 +76,6 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
         if message is not None:
             raise ConfigError(message) from None
         raise done.error
-    if not (Path(done.run_dir) / "model.safetensors").exists():    # trainer.epochs=0: a model summary only
+    if not (Path(done.run_dir) / "model.safetensors").exists():  # trainer.epochs=0: a model summary only
         return None
     return load_run(done.run_dir)

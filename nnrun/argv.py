@@ -24,8 +24,10 @@ def ddp_setup(argv: list) -> list:
     if not under_torchrun():
         return argv
     if {"--multirun", "-m"} & set(argv):
-        raise ConfigError("--multirun under torchrun is not supported: one job failing on one process would leave "
-                          "the others waiting; run the sweep's jobs one torchrun each (e.g. a shell loop)")
+        raise ConfigError(
+            "--multirun under torchrun is not supported: one job failing on one process would leave "
+            "the others waiting; run the sweep's jobs one torchrun each (e.g. a shell loop)"
+        )
     from nnrun.train import distributed
 
     distributed.init()
@@ -44,12 +46,25 @@ def refuse_used_run_dir(args) -> None:
 
             folder = Path(arg.split("=", 1)[1]).expanduser()
             if holds_run(folder):
-                raise ConfigError(f"hydra.run.dir={folder} already holds a run; choose a new folder, or "
-                                  f"continue that run with trainer.resume={folder}")
+                raise ConfigError(
+                    f"hydra.run.dir={folder} already holds a run; choose a new folder, or "
+                    f"continue that run with trainer.resume={folder}"
+                )
 
 
-HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
-                          "--experimental-rerun", "--package", "-p", "--info", "-i")
+HYDRA_FLAGS_WITH_VALUE = (
+    "--config-dir",
+    "-cd",
+    "--config-name",
+    "-cn",
+    "--config-path",
+    "-cp",
+    "--experimental-rerun",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+)
 
 
 def swept(args) -> list:
@@ -86,14 +101,16 @@ def continue_sweep(args: list) -> list:
     if given:
         theirs = saved_sweep(Path(given[-1]).expanduser())
         if theirs is not None and theirs != mine:
-            raise ConfigError(f"hydra.sweep.dir={given[-1]} holds a sweep of [{' '.join(theirs)}], not "
-                              f"[{' '.join(mine)}]: the swept config changed; use a new hydra.sweep.dir")
+            raise ConfigError(
+                f"hydra.sweep.dir={given[-1]} holds a sweep of [{' '.join(theirs)}], not "
+                f"[{' '.join(mine)}]: the swept config changed; use a new hydra.sweep.dir"
+            )
         return args
     for saved in sorted(Path("outputs/multirun").glob("*/*/multirun.yaml"), reverse=True):
         if saved_sweep(saved.parent) == mine:
             print(f"nnrun: continuing the sweep in {saved.parent}", file=sys.stderr)
             return [*args, f"hydra.sweep.dir={saved.parent}"]
-    return args                                   # none to continue: a new sweep
+    return args  # none to continue: a new sweep
 
 
 def register_resolvers() -> None:
@@ -111,7 +128,7 @@ def direction(monitor: str, mode: str) -> str:
     return "maximize" if resolve_mode(monitor, mode, "trainer.mode") == "max" else "minimize"
 
 
-@functools.cache                  # Hydra resolves the folder more than once: it is made once
+@functools.cache  # Hydra resolves the folder more than once: it is made once
 def unique_run_dir(folder: str, name=None) -> str:
     """The folder of this run; under torchrun, rank 0's (the others must not make their own)."""
     if not under_torchrun():
@@ -132,7 +149,7 @@ def make_run_dir(folder: str, name=None) -> str:
     while True:
         candidate = path if n == 0 else path.with_name(f"{path.name}-{n}")
         try:
-            candidate.mkdir()         # atomic: of two processes, one gets each name
+            candidate.mkdir()  # atomic: of two processes, one gets each name
             return str(candidate)
         except FileExistsError:
             n += 1

@@ -15,11 +15,12 @@ import torch
 from nnrun.errors import ConfigError
 
 log = logging.getLogger("nnrun")
-SAMPLE = 10_000          # rows the statistics look at; enough to see scales and duplicates
-IMBALANCE = 5            # largest class / smallest class at which class_imbalance warns
+SAMPLE = 10_000  # rows the statistics look at; enough to see scales and duplicates
+IMBALANCE = 5  # largest class / smallest class at which class_imbalance warns
 
 
 # ---- errors about the data: called by build_data, before anything is placed on a device ----
+
 
 def data_errors(data) -> None:
     for split_name, split in (("train", data.train), ("validation", data.val), ("test", data.test)):
@@ -33,8 +34,10 @@ def non_finite_data(name: str, split) -> None:
     for what, values in (("inputs", split.x), ("targets", split.y)):
         if values.is_floating_point() and not torch.isfinite(values).all():
             bad = (~torch.isfinite(values.reshape(len(values), -1))).any(1).nonzero().flatten()
-            raise ConfigError(f"data: the {name} data has NaN or infinite {what} in sample {int(bad[0])} "
-                              f"({len(bad)} samples); clean the data first")
+            raise ConfigError(
+                f"data: the {name} data has NaN or infinite {what} in sample {int(bad[0])} "
+                f"({len(bad)} samples); clean the data first"
+            )
 
 
 def label_range(name: str, split, data) -> None:
@@ -44,11 +47,14 @@ def label_range(name: str, split, data) -> None:
 
 def single_class_validation(data) -> None:
     if data.val is not None and data.task != "regression" and len(data.val.y.unique()) < 2:
-        raise ConfigError(f"data.val_split: the validation split holds a single class "
-                          f"({data.classes[int(data.val.y[0])]}); use more data or a larger data.val_split")
+        raise ConfigError(
+            f"data.val_split: the validation split holds a single class "
+            f"({data.classes[int(data.val.y[0])]}); use more data or a larger data.val_split"
+        )
 
 
 # ---- errors and warnings that need the model: run() calls preflight() before fit() ----
+
 
 def preflight(data, model, loss_fn, device, enabled: dict, class_weight, resumed: bool) -> list:
     """Raise on a model whose output does not fit the task; return [(name, message)] warnings,
@@ -56,7 +62,7 @@ def preflight(data, model, loss_fn, device, enabled: dict, class_weight, resumed
     x = data.train.x[:256].to(device)
     y = data.train.y[:256].to(device)
     was_training = model.training
-    model.eval()                         # no dropout: this pass draws no random numbers
+    model.eval()  # no dropout: this pass draws no random numbers
     try:
         with torch.no_grad():
             output = model(x)
@@ -64,10 +70,12 @@ def preflight(data, model, loss_fn, device, enabled: dict, class_weight, resumed
         model.train(was_training)
     output_shape(output, data)
     softmax_output(model, output, data)
-    found = [("unnormalized_inputs", unnormalized_inputs(data)),
-             ("class_imbalance", class_imbalance(data, class_weight)),
-             ("first_loss", None if resumed else first_loss(output, y, data, loss_fn)),
-             ("overlap", overlap(data))]
+    found = [
+        ("unnormalized_inputs", unnormalized_inputs(data)),
+        ("class_imbalance", class_imbalance(data, class_weight)),
+        ("first_loss", None if resumed else first_loss(output, y, data, loss_fn)),
+        ("overlap", overlap(data)),
+    ]
     warnings = [(name, message) for name, message in found if message and enabled.get(name, True)]
     for name, message in warnings:
         log.warning(f"check {name}: {message} (silence: trainer.checks.{name}=false)")
@@ -79,8 +87,10 @@ def output_shape(output, data) -> None:
     got = tuple(output.shape[1:])
     if (data.task == "multiclass" and got != want) or (data.task != "multiclass" and got not in want):
         need = f"{data.num_classes} logits (one per class)" if data.task == "multiclass" else "one value"
-        raise ConfigError(f"the model gives outputs of shape {got} per sample, but this {data.task} data needs "
-                          f"{need}; make its last layer that wide")
+        raise ConfigError(
+            f"the model gives outputs of shape {got} per sample, but this {data.task} data needs "
+            f"{need}; make its last layer that wide"
+        )
 
 
 def softmax_output(model, output, data) -> None:
@@ -92,31 +102,39 @@ def softmax_output(model, output, data) -> None:
     if data.task == "regression":
         return
     if last in ("Softmax", "LogSoftmax", "Sigmoid") or (
-            data.task == "multiclass" and len(output) and (output >= 0).all()
-            and torch.allclose(output.sum(1), torch.ones(len(output), device=output.device), atol=1e-4)):
-        kind = "binary cross-entropy applies the sigmoid" if data.task == "binary" else \
-            "cross-entropy applies log-softmax"
-        raise ConfigError(f"the model ends in a {last if last in ('Softmax', 'LogSoftmax', 'Sigmoid') else 'softmax'}: "
-                          f"remove it and output raw scores (logits); the {kind} itself")
+        data.task == "multiclass"
+        and len(output)
+        and (output >= 0).all()
+        and torch.allclose(output.sum(1), torch.ones(len(output), device=output.device), atol=1e-4)
+    ):
+        kind = (
+            "binary cross-entropy applies the sigmoid" if data.task == "binary" else "cross-entropy applies log-softmax"
+        )
+        raise ConfigError(
+            f"the model ends in a {last if last in ('Softmax', 'LogSoftmax', 'Sigmoid') else 'softmax'}: "
+            f"remove it and output raw scores (logits); the {kind} itself"
+        )
 
 
 def unnormalized_inputs(data):
     x = data.train.x[:SAMPLE]
     if not x.is_floating_point() or len(x) < 2:
-        return None                       # token ids: an Embedding layer reads them
+        return None  # token ids: an Embedding layer reads them
     x = x.double()
-    if x.dim() == 2:                      # table: one scale per column
+    if x.dim() == 2:  # table: one scale per column
         scale = x.std(0)
-    elif x.dim() == 3:                    # series: one per feature, over samples and steps
+    elif x.dim() == 3:  # series: one per feature, over samples and steps
         scale = x.reshape(-1, x.shape[-1]).std(0)
-    else:                                 # images: one overall
+    else:  # images: one overall
         scale = x.std().reshape(1)
     big = float(x.abs().max())
     spread = float(scale.max() / scale[scale > 0].min()) if (scale > 0).any() else 1.0
     if big > 20 or spread > 100:
-        return (f"the inputs are not normalised (largest |value| {big:.4g}, feature scales differ up to "
-                f"{spread:.3g}x); training will be slow or unstable: keep data.normalize=true, or scale "
-                f"them yourself (e.g. pixels / 255)")
+        return (
+            f"the inputs are not normalised (largest |value| {big:.4g}, feature scales differ up to "
+            f"{spread:.3g}x); training will be slow or unstable: keep data.normalize=true, or scale "
+            f"them yourself (e.g. pixels / 255)"
+        )
     return None
 
 
@@ -128,9 +146,11 @@ def class_imbalance(data, class_weight):
     if counts[low] * IMBALANCE > counts[high]:
         return None
     share = float(counts[low]) / float(counts.sum())
-    return (f"classes are imbalanced: {data.classes[low]!r} has {int(counts[low])} training samples "
-            f"({share:.1%}), {data.classes[high]!r} has {int(counts[high])}; accuracy will flatter the "
-            f"model: set trainer.class_weight=balanced, and watch recall/F1 or AUC")
+    return (
+        f"classes are imbalanced: {data.classes[low]!r} has {int(counts[low])} training samples "
+        f"({share:.1%}), {data.classes[high]!r} has {int(counts[high])}; accuracy will flatter the "
+        f"model: set trainer.class_weight=balanced, and watch recall/F1 or AUC"
+    )
 
 
 def first_loss(output, y, data, loss_fn):
@@ -142,9 +162,11 @@ def first_loss(output, y, data, loss_fn):
     got = float(loss_fn(output.reshape(y.shape) if data.task == "binary" else output, y))
     if got <= 2 * expected:
         return None
-    return (f"the untrained model's loss is {got:.4g}, far above {expected:.4g} (ln {max(data.num_classes, 2)}: "
-            f"even odds over the classes); check that the labels match the inputs, the weight "
-            f"initialisation, and the input scale")
+    return (
+        f"the untrained model's loss is {got:.4g}, far above {expected:.4g} (ln {max(data.num_classes, 2)}: "
+        f"even odds over the classes); check that the labels match the inputs, the weight "
+        f"initialisation, and the input scale"
+    )
 
 
 def overlap(data):
@@ -153,13 +175,15 @@ def overlap(data):
         return None
 
     def digests(x):
-        rows = x[:SAMPLE * 5].detach().cpu().contiguous().reshape(min(len(x), SAMPLE * 5), -1).numpy()
+        rows = x[: SAMPLE * 5].detach().cpu().contiguous().reshape(min(len(x), SAMPLE * 5), -1).numpy()
         return {hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows}
 
     seen = digests(data.train.x)
-    val = data.val.x[:SAMPLE * 5].cpu().reshape(min(len(data.val.x), SAMPLE * 5), -1).numpy()
+    val = data.val.x[: SAMPLE * 5].cpu().reshape(min(len(data.val.x), SAMPLE * 5), -1).numpy()
     shared = sum(hashlib.blake2b(row.tobytes(), digest_size=16).digest() in seen for row in val)
     if shared == 0 or shared < 0.01 * len(val):
-        return None                       # a stray duplicate or two is common in real datasets
-    return (f"{shared} of {len(val)} validation samples also appear in the training split; the "
-            f"validation scores overstate how well the model generalises: remove duplicate rows first")
+        return None  # a stray duplicate or two is common in real datasets
+    return (
+        f"{shared} of {len(val)} validation samples also appear in the training split; the "
+        f"validation scores overstate how well the model generalises: remove duplicate rows first"
+    )

@@ -19,8 +19,9 @@ def main() -> None:
     sys.exit(launch(sys.argv[1:]))
 
 
-def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", resume_from=None,
-        stop=None, placement=None) -> dict:
+def run(
+    conf, run_dir: Path, console, extra_callbacks=(), command: str = "", resume_from=None, stop=None, placement=None
+) -> dict:
     """Train, validate and test one model as conf says; returns the summary (summary.json).
     extra_callbacks run after the configured ones; command: the command line that reruns it;
     resume_from: a checkpoint to continue from; stop(): a signal number asking to stop, or None;
@@ -34,15 +35,16 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     from nnrun.train.trainer import Outputs
 
     start = time.perf_counter()
-    job = prepare(conf, placement)                        # checked, placed, seeded
+    job = prepare(conf, placement)  # checked, placed, seeded
     plain, trainer = job.plain, job.plain["trainer"]
-    callbacks = build_callbacks(plain["callbacks"], extra_callbacks)   # before the data: config errors fail fast
+    callbacks = build_callbacks(plain["callbacks"], extra_callbacks)  # before the data: config errors fail fast
     saved = resume_state(resume_from, plain)
-    write_pending()                                       # the resume is accepted: .hydra/ may now change
+    write_pending()  # the resume is accepted: .hydra/ may now change
     data = load_data(job)
     write_preprocessing(run_dir, data)
-    model = build_model(**plain["model"], input_shape=data.input_shape, num_classes=data.outputs,
-                        vocab_size=data.vocab).to(job.device)
+    model = build_model(
+        **plain["model"], input_shape=data.input_shape, num_classes=data.outputs, vocab_size=data.vocab
+    ).to(job.device)
     summary = first_summary(model, data, job, run_dir)
     if trainer["epochs"] == 0:
         log.info("trainer.epochs=0: model summary only, nothing trained")
@@ -54,7 +56,7 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
     if saved is not None:
         fitter.load_state_dict(saved)
     history = fitter.fit(data)
-    fitter.restore_best()                                 # test the best epoch, not the last
+    fitter.restore_best()  # test the best epoch, not the last
     test = fitter.evaluate(data, data.test, confusion=True)
     export_weights(run_dir, model)
     summary.update(**peak_memory(job.device), wall_time=round(time.perf_counter() - start, 3), command=command)
@@ -65,6 +67,7 @@ def run(conf, run_dir: Path, console, extra_callbacks=(), command: str = "", res
 class Job:
     """What the config decides before anything is built: the config as plain data, the device,
     the number of DDP processes (1 without DDP), and trainer.mode resolved (min or max)."""
+
     plain: dict
     device: object
     world: int
@@ -87,19 +90,21 @@ def prepare(conf, placement) -> Job:
     config.check(conf)
     plain = OmegaConf.to_container(conf, resolve=True)
     trainer = plain["trainer"]
-    check_targets(plain)                                  # before anything is imported
+    check_targets(plain)  # before anything is imported
     device_name, threads = placement or (trainer["device"], trainer["threads"])
     world = distributed.world_size() if trainer["strategy"] == "ddp" else 1
     device = resolve_device(distributed.check(trainer["strategy"], device_name))
     if world > 1 and trainer["checkpoint_every_n_steps"]:
-        raise ConfigError("trainer.checkpoint_every_n_steps does not work with trainer.strategy=ddp yet: "
-                          "DDP runs save (and stop for signals) at the end of each epoch")
+        raise ConfigError(
+            "trainer.checkpoint_every_n_steps does not work with trainer.strategy=ddp yet: "
+            "DDP runs save (and stop for signals) at the end of each epoch"
+        )
     if threads:
         torch.set_num_threads(threads)
     set_determinism(trainer["deterministic"], device)
     import_modules(plain["imports"])
     mode = resolve_mode(trainer["monitor"], trainer["mode"], "trainer.mode")
-    torch.manual_seed(trainer["seed"])                    # weights and dropout; data order has its own
+    torch.manual_seed(trainer["seed"])  # weights and dropout; data order has its own
     return Job(plain, device, world, mode)
 
 
@@ -123,9 +128,11 @@ def load_data(job: Job):
     data = build_data(**plain["data"], seed=plain["trainer"]["seed"], device=job.device)
     if job.world > 1:
         data.train = distributed.Shard(data.train, distributed.rank(), job.world)
-    log.info(f"data {plain['data']['name']}: {len(data.train)} train, {len(data.val) if data.val else 0} val, "
-             f"{len(data.test)} test, samples of shape {data.input_shape}, "
-             f"{f'{data.num_classes} classes' if data.num_classes else data.task}, on {job.device}")
+    log.info(
+        f"data {plain['data']['name']}: {len(data.train)} train, {len(data.val) if data.val else 0} val, "
+        f"{len(data.test)} test, samples of shape {data.input_shape}, "
+        f"{f'{data.num_classes} classes' if data.num_classes else data.task}, on {job.device}"
+    )
     return data
 
 
@@ -138,8 +145,16 @@ def first_summary(model, data, job: Job, run_dir: Path) -> dict:
 
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(model_table(model, data.train.x[:2].to(job.device)))
-    return {"status": "completed", "task": data.task, "epochs": 0, "params": params, "device": str(job.device),
-            "threads": torch.get_num_threads(), "run_dir": str(run_dir), **device_facts(job.device)}
+    return {
+        "status": "completed",
+        "task": data.task,
+        "epochs": 0,
+        "params": params,
+        "device": str(job.device),
+        "threads": torch.get_num_threads(),
+        "run_dir": str(run_dir),
+        **device_facts(job.device),
+    }
 
 
 def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
@@ -154,18 +169,30 @@ def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
     from nnrun.train.trainer import Settings, Trainer
 
     plain, device, trainer = job.plain, job.device, job.plain["trainer"]
-    engine = Engine(model, device, trainer["precision"], trainer["compile"],
-                    channels_last=device.type == "cuda" and plain["model"]["name"] == "cnn",
-                    wrap=distributed.wrap(device) if job.world > 1 else None, world=job.world)
+    engine = Engine(
+        model,
+        device,
+        trainer["precision"],
+        trainer["compile"],
+        channels_last=device.type == "cuda" and plain["model"]["name"] == "cnn",
+        wrap=distributed.wrap(device) if job.world > 1 else None,
+        world=job.world,
+    )
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
     steps = -(-data.train.num_batches(data.batch_size, trainer["limit_batches"]) // trainer["accumulate"])
     scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], steps_per_epoch=steps, **plain["scheduler"])
     losses = build_losses(plain["loss"], data, trainer["class_weight"], device)
     warnings = preflight(data, model, losses[1], device, trainer["checks"], trainer["class_weight"], resumed=resumed)
-    settings = Settings(epochs=trainer["epochs"], seed=trainer["seed"], grad_clip=trainer["grad_clip"],
-                        accumulate=trainer["accumulate"], limit_batches=trainer["limit_batches"],
-                        monitor=trainer["monitor"], mode=job.mode,
-                        every_n_steps=trainer["checkpoint_every_n_steps"])
+    settings = Settings(
+        epochs=trainer["epochs"],
+        seed=trainer["seed"],
+        grad_clip=trainer["grad_clip"],
+        accumulate=trainer["accumulate"],
+        limit_batches=trainer["limit_batches"],
+        monitor=trainer["monitor"],
+        mode=job.mode,
+        every_n_steps=trainer["checkpoint_every_n_steps"],
+    )
     check_monitors(data.val is not None, settings.monitor, callbacks, scheduler, data.task)
     fitter = Trainer(engine, optimizer, scheduler, callbacks, losses, settings, outputs)
     return fitter, [{"check": name, "message": message} for name, message in warnings]

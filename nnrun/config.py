@@ -11,37 +11,37 @@ from nnrun.errors import ConfigError, suggest
 
 
 @dataclass
-class AugmentConf:                      # image batches of the training split only
-    flip: bool = False                  # random horizontal flip (half the images)
-    crop: int = 0                       # random crop after padding each side with this many pixels
-    rotate: float = 0.0                 # random rotation within +-degrees
-    translate: float = 0.0              # random shift within +-this fraction of width and height
+class AugmentConf:  # image batches of the training split only
+    flip: bool = False  # random horizontal flip (half the images)
+    crop: int = 0  # random crop after padding each side with this many pixels
+    rotate: float = 0.0  # random rotation within +-degrees
+    translate: float = 0.0  # random shift within +-this fraction of width and height
 
 
 @dataclass
 class DataConf:
     name: str = MISSING
-    root: str = "data"                  # folder the files are read from / downloaded to
-    batch_size: int = 64                # samples per step
-    val_split: float = 0.1              # fraction of train held out, stratified and seeded
+    root: str = "data"  # folder the files are read from / downloaded to
+    batch_size: int = 64  # samples per step
+    val_split: float = 0.1  # fraction of train held out, stratified and seeded
     test_split: Optional[float] = None  # only for data without a fixed test set (digits)
-    download: Optional[bool] = None     # only for downloadable data (mnist, fashion_mnist)
-    path: Optional[str] = None          # csv: the file
-    target: Optional[str] = None        # csv: the column to predict
+    download: Optional[bool] = None  # only for downloadable data (mnist, fashion_mnist)
+    path: Optional[str] = None  # csv: the file
+    target: Optional[str] = None  # csv: the column to predict
     features: Optional[List[str]] = None  # csv: input columns (default: all but the target)
-    task: Optional[str] = None          # csv: auto | binary | multiclass | regression
-    test_path: Optional[str] = None     # csv: a separate test file (else data.test_split of data.path)
-    impute: Optional[str] = None        # csv: null (missing values are an error) | mean | median
+    task: Optional[str] = None  # csv: auto | binary | multiclass | regression
+    test_path: Optional[str] = None  # csv: a separate test file (else data.test_split of data.path)
+    impute: Optional[str] = None  # csv: null (missing values are an error) | mean | median
     na_values: Optional[List[str]] = None  # csv: cell texts read as missing, e.g. ['?', 'n/a']
     max_categories: Optional[int] = None  # csv: most distinct values a text column may have (one-hot)
-    window: Optional[int] = None        # timeseries: steps per sample (null: one series per row)
-    horizon: Optional[int] = None       # timeseries: forecast this many steps after the window
-    stride: Optional[int] = None        # timeseries: steps between window starts
-    text: Optional[str] = None          # text_csv: the column holding the text
-    vocab_size: Optional[int] = None    # text_csv: words kept (most frequent in training) + 2
-    max_len: Optional[int] = None       # text_csv: tokens per sample (padded / cut at the front)
-    lowercase: Optional[bool] = None    # text_csv: fold case before splitting words
-    normalize: bool = True              # standardise inputs with statistics of the training split
+    window: Optional[int] = None  # timeseries: steps per sample (null: one series per row)
+    horizon: Optional[int] = None  # timeseries: forecast this many steps after the window
+    stride: Optional[int] = None  # timeseries: steps between window starts
+    text: Optional[str] = None  # text_csv: the column holding the text
+    vocab_size: Optional[int] = None  # text_csv: words kept (most frequent in training) + 2
+    max_len: Optional[int] = None  # text_csv: tokens per sample (padded / cut at the front)
+    lowercase: Optional[bool] = None  # text_csv: fold case before splitting words
+    normalize: bool = True  # standardise inputs with statistics of the training split
     augment: AugmentConf = field(default_factory=AugmentConf)
 
 
@@ -50,17 +50,17 @@ class OptimizerConf:
     name: str = MISSING
     lr: float = 1e-3
     weight_decay: float = 0.0
-    momentum: Optional[float] = None    # sgd, rmsprop
-    nesterov: Optional[bool] = None     # sgd
-    betas: Optional[List[float]] = None # adam, adamw
+    momentum: Optional[float] = None  # sgd, rmsprop
+    nesterov: Optional[bool] = None  # sgd
+    betas: Optional[List[float]] = None  # adam, adamw
 
 
 @dataclass
-class ChecksConf:                       # pre-flight warnings; false silences one (errors always stop)
-    unnormalized_inputs: bool = True    # warn: |inputs| above 20, or feature scales 100x apart
-    class_imbalance: bool = True        # warn: largest class 5x the smallest (no class_weight)
-    first_loss: bool = True             # warn: the untrained loss above 2x ln(classes)
-    overlap: bool = True                # warn: 1%+ of validation samples also in training
+class ChecksConf:  # pre-flight warnings; false silences one (errors always stop)
+    unnormalized_inputs: bool = True  # warn: |inputs| above 20, or feature scales 100x apart
+    class_imbalance: bool = True  # warn: largest class 5x the smallest (no class_weight)
+    first_loss: bool = True  # warn: the untrained loss above 2x ln(classes)
+    overlap: bool = True  # warn: 1%+ of validation samples also in training
 
 
 @dataclass
@@ -72,32 +72,32 @@ class TrainerConf:
     limit_batches: Optional[int] = None
     monitor: str = "val_loss"
     mode: str = "auto"
-    accumulate: int = 1                 # batches per optimizer step (gradient accumulation)
-    class_weight: Any = None            # null | balanced | [w0, w1, ...]: weighs the training loss
-    plots: bool = True                  # curves.png and confusion_matrix.png (about 2 s a run)
-    resume: Optional[str] = None        # null | auto | a run folder | a checkpoint
-    checkpoint_every_n_steps: Optional[int] = None   # also save last.pt within epochs
-    deterministic: bool = False         # PyTorch's deterministic algorithms, cuDNN/cuBLAS flags
+    accumulate: int = 1  # batches per optimizer step (gradient accumulation)
+    class_weight: Any = None  # null | balanced | [w0, w1, ...]: weighs the training loss
+    plots: bool = True  # curves.png and confusion_matrix.png (about 2 s a run)
+    resume: Optional[str] = None  # null | auto | a run folder | a checkpoint
+    checkpoint_every_n_steps: Optional[int] = None  # also save last.pt within epochs
+    deterministic: bool = False  # PyTorch's deterministic algorithms, cuDNN/cuBLAS flags
     requeue_signal: Optional[str] = None  # e.g. SIGUSR1: save and exit 138 so a wrapper can requeue
-    threads: Optional[int] = None       # torch CPU threads (null: all cores, or shared by parallel jobs)
-    precision: str = "32"               # 32 | bf16 | 16: autocast (16: with a gradient scaler)
-    compile: bool = False               # torch.compile the model (slow first steps, faster after)
-    strategy: Optional[str] = None      # null | ddp (under torchrun: one process per device)
+    threads: Optional[int] = None  # torch CPU threads (null: all cores, or shared by parallel jobs)
+    precision: str = "32"  # 32 | bf16 | 16: autocast (16: with a gradient scaler)
+    compile: bool = False  # torch.compile the model (slow first steps, faster after)
+    strategy: Optional[str] = None  # null | ddp (under torchrun: one process per device)
     checks: ChecksConf = field(default_factory=ChecksConf)
 
 
 @dataclass
 class Config:
     data: DataConf = field(default_factory=DataConf)
-    model: Dict[str, Any] = MISSING     # checked against the model class's signature
+    model: Dict[str, Any] = MISSING  # checked against the model class's signature
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
     scheduler: Dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     loss: Dict[str, Any] = field(default_factory=lambda: {"name": "auto"})
     callbacks: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConf = field(default_factory=TrainerConf)
-    imports: List[str] = field(default_factory=list)   # the user's modules that register models, callbacks...
-    run_name: Optional[str] = None      # appended to the run folder's name (made safe)
-    fail_fast: bool = False             # --multirun: stop the sweep at its first failed job
+    imports: List[str] = field(default_factory=list)  # the user's modules that register models, callbacks...
+    run_name: Optional[str] = None  # appended to the run folder's name (made safe)
+    fail_fast: bool = False  # --multirun: stop the sweep at its first failed job
 
 
 ConfigStore.instance().store(name="nnrun_schema", node=Config)
@@ -113,7 +113,7 @@ RANGES = {
     "model.l1": (0, None, True),
     "model.l2": (0, None, True),
     "data.batch_size": (1, None, True),
-    "data.val_split": (0, 1, None),     # 0 allowed (no validation), 1 not
+    "data.val_split": (0, 1, None),  # 0 allowed (no validation), 1 not
     "data.test_split": (0, 1, False),
     "data.window": (1, None, True),
     "data.horizon": (1, None, True),
@@ -132,8 +132,10 @@ def check(conf) -> None:
         known = [f.name for f in fields(schema)]
         for key in conf[section]:
             if key not in known:
-                raise ConfigError(f"{section}.{key} is not a config key{suggest(key, known)}; "
-                                  f"keys under {section}: {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"{section}.{key} is not a config key{suggest(key, known)}; "
+                    f"keys under {section}: {', '.join(sorted(known))}"
+                )
     for key, (low, high, inclusive) in RANGES.items():
         section, name = key.split(".")
         value = conf[section].get(name)

@@ -19,10 +19,14 @@ def suggest(word: str, choices) -> str:
 
 def describe(exc: BaseException):
     """One line for a user-input error, or None when exc is not one (a runtime failure)."""
-    from hydra.errors import (ConfigCompositionException, MissingConfigException,
-                              OverrideParseException)
-    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
-                                  OmegaConfBaseException, ValidationError)
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+        ValidationError,
+    )
 
     if isinstance(exc, ConfigError):
         return str(exc)
@@ -47,8 +51,7 @@ def _missing_option(exc) -> str:
     group, _, option = (exc.missing_cfg_file or "").rpartition("/")
     options = sorted(exc.options or [])
     if group and options:
-        return (f"{group}={option} is not an option{suggest(option, options)}; "
-                f"choose one of: {', '.join(options)}")
+        return f"{group}={option} is not an option{suggest(option, options)}; choose one of: {', '.join(options)}"
     return _first_line(str(exc))
 
 

@@ -36,7 +36,7 @@ class StopSweep(BaseException):
         super().__init__(message)
         self.code = code
 
-    def __reduce__(self):               # crosses from a launcher's worker process to main()
+    def __reduce__(self):  # crosses from a launcher's worker process to main()
         return StopSweep, (self.code, str(self))
 
 
@@ -44,10 +44,11 @@ class StopSweep(BaseException):
 class Outcome:
     """What one job ended with: its run folder, its best score (finite, for sweepers), and the
     exception it failed with (recorded in its summary.json and nnrun.log already), or None."""
+
     run_dir: Path
     score: Optional[float] = None
     error: Optional[Exception] = None
-    overrides: str = ""                   # a sweep job's overrides, for the report at the end
+    overrides: str = ""  # a sweep job's overrides, for the report at the end
 
 
 class Command:
@@ -55,7 +56,7 @@ class Command:
     (Jobs in a launcher's worker processes report through their run folders: see SweepFailures.)"""
 
     def __init__(self):
-        self.failed = []                  # Outcomes with an error
+        self.failed = []  # Outcomes with an error
         self.sweep_dir = None
 
     def task(self, conf):
@@ -69,8 +70,9 @@ class Command:
             self.failed.append(outcome)
             if hydra_conf.mode == RunMode.MULTIRUN and conf.get("fail_fast"):
                 code, message = failure(outcome.error)
-                raise StopSweep(code, f"fail_fast: the sweep stopped at its first failure, job "
-                                      f"[{outcome.overrides}]: {message}")
+                raise StopSweep(
+                    code, f"fail_fast: the sweep stopped at its first failure, job [{outcome.overrides}]: {message}"
+                )
         return outcome.score
 
 
@@ -83,13 +85,13 @@ def job(conf) -> Outcome:
     from nnrun.train.loop import Interrupted
     from nnrun.train.resume import AlreadyCompleted, move_to, status_of
 
-    register_resolvers()                  # a launcher's worker process did not run main()
+    register_resolvers()  # a launcher's worker process did not run main()
     hydra_conf = HydraConfig.get()
     run_dir = Path(hydra_conf.runtime.output_dir)
     sweep = hydra_conf.mode == RunMode.MULTIRUN
     placement = sweep_placement(conf, hydra_conf) if sweep else None
-    helper = distributed.launched() and distributed.rank() != 0     # (torch is imported by now)
-    if helper:        # a DDP rank other than 0 trains alike but writes into a folder of its own, then deletes it
+    helper = distributed.launched() and distributed.rank() != 0  # (torch is imported by now)
+    if helper:  # a DDP rank other than 0 trains alike but writes into a folder of its own, then deletes it
         import tempfile
 
         run_dir = Path(tempfile.mkdtemp(prefix=f"nnrun-rank{distributed.rank()}-"))
@@ -97,15 +99,22 @@ def job(conf) -> Outcome:
     try:
         with stop_signals(signal_number(conf.trainer.get("requeue_signal")), quiet=helper) as stop:
             run_dir, resume_from = find_resume(conf, run_dir, sweep, helper)
-            if resume_from is False:      # rank 0 ended it (the run was completed, or the request refused)
+            if resume_from is False:  # rank 0 ended it (the run was completed, or the request refused)
                 return Outcome(run_dir)
-            summary = cli.run(conf, run_dir, console, command=rerun_command(hydra_conf), resume_from=resume_from,
-                              stop=stop, placement=placement)
+            summary = cli.run(
+                conf,
+                run_dir,
+                console,
+                command=rerun_command(hydra_conf),
+                resume_from=resume_from,
+                stop=stop,
+                placement=placement,
+            )
             return Outcome(run_dir, finite(summary.get("best_score")))
     except AlreadyCompleted as done:
-        move_to(run_dir, done.run_dir)        # this attempt's empty folder goes; the note goes to that run's log
+        move_to(run_dir, done.run_dir)  # this attempt's empty folder goes; the note goes to that run's log
         log.info(str(done))
-        return Outcome(done.run_dir, finite(status_of(done.run_dir).get("best_score")))   # a sweeper still gets it
+        return Outcome(done.run_dir, finite(status_of(done.run_dir).get("best_score")))  # a sweeper still gets it
     except Interrupted as exc:
         raise interrupted(exc, run_dir, helper) from None
     except Exception as exc:
@@ -118,7 +127,7 @@ def job(conf) -> Outcome:
         return Outcome(run_dir, error=exc, overrides=" ".join(hydra_conf.overrides.task) if sweep else "")
     finally:
         logging.getLogger().removeHandler(handler)
-        write_pending(accepted=False)         # refused or completed: the stored config stays as it was
+        write_pending(accepted=False)  # refused or completed: the stored config stays as it was
         release(run_dir)
         if sweep:
             from nnrun.train.device import release_slots
@@ -137,7 +146,7 @@ def sweep_placement(conf, hydra_conf):
     if conf.trainer.get("compile"):
         import torch._dynamo
 
-        torch._dynamo.reset()             # each job compiles afresh: no recompile limit reached across jobs
+        torch._dynamo.reset()  # each job compiles afresh: no recompile limit reached across jobs
     return share_machine(hydra_conf.launcher, hydra_conf.job.num, conf.trainer.device, conf.trainer.threads)
 
 
@@ -150,7 +159,7 @@ def find_resume(conf, run_dir: Path, sweep: bool, helper: bool):
     resume = conf.trainer.get("resume")
     if not resume:
         return run_dir, None
-    if sweep and resume == "auto":        # a job of a sweep being continued
+    if sweep and resume == "auto":  # a job of a sweep being continued
         return run_dir, resume_job(run_dir)
     if helper:
         decided = distributed.agree(None)
@@ -160,10 +169,10 @@ def find_resume(conf, run_dir: Path, sweep: bool, helper: bool):
     except BaseException:
         distributed.agree({"end": True})
         raise
-    distributed.agree({"end": False, "from": resume_from})     # None: from the start
+    distributed.agree({"end": False, "from": resume_from})  # None: from the start
     if folder != run_dir:
-        claim(folder)                     # before anything there is written: one writer
-        if status(folder) in DONE:        # it completed while we looked
+        claim(folder)  # before anything there is written: one writer
+        if status(folder) in DONE:  # it completed while we looked
             release(folder)
             raise AlreadyCompleted(folder)
         move_to(run_dir, folder)
@@ -179,12 +188,25 @@ def interrupted(exc, run_dir: Path, helper: bool) -> StopSweep:
 
     name = signal.Signals(exc.signum).name
     # epoch: the one running (1-based, as for nan_loss); step: its batches done, 0 = at its end
-    write_summary(run_dir, {"status": "interrupted", "signal": name, "epoch": exc.epoch + (1 if exc.step else 0),
-                            "step": exc.step, "run_dir": str(run_dir)})
+    write_summary(
+        run_dir,
+        {
+            "status": "interrupted",
+            "signal": name,
+            "epoch": exc.epoch + (1 if exc.step else 0),
+            "step": exc.step,
+            "run_dir": str(run_dir),
+        },
+    )
     where = f"after epoch {exc.epoch}" if not exc.step else f"at epoch {exc.epoch + 1}, step {exc.step}"
-    return StopSweep(128 + exc.signum, "" if helper else      # rank 0 tells; the others' folders go
-                     f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
-                     f"continue with trainer.resume=auto (or trainer.resume={run_dir})")
+    return StopSweep(
+        128 + exc.signum,
+        ""
+        if helper
+        # rank 0 tells; the others' folders go
+        else f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
+        f"continue with trainer.resume=auto (or trainer.resume={run_dir})",
+    )
 
 
 def record_failure(exc, run_dir: Path, helper: bool) -> None:
@@ -195,7 +217,7 @@ def record_failure(exc, run_dir: Path, helper: bool) -> None:
     from nnrun.train.loop import NonFiniteLoss
 
     log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
-    if helper:                            # this rank's log goes with its scratch folder: say it here
+    if helper:  # this rank's log goes with its scratch folder: say it here
         import traceback
 
         from nnrun.train import distributed
@@ -214,7 +236,7 @@ def rerun_command(hydra_conf) -> str:
     """The command line that runs this job again (a sweep job alone), into a new run folder."""
     words = ["nnrun"]
     for source in hydra_conf.runtime.config_sources:
-        if source.provider == "command-line":     # --config-dir
+        if source.provider == "command-line":  # --config-dir
             words += ["--config-dir", source.path.removeprefix("file://")]
     return shlex.join(words + list(hydra_conf.overrides.task))
 
@@ -228,7 +250,7 @@ def finite(score):
 
 
 def out_of_memory(exc) -> bool:
-    torch = sys.modules.get("torch")      # not imported: no GPU memory was ever asked for
+    torch = sys.modules.get("torch")  # not imported: no GPU memory was ever asked for
     return torch is not None and isinstance(exc, torch.OutOfMemoryError)
 
 
@@ -255,15 +277,19 @@ def failure(exc) -> tuple:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = exc.filename or "a file of the run"
-        text = exc.strerror if isinstance(exc, DiskFull) else \
-            f"No space left on device while writing {where}; the previous checkpoint is kept"
+        text = (
+            exc.strerror
+            if isinstance(exc, DiskFull)
+            else f"No space left on device while writing {where}; the previous checkpoint is kept"
+        )
         return EXIT_FAILURE, f"{text}: free some space and continue with trainer.resume=auto"
     if isinstance(exc, (NonFiniteLoss, NonFiniteWeights)):
         return EXIT_FAILURE, first
-    if isinstance(exc, ValueError) and raised_by(exc, "optuna"):     # at the end of a search: no best trial
+    if isinstance(exc, ValueError) and raised_by(exc, "optuna"):  # at the end of a search: no best trial
         return EXIT_FAILURE, "no trial completed, so the search has no best one (each trial's failure is above)"
-    return EXIT_FAILURE, (f"{type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; "
-                          f"NNRUN_DEBUG=1 prints it)")
+    return EXIT_FAILURE, (
+        f"{type(exc).__name__}: {first} (the traceback is in the run's nnrun.log; NNRUN_DEBUG=1 prints it)"
+    )
 
 
 def main(argv: list) -> int:
@@ -272,10 +298,10 @@ def main(argv: list) -> int:
 
     from nnrun.report.results import SweepFailures, finish_sweep
 
-    os.environ["HYDRA_FULL_ERROR"] = "1"      # Hydra re-raises; we print one line instead
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we print one line instead
     debug = os.environ.get("NNRUN_DEBUG", "") not in ("", "0")
     register_resolvers()
-    unique_run_dir.cache_clear()              # a new command: new run folders
+    unique_run_dir.cache_clear()  # a new command: new run folders
     command = Command()
     entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(command.task)
     stopped, failures = None, []
@@ -292,21 +318,21 @@ def main(argv: list) -> int:
         return EXIT_SIGINT
     except StopSweep as exc:
         stopped = exc
-    except SweepFailures as exc:              # read from the run folders, for jobs that ran elsewhere
+    except SweepFailures as exc:  # read from the run folders, for jobs that ran elsewhere
         failures = exc.failures
-    except Exception as exc:                  # composition errors before any job, or a sweeper's own
+    except Exception as exc:  # composition errors before any job, or a sweeper's own
         command.failed.append(Outcome(Path("."), error=exc))
-        if command.sweep_dir is not None:     # a sweeper that raised (Optuna: no trial completed) skipped the table
+        if command.sweep_dir is not None:  # a sweeper that raised (Optuna: no trial completed) skipped the table
             finish_sweep(command.sweep_dir)
     if debug and command.failed:
         raise command.failed[0].error
-    if command.failed:                        # this process's own, with their exceptions
+    if command.failed:  # this process's own, with their exceptions
         failures = [(outcome.overrides, *failure(outcome.error)) for outcome in command.failed]
     for overrides, code, message in failures:
         where = f"job [{overrides}] " if overrides else ""
         print(f"nnrun: {where}{'error' if code == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
     if stopped is not None:
-        if (stopped.code > 128 or not failures) and str(stopped):   # no failures: the job ran in a worker process
+        if (stopped.code > 128 or not failures) and str(stopped):  # no failures: the job ran in a worker process
             print(f"nnrun: {stopped}", file=sys.stderr)
         return stopped.code
     codes = [code for _, code, _ in failures]

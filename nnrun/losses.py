@@ -7,7 +7,7 @@ from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
 LOSSES = Registry("loss")
-FITS = {}                 # loss name -> tasks it fits
+FITS = {}  # loss name -> tasks it fits
 DEFAULT = {"multiclass": "ce", "binary": "bce", "regression": "mse"}
 
 
@@ -15,6 +15,7 @@ def fits(*tasks):
     def mark(fn):
         FITS[fn.__name__] = tasks
         return fn
+
     return mark
 
 
@@ -82,22 +83,27 @@ def build_loss(name: str, task: str, class_weight=None, **options) -> nn.Module:
     """The training loss; class_weight (a tensor, one weight per class) only where it applies."""
     if name == "auto":
         name = DEFAULT[task]
-    LOSSES.get(name)                                      # an unknown name fails here, listing the known
+    LOSSES.get(name)  # an unknown name fails here, listing the known
     if task not in FITS[name]:
         fitting = [n for n in LOSSES.names() if task in FITS[n]]
-        raise ConfigError(f"loss={name} fits {' or '.join(FITS[name])} targets, but this data's task is "
-                          f"{task}; use loss=auto or {' / '.join(f'loss={n}' for n in fitting)}")
+        raise ConfigError(
+            f"loss={name} fits {' or '.join(FITS[name])} targets, but this data's task is "
+            f"{task}; use loss=auto or {' / '.join(f'loss={n}' for n in fitting)}"
+        )
     return LOSSES.build(name, class_weight=class_weight, **options)
 
 
 def build_losses(conf: dict, data, class_weight, device) -> tuple:
     """(training loss, evaluation loss): class weights weigh only the training loss, as in Keras."""
     if class_weight is not None and data.task == "regression":
-        raise ConfigError(f"trainer.class_weight={class_weight} weighs classes, but this data's task is "
-                          f"regression; remove it")
+        raise ConfigError(
+            f"trainer.class_weight={class_weight} weighs classes, but this data's task is regression; remove it"
+        )
     weights = class_weights(class_weight, data.train.y, data.num_classes)
-    return (build_loss(**conf, task=data.task, class_weight=weights).to(device),
-            build_loss(**conf, task=data.task).to(device))
+    return (
+        build_loss(**conf, task=data.task, class_weight=weights).to(device),
+        build_loss(**conf, task=data.task).to(device),
+    )
 
 
 def class_weights(spec, labels: torch.Tensor, num_classes: int, key: str = "trainer.class_weight"):
@@ -111,6 +117,7 @@ def class_weights(spec, labels: torch.Tensor, num_classes: int, key: str = "trai
             raise ConfigError(f"{key}=balanced: classes {missing} have no training samples")
         return counts.sum() / (num_classes * counts)
     if isinstance(spec, str) or len(spec) != num_classes or any(float(w) < 0 for w in spec):
-        raise ConfigError(f"{key}={spec}: use balanced, or a list of {num_classes} weights >= 0 "
-                          f"(one per class, in class order)")
+        raise ConfigError(
+            f"{key}={spec}: use balanced, or a list of {num_classes} weights >= 0 (one per class, in class order)"
+        )
     return torch.tensor([float(w) for w in spec])

@@ -7,7 +7,7 @@ import torch
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
-OPTIMIZERS = Registry("optimizer", check_types=False)   # typed by config.OptimizerConf
+OPTIMIZERS = Registry("optimizer", check_types=False)  # typed by config.OptimizerConf
 OPTIMIZERS.register("adam")(torch.optim.Adam)
 OPTIMIZERS.register("adamw")(torch.optim.AdamW)
 OPTIMIZERS.register("sgd")(torch.optim.SGD)
@@ -57,7 +57,7 @@ def cosine(optimizer, epochs, steps_per_epoch, eta_min=0.0, warmup_epochs=0.0):
     base = optimizer.param_groups[0]["lr"]
     floor = eta_min / base if base > 0 else 0.0
 
-    def factor(i):   # i = optimizer steps taken so far
+    def factor(i):  # i = optimizer steps taken so far
         if i < warmup:
             return (i + 1) / (warmup + 1)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (i - warmup) / (total - warmup)))
@@ -66,24 +66,56 @@ def cosine(optimizer, epochs, steps_per_epoch, eta_min=0.0, warmup_epochs=0.0):
 
 
 @SCHEDULERS.register("onecycle")
-def onecycle(optimizer, epochs, steps_per_epoch, max_lr=None, pct_start=0.3, div_factor=25.0,
-             final_div_factor=1e4, cycle_momentum=True):
+def onecycle(
+    optimizer,
+    epochs,
+    steps_per_epoch,
+    max_lr=None,
+    pct_start=0.3,
+    div_factor=25.0,
+    final_div_factor=1e4,
+    cycle_momentum=True,
+):
     """Leslie Smith's one-cycle policy; max_lr defaults to optimizer.lr."""
-    return every("step", torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr or optimizer.param_groups[0]["lr"], epochs=max(epochs, 1),
-        steps_per_epoch=max(steps_per_epoch, 1), pct_start=pct_start, div_factor=div_factor,
-        final_div_factor=final_div_factor, cycle_momentum=cycle_momentum))
+    return every(
+        "step",
+        torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=max_lr or optimizer.param_groups[0]["lr"],
+            epochs=max(epochs, 1),
+            steps_per_epoch=max(steps_per_epoch, 1),
+            pct_start=pct_start,
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
+            cycle_momentum=cycle_momentum,
+        ),
+    )
 
 
 @SCHEDULERS.register("plateau")
-def plateau(optimizer, epochs, steps_per_epoch, monitor="val_loss", mode="auto", factor=0.1, patience=3,  # noqa: PLR0913
-            min_delta=0.0, min_lr=0.0):
+def plateau(  # noqa: PLR0913  (its parameters are the YAML schema)
+    optimizer,
+    epochs,
+    steps_per_epoch,
+    monitor="val_loss",
+    mode="auto",
+    factor=0.1,
+    patience=3,
+    min_delta=0.0,
+    min_lr=0.0,
+):
     from nnrun.train.metrics import resolve_mode
 
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode=resolve_mode(monitor, mode, "scheduler.mode"), factor=factor,
-        patience=patience, threshold=min_delta, threshold_mode="abs", min_lr=min_lr)   # Keras's min_delta
-    sched.monitor = monitor     # the loop passes logs[monitor] to step()
+        optimizer,
+        mode=resolve_mode(monitor, mode, "scheduler.mode"),
+        factor=factor,
+        patience=patience,
+        threshold=min_delta,
+        threshold_mode="abs",
+        min_lr=min_lr,
+    )  # Keras's min_delta
+    sched.monitor = monitor  # the loop passes logs[monitor] to step()
     return every("epoch", sched)
 
 

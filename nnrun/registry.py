@@ -8,9 +8,9 @@ from nnrun.errors import ConfigError, suggest
 
 class Registry:
     def __init__(self, kind: str, check_types: bool = True, keyed_by_name: bool = False):
-        self.kind = kind          # config group, e.g. "model"; named in error messages
-        self.keyed_by_name = keyed_by_name   # options live under kind.<name>, as callbacks' do
-        self.check_types = check_types   # off where a schema types the options already
+        self.kind = kind  # config group, e.g. "model"; named in error messages
+        self.keyed_by_name = keyed_by_name  # options live under kind.<name>, as callbacks' do
+        self.check_types = check_types  # off where a schema types the options already
         self._entries = {}
 
     def register(self, name: str):
@@ -19,6 +19,7 @@ class Registry:
                 raise KeyError(f"{self.kind} '{name}' is registered twice")
             self._entries[name] = obj
             return obj
+
         return add
 
     def names(self):
@@ -26,8 +27,10 @@ class Registry:
 
     def get(self, name: str):
         if name not in self._entries:
-            raise ConfigError(f"{self.kind}.name={name} is not known{suggest(name, self._entries)}; "
-                              f"choose one of: {', '.join(self.names())}")
+            raise ConfigError(
+                f"{self.kind}.name={name} is not known{suggest(name, self._entries)}; "
+                f"choose one of: {', '.join(self.names())}"
+            )
         return self._entries[name]
 
     def parameters(self, name: str) -> list:
@@ -38,8 +41,7 @@ class Registry:
         """Call the constructor registered as name; options must be among its parameters."""
         obj = self.get(name)
         prefix = f"{self.kind}.{name}" if self.keyed_by_name else self.kind
-        check_options(obj, options, f"{self.kind} '{name}'", prefix=prefix,
-                      types=self.check_types)
+        check_options(obj, options, f"{self.kind} '{name}'", prefix=prefix, types=self.check_types)
         try:
             return obj(*args, **options)
         except (ValueError, TypeError) as exc:
@@ -56,12 +58,14 @@ def check_options(obj, options: dict, what: str, prefix: str, types: bool = True
     allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key, value in options.items():
         if key not in params:
-            raise ConfigError(f"{prefix}.{key} is not an option of {what}{suggest(key, allowed)}; "
-                              f"its options: {', '.join(allowed)}")
+            raise ConfigError(
+                f"{prefix}.{key} is not an option of {what}{suggest(key, allowed)}; its options: {', '.join(allowed)}"
+            )
         default = params[key].default
         if types and not _same_kind(value, default):
-            raise ConfigError(f"{prefix}.{key}={value!r}: {what} expects "
-                              f"{_kind_name(default)}, like its default {default!r}")
+            raise ConfigError(
+                f"{prefix}.{key}={value!r}: {what} expects {_kind_name(default)}, like its default {default!r}"
+            )
 
 
 def _same_kind(value, default) -> bool:
@@ -70,8 +74,11 @@ def _same_kind(value, default) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            isinstance(default, float) or float(value).is_integer())
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (isinstance(default, float) or float(value).is_integer())
+        )
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
     return isinstance(value, type(default))
@@ -98,5 +105,7 @@ def import_modules(names) -> None:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise ConfigError(f"imports: cannot import {name} ({exc}); give a module importable from "
-                              f"the current folder or the Python path, e.g. imports=[my_callbacks]") from exc
+            raise ConfigError(
+                f"imports: cannot import {name} ({exc}); give a module importable from "
+                f"the current folder or the Python path, e.g. imports=[my_callbacks]"
+            ) from exc

@@ -15,7 +15,7 @@ from nnrun.errors import ConfigError
 log = logging.getLogger("nnrun")
 
 LOCK = ".lock"
-_HELD = {}            # resolved run folder -> open lock file descriptor
+_HELD = {}  # resolved run folder -> open lock file descriptor
 
 
 def claim(run_dir) -> Path:
@@ -27,7 +27,7 @@ def claim(run_dir) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     shared = refuse_links(run_dir)
     try:
-        if (run_dir / LOCK).lstat().st_nlink > 1:     # a hard-linked copy's (cp -al): one of its own
+        if (run_dir / LOCK).lstat().st_nlink > 1:  # a hard-linked copy's (cp -al): one of its own
             (run_dir / LOCK).unlink()
     except FileNotFoundError:
         pass
@@ -35,27 +35,29 @@ def claim(run_dir) -> Path:
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
     except OSError as exc:
         raise ConfigError(f"{run_dir / LOCK} cannot be opened as a lock file ({exc.strerror}); remove it") from None
-    if os.fstat(fd).st_nlink > 1:         # a hard link to a file elsewhere: writing the pid would change it
+    if os.fstat(fd).st_nlink > 1:  # a hard link to a file elsewhere: writing the pid would change it
         os.close(fd)
         raise ConfigError(f"{run_dir / LOCK} has other hard links; remove it and try again")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):     # e.g. Lustre mounted without flock
+        if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):  # e.g. Lustre mounted without flock
             log.warning(f"{run_dir} is on a filesystem without file locks: nothing stops a second nnrun writing it")
         else:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ConfigError(f"run folder {run_dir} is in use by another nnrun (pid {holder}); wait for it "
-                                  f"to end, or start a new run") from None
+                raise ConfigError(
+                    f"run folder {run_dir} is in use by another nnrun (pid {holder}); wait for it "
+                    f"to end, or start a new run"
+                ) from None
             raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _HELD[key] = fd
     remove_stale_tmp(run_dir)
-    for path in shared:                   # only now: no other nnrun has these files open
-        if path.exists():                 # (a stale .tmp is gone already)
+    for path in shared:  # only now: no other nnrun has these files open
+        if path.exists():  # (a stale .tmp is gone already)
             unshare(path)
     return run_dir
 
@@ -74,16 +76,18 @@ def refuse_links(run_dir: Path) -> list:
     import stat
 
     shared = []
-    for root, dirs, files in os.walk(run_dir):           # os.walk does not follow links into folders
+    for root, dirs, files in os.walk(run_dir):  # os.walk does not follow links into folders
         for name in dirs + files:
             path = Path(root) / name
             try:
                 info = path.lstat()
-            except FileNotFoundError:        # a live run's temporary file, renamed since the listing
+            except FileNotFoundError:  # a live run's temporary file, renamed since the listing
                 continue
             if stat.S_ISLNK(info.st_mode):
-                raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run "
-                                  f"folder: remove it (or copy the run without links) and try again")
+                raise ConfigError(
+                    f"{path} is a symbolic link; nnrun does not write through links in a run "
+                    f"folder: remove it (or copy the run without links) and try again"
+                )
             if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
                 raise ConfigError(f"{path} is not a regular file (a FIFO or a device); remove it and try again")
             if stat.S_ISREG(info.st_mode) and info.st_nlink > 1 and name != LOCK:
@@ -112,14 +116,16 @@ def remove_stale_tmp(run_dir: Path) -> None:
 
 def open_file(path, mode: str = "a", newline=""):
     """open() for a run file that refuses to follow a symbolic link at its name."""
-    flags = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-             "r+": os.O_RDWR}[mode]
+    flags = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "r+": os.O_RDWR}[
+        mode
+    ]
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run folder") \
-                from None
+            raise ConfigError(
+                f"{path} is a symbolic link; nnrun does not write through links in a run folder"
+            ) from None
         raise
     return os.fdopen(fd, mode, newline=newline)
 
@@ -135,8 +141,11 @@ def install_hydra_checks() -> None:
     if getattr(hydra_utils, "_nnrun_checked", False):
         return
     hydra_utils._nnrun_checked = True
-    original_callbacks, original_log, original_save = hydra_main.Callbacks, hydra_utils.configure_log, \
-        hydra_utils._save_config
+    original_callbacks, original_log, original_save = (
+        hydra_main.Callbacks,
+        hydra_utils.configure_log,
+        hydra_utils._save_config,
+    )
 
     class CheckedCallbacks(original_callbacks):
         def __init__(self, config=None):
@@ -147,7 +156,7 @@ def install_hydra_checks() -> None:
     def configure_log(log_config, verbose_config=False):
         run_dir = job_dir()
         if run_dir is not None and run_dir.is_dir():
-            refuse_links(run_dir)          # before the log file's name is followed anywhere
+            refuse_links(run_dir)  # before the log file's name is followed anywhere
             if not helper_rank():
                 refuse_used(run_dir, log_config)
         if log_config is not None:
@@ -189,7 +198,7 @@ def install_hydra_checks() -> None:
     hydra_utils._save_config = save_config
 
 
-PENDING = []         # .hydra/ files Hydra would have rewritten in a folder that holds a run
+PENDING = []  # .hydra/ files Hydra would have rewritten in a folder that holds a run
 
 
 def write_pending(accepted: bool = True) -> None:
@@ -213,7 +222,7 @@ def check_composed(config) -> None:
     targets = check_targets(plain)
     check_hydra(plain.get("hydra") or {})
     for key, target, allowed, base in targets:
-        if base == "torch.nn.Module":        # refused before the run folder is made (imports torch: only then)
+        if base == "torch.nn.Module":  # refused before the run folder is made (imports torch: only then)
             from torch import nn
 
             from nnrun.registry import import_modules
@@ -237,8 +246,10 @@ def refuse_used(run_dir: Path, log_config) -> None:
     root = log_config._get_root() if hasattr(log_config, "_get_root") else None
     resume = OmegaConf.select(root, "trainer.resume", default=None) if root is not None else None
     if not resume and holds_run(run_dir):
-        raise ConfigError(f"run folder {run_dir} already holds a run; choose a new folder (hydra.run.dir, "
-                          f"hydra.sweep.subdir), or continue that run with trainer.resume={run_dir}")
+        raise ConfigError(
+            f"run folder {run_dir} already holds a run; choose a new folder (hydra.run.dir, "
+            f"hydra.sweep.subdir), or continue that run with trainer.resume={run_dir}"
+        )
 
 
 def job_dir():

@@ -16,10 +16,10 @@ ALLOWED = ("nnrun", "torch.nn", "torch.optim")
 # Hydra's launcher and sweeper plugins are classes Hydra itself picks from these packages
 PLUGINS = ("hydra._internal.core_plugins", "hydra_plugins")
 STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
-RESOLVER = re.compile(r"\$\{\s*[\w.-]+\s*:")   # ${name:...}: a resolver call, not a plain ${key}
+RESOLVER = re.compile(r"\$\{\s*[\w.-]+\s*:")  # ${name:...}: a resolver call, not a plain ${key}
 # environment variables that make a later child process (a compiler, a worker) run other code
 UNSAFE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON|BASH_ENV$|ENV$|PATH$|PERL5|RUBY|NODE_OPTIONS$)")
-VETTED = set()          # modules named in imports that passed check_imports, in this process
+VETTED = set()  # modules named in imports that passed check_imports, in this process
 DOTTED = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
@@ -29,7 +29,7 @@ def check_imports(names) -> list:
     another third-party package: naming one must not make its callables reachable by `_target_`."""
     names, vetted = list(names or []), []
     cwd = Path.cwd().resolve()
-    if str(cwd) not in sys.path:          # last: a file here never shadows an installed package
+    if str(cwd) not in sys.path:  # last: a file here never shadows an installed package
         sys.path.append(str(cwd))
     for name in names:
         if not isinstance(name, str) or not DOTTED.match(name):
@@ -39,18 +39,24 @@ def check_imports(names) -> list:
             vetted.append(name)
             continue
         if top in sys.stdlib_module_names or top in sys.builtin_module_names:
-            raise ConfigError(f"imports: {name} is a standard-library module; imports names your own modules "
-                              f"(files under {cwd}, or packages that depend on nnrun), nothing else")
+            raise ConfigError(
+                f"imports: {name} is a standard-library module; imports names your own modules "
+                f"(files under {cwd}, or packages that depend on nnrun), nothing else"
+            )
         try:
-            spec = importlib.util.find_spec(top)      # finds the file without running it
+            spec = importlib.util.find_spec(top)  # finds the file without running it
         except (ImportError, ValueError):
             spec = None
         if spec is None:
-            raise ConfigError(f"imports: cannot find module {name}; give a module importable from the current "
-                              f"folder or the Python path, e.g. imports=[my_callbacks]")
+            raise ConfigError(
+                f"imports: cannot find module {name}; give a module importable from the current "
+                f"folder or the Python path, e.g. imports=[my_callbacks]"
+            )
         if not (own_file(spec, cwd) or depends_on_nnrun(top)):
-            raise ConfigError(f"imports: {name} is not your own module: it is neither a file under {cwd} nor a "
-                              f"package that depends on nnrun, so nnrun will not import it or reach its callables")
+            raise ConfigError(
+                f"imports: {name} is not your own module: it is neither a file under {cwd} nor a "
+                f"package that depends on nnrun, so nnrun will not import it or reach its callables"
+            )
         VETTED.add(name)
         vetted.append(name)
     return vetted
@@ -124,14 +130,17 @@ def check_targets(conf: dict, stored: bool = False) -> list:
     for key, target in find_targets(conf):
         place = target_places(key, own)
         if place is None:
-            raise ConfigError(f"{key}={target} is not allowed: nnrun builds a _target_ only at model._target_ and "
-                              f"hydra.callbacks.<name>._target_; see docs/security.md")
+            raise ConfigError(
+                f"{key}={target} is not allowed: nnrun builds a _target_ only at model._target_ and "
+                f"hydra.callbacks.<name>._target_; see docs/security.md"
+            )
         allowed, base = place
-        if not isinstance(target, str) or not DOTTED.match(target) or "__" in target \
-                or not within(target, allowed):
+        if not isinstance(target, str) or not DOTTED.match(target) or "__" in target or not within(target, allowed):
             mine = "" if stored else " (your own modules: imports=[...])"
-            raise ConfigError(f"{key}={target} is not allowed: a _target_ there must be a class in "
-                              f"{', '.join(allowed)}{mine}; see docs/security.md")
+            raise ConfigError(
+                f"{key}={target} is not allowed: a _target_ there must be a class in "
+                f"{', '.join(allowed)}{mine}; see docs/security.md"
+            )
         found.append((key, target, allowed, base))
     return found
 
@@ -159,8 +168,10 @@ def resolve(target: str, base: type, key: str, allowed=None):
         if not inspect.isclass(obj):
             break
     if not inspect.isclass(obj) or not within(obj.__module__, allowed):
-        raise ConfigError(f"{key}={target} is not allowed: it must name a class defined in "
-                          f"{', '.join(allowed)}, not a function or a module")
+        raise ConfigError(
+            f"{key}={target} is not allowed: it must name a class defined in "
+            f"{', '.join(allowed)}, not a function or a module"
+        )
     if not issubclass(obj, base):
         raise ConfigError(f"{key}={target} is not allowed: it must be a {base.__module__}.{base.__qualname__}")
     return obj
@@ -173,16 +184,20 @@ def check_hydra(hydra: dict) -> None:
     job = hydra.get("job") or {}
     name = job.get("name")
     if name is not None and not plain_name(str(name)):
-        raise ConfigError(f"hydra.job.name={name} is not allowed: use a plain name (it names the log file "
-                          f"inside the run folder)")
+        raise ConfigError(
+            f"hydra.job.name={name} is not allowed: use a plain name (it names the log file inside the run folder)"
+        )
     if job.get("chdir"):
-        raise ConfigError("hydra.job.chdir=true is not allowed: nnrun writes into the run folder without moving "
-                          "there, and a run folder's files must never be importable code; run from your project folder")
+        raise ConfigError(
+            "hydra.job.chdir=true is not allowed: nnrun writes into the run folder without moving "
+            "there, and a run folder's files must never be importable code; run from your project folder"
+        )
     subdir = hydra.get("output_subdir")
     if subdir is not None and (Path(str(subdir)).is_absolute() or ".." in Path(str(subdir)).parts):
-        raise ConfigError(f"hydra.output_subdir={subdir} is not allowed: use a folder inside the run folder, "
-                          f"e.g. .hydra")
-    for var in (job.get("env_set") or {}):
+        raise ConfigError(
+            f"hydra.output_subdir={subdir} is not allowed: use a folder inside the run folder, e.g. .hydra"
+        )
+    for var in job.get("env_set") or {}:
         if UNSAFE_ENV.match(str(var)):
             raise ConfigError(f"hydra.job.env_set.{var} is not allowed: it would change what child processes run")
     check_plugins(hydra)
@@ -195,8 +210,10 @@ def check_hydra(hydra: dict) -> None:
 # must not leave the machine), logging's Formatter, and per entry only these keys. No "()"
 # factories, no "." attribute setting, no ext:// or cfg:// lookups (an ext:// imports a module).
 HANDLERS = ("logging.FileHandler", "logging.StreamHandler", "logging.NullHandler", "rich.logging.RichHandler")
-ENTRY_KEYS = {"handlers": {"class", "formatter", "level", "filename", "mode", "stream", "encoding", "delay"},
-              "formatters": {"class", "format", "datefmt", "style"}}
+ENTRY_KEYS = {
+    "handlers": {"class", "formatter", "level", "filename", "mode", "stream", "encoding", "delay"},
+    "formatters": {"class", "format", "datefmt", "style"},
+}
 
 
 def check_plugins(hydra: dict) -> None:
@@ -205,20 +222,26 @@ def check_plugins(hydra: dict) -> None:
     temp_folder and submitit's folder (outside the sweep folder)."""
     sweeper, launcher = hydra.get("sweeper") or {}, hydra.get("launcher") or {}
     if sweeper.get("custom_search_space") is not None:
-        raise ConfigError("hydra.sweeper.custom_search_space is not allowed: it names a function Optuna would call; "
-                          "give the search space in hydra.sweeper.params")
+        raise ConfigError(
+            "hydra.sweeper.custom_search_space is not allowed: it names a function Optuna would call; "
+            "give the search space in hydra.sweeper.params"
+        )
     storage = sweeper.get("storage")
     if storage is not None:
         path = str(storage).removeprefix("sqlite:///")
         if not str(storage).startswith("sqlite:///") or Path(path).is_absolute() or ".." in Path(path).parts:
-            raise ConfigError(f"hydra.sweeper.storage={storage} is not allowed: use null, or a SQLite file in the "
-                              f"folder you run nnrun from, e.g. sqlite:///optuna.db")
+            raise ConfigError(
+                f"hydra.sweeper.storage={storage} is not allowed: use null, or a SQLite file in the "
+                f"folder you run nnrun from, e.g. sqlite:///optuna.db"
+            )
     if launcher.get("temp_folder") is not None:
         raise ConfigError("hydra.launcher.temp_folder is not allowed: joblib uses the system's temporary folder")
     folder = launcher.get("submitit_folder")
     if folder is not None and not str(folder).startswith("${hydra.sweep.dir}"):
-        raise ConfigError(f"hydra.launcher.submitit_folder={folder} is not allowed: it stays inside the sweep "
-                          f"folder (${{hydra.sweep.dir}}/...)")
+        raise ConfigError(
+            f"hydra.launcher.submitit_folder={folder} is not allowed: it stays inside the sweep "
+            f"folder (${{hydra.sweep.dir}}/...)"
+        )
 
 
 def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> None:
@@ -235,8 +258,10 @@ def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> Non
                 raise ConfigError(f"{where} must be a mapping of {', '.join(sorted(allowed))}")
             extra = sorted(set(map(str, entry)) - allowed)
             if extra:
-                raise ConfigError(f"{where}.{extra[0]} is not allowed: a logging {section[:-1]} takes only "
-                                  f"{', '.join(sorted(allowed))}")
+                raise ConfigError(
+                    f"{where}.{extra[0]} is not allowed: a logging {section[:-1]} takes only "
+                    f"{', '.join(sorted(allowed))}"
+                )
             stream = entry.get("stream")
             if stream is not None and str(stream) not in STREAMS:
                 raise ConfigError(f"{where}.stream={stream} is not allowed: use ext://sys.stdout or ext://sys.stderr")
@@ -246,11 +271,14 @@ def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> Non
                 raise ConfigError(f"{where}.class={value} is not allowed: use one of {', '.join(classes)}")
             filename = entry.get("filename") if files else None
             if filename is not None and run_dir is None:
-                raise ConfigError(f"{where}.filename is not allowed: only the job's log (hydra.job_logging) "
-                                  f"writes a file, inside the run folder")
-            if filename is not None and not inside(run_dir, Path(str(filename)).absolute()):   # as logging opens it
-                raise ConfigError(f"{where}.filename={filename} is not allowed: log files stay inside the run "
-                                  f"folder {run_dir}")
+                raise ConfigError(
+                    f"{where}.filename is not allowed: only the job's log (hydra.job_logging) "
+                    f"writes a file, inside the run folder"
+                )
+            if filename is not None and not inside(run_dir, Path(str(filename)).absolute()):  # as logging opens it
+                raise ConfigError(
+                    f"{where}.filename={filename} is not allowed: log files stay inside the run folder {run_dir}"
+                )
 
 
 def refuse_lookups(node, key: str) -> None:
@@ -259,15 +287,18 @@ def refuse_lookups(node, key: str) -> None:
     if isinstance(node, dict):
         for name, value in node.items():
             if str(name) in ("()", "."):
-                raise ConfigError(f"{key}.{name} is not allowed: a logging config may not call factories or set "
-                                  f"attributes")
+                raise ConfigError(
+                    f"{key}.{name} is not allowed: a logging config may not call factories or set attributes"
+                )
             refuse_lookups(value, f"{key}.{name}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
             refuse_lookups(value, f"{key}[{i}]")
     elif isinstance(node, str) and node.strip().startswith(("ext://", "cfg://")) and node.strip() not in STREAMS:
-        raise ConfigError(f"{key}={node} is not allowed: ext:// and cfg:// look up (and import) objects; only "
-                          f"ext://sys.stdout and ext://sys.stderr are allowed")
+        raise ConfigError(
+            f"{key}={node} is not allowed: ext:// and cfg:// look up (and import) objects; only "
+            f"ext://sys.stdout and ext://sys.stderr are allowed"
+        )
 
 
 def check_stored(node, path: str = "") -> None:
@@ -280,8 +311,10 @@ def check_stored(node, path: str = "") -> None:
         for i, value in enumerate(node):
             check_stored(value, f"{path}[{i}]")
     elif isinstance(node, str) and RESOLVER.search(node):
-        raise ConfigError(f"{path}={node} is not allowed in a stored config: nnrun resolves no resolver calls "
-                          f"(${{name:...}}) in a run folder's .hydra/config.yaml")
+        raise ConfigError(
+            f"{path}={node} is not allowed in a stored config: nnrun resolves no resolver calls "
+            f"(${{name:...}}) in a run folder's .hydra/config.yaml"
+        )
 
 
 def plain_name(name: str) -> bool:
@@ -300,6 +333,7 @@ def relative_name(name: str, key: str) -> str:
     """A file name from the config for a file in the run folder: relative, no .. (checked at start)."""
     path = Path(str(name))
     if not str(name) or path.is_absolute() or ".." in path.parts or "\0" in str(name):
-        raise ConfigError(f"{key}={name} is not allowed: give a file name inside the run folder, "
-                          f"e.g. {key}={path.name or 'file'}")
+        raise ConfigError(
+            f"{key}={name} is not allowed: give a file name inside the run folder, e.g. {key}={path.name or 'file'}"
+        )
     return str(name)

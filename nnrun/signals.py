@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 class StopRequest:
     def __init__(self, quiet: bool = False):
-        self.signum, self.quiet = None, quiet     # quiet: a DDP rank other than 0 (rank 0 tells)
+        self.signum, self.quiet = None, quiet  # quiet: a DDP rank other than 0 (rank 0 tells)
 
     def __call__(self):
         """The number of the signal asking to stop, or None."""
@@ -20,8 +20,12 @@ class StopRequest:
             self.signum = self.signum or signum
         elif self.signum is None:
             self.signum = signum
-            print(f"nnrun: {signal.Signals(signum).name} received: finishing this step and saving "
-                  f"(a second signal changes nothing)", file=sys.stderr, flush=True)
+            print(
+                f"nnrun: {signal.Signals(signum).name} received: finishing this step and saving "
+                f"(a second signal changes nothing)",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             print("nnrun: already stopping; saving the checkpoint", file=sys.stderr, flush=True)
 
@@ -50,7 +54,11 @@ def signal_number(name, key: str = "trainer.requeue_signal"):
         return None
     from nnrun.errors import ConfigError
 
-    if not isinstance(name, str) or not name.startswith("SIG") or not hasattr(signal, name) \
-            or name in ("SIGKILL", "SIGSTOP"):
+    if (
+        not isinstance(name, str)
+        or not name.startswith("SIG")
+        or not hasattr(signal, name)
+        or name in ("SIGKILL", "SIGSTOP")
+    ):
         raise ConfigError(f"{key}={name} is not a signal nnrun can catch; use e.g. SIGUSR1 or SIGUSR2")
     return name

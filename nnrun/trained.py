@@ -24,7 +24,7 @@ class Run:
                 raise ConfigError(f"run={self.folder}: no {name} there; give the folder of a completed nnrun run")
         from nnrun.runfolder import refuse_links
 
-        refuse_links(self.folder)             # the tools write into it (eval.json, model.ts): no links, no FIFOs
+        refuse_links(self.folder)  # the tools write into it (eval.json, model.ts): no links, no FIFOs
         from omegaconf import OmegaConf
         from safetensors.torch import load_file
 
@@ -43,8 +43,12 @@ class Run:
         self.preprocessing = prep["transform"]
         vocab = len(self.preprocessing["vocabulary"]) + 2 if self.preprocessing["kind"] == "tokens" else 0
         outputs = len(self.classes) if self.task == "multiclass" else 1
-        model_conf = {**self.config["model"], "input_shape": self.input_shape, "num_classes": outputs,
-                      "vocab_size": vocab}
+        model_conf = {
+            **self.config["model"],
+            "input_shape": self.input_shape,
+            "num_classes": outputs,
+            "vocab_size": vocab,
+        }
         check_shapes(self.folder, build_model, model_conf)
         self.model = build_model(**model_conf)
         self.model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
@@ -79,11 +83,14 @@ class Run:
         from nnrun.losses import build_loss
         from nnrun.train.loop import evaluate
 
-        data = build_data(**{**data_conf, "augment": None}, seed=self.config["trainer"]["seed"],
-                          fitted=self.preprocessing)
+        data = build_data(
+            **{**data_conf, "augment": None}, seed=self.config["trainer"]["seed"], fitted=self.preprocessing
+        )
         if data.task != self.task or (data.task != "regression" and data.classes != self.classes):
-            raise ConfigError(f"this data is {data.task} with classes {data.classes}; the model was trained on "
-                              f"{self.task} with classes {self.classes}")
+            raise ConfigError(
+                f"this data is {data.task} with classes {data.classes}; the model was trained on "
+                f"{self.task} with classes {self.classes}"
+            )
         loss = build_loss(**{"name": "auto", **self.config.get("loss", {})}, task=data.task)
         scores = evaluate(self.model, data, data.test, loss, "cpu")
         return len(data.test), {f"test_{k}": v for k, v in scores.items()}
@@ -101,10 +108,11 @@ class Run:
             return TextTransform(texts, 0, 0, True).adopt(self.preprocessing)(torch.arange(len(texts)))
         x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
         if x.dim() == len(self.input_shape) and self.input_shape[0] == 1 and kind == "standardize":
-            x = x.unsqueeze(1)                                # (N, H, W) grey images
+            x = x.unsqueeze(1)  # (N, H, W) grey images
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ConfigError(f"inputs of shape {tuple(x.shape)}: this model takes "
-                              f"(N, {', '.join(map(str, self.input_shape))})")
+            raise ConfigError(
+                f"inputs of shape {tuple(x.shape)}: this model takes (N, {', '.join(map(str, self.input_shape))})"
+            )
         if kind == "standardize":
             from nnrun.data import Standardize
 
@@ -118,8 +126,11 @@ class Run:
         """Class probabilities (N, C) for multiclass; the probability of classes[1] (N,) for
         binary; values (N,) for regression."""
         x = self.prepare(inputs)
-        out = torch.cat([self.model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
-            torch.zeros(0, len(self.classes) if self.task == "multiclass" else 1)
+        out = (
+            torch.cat([self.model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+            if len(x)
+            else torch.zeros(0, len(self.classes) if self.task == "multiclass" else 1)
+        )
         if self.task == "multiclass":
             return out.softmax(1).numpy()
         out = out.reshape(len(x))
@@ -148,8 +159,10 @@ def check_shapes(folder: Path, build, model_conf: dict) -> None:
         raise ConfigError(f"run={folder}: model.safetensors is not readable ({exc})") from None
     if wanted != have:
         differ = sorted(k for k in set(wanted) | set(have) if wanted.get(k) != have.get(k))[:3]
-        raise ConfigError(f"run={folder}: model.safetensors does not fit the model its config and "
-                          f"preprocessing.json describe (e.g. {', '.join(differ)}); the folder is damaged")
+        raise ConfigError(
+            f"run={folder}: model.safetensors does not fit the model its config and "
+            f"preprocessing.json describe (e.g. {', '.join(differ)}); the folder is damaged"
+        )
 
 
 def load_run(folder) -> Run:
@@ -188,7 +201,7 @@ def read_inputs(run: Run, path: Path):
         if column not in frame.columns:
             raise ConfigError(f"input={path} has no column {column!r} (data.text of the run)")
         return frame[column].fillna("").astype(str).tolist(), list(range(len(frame)))
-    if kind == "standardize_features":         # a series: every window of it, labelled by its last step
+    if kind == "standardize_features":  # a series: every window of it, labelled by its last step
         window, features = run.input_shape[0], run.preprocessing["features"]
         lacking = [f for f in features if f not in frame.columns]
         if lacking:
@@ -217,6 +230,7 @@ def parse_args(argv, prog: str, required: tuple) -> dict:
 
 def predict_main(argv=None) -> None:
     """nnrun-predict run=<folder> input=<file> [output=<file.csv>]"""
+
     def job():
         import csv
 
@@ -241,31 +255,39 @@ def predict_main(argv=None) -> None:
                 for r, value in zip(rows, p):
                     w.writerow([r, f"{value:.8g}"])
         print(f"nnrun-predict: {len(rows)} predictions ({run.task}) written to {out}")
+
     guarded(job, "nnrun-predict")
 
 
 def eval_main(argv=None) -> None:
     """nnrun-eval run=<folder> [data.<key>=<value> ...]: the run's tested weights on the test split
     of its own data, or of the data the overrides describe, with the run's fitted preprocessing."""
+
     def job():
         args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-eval", ("run",))
         run = load_run(args.pop("run"))
         data_conf = dict(run.config["data"])
         for key, value in args.items():
             if not key.startswith("data."):
-                raise ConfigError(f"nnrun-eval: {key}= is not a data key; only data.* can change, "
-                                  f"e.g. data.test_path=...")
+                raise ConfigError(
+                    f"nnrun-eval: {key}= is not a data key; only data.* can change, e.g. data.test_path=..."
+                )
             from omegaconf import OmegaConf
-            data_conf[key[5:]] = OmegaConf.create({"v": value})["v"] if value else None   # YAML types, as Hydra
+
+            data_conf[key[5:]] = OmegaConf.create({"v": value})["v"] if value else None  # YAML types, as Hydra
         count, result = run.score(data_conf)
         data_conf["augment"] = None
         from nnrun.train.checkpoint import write_atomic
 
         # a new file renamed into place: a link planted at eval.json is replaced, never written through
-        write_atomic(run.folder / "eval.json", json.dumps({"data": data_conf, **result}, indent=2, default=str) + "\n",
-                     sync=False)
+        write_atomic(
+            run.folder / "eval.json",
+            json.dumps({"data": data_conf, **result}, indent=2, default=str) + "\n",
+            sync=False,
+        )
         print(f"nnrun-eval: {count} test samples: " + " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
         print(f"written to {run.folder / 'eval.json'}")
+
     guarded(job, "nnrun-eval")
 
 
@@ -281,8 +303,9 @@ def guarded(job, prog: str) -> None:
         if os.environ.get("NNRUN_DEBUG", "") not in ("", "0"):
             raise
         message = describe(exc)
-        print(f"{prog}: {'error' if message else 'failed'}: {message or f'{type(exc).__name__}: {exc}'}",
-              file=sys.stderr)
+        print(
+            f"{prog}: {'error' if message else 'failed'}: {message or f'{type(exc).__name__}: {exc}'}", file=sys.stderr
+        )
         sys.exit(2 if message else 1)
 
 
@@ -292,6 +315,7 @@ FORMATS = ("torchscript", "onnx", "safetensors")
 def export_main(argv=None) -> None:
     """nnrun-export run=<folder> format=torchscript|onnx|safetensors [output=<file>]: the tested
     weights for deployment; the preprocessing stays in the run's preprocessing.json."""
+
     def job():
         import os
         import shutil
@@ -324,7 +348,7 @@ def export_main(argv=None) -> None:
                 import warnings
 
                 with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)    # torch 2.14 marks jit deprecated; it still works
+                    warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks jit deprecated; it still works
                     torch.jit.trace(run.model, example).save(str(tmp))
             else:
                 import warnings
@@ -332,12 +356,22 @@ def export_main(argv=None) -> None:
                 with warnings.catch_warnings():
                     # nnrun's LSTM starts from zero states sized by the input, so any batch size runs (tested)
                     warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
-                    torch.onnx.export(run.model, (example,), str(tmp), input_names=["input"], output_names=["output"],
-                                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+                    torch.onnx.export(
+                        run.model,
+                        (example,),
+                        str(tmp),
+                        input_names=["input"],
+                        output_names=["output"],
+                        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                        dynamo=False,
+                    )
             os.replace(tmp, out)
         tmp.unlink(missing_ok=True)
-        print(f"nnrun-export: {fmt} written to {out} (inputs: the model input of shape (N, "
-              f"{', '.join(map(str, run.input_shape))}), prepared as {run.folder / 'preprocessing.json'} says)")
+        print(
+            f"nnrun-export: {fmt} written to {out} (inputs: the model input of shape (N, "
+            f"{', '.join(map(str, run.input_shape))}), prepared as {run.folder / 'preprocessing.json'} says)"
+        )
+
     guarded(job, "nnrun-export")
 
 

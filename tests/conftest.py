@@ -20,9 +20,12 @@ FAST = ["trainer.epochs=2", "trainer.limit_batches=5"]
 
 def clean_env(**extra) -> dict:
     """The caller's environment without settings that change what nnrun prints."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "NNRUN_DEBUG", "HYDRA_FULL_ERROR", "COLUMNS")}
-    if "PYTEST_XDIST_WORKER" in env:      # parallel workers: one thread each, not one per core each
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "NNRUN_DEBUG", "HYDRA_FULL_ERROR", "COLUMNS")
+    }
+    if "PYTEST_XDIST_WORKER" in env:  # parallel workers: one thread each, not one per core each
         env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
@@ -35,15 +38,16 @@ def nnrun(*args, cwd, env=None, timeout=300) -> subprocess.CompletedProcess:
     result = warm_run(args, cwd, env or clean_env(), timeout)
     if result is not None:
         return result
-    return subprocess.run([*NNRUN, *args], cwd=cwd, env=env or clean_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [*NNRUN, *args], cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def train(tmp_path, *args, name="run", plots=False) -> tuple:
     """Run nnrun into tmp_path/name; (completed process, run folder). Fails on a non-zero exit.
     Plots are off unless asked for: they cost ~2 s a run and test_report checks them."""
     run_dir = tmp_path / name
-    flags = [a for a in args if a.startswith("--")]      # Hydra's flags go before overrides
+    flags = [a for a in args if a.startswith("--")]  # Hydra's flags go before overrides
     overrides = [a for a in args if not a.startswith("--")] + ([] if plots else ["trainer.plots=false"])
     result = nnrun(*flags, f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
@@ -57,8 +61,9 @@ def with_hook(tmp_path, code: str) -> subprocess.CompletedProcess:
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(code)
     args = ["hydra.run.dir=run", "trainer.epochs=500", "~callbacks.early_stopping", "trainer.plots=false"]
-    return subprocess.run([*NNRUN, *args], cwd=tmp_path, env=clean_env(PYTHONPATH=str(hook)), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [*NNRUN, *args], cwd=tmp_path, env=clean_env(PYTHONPATH=str(hook)), capture_output=True, text=True, timeout=300
+    )
 
 
 def summary(run_dir) -> dict:
@@ -83,7 +88,7 @@ def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
     data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     path = Path(str(path) + (".gz" if gz else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
-    if gz:   # mtime and level differ from the originals, as Debian's recompressed files do
+    if gz:  # mtime and level differ from the originals, as Debian's recompressed files do
         with gzip.GzipFile(path, "wb", compresslevel=6, mtime=0) as f:
             f.write(data)
     else:
@@ -99,7 +104,7 @@ def tiny_digits(n: int, seed: int):
     x = rng.integers(0, 80, size=(n, 28, 28)).astype(np.uint8)
     for i, label in enumerate(y):
         row, col = divmod(int(label), 4)
-        x[i, row * 9 + 1: row * 9 + 8, col * 7: col * 7 + 6] = 255
+        x[i, row * 9 + 1 : row * 9 + 8, col * 7 : col * 7 + 6] = 255
     return x, y.astype(np.uint8)
 
 
@@ -130,5 +135,19 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-__all__ = ["NNRUN", "FAST", "clean_env", "nnrun", "train", "with_hook", "summary", "yaml_config", "metrics", "write_idx",
-           "write_mnist", "tree", "one_line_error", "shutil"]
+__all__ = [
+    "NNRUN",
+    "FAST",
+    "clean_env",
+    "nnrun",
+    "train",
+    "with_hook",
+    "summary",
+    "yaml_config",
+    "metrics",
+    "write_idx",
+    "write_mnist",
+    "tree",
+    "one_line_error",
+    "shutil",
+]

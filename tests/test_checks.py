@@ -29,7 +29,7 @@ def test_a_good_table_passes_every_check(tmp_path):
 
 def test_a_bad_table_warns_of_scale_imbalance_and_overlap_and_each_can_be_silenced(tmp_path):
     bad = table(300, positives=0.08, scale=5000.0)
-    pd.concat([bad, bad]).to_csv(tmp_path / "bad.csv", index=False)     # every row twice
+    pd.concat([bad, bad]).to_csv(tmp_path / "bad.csv", index=False)  # every row twice
     args = ["data=csv", "data.path=bad.csv", "data.target=y", "data.normalize=false", *QUICK]
     result, run_dir = train(tmp_path, *args, name="loud")
     found = warned(run_dir)
@@ -37,7 +37,7 @@ def test_a_bad_table_warns_of_scale_imbalance_and_overlap_and_each_can_be_silenc
     assert "trainer.class_weight=balanced" in found["class_imbalance"]
     assert "also appear in the training split" in found["overlap"]
     assert "normalis" in found["unnormalized_inputs"]
-    assert "check class_imbalance:" in result.stdout + result.stderr       # and on the console
+    assert "check class_imbalance:" in result.stdout + result.stderr  # and on the console
     quiet = [f"trainer.checks.{name}=false" for name in found]
     result, run_dir = train(tmp_path, *args, *quiet, name="quiet")
     assert warned(run_dir) == {} and "check " not in result.stdout + result.stderr
@@ -46,8 +46,9 @@ def test_a_bad_table_warns_of_scale_imbalance_and_overlap_and_each_can_be_silenc
 @pytest.mark.slow
 def test_class_weights_answer_the_imbalance_warning(tmp_path):
     table(300, positives=0.08).to_csv(tmp_path / "rare.csv", index=False)
-    _, run_dir = train(tmp_path, "data=csv", "data.path=rare.csv", "data.target=y",
-                       "trainer.class_weight=balanced", *QUICK)
+    _, run_dir = train(
+        tmp_path, "data=csv", "data.path=rare.csv", "data.target=y", "trainer.class_weight=balanced", *QUICK
+    )
     assert "class_imbalance" not in warned(run_dir)
 
 
@@ -75,7 +76,7 @@ def test_a_first_loss_far_above_chance_warns(tmp_path):
     (tmp_path / "my_code.py").write_text(MODELS)
     _, run_dir = train(tmp_path, "imports=[my_code]", "+model._target_=my_code.Loud", *QUICK, name="loud")
     message = warned(run_dir)["first_loss"]
-    assert "ln 10" in message          # silent on a good model: test_a_good_table_passes_every_check
+    assert "ln 10" in message  # silent on a good model: test_a_good_table_passes_every_check
 
 
 DATASETS = """
@@ -96,17 +97,21 @@ def one_class_val(root, seed, **options):
 """
 
 
-@pytest.mark.parametrize("code, overrides, words", [
-    (MODELS, ["+model._target_=my_code.Softmaxed"], ["softmax", "logits"]),
-    (MODELS, ["+model._target_=my_code.Wide"], ["(13,)", "10 logits"]),
-    # built-in loaders catch these in the file, naming its row; a user's own loader meets the same checks
-    (DATASETS, ["data.name=nan_rows"], ["train data has NaN or infinite inputs in sample 17"]),
-    (DATASETS, ["data.name=one_class_val"], ["validation split holds a single class (a)"]),
-], ids=["softmax_output", "output_shape", "non_finite_data", "single_class_validation"])
+@pytest.mark.parametrize(
+    "code, overrides, words",
+    [
+        (MODELS, ["+model._target_=my_code.Softmaxed"], ["softmax", "logits"]),
+        (MODELS, ["+model._target_=my_code.Wide"], ["(13,)", "10 logits"]),
+        # built-in loaders catch these in the file, naming its row; a user's own loader meets the same checks
+        (DATASETS, ["data.name=nan_rows"], ["train data has NaN or infinite inputs in sample 17"]),
+        (DATASETS, ["data.name=one_class_val"], ["validation split holds a single class (a)"]),
+    ],
+    ids=["softmax_output", "output_shape", "non_finite_data", "single_class_validation"],
+)
 def test_what_a_model_cannot_learn_from_is_refused_before_training(tmp_path, code, overrides, words):
     (tmp_path / "my_code.py").write_text(code)
     result = nnrun("imports=[my_code]", *overrides, *QUICK, cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert all(w in line for w in words), line
-    assert not list(tmp_path.glob("outputs/*/*/metrics.csv"))              # stopped before training
+    assert not list(tmp_path.glob("outputs/*/*/metrics.csv"))  # stopped before training

@@ -12,8 +12,18 @@ import torch
 from conftest import NNRUN, clean_env, metrics, nnrun, summary, train
 
 CONTRACT_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time"]
-SUMMARY_KEYS = {"status", "epochs", "best_epoch", "monitor", "best_score", "test_loss",
-                "test_accuracy", "params", "device", "wall_time"}
+SUMMARY_KEYS = {
+    "status",
+    "epochs",
+    "best_epoch",
+    "monitor",
+    "best_score",
+    "test_loss",
+    "test_accuracy",
+    "params",
+    "device",
+    "wall_time",
+}
 
 
 def test_default_run_learns_digits_and_fills_the_run_folder(tmp_path):
@@ -21,12 +31,19 @@ def test_default_run_learns_digits_and_fills_the_run_folder(tmp_path):
     result = nnrun("trainer.epochs=15", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     runs = list((tmp_path / "outputs").glob("*/*"))
-    assert len(runs) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d",
-                                           f"{runs[0].parent.name}/{runs[0].name}")
+    assert len(runs) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", f"{runs[0].parent.name}/{runs[0].name}")
     run_dir = runs[0]
-    for name in [".hydra/config.yaml", ".hydra/overrides.yaml", "nnrun.log", "metrics.csv",
-                 "checkpoints/best.pt", "checkpoints/last.pt", "summary.json", "curves.png",
-                 "confusion_matrix.png"]:
+    for name in [
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "nnrun.log",
+        "metrics.csv",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "summary.json",
+        "curves.png",
+        "confusion_matrix.png",
+    ]:
         assert (run_dir / name).is_file(), name
     info = summary(run_dir)
     assert SUMMARY_KEYS <= set(info)
@@ -50,13 +67,16 @@ def test_checkpoints_are_plain_data_with_the_resolved_config(tmp_path):
     assert best["metrics"]["val_loss"] == summary(run_dir)["best_score"]
     assert best["config"]["model"]["name"] == "mlp"
     assert best["config"]["callbacks"]["early_stopping"]["monitor"] == "val_loss"  # resolved
-    params = sum(t.numel() for k, t in best["model"].items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    params = sum(
+        t.numel()
+        for k, t in best["model"].items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     assert params == summary(run_dir)["params"]
 
 
 def test_piped_output_is_one_plain_line_per_epoch(tmp_path):
-    result = nnrun(f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=3", "~callbacks.early_stopping",
-                   cwd=tmp_path)
+    result = nnrun(f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=3", "~callbacks.early_stopping", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stdout and "\x1b" not in result.stdout
     epoch_lines = [l for l in result.stdout.splitlines() if l.startswith("epoch ")]
@@ -71,8 +91,13 @@ def test_terminal_gets_a_live_progress_bar(tmp_path):
     # A pseudo-terminal, as a user's shell: rich redraws the bar with ETA and the running loss.
     master, slave = pty.openpty()
     env = clean_env(COLUMNS="120", TERM="xterm")
-    proc = subprocess.Popen([*NNRUN, f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=2",
-                             "model=lstm"], cwd=tmp_path, stdout=slave, stderr=slave, env=env)
+    proc = subprocess.Popen(
+        [*NNRUN, f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=2", "model=lstm"],
+        cwd=tmp_path,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
     os.close(slave)
     out = b""
     while True:
@@ -86,18 +111,22 @@ def test_terminal_gets_a_live_progress_bar(tmp_path):
         out += chunk
     assert proc.wait(timeout=120) == 0
     text = out.decode(errors="replace")
-    assert "\x1b[" in text                      # redrawn in place
-    assert re.search(r"loss \d\.\d{4}", text)    # live loss on the bar
+    assert "\x1b[" in text  # redrawn in place
+    assert re.search(r"loss \d\.\d{4}", text)  # live loss on the bar
     assert "0:00:" in text or "-:--:--" in text  # rich's ETA column
     assert text.count("epoch 2/2") >= 1 and "test_accuracy" in text
 
 
 def test_python_dash_m_and_help(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "nnrun", "--help"], cwd=tmp_path, capture_output=True,
-                            text=True, env=clean_env())
+    result = subprocess.run(
+        [sys.executable, "-m", "nnrun", "--help"], cwd=tmp_path, capture_output=True, text=True, env=clean_env()
+    )
     assert result.returncode == 0
-    for group in ("data: cifar10, csv, digits, fashion_mnist, mnist, text_csv, timeseries", "model: cnn, lstm, mlp",
-                  "optimizer: adam, adamw, rmsprop, sgd"):
+    for group in (
+        "data: cifar10, csv, digits, fashion_mnist, mnist, text_csv, timeseries",
+        "model: cnn, lstm, mlp",
+        "optimizer: adam, adamw, rmsprop, sgd",
+    ):
         assert group in result.stdout
 
 

@@ -10,9 +10,9 @@ LAYOUTS = [
     # (dataset, subfolder under data.root, gzipped)
     ("mnist", "", True),
     pytest.param("mnist", "", False, marks=pytest.mark.slow),
-    pytest.param("mnist", "MNIST/raw", False, marks=pytest.mark.slow),       # torchvision's own layout
+    pytest.param("mnist", "MNIST/raw", False, marks=pytest.mark.slow),  # torchvision's own layout
     pytest.param("fashion_mnist", "FashionMNIST/raw", True, marks=pytest.mark.slow),
-    ("fashion_mnist", "", True),         # Debian's /usr/share/datasets/fashion-mnist
+    ("fashion_mnist", "", True),  # Debian's /usr/share/datasets/fashion-mnist
 ]
 
 
@@ -28,21 +28,34 @@ def test_idx_files_are_found_in_each_layout_and_nothing_is_written(tmp_path, dat
 
 
 def test_a_model_learns_the_generated_digits(tmp_path, mnist_root):
-    _, run_dir = train(tmp_path, "data=mnist", f"data.root={mnist_root}", "model=cnn", "trainer.epochs=4",
-                       "model.channels=[8,16]", "model.hidden=[32]")
+    _, run_dir = train(
+        tmp_path,
+        "data=mnist",
+        f"data.root={mnist_root}",
+        "model=cnn",
+        "trainer.epochs=4",
+        "model.channels=[8,16]",
+        "model.hidden=[32]",
+    )
     assert summary(run_dir)["test_accuracy"] >= 0.9
 
 
 def test_split_sizes_follow_val_split(tmp_path, mnist_root):
     # 600 train images, 10% held out (stratified): 540 train, 60 val; the 200 test images stay.
-    result, _ = train(tmp_path, "data=mnist", f"data.root={mnist_root}", "data.val_split=0.1",
-                      "trainer.epochs=1", "data.batch_size=100")
+    result, _ = train(
+        tmp_path,
+        "data=mnist",
+        f"data.root={mnist_root}",
+        "data.val_split=0.1",
+        "trainer.epochs=1",
+        "data.batch_size=100",
+    )
     assert "epoch 1/1" in result.stdout
     log = (tmp_path / "run" / "nnrun.log").read_text()
     assert "540 train, 60 val, 200 test" in log
 
 
-@pytest.mark.parametrize("download", [pytest.param("false", marks=pytest.mark.slow), "true"])   # false: test_errors
+@pytest.mark.parametrize("download", [pytest.param("false", marks=pytest.mark.slow), "true"])  # false: test_errors
 def test_missing_files_name_the_folder_and_the_four_files(tmp_path, download):
     if download == "true" and _online():
         pytest.skip("this machine reaches the download mirrors")
@@ -51,8 +64,14 @@ def test_missing_files_name_the_folder_and_the_four_files(tmp_path, download):
     result = nnrun("data=fashion_mnist", f"data.root={root}", f"data.download={download}", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte", str(root), "apt-get install dataset-fashion-mnist"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        str(root),
+        "apt-get install dataset-fashion-mnist",
+    ):
         assert name in line
     assert list(root.iterdir()) == [], "a failed download leaves no folders behind"
 
@@ -60,6 +79,7 @@ def test_missing_files_name_the_folder_and_the_four_files(tmp_path, download):
 def test_a_truncated_file_is_named(tmp_path, mnist_root):
     images = mnist_root / "train-images-idx3-ubyte.gz"
     import gzip
+
     data = gzip.decompress(images.read_bytes())
     images.write_bytes(gzip.compress(data[: len(data) // 2]))
     result = nnrun("data=mnist", f"data.root={mnist_root}", cwd=tmp_path)
@@ -70,6 +90,7 @@ def test_a_truncated_file_is_named(tmp_path, mnist_root):
 
 def test_labels_that_do_not_match_images_are_refused(tmp_path, mnist_root):
     import numpy as np
+
     (mnist_root / "t10k-labels-idx1-ubyte.gz").unlink()
     write_idx(mnist_root / "t10k-labels-idx1-ubyte", np.zeros(7, dtype=np.uint8), gz=True)
     result = nnrun("data=mnist", f"data.root={mnist_root}", cwd=tmp_path)

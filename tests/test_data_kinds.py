@@ -22,8 +22,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def sine_table(steps: int) -> pd.DataFrame:
     t = np.arange(steps)
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"load": np.sin(2 * np.pi * t / 40) + 0.05 * rng.normal(size=steps),
-                         "temp": 20 + 5 * np.cos(2 * np.pi * t / 40)})
+    return pd.DataFrame(
+        {
+            "load": np.sin(2 * np.pi * t / 40) + 0.05 * rng.normal(size=steps),
+            "temp": 20 + 5 * np.cos(2 * np.pi * t / 40),
+        }
+    )
 
 
 def counts(stdout: str) -> tuple:
@@ -34,8 +38,16 @@ def counts(stdout: str) -> tuple:
 
 def test_a_sine_series_is_cut_into_windows_by_time_and_forecast(tmp_path):
     sine_table(600).to_csv(tmp_path / "sine.csv", index=False)
-    result, run_dir = train(tmp_path, "data=timeseries", "data.path=sine.csv", "data.target=load", "model=lstm",
-                            "model.hidden_size=24", "trainer.epochs=6", "~callbacks.early_stopping")
+    result, run_dir = train(
+        tmp_path,
+        "data=timeseries",
+        "data.path=sine.csv",
+        "data.target=load",
+        "model=lstm",
+        "model.hidden_size=24",
+        "trainer.epochs=6",
+        "~callbacks.early_stopping",
+    )
     # 600 steps: test = the last 120, validation the 60 before, train the first 420; each part
     # is cut on its own into windows of 24 steps plus 1 ahead, so none shares a step with another.
     assert counts(result.stdout) == (420 - 24, 60 - 24, 120 - 24)
@@ -43,15 +55,26 @@ def test_a_sine_series_is_cut_into_windows_by_time_and_forecast(tmp_path):
     assert info["task"] == "regression" and info["test_r2"] > 0.8, info
     prep = json.loads((run_dir / "preprocessing.json").read_text())["transform"]
     assert prep["window"] == 24 and prep["horizon"] == 1 and prep["features"] == ["load", "temp"]
-    train_part = sine_table(600)[:420]     # scaling fitted on the training steps only
+    train_part = sine_table(600)[:420]  # scaling fitted on the training steps only
     assert prep["mean"] == pytest.approx(train_part.mean().tolist(), abs=0.05)
 
 
 def test_a_npy_series_with_a_longer_horizon(tmp_path):
     np.save(tmp_path / "series.npy", sine_table(300).to_numpy())
-    result, run_dir = train(tmp_path, "data=timeseries", "data.path=series.npy", "data.target=0", "data.window=10",
-                            "data.horizon=5", "data.stride=2", "data.val_split=0", "model=mlp", "trainer.epochs=1",
-                            "trainer.monitor=loss", "~callbacks.early_stopping")
+    result, run_dir = train(
+        tmp_path,
+        "data=timeseries",
+        "data.path=series.npy",
+        "data.target=0",
+        "data.window=10",
+        "data.horizon=5",
+        "data.stride=2",
+        "data.val_split=0",
+        "model=mlp",
+        "trainer.epochs=1",
+        "trainer.monitor=loss",
+        "~callbacks.early_stopping",
+    )
     # train = the first 240 steps: windows start every 2 steps while start + 10 + 5 <= 240
     assert counts(result.stdout) == ((240 - 15) // 2 + 1, 0, (60 - 15) // 2 + 1)
     assert summary(run_dir)["status"] == "completed"
@@ -66,12 +89,21 @@ def test_one_labelled_series_per_row_is_classified(tmp_path):
         wave = np.sin(2 * np.pi * cycles * np.arange(32) / 32 + rng.uniform(0, 6.3)) + 0.1 * rng.normal(size=32)
         rows.append([label, *wave])
     pd.DataFrame(rows, columns=["rhythm", *(f"t{j}" for j in range(32))]).to_csv(tmp_path / "beats.csv", index=False)
-    result, run_dir = train(tmp_path, "data=timeseries", "data.path=beats.csv", "data.target=rhythm",
-                            "data.window=null", "model=lstm", "model.hidden_size=32", "optimizer.lr=0.01",
-                            "trainer.epochs=8", "~callbacks.early_stopping")
+    result, run_dir = train(
+        tmp_path,
+        "data=timeseries",
+        "data.path=beats.csv",
+        "data.target=rhythm",
+        "data.window=null",
+        "model=lstm",
+        "model.hidden_size=32",
+        "optimizer.lr=0.01",
+        "trainer.epochs=8",
+        "~callbacks.early_stopping",
+    )
     info = summary(run_dir)
     assert info["task"] == "binary" and info["test_accuracy"] > 0.85, info
-    assert "(32, 1)" in result.stdout                    # 32 steps of one value each
+    assert "(32, 1)" in result.stdout  # 32 steps of one value each
 
 
 def tokens(text: str) -> list:
@@ -82,12 +114,22 @@ def tokens(text: str) -> list:
 def test_text_trains_an_lstm_through_an_embedding_and_predicts_from_its_vocabulary(tmp_path):
     notes = pd.read_csv(EXAMPLES / "triage_notes.csv")
     test = notes[:80].copy()
-    test.loc[0, "text"] += " zyxwordonlyintest"          # a word the training file never has
+    test.loc[0, "text"] += " zyxwordonlyintest"  # a word the training file never has
     notes[80:].to_csv(tmp_path / "train.csv", index=False)
     test.to_csv(tmp_path / "test.csv", index=False)
-    _, run_dir = train(tmp_path, "data=text_csv", "data.path=train.csv", "data.test_path=test.csv",
-                       "data.max_len=24", "model=lstm", "model.hidden_size=32", "model.embedding_dim=16", "optimizer.lr=0.01",
-                       "trainer.epochs=8", "~callbacks.early_stopping")
+    _, run_dir = train(
+        tmp_path,
+        "data=text_csv",
+        "data.path=train.csv",
+        "data.test_path=test.csv",
+        "data.max_len=24",
+        "model=lstm",
+        "model.hidden_size=32",
+        "model.embedding_dim=16",
+        "optimizer.lr=0.01",
+        "trainer.epochs=8",
+        "~callbacks.early_stopping",
+    )
     info = summary(run_dir)
     assert info["task"] == "binary" and info["test_accuracy"] > 0.85, info
     prep = json.loads((run_dir / "preprocessing.json").read_text())
@@ -99,7 +141,7 @@ def test_text_trains_an_lstm_through_an_embedding_and_predicts_from_its_vocabula
     x = torch.zeros(len(test), 24, dtype=torch.long)
     for row, text in enumerate(test["text"]):
         seq = [ids.get(w, 1) for w in tokens(text)][-24:]
-        x[row, 24 - len(seq):] = torch.tensor(seq)
+        x[row, 24 - len(seq) :] = torch.tensor(seq)
     from nnrun.models import build_model
 
     state = torch.load(run_dir / "checkpoints/best.pt", weights_only=True)
@@ -117,9 +159,13 @@ def cifar_batch(n: int, seed: int) -> dict:
     labels = rng.integers(0, 10, n)
     x = rng.integers(0, 60, (n, 3, 32, 32)).astype(np.uint8)
     for i, label in enumerate(labels):
-        x[i, label % 3, (label // 3) * 8:(label // 3) * 8 + 8, :] = 250
-    return {"batch_label": "training batch", "labels": [int(v) for v in labels], "data": x.reshape(n, -1),
-            "filenames": [f"img_{i}.png" for i in range(n)]}
+        x[i, label % 3, (label // 3) * 8 : (label // 3) * 8 + 8, :] = 250
+    return {
+        "batch_label": "training batch",
+        "labels": [int(v) for v in labels],
+        "data": x.reshape(n, -1),
+        "filenames": [f"img_{i}.png" for i in range(n)],
+    }
 
 
 def write_cifar(folder: Path, per_batch: int = 60, archive: bool = True, poison=None) -> Path:
@@ -143,8 +189,16 @@ def write_cifar(folder: Path, per_batch: int = 60, archive: bool = True, poison=
 
 def test_cifar10_from_its_archive_trains_the_cnn_on_colour_images(tmp_path):
     root = write_cifar(tmp_path / "cifar")
-    result, run_dir = train(tmp_path, "data=cifar10", f"data.root={root}", "model=cnn", "model.channels=[8,16]",
-                            "trainer.epochs=4", "~callbacks.early_stopping", "data.batch_size=32")
+    result, run_dir = train(
+        tmp_path,
+        "data=cifar10",
+        f"data.root={root}",
+        "model=cnn",
+        "model.channels=[8,16]",
+        "trainer.epochs=4",
+        "~callbacks.early_stopping",
+        "data.batch_size=32",
+    )
     assert counts(result.stdout) == (270, 30, 60)
     assert "(3, 32, 32)" in result.stdout
     assert summary(run_dir)["test_accuracy"] > 0.5
@@ -156,6 +210,7 @@ class Payload:
 
     def __reduce__(self):
         import os
+
         return os.system, (f"touch {self.marker}",)
 
 
@@ -188,9 +243,9 @@ def test_augmentation_flips_and_crops_whole_batches_reproducibly():
     crop = Augment(crop=1)
     crop.fill = -7.0
     out = crop(x, seed=11)
-    for a, b in zip(out, x):      # a 4x4 window of the image padded by one pixel of fill
+    for a, b in zip(out, x):  # a 4x4 window of the image padded by one pixel of fill
         padded = torch.nn.functional.pad(b, (1, 1, 1, 1), value=-7.0)
-        windows = [padded[:, i:i + 4, j:j + 4] for i in range(3) for j in range(3)]
+        windows = [padded[:, i : i + 4, j : j + 4] for i in range(3) for j in range(3)]
         assert any(torch.equal(a, w) for w in windows)
     assert len({tuple(crop(x, seed=s).flatten().tolist()) for s in range(20)}) > 1
 
@@ -200,9 +255,17 @@ def test_augmentation_touches_training_batches_only(tmp_path):
     the last digit: the test split saw no augmentation (nor did validation: best.pt was picked by
     the val_loss it logs, recomputed here too)."""
     root = write_cifar(tmp_path / "cifar", archive=False)
-    _, run_dir = train(tmp_path, "data=cifar10", f"data.root={root}", "model=cnn", "model.channels=[8]",
-                       "data.augment.rotate=15", "data.augment.translate=0.1", "trainer.epochs=3",
-                       "~callbacks.early_stopping")
+    _, run_dir = train(
+        tmp_path,
+        "data=cifar10",
+        f"data.root={root}",
+        "model=cnn",
+        "model.channels=[8]",
+        "data.augment.rotate=15",
+        "data.augment.translate=0.1",
+        "trainer.epochs=3",
+        "~callbacks.early_stopping",
+    )
     info = summary(run_dir)
     from nnrun.data import build_data
     from nnrun.models import build_model

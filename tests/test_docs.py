@@ -16,15 +16,20 @@ def reference():
 
 def test_every_config_key_has_a_doc_line():
     gen = reference()
-    missing = [f"{path.relative_to(ROOT)}: {key}" for _, path, _ in gen.files()
-               for key, value, doc in gen.keys(path) if value and not doc]
+    missing = [
+        f"{path.relative_to(ROOT)}: {key}"
+        for _, path, _ in gen.files()
+        for key, value, doc in gen.keys(path)
+        if value and not doc
+    ]
     missing += [f"nnrun/config.py {cls}.{key}" for _, cls in gen.SCHEMA for key, _, doc in gen.schema(cls) if not doc]
     assert not missing, "keys without a comment (the reference is made from them):\n" + "\n".join(missing)
 
 
 def test_the_reference_page_is_up_to_date():
-    assert (ROOT / "docs" / "reference.md").read_text() == reference().render(), \
+    assert (ROOT / "docs" / "reference.md").read_text() == reference().render(), (
         "docs/reference.md is stale: run python docs/gen_reference.py"
+    )
 
 
 def test_the_readme_is_a_front_page():

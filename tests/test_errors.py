@@ -39,24 +39,43 @@ CASES = [
     (["scheduler=onecycle", "scheduler.warmup_epochs=1"], ["scheduler.warmup_epochs", "pct_start"]),
     (["callbacks.model_checkpoint.save_top_k=3"], ["save_top_k", "{epoch}"]),
     (["imports=[no_such_module_xyz]"], ["imports", "no_such_module_xyz"]),
-    (["callbacks.model_checkpoint.filename='ep{epoch}-{val_acc:.2f}'"], ["callbacks.model_checkpoint.filename", "val_accuracy"]),
+    (
+        ["callbacks.model_checkpoint.filename='ep{epoch}-{val_acc:.2f}'"],
+        ["callbacks.model_checkpoint.filename", "val_accuracy"],
+    ),
 ]
 
 
 # One case per kind of mistake runs by default; the rest (same code paths, other keys) with -m slow.
-QUICK = {"optimizer.lr=abc", "model=transfomer", "trainer.epochs=-1", "trainer.epoch=3", "model.hidde=[8]",
-         "model.dropout=1.5", "optimizer.momentum=0.9", "data.val_split=0", "trainer.device=cuda:7",
-         "data=mnist data.download=false", "loss=mse", "imports=[no_such_module_xyz]",
-         "scheduler=plateau scheduler.monitor=val_los",
-         "callbacks.model_checkpoint.filename='ep{epoch}-{val_acc:.2f}'"}
+QUICK = {
+    "optimizer.lr=abc",
+    "model=transfomer",
+    "trainer.epochs=-1",
+    "trainer.epoch=3",
+    "model.hidde=[8]",
+    "model.dropout=1.5",
+    "optimizer.momentum=0.9",
+    "data.val_split=0",
+    "trainer.device=cuda:7",
+    "data=mnist data.download=false",
+    "loss=mse",
+    "imports=[no_such_module_xyz]",
+    "scheduler=plateau scheduler.monitor=val_los",
+    "callbacks.model_checkpoint.filename='ep{epoch}-{val_acc:.2f}'",
+}
 
 
-@pytest.mark.parametrize("overrides,words", [
-    pytest.param(*case, id=" ".join(case[0]), marks=() if " ".join(case[0]) in QUICK else pytest.mark.slow)
-    for case in CASES])
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        pytest.param(*case, id=" ".join(case[0]), marks=() if " ".join(case[0]) in QUICK else pytest.mark.slow)
+        for case in CASES
+    ],
+)
 def test_bad_input_is_refused_in_one_line(tmp_path, overrides, words):
-    result = nnrun(*overrides, f"data.root={tmp_path / 'empty'}" if "data=mnist" in overrides else "trainer.seed=1",
-                   cwd=tmp_path)
+    result = nnrun(
+        *overrides, f"data.root={tmp_path / 'empty'}" if "data=mnist" in overrides else "trainer.seed=1", cwd=tmp_path
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     assert line.startswith("nnrun: error: ")

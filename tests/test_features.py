@@ -22,28 +22,44 @@ def batch_lrs(run_dir) -> list:
         return [float(r["lr"]) for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("scheduler,expected", [
-    (["scheduler=multistep", "scheduler.milestones=[1,2]"], [1e-3, 1e-4, 1e-5]),
-    pytest.param(["scheduler=exponential", "scheduler.gamma=0.5"], [1e-3, 5e-4, 2.5e-4], marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "scheduler,expected",
+    [
+        (["scheduler=multistep", "scheduler.milestones=[1,2]"], [1e-3, 1e-4, 1e-5]),
+        pytest.param(["scheduler=exponential", "scheduler.gamma=0.5"], [1e-3, 5e-4, 2.5e-4], marks=pytest.mark.slow),
+    ],
+)
 def test_epoch_schedulers_set_the_lr_column(tmp_path, scheduler, expected):
     _, run_dir = train(tmp_path, *scheduler, "trainer.epochs=3", *QUICK)
     assert lrs(run_dir) == pytest.approx(expected)
 
 
 def test_cosine_warmup_climbs_within_the_first_epoch_then_decays(tmp_path):
-    _, run_dir = train(tmp_path, "scheduler=cosine", "scheduler.warmup_epochs=1", "trainer.epochs=3",
-                       "callbacks=[default,lr_monitor]", *QUICK)
+    _, run_dir = train(
+        tmp_path,
+        "scheduler=cosine",
+        "scheduler.warmup_epochs=1",
+        "trainer.epochs=3",
+        "callbacks=[default,lr_monitor]",
+        *QUICK,
+    )
     per_batch = batch_lrs(run_dir)
-    assert len(per_batch) == 12                                   # 3 epochs x 4 batches
-    assert per_batch[:4] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4])   # linear warmup over 4 steps
+    assert len(per_batch) == 12  # 3 epochs x 4 batches
+    assert per_batch[:4] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4])  # linear warmup over 4 steps
     assert per_batch[4] == pytest.approx(1e-3)
-    assert all(a > b for a, b in zip(per_batch[4:], per_batch[5:]))    # then only down
+    assert all(a > b for a, b in zip(per_batch[4:], per_batch[5:]))  # then only down
 
 
 def test_onecycle_peaks_at_max_lr_and_ends_far_below(tmp_path):
-    _, run_dir = train(tmp_path, "scheduler=onecycle", "scheduler.max_lr=0.01", "trainer.epochs=2",
-                       "callbacks=[default,lr_monitor]", "trainer.limit_batches=10", NO_STOP)
+    _, run_dir = train(
+        tmp_path,
+        "scheduler=onecycle",
+        "scheduler.max_lr=0.01",
+        "trainer.epochs=2",
+        "callbacks=[default,lr_monitor]",
+        "trainer.limit_batches=10",
+        NO_STOP,
+    )
     per_batch = batch_lrs(run_dir)
     assert per_batch[0] == pytest.approx(0.01 / 25)
     assert max(per_batch) == pytest.approx(0.01, rel=0.05)
@@ -54,8 +70,9 @@ def test_onecycle_peaks_at_max_lr_and_ends_far_below(tmp_path):
 def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path):
     args = ["model.dropout=0", "trainer.epochs=2", NO_STOP, "callbacks.model_checkpoint.save_best_only=false"]
     _, full = train(tmp_path, *args, "data.batch_size=32", "trainer.limit_batches=6", name="full")
-    _, halves = train(tmp_path, *args, "data.batch_size=16", "trainer.accumulate=2",
-                      "trainer.limit_batches=12", name="halves")
+    _, halves = train(
+        tmp_path, *args, "data.batch_size=16", "trainer.accumulate=2", "trainer.limit_batches=12", name="halves"
+    )
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)["model"]
     b = torch.load(halves / "checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
@@ -64,11 +81,18 @@ def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path):
 
 
 def test_accumulation_steps_the_scheduler_once_per_optimizer_step(tmp_path):
-    _, run_dir = train(tmp_path, "scheduler=onecycle", "trainer.accumulate=2", "trainer.epochs=1",
-                       "callbacks=[default,lr_monitor]", "trainer.limit_batches=8", NO_STOP)
+    _, run_dir = train(
+        tmp_path,
+        "scheduler=onecycle",
+        "trainer.accumulate=2",
+        "trainer.epochs=1",
+        "callbacks=[default,lr_monitor]",
+        "trainer.limit_batches=8",
+        NO_STOP,
+    )
     per_batch = batch_lrs(run_dir)
     assert len(per_batch) == 8
-    assert all(per_batch[i] == per_batch[i + 1] for i in range(0, 8, 2))   # pairs share one step
+    assert all(per_batch[i] == per_batch[i + 1] for i in range(0, 8, 2))  # pairs share one step
     assert len(set(per_batch)) == 4
 
 
@@ -77,11 +101,16 @@ def weight_norm(run_dir) -> float:
     return sum(float(t.square().sum()) for t in state.values() if t.dim() > 1)
 
 
-@pytest.mark.parametrize("optimizer,penalty", [
-    ([], "model.l2=0.01"),
-    pytest.param(["optimizer=adamw"], "optimizer.weight_decay=5", marks=pytest.mark.slow),   # decoupled: w *= 1 - lr * 5 each step, vs no decay
-    pytest.param([], "model.l1=0.001", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "optimizer,penalty",
+    [
+        ([], "model.l2=0.01"),
+        pytest.param(
+            ["optimizer=adamw"], "optimizer.weight_decay=5", marks=pytest.mark.slow
+        ),  # decoupled: w *= 1 - lr * 5 each step, vs no decay
+        pytest.param([], "model.l1=0.001", marks=pytest.mark.slow),
+    ],
+)
 def test_l1_l2_and_weight_decay_shrink_the_weights(tmp_path, optimizer, penalty):
     args = ["trainer.epochs=3", NO_STOP, *optimizer]
     _, plain = train(tmp_path, *args, *(["optimizer.weight_decay=0"] if optimizer else []), name="plain")
@@ -120,38 +149,69 @@ def test_label_smoothing_keeps_the_loss_above_its_floor(tmp_path):
 def test_a_nan_training_loss_stops_the_run_with_or_without_terminate_on_nan(tmp_path):
     # Keras's TerminateOnNaN stops at the bad batch; nnrun always does (status nan_loss, exit 1),
     # and the callback adds a stop on a NaN val_loss.
-    result = nnrun("hydra.run.dir=run", "optimizer=sgd", "optimizer.lr=20", "optimizer.momentum=0",
-                   "callbacks=[default,terminate_on_nan]", NO_STOP, "trainer.epochs=5", "trainer.plots=false",
-                   cwd=tmp_path)
+    result = nnrun(
+        "hydra.run.dir=run",
+        "optimizer=sgd",
+        "optimizer.lr=20",
+        "optimizer.momentum=0",
+        "callbacks=[default,terminate_on_nan]",
+        NO_STOP,
+        "trainer.epochs=5",
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     info = summary(tmp_path / "run")
     assert info["status"] == "nan_loss" and info["epoch"] == 1
-    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()       # a NaN epoch is never "best"
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()  # a NaN epoch is never "best"
 
 
 def test_reduce_lr_on_plateau_callback_cuts_the_rate(tmp_path):
-    _, run_dir = train(tmp_path, "callbacks=[default,reduce_lr_on_plateau]", "trainer.epochs=3", *QUICK,
-                       "callbacks.reduce_lr_on_plateau.min_delta=100", "callbacks.reduce_lr_on_plateau.patience=0",
-                       "callbacks.reduce_lr_on_plateau.factor=0.5")
+    _, run_dir = train(
+        tmp_path,
+        "callbacks=[default,reduce_lr_on_plateau]",
+        "trainer.epochs=3",
+        *QUICK,
+        "callbacks.reduce_lr_on_plateau.min_delta=100",
+        "callbacks.reduce_lr_on_plateau.patience=0",
+        "callbacks.reduce_lr_on_plateau.factor=0.5",
+    )
     assert lrs(run_dir) == pytest.approx([1e-3, 1e-3, 5e-4])
 
 
-@pytest.mark.parametrize("options,epochs", [
-    (["callbacks.early_stopping.baseline=0.0", "callbacks.early_stopping.patience=2"], 2),
-    (["callbacks.early_stopping.start_from_epoch=3", "callbacks.early_stopping.patience=0",
-      "callbacks.early_stopping.min_delta=100"], 5),
-    pytest.param(["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=100"], 2,
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "options,epochs",
+    [
+        (["callbacks.early_stopping.baseline=0.0", "callbacks.early_stopping.patience=2"], 2),
+        (
+            [
+                "callbacks.early_stopping.start_from_epoch=3",
+                "callbacks.early_stopping.patience=0",
+                "callbacks.early_stopping.min_delta=100",
+            ],
+            5,
+        ),
+        pytest.param(
+            ["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=100"], 2, marks=pytest.mark.slow
+        ),
+    ],
+)
 def test_early_stopping_baseline_and_start_from_epoch(tmp_path, options, epochs):
     _, run_dir = train(tmp_path, *options, "trainer.epochs=8", "trainer.limit_batches=4")
     assert summary(run_dir)["epochs"] == epochs
 
 
 def test_checkpoint_keeps_the_top_k_best_epochs(tmp_path):
-    _, run_dir = train(tmp_path, "callbacks.model_checkpoint.save_top_k=2", "trainer.epochs=5",
-                       "callbacks.model_checkpoint.filename='ep{epoch}'", "callbacks.model_checkpoint.mode=max",
-                       "callbacks.model_checkpoint.monitor=epoch_time", NO_STOP, "trainer.limit_batches=4")
+    _, run_dir = train(
+        tmp_path,
+        "callbacks.model_checkpoint.save_top_k=2",
+        "trainer.epochs=5",
+        "callbacks.model_checkpoint.filename='ep{epoch}'",
+        "callbacks.model_checkpoint.mode=max",
+        "callbacks.model_checkpoint.monitor=epoch_time",
+        NO_STOP,
+        "trainer.limit_batches=4",
+    )
     rows = metrics(run_dir)
     slowest = sorted(range(5), key=lambda i: float(rows[i]["epoch_time"]))[-2:]
     files = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
@@ -159,9 +219,15 @@ def test_checkpoint_keeps_the_top_k_best_epochs(tmp_path):
 
 
 def test_checkpoint_every_n_epochs(tmp_path):
-    _, run_dir = train(tmp_path, "callbacks.model_checkpoint.every_n_epochs=2", "trainer.epochs=5",
-                       "callbacks.model_checkpoint.save_best_only=false", "callbacks.model_checkpoint.save_last=false",
-                       "callbacks.model_checkpoint.filename='ep{epoch}'", *QUICK)
+    _, run_dir = train(
+        tmp_path,
+        "callbacks.model_checkpoint.every_n_epochs=2",
+        "trainer.epochs=5",
+        "callbacks.model_checkpoint.save_best_only=false",
+        "callbacks.model_checkpoint.save_last=false",
+        "callbacks.model_checkpoint.filename='ep{epoch}'",
+        *QUICK,
+    )
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["ep2.pt", "ep4.pt"]
 
 
@@ -184,18 +250,26 @@ def test_a_callback_from_the_users_own_module(tmp_path):
         "        self.mark = mark\n"
         "    def on_epoch_end(self, epoch, logs):\n"
         "        with open(self.run_dir / 'marks.txt', 'a') as f:\n"
-        "            f.write(f'{self.mark}{epoch} ')\n")
+        "            f.write(f'{self.mark}{epoch} ')\n"
+    )
     _, run_dir = train(tmp_path, "imports=[my_callbacks]", "+callbacks.epoch_marks.mark=e", "trainer.epochs=3", *QUICK)
     assert (run_dir / "marks.txt").read_text() == "e1 e2 e3 "
 
 
-@pytest.mark.parametrize("preset", ["fashion_mlp", pytest.param("fashion_cnn", marks=pytest.mark.slow),
-                                    pytest.param("fashion_lstm", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "fashion_mlp",
+        pytest.param("fashion_cnn", marks=pytest.mark.slow),
+        pytest.param("fashion_lstm", marks=pytest.mark.slow),
+    ],
+)
 def test_experiment_presets_run(tmp_path, preset):
     # The measured results are in the README; here each preset composes and trains on tiny files.
     root = write_mnist(tmp_path / "fashion", n_train=300, n_test=100)
-    result, run_dir = train(tmp_path, f"experiment={preset}", f"data.root={root}", "trainer.epochs=1",
-                            "trainer.limit_batches=2")
+    result, run_dir = train(
+        tmp_path, f"experiment={preset}", f"data.root={root}", "trainer.epochs=1", "trainer.limit_batches=2"
+    )
     info = summary(run_dir)
     assert info["status"] == "completed" and info["epochs"] == 1
     assert yaml_config(run_dir)["data"]["name"] == "fashion_mnist"

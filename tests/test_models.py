@@ -25,8 +25,17 @@ def test_the_installed_package_ships_every_config():
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
     assert options("loss") == ["auto", "bce", "ce", "huber", "mae", "mse"]
-    assert options("callbacks") == ["csv_logger", "default", "early_stopping", "lr_monitor", "model_checkpoint",
-                                    "none", "reduce_lr_on_plateau", "tensorboard", "terminate_on_nan"]
+    assert options("callbacks") == [
+        "csv_logger",
+        "default",
+        "early_stopping",
+        "lr_monitor",
+        "model_checkpoint",
+        "none",
+        "reduce_lr_on_plateau",
+        "tensorboard",
+        "terminate_on_nan",
+    ]
     assert options("experiment") == ["fashion_cnn", "fashion_lstm", "fashion_mlp"]
 
 
@@ -48,8 +57,11 @@ def test_every_option_composes_and_builds(group, option):
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
-@pytest.mark.parametrize("variant", [[], pytest.param(["model.batchnorm=true", "model.dropout=0.5"], marks=pytest.mark.slow)],
-                         ids=["plain", "bn-dropout"])
+@pytest.mark.parametrize(
+    "variant",
+    [[], pytest.param(["model.batchnorm=true", "model.dropout=0.5"], marks=pytest.mark.slow)],
+    ids=["plain", "bn-dropout"],
+)
 def test_each_model_trains_on_digits(tmp_path, model, variant):
     if model == "lstm" and variant:
         variant = ["model.cell=gru", "model.num_layers=2", "model.bidirectional=true", "model.dropout=0.5"]

@@ -26,7 +26,7 @@ def test_run_folder_has_curves_and_a_confusion_matrix_of_the_test_split(tmp_path
     matrix = info["confusion_matrix"]
     assert len(matrix) == 10 and all(len(row) == 10 for row in matrix)
     total = sum(map(sum, matrix))
-    assert total == 359                                  # digits' stratified 20% test split
+    assert total == 359  # digits' stratified 20% test split
     assert sum(matrix[i][i] for i in range(10)) / total == pytest.approx(info["test_accuracy"])
 
 
@@ -45,11 +45,17 @@ def test_report_card_gives_speed_the_folder_and_a_command_that_reruns_it(tmp_pat
     assert strip(metrics(tmp_path / "again")) == strip(metrics(run_dir))
 
 
-@pytest.mark.parametrize("overrides,word", [
-    (["optimizer=sgd", "optimizer.lr=5", "optimizer.momentum=0"], "diverged"),     # huge but finite
-    pytest.param(["optimizer.lr=1e-7", "trainer.epochs=4", "~callbacks.early_stopping"], "underfitting",
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "overrides,word",
+    [
+        (["optimizer=sgd", "optimizer.lr=5", "optimizer.momentum=0"], "diverged"),  # huge but finite
+        pytest.param(
+            ["optimizer.lr=1e-7", "trainer.epochs=4", "~callbacks.early_stopping"],
+            "underfitting",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
 def test_hints_name_the_problem_on_the_console_and_in_the_summary(tmp_path, overrides, word):
     result, run_dir = train(tmp_path, "trainer.epochs=2", "trainer.limit_batches=10", *overrides)
     hints = summary(run_dir)["hints"]
@@ -66,13 +72,16 @@ def logs(train_loss, val_loss):
     return [{"loss": t, "val_loss": v} for t, v in zip(train_loss, val_loss)]
 
 
-@pytest.mark.parametrize("history,expected", [
-    (logs([2.0, 1.0, 0.5, 0.3, 0.2], [2.0, 1.1, 0.9, 1.1, 1.4]), ["overfitting"]),
-    (logs([2.0, 1.5, 1.2, 1.0, 0.9], [2.0, 1.6, 1.3, 1.1, 1.0]), []),
-    (logs([2.3, 2.29, 2.29, 2.28, 2.28], [2.3, 2.3, 2.3, 2.3, 2.3]), ["underfitting"]),
-    (logs([2.0, 5.0, math.nan], [2.0, 6.0, math.nan]), ["diverged"]),
-    (logs([2.0, 3.5], [2.0, 4.0]), ["diverged"]),
-])
+@pytest.mark.parametrize(
+    "history,expected",
+    [
+        (logs([2.0, 1.0, 0.5, 0.3, 0.2], [2.0, 1.1, 0.9, 1.1, 1.4]), ["overfitting"]),
+        (logs([2.0, 1.5, 1.2, 1.0, 0.9], [2.0, 1.6, 1.3, 1.1, 1.0]), []),
+        (logs([2.3, 2.29, 2.29, 2.28, 2.28], [2.3, 2.3, 2.3, 2.3, 2.3]), ["underfitting"]),
+        (logs([2.0, 5.0, math.nan], [2.0, 6.0, math.nan]), ["diverged"]),
+        (logs([2.0, 3.5], [2.0, 4.0]), ["diverged"]),
+    ],
+)
 def test_diagnose_reads_the_curves(history, expected):
     hints = diagnose(history, chance=math.log(10))
     assert len(hints) == len(expected)

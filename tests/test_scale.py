@@ -25,14 +25,27 @@ def weights(run_dir) -> dict:
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # 2 x 24 per process = 48 a step, as the single run; 1295 training samples leave a short last batch
     (tmp_path / "ddp").mkdir()
-    ddp = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun",
-                          "trainer.strategy=ddp", "data.batch_size=24", *SAME],
-                         cwd=tmp_path / "ddp", env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                         timeout=300)
+    ddp = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "nnrun",
+            "trainer.strategy=ddp",
+            "data.batch_size=24",
+            *SAME,
+        ],
+        cwd=tmp_path / "ddp",
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
     folders = [p.parent for p in (tmp_path / "ddp").glob("outputs/*/*/summary.json")]
-    assert len(list((tmp_path / "ddp").glob("outputs/*/*"))) == 1 and len(folders) == 1   # one run folder
-    assert ddp.stdout.count("test (weights of the best epoch)") == 1                   # rank 0 speaks
+    assert len(list((tmp_path / "ddp").glob("outputs/*/*"))) == 1 and len(folders) == 1  # one run folder
+    assert ddp.stdout.count("test (weights of the best epoch)") == 1  # rank 0 speaks
 
     _, single = train(tmp_path, *SAME, "data.batch_size=48", name="single")
     a, b = weights(folders[0]), weights(single)
@@ -47,25 +60,46 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
 def test_a_stopped_ddp_run_resumes_in_its_folder_and_ends_as_one_process_would(tmp_path):
     folder = tmp_path / "run"
     args = ["model.dropout=0", "~callbacks.early_stopping", "trainer.plots=false", "trainer.epochs=40"]
-    command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun", "trainer.strategy=ddp",
-               "data.batch_size=24", f"hydra.run.dir={folder}", *args]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nnrun",
+        "trainer.strategy=ddp",
+        "data.batch_size=24",
+        f"hydra.run.dir={folder}",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
-    while not (folder / "metrics.csv").exists() or len(metrics(folder)) < 2:     # two epochs done
+    while not (folder / "metrics.csv").exists() or len(metrics(folder)) < 2:  # two epochs done
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)                # torchrun passes it on; the ranks stop at the epoch's end
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on; the ranks stop at the epoch's end
     said = proc.communicate(timeout=120)[0]
-    assert said.count("nnrun: stopped by SIGTERM") == 1 and "nnrun-rank" not in said, said[-3000:]   # rank 0 tells
+    assert said.count("nnrun: stopped by SIGTERM") == 1 and "nnrun-rank" not in said, said[-3000:]  # rank 0 tells
     stopped = summary(folder)
     assert stopped["status"] == "interrupted" and stopped["epoch"] < 40, stopped
 
-    resumed = subprocess.run([*command, "trainer.resume=auto"], cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*command, "trainer.resume=auto"],
+        cwd=tmp_path,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resuming {folder} from" in resumed.stdout
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]          # no second folder
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no second folder
     assert [int(row["epoch"]) for row in metrics(folder)] == list(range(1, 41))
     _, single = train(tmp_path, *args, "data.batch_size=48", name="single")
     a, b = weights(folder), weights(single)
@@ -96,29 +130,59 @@ def test_compile_gives_the_same_training_as_eager(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
 
-@pytest.mark.parametrize("callbacks", [[], ["callbacks=[default,reduce_lr_on_plateau]",
-                                            "callbacks.reduce_lr_on_plateau.patience=1"]])
+@pytest.mark.parametrize(
+    "callbacks", [[], ["callbacks=[default,reduce_lr_on_plateau]", "callbacks.reduce_lr_on_plateau.patience=1"]]
+)
 def test_ddp_ranks_stop_early_and_change_the_rate_together(tmp_path, callbacks):
     # each rank's batch-norm statistics differ after its last step: without rank 0's numbers on every
     # rank, early stopping fired on one rank only and gloo failed with "Connection closed by peer"
-    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun",
-                             "trainer.strategy=ddp", "model=cnn", "trainer.device=cpu", "trainer.epochs=40",
-                             "trainer.plots=false", "hydra.run.dir=run", *callbacks],
-                            cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "nnrun",
+            "trainer.strategy=ddp",
+            "model=cnn",
+            "trainer.device=cpu",
+            "trainer.epochs=40",
+            "trainer.plots=false",
+            "hydra.run.dir=run",
+            *callbacks,
+        ],
+        cwd=tmp_path,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     info = summary(tmp_path / "run")
     assert info["status"] == "completed" and info["stopped_early"] and info["epochs"] < 40
     rates = [float(row["lr"]) for row in metrics(tmp_path / "run")]
     if callbacks:
-        assert min(rates) < rates[0], rates                  # the plateau lowered the rate
+        assert min(rates) < rates[0], rates  # the plateau lowered the rate
 
 
 def test_ddp_with_one_named_gpu_is_refused(tmp_path):
-    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun",
-                             "trainer.strategy=ddp", "trainer.device=cuda:0", "trainer.epochs=1"],
-                            cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "nnrun",
+            "trainer.strategy=ddp",
+            "trainer.device=cuda:0",
+            "trainer.epochs=1",
+        ],
+        cwd=tmp_path,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "trainer.device=cuda:0 under trainer.strategy=ddp would put every process on one GPU" in result.stderr
 
@@ -127,25 +191,39 @@ def test_parallel_jobs_take_a_gpu_no_other_job_holds(tmp_path):
     from nnrun.train.device import free_slot, release_slots
 
     gpus = ["GPU-aaa", "GPU-bbb"]
-    assert free_slot(gpus, 0, tmp_path) == 0                 # job 0 holds GPU 0
-    assert free_slot(gpus, 1, tmp_path) == 1                 # job 1 holds GPU 1
+    assert free_slot(gpus, 0, tmp_path) == 0  # job 0 holds GPU 0
+    assert free_slot(gpus, 1, tmp_path) == 1  # job 1 holds GPU 1
     import os
     import fcntl
-    os.close(__import__("nnrun.train.device", fromlist=["_SLOTS"])._SLOTS.pop())   # job 1 ends
-    assert free_slot(gpus, 2, tmp_path) == 1                 # job 2: GPU 0 is busy, so GPU 1, not 2 mod 2
-    assert free_slot(gpus, 3, tmp_path) == 1                 # all busy: its own index, shared
+
+    os.close(__import__("nnrun.train.device", fromlist=["_SLOTS"])._SLOTS.pop())  # job 1 ends
+    assert free_slot(gpus, 2, tmp_path) == 1  # job 2: GPU 0 is busy, so GPU 1, not 2 mod 2
+    assert free_slot(gpus, 3, tmp_path) == 1  # all busy: its own index, shared
     release_slots()
     fd = os.open(tmp_path / "GPU-aaa.lock", os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)           # released: free again
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: free again
     os.close(fd)
 
 
 def test_a_sweep_under_torchrun_is_refused(tmp_path):
     # a job failing on one rank only would leave the other waiting in the next job's collectives
-    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun", "--multirun",
-                             "trainer.strategy=ddp", "trainer.seed=1,2"],
-                            cwd=tmp_path, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "nnrun",
+            "--multirun",
+            "trainer.strategy=ddp",
+            "trainer.seed=1,2",
+        ],
+        cwd=tmp_path,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0 and "--multirun under torchrun is not supported" in result.stderr
 
 
@@ -154,7 +232,7 @@ def test_gpu_slots_ignore_a_folder_someone_else_planted(tmp_path):
 
     planted = tmp_path / "file"
     planted.write_text("")
-    assert free_slot(["GPU-a", "GPU-b"], 3, planted) == 1           # no crash: the job's own GPU, unlocked
+    assert free_slot(["GPU-a", "GPU-b"], 3, planted) == 1  # no crash: the job's own GPU, unlocked
     shared = tmp_path / "open"
     shared.mkdir()
     shared.chmod(0o777)

@@ -24,33 +24,50 @@ def stand_ins(folder: Path, **scripts) -> dict:
 
 RECORD = 'echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES OMP_NUM_THREADS=$OMP_NUM_THREADS $*" >> "$HOME/calls"\n'
 GPUS = "echo 'GPU 0: NVIDIA H200 (UUID: GPU-0)'; echo 'GPU 1: NVIDIA H200 (UUID: GPU-1)'\n"
-MIG = ("echo 'GPU 0: NVIDIA A100 (UUID: GPU-0)'\n"
-       "echo '  MIG 3g.40gb     Device  0: (UUID: MIG-aaa)'\necho '  MIG 3g.40gb     Device  1: (UUID: MIG-bbb)'\n")
+MIG = (
+    "echo 'GPU 0: NVIDIA A100 (UUID: GPU-0)'\n"
+    "echo '  MIG 3g.40gb     Device  0: (UUID: MIG-aaa)'\necho '  MIG 3g.40gb     Device  1: (UUID: MIG-bbb)'\n"
+)
 
 
-@pytest.mark.parametrize("smi,visible,expected", [
-    (GPUS, None, ["0", "1", "0"]),
-    (GPUS, "5,7", ["5", "7", "5"]),                      # a SLURM allocation / the user's subset
-    (MIG, None, ["MIG-aaa", "MIG-bbb", "MIG-aaa"]),      # MIG devices, not the GPU that holds them
-])
+@pytest.mark.parametrize(
+    "smi,visible,expected",
+    [
+        (GPUS, None, ["0", "1", "0"]),
+        (GPUS, "5,7", ["5", "7", "5"]),  # a SLURM allocation / the user's subset
+        (MIG, None, ["MIG-aaa", "MIG-bbb", "MIG-aaa"]),  # MIG devices, not the GPU that holds them
+    ],
+)
 def test_seeds_go_to_the_gpus_this_job_may_use(tmp_path, smi, visible, expected):
     env = stand_ins(tmp_path, nvidia_smi=smi, nnrun=RECORD, nnrun_report="exit 0\n")
     if visible:
         env["CUDA_VISIBLE_DEVICES"] = visible
-    result = subprocess.run(["bash", str(SCRIPTS / "seeds_on_gpus.sh"), "trainer.epochs=1", "1", "2", "3"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "seeds_on_gpus.sh"), "trainer.epochs=1", "1", "2", "3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     calls = sorted((tmp_path / "calls").read_text().splitlines(), key=lambda c: c.split("trainer.seed=")[1])
     assert [c.split()[0].split("=")[1] for c in calls] == expected
     cores = os.cpu_count()
-    assert all(c.split()[1] == f"OMP_NUM_THREADS={max(1, cores // 3)}" for c in calls)   # cores shared out
+    assert all(c.split()[1] == f"OMP_NUM_THREADS={max(1, cores // 3)}" for c in calls)  # cores shared out
 
 
 def slurm(tmp_path, child: str, signals: int = 1) -> subprocess.Popen:
     env = stand_ins(tmp_path, nnrun=child, scontrol='echo "$*" >> "$HOME/scontrol"\n')
     env["SLURM_JOB_ID"] = "42"
-    proc = subprocess.Popen(["bash", str(SCRIPTS / "slurm_job.sh"), "model=cnn"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["bash", str(SCRIPTS / "slurm_job.sh"), "model=cnn"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not (tmp_path / "started").exists():
         assert time.monotonic() < deadline and proc.poll() is None
@@ -63,8 +80,7 @@ def slurm(tmp_path, child: str, signals: int = 1) -> subprocess.Popen:
 
 
 def test_slurm_requeues_a_run_that_saved_on_usr1(tmp_path):
-    child = ("trap 'sleep 0.3; exit 138' USR1\ntouch \"$HOME/started\"\n"
-             "while true; do sleep 0.05; done\n")
+    child = "trap 'sleep 0.3; exit 138' USR1\ntouch \"$HOME/started\"\nwhile true; do sleep 0.05; done\n"
     proc = slurm(tmp_path, child)
     assert proc.returncode == 138
     assert (tmp_path / "scontrol").read_text().split() == ["requeue", "42"]
@@ -81,39 +97,60 @@ def test_slurm_does_not_requeue_a_run_that_finished(tmp_path):
 
 def test_the_slurm_log_survives_requeues():
     header = [line for line in (SCRIPTS / "slurm_job.sh").read_text().splitlines() if line.startswith("#SBATCH")]
-    assert "#SBATCH --open-mode=append" in header                  # a requeued attempt appends
+    assert "#SBATCH --open-mode=append" in header  # a requeued attempt appends
     output = next(line for line in header if line.startswith("#SBATCH --output="))
-    assert "/" not in output.split("=", 1)[1]                       # no folder that may not exist
+    assert "/" not in output.split("=", 1)[1]  # no folder that may not exist
 
 
-MIXED = ("echo 'GPU 0: NVIDIA A100 (UUID: GPU-0)'\necho '  MIG 3g.40gb     Device  0: (UUID: MIG-aaa)'\n"
-         "echo 'GPU 1: NVIDIA A100 (UUID: GPU-1)'\n")
+MIXED = (
+    "echo 'GPU 0: NVIDIA A100 (UUID: GPU-0)'\necho '  MIG 3g.40gb     Device  0: (UUID: MIG-aaa)'\n"
+    "echo 'GPU 1: NVIDIA A100 (UUID: GPU-1)'\n"
+)
 
 
-@pytest.mark.parametrize("visible,seeds,expected", [
-    ("", ["1", "2"], "names no GPU"),                   # set but empty: this job has no GPU
-    ("0,,1", ["1", "2"], None),
-    (None, ["1", "1"], "given twice"),
-    (None, ["1", ""], "not a whole number"),
-])
+@pytest.mark.parametrize(
+    "visible,seeds,expected",
+    [
+        ("", ["1", "2"], "names no GPU"),  # set but empty: this job has no GPU
+        ("0,,1", ["1", "2"], None),
+        (None, ["1", "1"], "given twice"),
+        (None, ["1", ""], "not a whole number"),
+    ],
+)
 def test_seed_scripts_refuse_what_would_hide_a_run(tmp_path, visible, seeds, expected):
     env = stand_ins(tmp_path, nvidia_smi=MIXED, nnrun=RECORD, nnrun_report="exit 0\n")
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
-    result = subprocess.run(["bash", str(SCRIPTS / "seeds_on_gpus.sh"), "trainer.epochs=1", *seeds],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "seeds_on_gpus.sh"), "trainer.epochs=1", *seeds],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if expected:
         assert result.returncode == 2 and expected in result.stdout
-    else:                                               # empty entries dropped, no seed left without a GPU
+    else:  # empty entries dropped, no seed left without a GPU
         assert result.returncode == 0
-        assert sorted(c.split()[0] for c in (tmp_path / "calls").read_text().splitlines()) == \
-            ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
+        assert sorted(c.split()[0] for c in (tmp_path / "calls").read_text().splitlines()) == [
+            "CUDA_VISIBLE_DEVICES=0",
+            "CUDA_VISIBLE_DEVICES=1",
+        ]
 
 
 def test_a_box_with_mig_and_whole_gpus_uses_both(tmp_path):
     env = stand_ins(tmp_path, nvidia_smi=MIXED, nnrun=RECORD, nnrun_report="exit 0\n")
-    result = subprocess.run(["bash", str(SCRIPTS / "seeds_on_gpus.sh"), "trainer.epochs=1", "1", "2"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "seeds_on_gpus.sh"), "trainer.epochs=1", "1", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(c.split()[0] for c in (tmp_path / "calls").read_text().splitlines()) == \
-        ["CUDA_VISIBLE_DEVICES=1", "CUDA_VISIBLE_DEVICES=MIG-aaa"]
+    assert sorted(c.split()[0] for c in (tmp_path / "calls").read_text().splitlines()) == [
+        "CUDA_VISIBLE_DEVICES=1",
+        "CUDA_VISIBLE_DEVICES=MIG-aaa",
+    ]

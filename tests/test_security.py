@@ -51,11 +51,19 @@ def tool(name: str, *args, cwd):
 
 PAYLOADS = [
     ("os.system", lambda t: {"name": "mlp", "_target_": "os.system", "command": f"touch {t / 'pwned'}"}),
-    ("builtins.open", lambda t: {"name": "mlp", "_target_": "builtins.open", "file": str(t / "victim.txt"),
-                                 "mode": "w"}),
-    ("nnrun.train.checkpoint.save_checkpoint",          # inside nnrun, but a function that writes files
-     lambda t: {"name": "mlp", "_target_": "nnrun.train.checkpoint.save_checkpoint",
-                "path": str(t / "victim.txt"), "state": {}}),
+    (
+        "builtins.open",
+        lambda t: {"name": "mlp", "_target_": "builtins.open", "file": str(t / "victim.txt"), "mode": "w"},
+    ),
+    (
+        "nnrun.train.checkpoint.save_checkpoint",  # inside nnrun, but a function that writes files
+        lambda t: {
+            "name": "mlp",
+            "_target_": "nnrun.train.checkpoint.save_checkpoint",
+            "path": str(t / "victim.txt"),
+            "state": {},
+        },
+    ),
 ]
 
 
@@ -68,8 +76,9 @@ def test_a_planted_config_in_a_run_folder_runs_nothing(tmp_path, finished, prog,
     before = tree(run)
     if prog == "load_run":
         code = f"import nnrun\ntry:\n    nnrun.load_run({str(run)!r})\nexcept ValueError as e:\n    print(e)\n"
-        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         message = result.stdout
     else:
@@ -82,37 +91,52 @@ def test_a_planted_config_in_a_run_folder_runs_nothing(tmp_path, finished, prog,
     assert tree(run) == before
 
 
-@pytest.mark.parametrize("args", [
-    ["+hydra.callbacks.evil._target_=builtins.open", "+hydra.callbacks.evil.file=victim.txt",
-     "+hydra.callbacks.evil.mode=w"],
-    ["+hydra.callbacks.evil._target_=torch.nn.functional.torch.save", "+hydra.callbacks.evil.obj=1",
-     "+hydra.callbacks.evil.f=victim.txt"],
-    ["imports=[os]", "+model._target_=os.system", "+model.command=touch pwned", *BARE],
-    ["imports=[shutil]", "+model._target_=shutil.copyfile", "+model.src=x", "+model.dst=victim.txt", *BARE],
-    ["+model._target_=nnrun.train.checkpoint.save_checkpoint", "+model.path=victim.txt", "+model.state={}", *BARE],
-    # nested: Hydra would build these too, through a module's imports (torch.load of a planted pickle)
-    ["+hydra.callbacks.results.sub._target_=nnrun.train.checkpoint.torch.load", "+hydra.callbacks.results.sub.f=x"],
-    ["+hydra.callbacks.results.sub._target_=nnrun.train.checkpoint.Recording", "+hydra.callbacks.results.sub.file=x"],
-    ["+hydra.job_logging.handlers.evil={class:logging.io.FileIO,file:victim.txt,mode:w}"],
-    ["+hydra.job_logging.handlers.evil={class:logging.FileHandler,filename:victim.txt}"],
-    ["hydra.job.chdir=true"],
-    ["hydra.job_logging.handlers.file.filename=victim.txt"],
-    ["hydra.job.name=../victim"],
-    ["hydra.output_subdir=../.."],
-    ["+hydra.job.env_set.LD_PRELOAD=./evil.so"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [
+            "+hydra.callbacks.evil._target_=builtins.open",
+            "+hydra.callbacks.evil.file=victim.txt",
+            "+hydra.callbacks.evil.mode=w",
+        ],
+        [
+            "+hydra.callbacks.evil._target_=torch.nn.functional.torch.save",
+            "+hydra.callbacks.evil.obj=1",
+            "+hydra.callbacks.evil.f=victim.txt",
+        ],
+        ["imports=[os]", "+model._target_=os.system", "+model.command=touch pwned", *BARE],
+        ["imports=[shutil]", "+model._target_=shutil.copyfile", "+model.src=x", "+model.dst=victim.txt", *BARE],
+        ["+model._target_=nnrun.train.checkpoint.save_checkpoint", "+model.path=victim.txt", "+model.state={}", *BARE],
+        # nested: Hydra would build these too, through a module's imports (torch.load of a planted pickle)
+        ["+hydra.callbacks.results.sub._target_=nnrun.train.checkpoint.torch.load", "+hydra.callbacks.results.sub.f=x"],
+        [
+            "+hydra.callbacks.results.sub._target_=nnrun.train.checkpoint.Recording",
+            "+hydra.callbacks.results.sub.file=x",
+        ],
+        ["+hydra.job_logging.handlers.evil={class:logging.io.FileIO,file:victim.txt,mode:w}"],
+        ["+hydra.job_logging.handlers.evil={class:logging.FileHandler,filename:victim.txt}"],
+        ["hydra.job.chdir=true"],
+        ["hydra.job_logging.handlers.file.filename=victim.txt"],
+        ["hydra.job.name=../victim"],
+        ["hydra.output_subdir=../.."],
+        ["+hydra.job.env_set.LD_PRELOAD=./evil.so"],
+    ],
+)
 def test_the_allowlist_has_no_holes(tmp_path, args):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     before = tree(tmp_path)
     result = nnrun(*args, "trainer.epochs=1", "trainer.plots=false", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "not allowed" in one_line_error(result) or "not your own module" in one_line_error(result) \
+    assert (
+        "not allowed" in one_line_error(result)
+        or "not your own module" in one_line_error(result)
         or "standard-library" in one_line_error(result)
+    )
     assert not (tmp_path / "pwned").exists()
     assert victim.read_text() == "precious\n"
     files = {p: v for p, v in tree(tmp_path).items() if not os.path.isdir(p)}
-    assert files == before                           # no log, no config, nothing (at most an empty folder)
+    assert files == before  # no log, no config, nothing (at most an empty folder)
 
 
 def test_imports_may_name_the_users_own_module(tmp_path):
@@ -121,17 +145,31 @@ def test_imports_may_name_the_users_own_module(tmp_path):
         "class Flat(nn.Sequential):\n"
         "    def __init__(self, input_shape, num_classes, width=16):\n"
         "        super().__init__(nn.Flatten(), nn.Linear(flat_size(input_shape), width), nn.ReLU(),\n"
-        "                         nn.Linear(width, num_classes))\n")
-    train(tmp_path, "imports=[my_models]", "+model._target_=my_models.Flat", "~model.hidden", "~model.activation",
-          "~model.dropout", "~model.batchnorm", "~model.embedding_dim", "trainer.epochs=1", "trainer.limit_batches=2")
+        "                         nn.Linear(width, num_classes))\n"
+    )
+    train(
+        tmp_path,
+        "imports=[my_models]",
+        "+model._target_=my_models.Flat",
+        "~model.hidden",
+        "~model.activation",
+        "~model.dropout",
+        "~model.batchnorm",
+        "~model.embedding_dim",
+        "trainer.epochs=1",
+        "trainer.limit_batches=2",
+    )
 
 
-@pytest.mark.parametrize("args,escape", [
-    (["+callbacks.lr_monitor.filename={victim}"], "victim.txt"),
-    (["+callbacks.csv_logger.filename=../../victim.txt"], "victim.txt"),
-    (["+callbacks.tensorboard.log_dir=../../victim_dir"], "victim_dir"),
-    (["callbacks.model_checkpoint.filename=../../victim"], "victim.pt"),
-])
+@pytest.mark.parametrize(
+    "args,escape",
+    [
+        (["+callbacks.lr_monitor.filename={victim}"], "victim.txt"),
+        (["+callbacks.csv_logger.filename=../../victim.txt"], "victim.txt"),
+        (["+callbacks.tensorboard.log_dir=../../victim_dir"], "victim_dir"),
+        (["callbacks.model_checkpoint.filename=../../victim"], "victim.pt"),
+    ],
+)
 def test_file_names_from_the_config_cannot_leave_the_run_folder(tmp_path, args, escape):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -164,17 +202,17 @@ def test_resuming_a_copy_of_a_run_leaves_the_original_untouched(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(original, copy)
     before = tree(original)
-    saved = [copy / "checkpoints" / n for n in ("last.pt", "last.prev.pt")]    # a kill between two renames
+    saved = [copy / "checkpoints" / n for n in ("last.pt", "last.prev.pt")]  # a kill between two renames
     done = torch.load(next(p for p in saved if p.exists()), weights_only=True)["epoch"]
     result = nnrun(*args, f"trainer.resume={copy}", f"trainer.epochs={done + 4}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert tree(original) == before                                  # not a file added, changed or removed
+    assert tree(original) == before  # not a file added, changed or removed
     kept = torch.load(copy / "checkpoints/last.pt", weights_only=True)["callbacks"]["model_checkpoint"]["kept"]
     assert all("/" not in name for _, name in kept)
     on_disk = sorted(p.name for p in (copy / "checkpoints").glob("ep*.pt"))
     assert on_disk == sorted(name for _, name in kept) and len(on_disk) == 2
     digests = sorted(p.name for p in (copy / "checkpoints").glob("ep*.pt.sha256"))
-    assert digests == [f"{name}.sha256" for name in on_disk]          # pruning took the digests too
+    assert digests == [f"{name}.sha256" for name in on_disk]  # pruning took the digests too
 
 
 def test_two_processes_cannot_write_one_run_folder(tmp_path):
@@ -191,16 +229,23 @@ def test_two_processes_cannot_write_one_run_folder(tmp_path):
         line = one_line_error(result)
         assert str(folder) in line and f"pid {proc.pid}" in line
     epochs = [row.split(",")[0] for row in (folder / "metrics.csv").read_text().splitlines()[1:]]
-    assert epochs == [str(e) for e in range(1, len(epochs) + 1)]     # no row twice, no NUL bytes
+    assert epochs == [str(e) for e in range(1, len(epochs) + 1)]  # no row twice, no NUL bytes
     assert "\0" not in (folder / "metrics.csv").read_text()
     assert summary(folder)["status"] == "interrupted"
 
 
 def test_weights_that_blow_up_are_never_saved(tmp_path):
     # the update overflows float32: the first step's loss is finite, the weights it leaves are not
-    result = nnrun("hydra.run.dir=run", "optimizer=sgd", "optimizer.lr=3e38", "optimizer.weight_decay=3e38",
-                   "trainer.checkpoint_every_n_steps=1",
-                   "trainer.epochs=2", "trainer.plots=false", cwd=tmp_path)
+    result = nnrun(
+        "hydra.run.dir=run",
+        "optimizer=sgd",
+        "optimizer.lr=3e38",
+        "optimizer.weight_decay=3e38",
+        "trainer.checkpoint_every_n_steps=1",
+        "trainer.epochs=2",
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "NaN or infinite" in one_line_error(result) or "training loss became" in one_line_error(result)
     info = summary(tmp_path / "run")
@@ -224,9 +269,10 @@ def test_resume_falls_back_past_a_checkpoint_with_nan_weights(tmp_path):
     folder = stopped_midway(tmp_path, LONG, epochs=3)
     last = folder / "checkpoints/last.pt"
     state = torch.load(last, weights_only=True)
-    state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                      for k, v in state["model"].items()}
-    torch.save(state, last)                                     # with a valid digest: only NaN inside
+    state["model"] = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["model"].items()
+    }
+    torch.save(state, last)  # with a valid digest: only NaN inside
     (folder / "checkpoints/last.pt.sha256").write_text(hashlib.sha256(last.read_bytes()).hexdigest() + "\n")
     good = torch.load(folder / "checkpoints/last.prev.pt", weights_only=True)["epoch"]
     result = nnrun(*LONG, f"trainer.resume={folder}", f"trainer.epochs={good + 1}", cwd=tmp_path)
@@ -246,7 +292,7 @@ def test_a_malicious_last_checkpoint_under_resume_auto_is_an_error(tmp_path):
     last = folder / "checkpoints/last.pt"
     torch.save({"model": Evil()}, last)
     (folder / "checkpoints/last.pt.sha256").write_text(hashlib.sha256(last.read_bytes()).hexdigest() + "\n")
-    result = nnrun(*LONG, "trainer.resume=auto", cwd=tmp_path)       # the same config: this run
+    result = nnrun(*LONG, "trainer.resume=auto", cwd=tmp_path)  # the same config: this run
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     assert "refused because loading it would run code" in line
@@ -267,13 +313,15 @@ def test_a_full_disk_during_torch_save_names_the_file(tmp_path):
     # from the 4th checkpoint on (epoch 2's last.pt), writing its bytes fails with ENOSPC, which torch
     # rewords as "unexpected pos ..."
     result = with_hook(
-        tmp_path, "import errno\nfrom nnrun.train import checkpoint\n"
+        tmp_path,
+        "import errno\nfrom nnrun.train import checkpoint\n"
         "_init, _write, _made = checkpoint.Recording.__init__, checkpoint.Recording.write, [0]\n"
         "def init(self, file):\n    _made[0] += 1\n    _init(self, file)\n"
         "def write(self, data):\n"
         "    if _made[0] > 3:\n        raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "    return _write(self, data)\n"
-        "checkpoint.Recording.__init__, checkpoint.Recording.write = init, write\n")
+        "checkpoint.Recording.__init__, checkpoint.Recording.write = init, write\n",
+    )
     assert result.returncode == 1, result.stderr
     line = one_line_error(result)
     assert "No space left on device while writing" in line and "previous checkpoint is kept" in line
@@ -290,8 +338,15 @@ def test_a_column_of_numbers_with_a_few_bad_cells_is_named(tmp_path):
     assert result.returncode == 2
     line = one_line_error(result)
     assert "column 'a'" in line and "2 cell(s)" in line and "row 7" in line and "data.na_values" in line
-    train(tmp_path, "data=csv", "data.path=t.csv", "data.target=y", "trainer.epochs=1", "data.na_values=['?']",
-          "data.impute=mean")
+    train(
+        tmp_path,
+        "data=csv",
+        "data.path=t.csv",
+        "data.target=y",
+        "trainer.epochs=1",
+        "data.na_values=['?']",
+        "data.impute=mean",
+    )
 
 
 def test_a_text_column_with_too_many_values_is_refused(tmp_path):
@@ -323,8 +378,14 @@ def test_a_stored_config_is_not_resolved_against_the_environment(tmp_path, finis
     config["data"]["root"] = "${oc.env:NNRUN_TEST_SECRET}"
     (run / ".hydra/config.yaml").write_text(yaml.safe_dump(config))
     env = clean_env(NNRUN_TEST_SECRET="hunter2")
-    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnrun-eval"), f"run={run}"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "nnrun-eval"), f"run={run}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "resolver" in one_line_error(result)
     assert not any("hunter2" in p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file())
 
@@ -333,7 +394,7 @@ def test_a_crafted_input_shape_is_refused_before_the_model_is_built(tmp_path, fi
     run = tmp_path / "big"
     shutil.copytree(finished, run)
     prep = yaml.safe_load((run / "preprocessing.json").read_text())
-    prep["input_shape"] = [1, 200000, 200000]           # a 40-billion-input first layer
+    prep["input_shape"] = [1, 200000, 200000]  # a 40-billion-input first layer
     (run / "preprocessing.json").write_text(json.dumps(prep))
     result = tool("nnrun-eval", f"run={run}", cwd=tmp_path)
     assert result.returncode == 2 and "does not fit the model" in one_line_error(result)
@@ -342,12 +403,13 @@ def test_a_crafted_input_shape_is_refused_before_the_model_is_built(tmp_path, fi
 def test_resume_auto_with_a_named_folder_never_takes_over_another_project(tmp_path):
     other = tmp_path / "other_project"
     other.mkdir()
-    folder = killed_midway(other, LONG, epochs=2)       # an unfinished run of the same config, elsewhere
+    folder = killed_midway(other, LONG, epochs=2)  # an unfinished run of the same config, elsewhere
     before = tree(folder)
     mine = tmp_path / "mine"
     mine.mkdir()
-    result = nnrun(f"hydra.run.dir={tmp_path / 'x' / 'y' / 'run'}", *LONG, "trainer.resume=auto", "trainer.epochs=2",
-                   cwd=mine)
+    result = nnrun(
+        f"hydra.run.dir={tmp_path / 'x' / 'y' / 'run'}", *LONG, "trainer.resume=auto", "trainer.epochs=2", cwd=mine
+    )
     assert result.returncode == 0, result.stderr
     assert "resuming" not in result.stdout
     assert tree(folder) == before
@@ -362,8 +424,16 @@ def test_a_folder_that_holds_a_run_is_not_overwritten_by_a_preset_or_a_sweep(tmp
     result = nnrun("--config-dir", str(tmp_path / "presets"), "experiment=here", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2 and "already holds a run" in one_line_error(result)
     assert tree(victim) == before
-    sweep = nnrun("--multirun", "hydra.sweep.dir=sw", "hydra.sweep.subdir=same", "optimizer.lr=0.001,0.002",
-                  "trainer.epochs=1", "trainer.limit_batches=2", "trainer.plots=false", cwd=tmp_path)
+    sweep = nnrun(
+        "--multirun",
+        "hydra.sweep.dir=sw",
+        "hydra.sweep.subdir=same",
+        "optimizer.lr=0.001,0.002",
+        "trainer.epochs=1",
+        "trainer.limit_batches=2",
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 2 and "already holds a run" in sweep.stderr
     assert yaml.safe_load((tmp_path / "sw/same/.hydra/config.yaml").read_text())["optimizer"]["lr"] == 0.001
 
@@ -372,15 +442,16 @@ def test_resuming_a_hard_linked_copy_leaves_the_original_untouched(tmp_path):
     args = [*LONG, "callbacks=[default,lr_monitor]"]
     original = killed_midway(tmp_path, args, epochs=2)
     copy = tmp_path / "hardlinked"
-    for path in original.rglob("*"):                 # cp -al: the same files under two names
+    for path in original.rglob("*"):  # cp -al: the same files under two names
         target = copy / path.relative_to(original)
         if path.is_dir():
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, target)
-    before = {p: h for p, h in ((p, hashlib.sha256(p.read_bytes()).hexdigest()) for p in original.rglob("*")
-                                if p.is_file())}
+    before = {
+        p: h for p, h in ((p, hashlib.sha256(p.read_bytes()).hexdigest()) for p in original.rglob("*") if p.is_file())
+    }
     saved = [copy / "checkpoints" / n for n in ("last.pt", "last.prev.pt")]
     done = torch.load(next(p for p in saved if p.exists()), weights_only=True)["epoch"]
     result = nnrun(*args, f"trainer.resume={copy}", f"trainer.epochs={done + 2}", cwd=tmp_path)
@@ -391,10 +462,10 @@ def test_resuming_a_hard_linked_copy_leaves_the_original_untouched(tmp_path):
 
 PRESETS = {
     "dot": "hydra:\n  job_logging:\n    handlers:\n      file:\n        mode: w\n        delay: true\n"
-           "        '.': {{baseFilename: {victim}}}\n",
+    "        '.': {{baseFilename: {victim}}}\n",
     "ext": "hydra:\n  job_logging:\n    root: {{level: 'ext://evilmod.LEVEL'}}\n",
     "net": "hydra:\n  job_logging:\n    handlers:\n      net: {{class: logging.handlers.DatagramHandler, host: 127.0.0.1, "
-           "port: 9}}\n",
+    "port: 9}}\n",
     "search": "defaults:\n  - override /hydra/sweeper: optuna\nhydra:\n  sweeper:\n    custom_search_space: evilmod.f\n",
     "storage": "defaults:\n  - override /hydra/sweeper: optuna\nhydra:\n  sweeper:\n    storage: 'sqlite:///{victim}'\n",
 }
@@ -404,13 +475,22 @@ PRESETS = {
 def test_a_preset_cannot_reach_code_or_files_through_hydras_own_settings(tmp_path, preset):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    (tmp_path / "evilmod.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').close()\nLEVEL = 'INFO'\n"
-                                         "def f(cfg, trial):\n    pass\n")
+    (tmp_path / "evilmod.py").write_text(
+        f"open({str(tmp_path / 'pwned')!r}, 'w').close()\nLEVEL = 'INFO'\ndef f(cfg, trial):\n    pass\n"
+    )
     (tmp_path / "cd/experiment").mkdir(parents=True)
     (tmp_path / "cd/experiment/evil.yaml").write_text("# @package _global_\n" + PRESETS[preset].format(victim=victim))
     sweep = ["--multirun", "hydra.sweeper.n_trials=1"] if preset in ("search", "storage") else []
-    result = nnrun("--config-dir", str(tmp_path / "cd"), *sweep, "experiment=evil", "trainer.epochs=1",
-                   "trainer.limit_batches=2", "trainer.plots=false", cwd=tmp_path)
+    result = nnrun(
+        "--config-dir",
+        str(tmp_path / "cd"),
+        *sweep,
+        "experiment=evil",
+        "trainer.epochs=1",
+        "trainer.limit_batches=2",
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr
     assert "not allowed" in result.stderr
     assert victim.read_text() == "precious\n" and not (tmp_path / "pwned").exists()

@@ -24,8 +24,14 @@ def results(folder) -> list:
 
 def test_two_by_two_sweep_gives_four_job_folders(tmp_path):
     sweep = tmp_path / "sweep"
-    result = nnrun("--multirun", "model=mlp,cnn", "optimizer.lr=0.001,0.003", "trainer.epochs=1",
-                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    result = nnrun(
+        "--multirun",
+        "model=mlp,cnn",
+        "optimizer.lr=0.001,0.003",
+        "trainer.epochs=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
@@ -42,13 +48,15 @@ def test_two_by_two_sweep_gives_four_job_folders(tmp_path):
     assert len(rows) == 4 and {"model", "optimizer.lr", "status", "best_score", "test_accuracy"} <= set(rows[0])
     for row in rows:
         info = summary(row["run_dir"])
-        overrides = dict(o.split("=", 1) for o in yaml.safe_load((Path(row["run_dir"]) / ".hydra/overrides.yaml").read_text()))
+        overrides = dict(
+            o.split("=", 1) for o in yaml.safe_load((Path(row["run_dir"]) / ".hydra/overrides.yaml").read_text())
+        )
         assert (row["model"], row["optimizer.lr"]) == (overrides["model"], overrides["optimizer.lr"])
         assert float(row["best_score"]) == pytest.approx(info["best_score"], rel=1e-12)
         assert float(row["test_accuracy"]) == pytest.approx(info["test_accuracy"], rel=1e-12)
         assert int(row["params"]) == info["params"] and int(row["best_epoch"]) == info["best_epoch"]
     scores = [float(r["best_score"]) for r in rows]
-    assert scores == sorted(scores)                            # val_loss: best (lowest) first
+    assert scores == sorted(scores)  # val_loss: best (lowest) first
     assert (sweep / "compare.png").stat().st_size > 10_000 and "| model |" in (sweep / "results.md").read_text()
     assert "(best first)" in result.stdout
 
@@ -69,13 +77,12 @@ def test_the_default_sweep_folder_is_under_outputs_multirun(tmp_path):
 
 def test_a_failing_job_is_named_and_the_rest_still_run(tmp_path):
     sweep = tmp_path / "sweep"
-    result = nnrun("--multirun", "model.dropout=1.5,0.1", "trainer.epochs=1", f"hydra.sweep.dir={sweep}",
-                   cwd=tmp_path)
+    result = nnrun("--multirun", "model.dropout=1.5,0.1", "trainer.epochs=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 2
     assert "job [model.dropout=1.5 trainer.epochs=1]" in result.stderr and "Traceback" not in result.stderr
     assert summary(sweep / "0")["status"] == "failed"
     assert summary(sweep / "1")["status"] == "completed"
-    rows = results(sweep)                                      # the failed job is listed, last
+    rows = results(sweep)  # the failed job is listed, last
     assert [(r["model.dropout"], r["status"]) for r in rows] == [("0.1", "completed"), ("1.5", "failed")]
 
 
@@ -85,6 +92,7 @@ def fake_run(folder: Path, overrides: list, **summary_fields) -> None:
     (folder / ".hydra/overrides.yaml").write_text(yaml.safe_dump(overrides))
     if summary_fields:
         import json
+
         (folder / "summary.json").write_text(json.dumps({"monitor": "val_accuracy", "mode": "max", **summary_fields}))
     (folder / "metrics.csv").write_text("epoch,val_accuracy\n1,0.5\n2,0.6\n")
 
@@ -92,16 +100,22 @@ def fake_run(folder: Path, overrides: list, **summary_fields) -> None:
 def test_report_groups_seeds_and_shows_runs_still_going(tmp_path):
     runs = tmp_path / "runs"
     for i, (lr, seed, score) in enumerate([("0.1", 1, 0.90), ("0.1", 2, 0.80), ("0.01", 1, 0.70), ("0.01", 2, 0.72)]):
-        fake_run(runs / f"r{i}", [f"optimizer.lr={lr}", f"trainer.seed={seed}"], status="completed",
-                 best_score=score, test_accuracy=score - 0.05, best_epoch=2)
-    fake_run(runs / "late", ["optimizer.lr=1.0", "trainer.seed=1"])         # no summary.json yet
+        fake_run(
+            runs / f"r{i}",
+            [f"optimizer.lr={lr}", f"trainer.seed={seed}"],
+            status="completed",
+            best_score=score,
+            test_accuracy=score - 0.05,
+            best_epoch=2,
+        )
+    fake_run(runs / "late", ["optimizer.lr=1.0", "trainer.seed=1"])  # no summary.json yet
     result = subprocess.run([*REPORT, str(runs)], capture_output=True, text=True, env=clean_env())
     assert result.returncode == 0, result.stderr
     rows = results(runs)
-    assert [r["best_score"] for r in rows] == ["0.9", "0.8", "0.72", "0.7", ""]   # mode max: highest first
+    assert [r["best_score"] for r in rows] == ["0.9", "0.8", "0.72", "0.7", ""]  # mode max: highest first
     assert rows[-1]["status"] == "running"
     text = (runs / "results.md").read_text()
-    assert "| 0.1 | 2 | 0.8500 ± 0.0707 | 0.8000 ± 0.0707 |" in text         # mean ± sample std of 2 seeds
+    assert "| 0.1 | 2 | 0.8500 ± 0.0707 | 0.8000 ± 0.0707 |" in text  # mean ± sample std of 2 seeds
     assert "| 0.01 | 2 | 0.7100 ± 0.0141 |" in text
     empty = subprocess.run([*REPORT, str(tmp_path / "nothing")], capture_output=True, text=True, env=clean_env())
     assert empty.returncode == 2 and "no such folder" in empty.stderr
@@ -113,12 +127,19 @@ def test_an_interrupted_sweep_continues_in_its_folder_running_only_the_rest(tmp_
     import time
 
     from conftest import NNRUN
-    args = ["--multirun", "trainer.epochs=2,60", "~callbacks.early_stopping", "trainer.plots=false",
-            "trainer.checkpoint_every_n_steps=5"]
-    proc = subprocess.Popen([*NNRUN, *args], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+
+    args = [
+        "--multirun",
+        "trainer.epochs=2,60",
+        "~callbacks.early_stopping",
+        "trainer.plots=false",
+        "trainer.checkpoint_every_n_steps=5",
+    ]
+    proc = subprocess.Popen(
+        [*NNRUN, *args], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("outputs/multirun/*/*/1/checkpoints/last.pt")):   # job 0 done, job 1 saving
+    while not list(tmp_path.glob("outputs/multirun/*/*/1/checkpoints/last.pt")):  # job 0 done, job 1 saving
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
@@ -131,26 +152,35 @@ def test_an_interrupted_sweep_continues_in_its_folder_running_only_the_rest(tmp_
     result = nnrun(*args, "trainer.resume=auto", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"continuing the sweep in {sweep.relative_to(tmp_path)}" in result.stderr
-    assert list(tmp_path.glob("outputs/multirun/*/*")) == [sweep]            # no second sweep folder
-    assert (sweep / "0/summary.json").read_text() == first                    # job 0 was not rerun
-    assert "continuing" in (sweep / "1/nnrun.log").read_text()                # job 1 resumed, not restarted
+    assert list(tmp_path.glob("outputs/multirun/*/*")) == [sweep]  # no second sweep folder
+    assert (sweep / "0/summary.json").read_text() == first  # job 0 was not rerun
+    assert "continuing" in (sweep / "1/nnrun.log").read_text()  # job 1 resumed, not restarted
     rows = results(sweep)
-    assert [(r["trainer.epochs"], r["status"], r["epochs"]) for r in rows if r] and \
-        sorted((r["trainer.epochs"], r["status"], r["epochs"]) for r in rows) == [("2", "completed", "2"),
-                                                                                 ("60", "completed", "60")]
+    assert [(r["trainer.epochs"], r["status"], r["epochs"]) for r in rows if r] and sorted(
+        (r["trainer.epochs"], r["status"], r["epochs"]) for r in rows
+    ) == [("2", "completed", "2"), ("60", "completed", "60")]
     report = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
     assert report.returncode == 0 and results(sweep) == rows
 
-    changed = nnrun("--multirun", "trainer.epochs=2,30", *args[2:], "trainer.resume=auto",
-                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    changed = nnrun(
+        "--multirun", "trainer.epochs=2,30", *args[2:], "trainer.resume=auto", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert changed.returncode == 2 and "the swept config changed" in changed.stderr
 
 
 def test_parallel_jobs_share_the_cores_and_their_failures_set_the_exit_code(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
-    result = nnrun("--multirun", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optimizer.lr=0.001,-1",
-                   *FAST, "trainer.plots=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    result = nnrun(
+        "--multirun",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "optimizer.lr=0.001,-1",
+        *FAST,
+        "trainer.plots=false",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     # the failing job ran in a worker process, yet the command names it and exits 2 (a config error)
     assert result.returncode == 2, result.stderr
@@ -158,7 +188,7 @@ def test_parallel_jobs_share_the_cores_and_their_failures_set_the_exit_code(tmp_
     rows = {r["optimizer.lr"]: r for r in results(sweep)}
     assert {lr: r["status"] for lr, r in rows.items()} == {"0.001": "completed", "-1": "failed"}
     cores = len(os.sched_getaffinity(0))
-    assert summary(rows["0.001"]["run_dir"])["threads"] == max(1, cores // 2)   # two jobs split the cores
+    assert summary(rows["0.001"]["run_dir"])["threads"] == max(1, cores // 2)  # two jobs split the cores
 
 
 @pytest.mark.slow
@@ -167,32 +197,51 @@ def test_a_job_timed_out_by_submitit_is_requeued_and_continues_from_its_checkpoi
     # then the job is requeued (3 times) and, with trainer.resume=auto, continues from last.pt
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    result = nnrun("--multirun", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
-                   "hydra.launcher.gpus_per_node=0", "trainer.resume=auto", "trainer.epochs=100000",
-                   "~callbacks.early_stopping", "trainer.plots=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-                   timeout=400)
-    assert result.returncode == 1 and "timed-out too many times" in result.stderr   # it never ends: 100000 epochs
+    result = nnrun(
+        "--multirun",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.gpus_per_node=0",
+        "trainer.resume=auto",
+        "trainer.epochs=100000",
+        "~callbacks.early_stopping",
+        "trainer.plots=false",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=400,
+    )
+    assert result.returncode == 1 and "timed-out too many times" in result.stderr  # it never ends: 100000 epochs
     log = (sweep / "0" / "nnrun.log").read_text()
     assert log.count("continuing ") == 3 and log.count("/checkpoints/last.pt") >= 3
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(sweep / "0" / "metrics.csv", newline=""))]
-    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 3      # one run, no epoch twice
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 3  # one run, no epoch twice
     assert (sweep / "0" / "checkpoints" / "last.pt").exists()
 
 
 def test_optuna_search_tells_nan_trials_as_failed_and_ends_with_the_table(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "sweep"
-    result = nnrun("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "optimizer.lr=choice(0.003, 1e30)",
-                   "trainer.monitor=val_accuracy", *FAST, "trainer.plots=false", f"hydra.sweep.dir={sweep}",
-                   "hydra.sweeper.storage=sqlite:///study.db", cwd=tmp_path)
+    result = nnrun(
+        "--multirun",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        "optimizer.lr=choice(0.003, 1e30)",
+        "trainer.monitor=val_accuracy",
+        *FAST,
+        "trainer.plots=false",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.storage=sqlite:///study.db",
+        cwd=tmp_path,
+    )
     out = result.stdout + result.stderr
-    assert "Directions: ['maximize']" in out                   # follows trainer.monitor and trainer.mode
+    assert "Directions: ['maximize']" in out  # follows trainer.monitor and trainer.mode
     rows = results(sweep)
     assert len(rows) == 4 and {"optimizer.lr", "data.batch_size", "model.dropout"} <= set(rows[0])
     assert {r["optimizer.lr"]: r["status"] for r in rows} == {"0.003": "completed", "1e+30": "nan_loss"}
     failed = [r for r in rows if r["status"] != "completed"]
     assert out.count("Failed experiment: Return value must be float-castable") == len(failed)
-    import optuna                                              # what Optuna itself recorded
+    import optuna  # what Optuna itself recorded
+
     study = optuna.load_study(study_name="nnrun", storage=f"sqlite:///{tmp_path / 'study.db'}")
     states = {f"{t.params['optimizer.lr']:g}": t.state.name for t in study.trials}
     assert states == {"0.003": "COMPLETE", "1e+30": "FAIL"}
@@ -213,9 +262,18 @@ def test_a_failed_job_frees_its_model_before_the_next_job(tmp_path):
         "        alive = sum(ref() is not None for ref in MODELS)\n"
         "        open('alive.txt', 'a').write(f'{alive}\\n')\n        MODELS.append(weakref.ref(self.model))\n"
         "    def on_epoch_end(self, epoch, logs):\n        if self.fail:\n"
-        "            raise RuntimeError('the probe fails this job')\n")
-    result = nnrun("--multirun", "imports=[probe]", "+callbacks.probe.fail=true,false", "trainer.epochs=1",
-                   "trainer.limit_batches=2", "trainer.plots=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+        "            raise RuntimeError('the probe fails this job')\n"
+    )
+    result = nnrun(
+        "--multirun",
+        "imports=[probe]",
+        "+callbacks.probe.fail=true,false",
+        "trainer.epochs=1",
+        "trainer.limit_batches=2",
+        "trainer.plots=false",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "the probe fails this job" in result.stderr
-    assert (tmp_path / "alive.txt").read_text().split() == ["0", "0"]     # job 0's model is gone by job 1
+    assert (tmp_path / "alive.txt").read_text().split() == ["0", "0"]  # job 0's model is gone by job 1
     assert json.loads((tmp_path / "sweep/1/summary.json").read_text())["status"] == "completed"

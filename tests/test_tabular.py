@@ -52,8 +52,11 @@ def predictions(run_dir, frame: pd.DataFrame) -> np.ndarray:
             parts.append(np.stack([(values.astype(str) == c).to_numpy(float) for c in column["categories"]], 1))
     x = torch.tensor(np.concatenate(parts, 1), dtype=torch.float32)
     state = torch.load(run_dir / "checkpoints/best.pt", weights_only=True)
-    model = build_model(**state["config"]["model"], input_shape=prep["input_shape"],
-                        num_classes=len(prep["classes"]) if prep["task"] == "multiclass" else 1)
+    model = build_model(
+        **state["config"]["model"],
+        input_shape=prep["input_shape"],
+        num_classes=len(prep["classes"]) if prep["task"] == "multiclass" else 1,
+    )
     model.load_state_dict(state["model"])
     with torch.no_grad():
         return model.eval()(x).numpy()
@@ -63,22 +66,42 @@ def test_binary_metrics_match_scikit_learn(tmp_path):
     path = write(tmp_path, "train.csv", table(300, "binary", 0))
     test = table(100, "binary", 1)
     test_path = write(tmp_path, "test.csv", test)
-    _, run_dir = train(tmp_path, "data=csv", f"data.path={path}", f"data.test_path={test_path}",
-                       "data.target=outcome", "trainer.epochs=8", plots=True)
+    _, run_dir = train(
+        tmp_path,
+        "data=csv",
+        f"data.path={path}",
+        f"data.test_path={test_path}",
+        "data.target=outcome",
+        "trainer.epochs=8",
+        plots=True,
+    )
     info = summary(run_dir)
     assert info["task"] == "binary"
-    assert list(metrics(run_dir)[0]) == ["epoch", "loss", "accuracy", "precision", "recall", "f1", "val_loss",
-                                         "val_accuracy", "val_precision", "val_recall", "val_f1", "val_auc",
-                                         "lr", "epoch_time"]
+    assert list(metrics(run_dir)[0]) == [
+        "epoch",
+        "loss",
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "val_loss",
+        "val_accuracy",
+        "val_precision",
+        "val_recall",
+        "val_f1",
+        "val_auc",
+        "lr",
+        "epoch_time",
+    ]
     score = predictions(run_dir, test)[:, 0]
-    truth = (test["outcome"] == "well").to_numpy()      # classes in sorted order: sick=0, well=1
+    truth = (test["outcome"] == "well").to_numpy()  # classes in sorted order: sick=0, well=1
     predicted = score > 0
     assert info["test_accuracy"] == pytest.approx(skm.accuracy_score(truth, predicted))
     assert info["test_precision"] == pytest.approx(skm.precision_score(truth, predicted))
     assert info["test_recall"] == pytest.approx(skm.recall_score(truth, predicted))
     assert info["test_f1"] == pytest.approx(skm.f1_score(truth, predicted))
     assert info["test_auc"] == pytest.approx(skm.roc_auc_score(truth, score))
-    assert info["test_auc"] > 0.85                       # it learned the rule, not just the priors
+    assert info["test_auc"] > 0.85  # it learned the rule, not just the priors
     assert np.array_equal(info["confusion_matrix"], skm.confusion_matrix(truth, predicted))
     assert (run_dir / "curves.png").exists() and (run_dir / "confusion_matrix.png").exists()
 
@@ -87,10 +110,18 @@ def test_regression_metrics_match_scikit_learn(tmp_path):
     path = write(tmp_path, "train.csv", table(300, "regression", 0))
     test = table(100, "regression", 1)
     test_path = write(tmp_path, "test.csv", test)
-    _, run_dir = train(tmp_path, "data=csv", f"data.path={path}", f"data.test_path={test_path}",
-                       "data.target=outcome", "trainer.epochs=30", "trainer.monitor=val_r2", plots=True)
+    _, run_dir = train(
+        tmp_path,
+        "data=csv",
+        f"data.path={path}",
+        f"data.test_path={test_path}",
+        "data.target=outcome",
+        "trainer.epochs=30",
+        "trainer.monitor=val_r2",
+        plots=True,
+    )
     info = summary(run_dir)
-    assert info["task"] == "regression" and info["mode"] == "max"       # r2: higher is better
+    assert info["task"] == "regression" and info["mode"] == "max"  # r2: higher is better
     assert [k for k in metrics(run_dir)[0] if "r2" in k or "mae" in k] == ["mae", "r2", "val_mae", "val_r2"]
     value = predictions(run_dir, test)[:, 0]
     truth = test["outcome"].to_numpy()
@@ -102,12 +133,16 @@ def test_regression_metrics_match_scikit_learn(tmp_path):
     assert not (run_dir / "confusion_matrix.png").exists() and "confusion_matrix" not in info
 
 
-@pytest.mark.parametrize("loss,expected", [
-    pytest.param(["loss=mse"], lambda row: float(row["val_rmse"]) ** 2, marks=pytest.mark.slow),
-    (["loss=mae"], lambda row: float(row["val_mae"])),
-    pytest.param(["loss=huber", "loss.delta=1e6"], lambda row: 0.5 * float(row["val_rmse"]) ** 2,
-                 marks=pytest.mark.slow),   # all errors < delta
-])
+@pytest.mark.parametrize(
+    "loss,expected",
+    [
+        pytest.param(["loss=mse"], lambda row: float(row["val_rmse"]) ** 2, marks=pytest.mark.slow),
+        (["loss=mae"], lambda row: float(row["val_mae"])),
+        pytest.param(
+            ["loss=huber", "loss.delta=1e6"], lambda row: 0.5 * float(row["val_rmse"]) ** 2, marks=pytest.mark.slow
+        ),  # all errors < delta
+    ],
+)
 def test_regression_losses_agree_with_the_metrics(tmp_path, loss, expected):
     path = write(tmp_path, "t.csv", table(200, "regression", 0))
     _, run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=3", *loss)
@@ -123,41 +158,69 @@ def test_multiclass_text_labels_and_a_categorical_feature(tmp_path):
     prep = json.loads((run_dir / "preprocessing.json").read_text())
     assert prep["classes"] == ["high", "low", "mid"]
     assert [c["kind"] for c in prep["transform"]["columns"]] == ["numeric", "numeric", "categorical"]
-    assert prep["input_shape"] == [4]                    # age, dose, smoker=no, smoker=yes
+    assert prep["input_shape"] == [4]  # age, dose, smoker=no, smoker=yes
     assert len(info["confusion_matrix"]) == 3
     assert "1 categorical: smoker" in result.stdout and "looks like a multiclass target" in result.stdout
 
 
-@pytest.mark.parametrize("target,override,task", [
-    pytest.param([0.5, 1.25, 2.0, 3.5], None, "regression", marks=pytest.mark.slow),   # fractional numbers
-    (["cat", "dog", "dog", "cat"], None, "binary"),        # two text values
-    pytest.param([0, 1, 2, 3], None, "multiclass", marks=pytest.mark.slow),            # few integers
-    ([0, 1, 2, 3], "regression", "regression"),            # ... unless told
-])
+@pytest.mark.parametrize(
+    "target,override,task",
+    [
+        pytest.param([0.5, 1.25, 2.0, 3.5], None, "regression", marks=pytest.mark.slow),  # fractional numbers
+        (["cat", "dog", "dog", "cat"], None, "binary"),  # two text values
+        pytest.param([0, 1, 2, 3], None, "multiclass", marks=pytest.mark.slow),  # few integers
+        ([0, 1, 2, 3], "regression", "regression"),  # ... unless told
+    ],
+)
 def test_task_follows_the_target_column(tmp_path, target, override, task):
     frame = pd.DataFrame({"x": np.arange(40, dtype=float), "y": target * 10})
     path = write(tmp_path, "t.csv", frame)
     extra = [f"data.task={override}"] if override else []
-    _, run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=y", "data.val_split=0",
-                       "trainer.monitor=loss", "data.test_split=0.25", "trainer.epochs=1", *extra)
+    _, run_dir = train(
+        tmp_path,
+        "data=csv",
+        f"data.path={path}",
+        "data.target=y",
+        "data.val_split=0",
+        "trainer.monitor=loss",
+        "data.test_split=0.25",
+        "trainer.epochs=1",
+        *extra,
+    )
     assert summary(run_dir)["task"] == task
 
 
 def test_scaling_is_fitted_on_the_training_rows_only(tmp_path):
     train_frame, test_frame = table(200, "regression", 0), table(100, "regression", 1, shift=40.0)
     path, test_path = write(tmp_path, "a.csv", train_frame), write(tmp_path, "b.csv", test_frame)
-    _, run_dir = train(tmp_path, "data=csv", f"data.path={path}", f"data.test_path={test_path}",
-                       "data.target=outcome", "data.val_split=0", "trainer.monitor=loss", "trainer.epochs=1")
+    _, run_dir = train(
+        tmp_path,
+        "data=csv",
+        f"data.path={path}",
+        f"data.test_path={test_path}",
+        "data.target=outcome",
+        "data.val_split=0",
+        "trainer.monitor=loss",
+        "trainer.epochs=1",
+    )
     age = json.loads((run_dir / "preprocessing.json").read_text())["transform"]["columns"][0]
     assert age["mean"] == pytest.approx(train_frame["age"].mean())
-    assert age["std"] == pytest.approx(train_frame["age"].std(ddof=0))     # scikit-learn's StandardScaler
+    assert age["std"] == pytest.approx(train_frame["age"].std(ddof=0))  # scikit-learn's StandardScaler
 
 
 def test_zero_class_weight_for_negatives_makes_every_prediction_positive(tmp_path):
     # Keras semantics: class_weight scales each sample's loss; negatives weigh nothing here.
     path = write(tmp_path, "t.csv", table(300, "binary", 0))
-    _, run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=outcome",
-                       "trainer.class_weight=[0.0,1.0]", "trainer.epochs=10", NO_STOP, "optimizer.lr=0.01")
+    _, run_dir = train(
+        tmp_path,
+        "data=csv",
+        f"data.path={path}",
+        "data.target=outcome",
+        "trainer.class_weight=[0.0,1.0]",
+        "trainer.epochs=10",
+        NO_STOP,
+        "optimizer.lr=0.01",
+    )
     info = summary(run_dir)
     assert info["test_recall"] == 1.0
     positives = sum(info["confusion_matrix"][1]) / sum(map(sum, info["confusion_matrix"]))
@@ -171,29 +234,57 @@ def test_missing_values_are_named_or_imputed(tmp_path):
     args = ["data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=1", "trainer.plots=false"]
     result = nnrun(*args, cwd=tmp_path)
     assert result.returncode == 2
-    assert one_line_error(result) == (f"nnrun: error: column 'dose' has 2 missing value(s), the first at {path} "
-                                      f"row 8; fill them in, or set data.impute=mean (or median; categorical "
-                                      f"columns get their most frequent value)")
+    assert one_line_error(result) == (
+        f"nnrun: error: column 'dose' has 2 missing value(s), the first at {path} "
+        f"row 8; fill them in, or set data.impute=mean (or median; categorical "
+        f"columns get their most frequent value)"
+    )
     assert not list(tmp_path.glob("outputs/*/*/metrics.csv"))
     _, run_dir = train(tmp_path, *args[:-1], "data.impute=median")
     dose = json.loads((run_dir / "preprocessing.json").read_text())["transform"]["columns"][1]
-    assert dose["fill"] == pytest.approx(frame["dose"].median(), abs=60)    # the training rows' median
+    assert dose["fill"] == pytest.approx(frame["dose"].median(), abs=60)  # the training rows' median
 
 
-@pytest.mark.parametrize("args,message", [
-    (["data.path=MISSING.csv", "data.target=y"], "data.path=MISSING.csv: no such file"),
-    pytest.param(["data.target=outcom"], "data.target=outcom is not a column of", marks=pytest.mark.slow),
-    (["data.target=outcome", "data.features=[age,weight]"], "data.features names weight, not column(s) of"),
-    pytest.param(["data.target=outcome", "data.task=regression"], "data.task=regression, but column 'outcome' holds text", marks=pytest.mark.slow),
-    pytest.param(["data.target=outcome", "data.task=sometimes"], "data.task=sometimes is not one of", marks=pytest.mark.slow),
-    (["data.target=outcome", "loss=mse"], "loss=mse fits regression targets, but this data's task is binary"),
-    pytest.param(["data.target=dose", "loss=ce"], "loss=ce fits multiclass targets, but this data's task is regression", marks=pytest.mark.slow),
-    pytest.param(["data.target=dose", "trainer.class_weight=balanced"], "weighs classes, but this data's task is regression", marks=pytest.mark.slow),
-    pytest.param(["data.target=outcome", "trainer.monitor=val_r2"], "trainer.monitor=val_r2, but the run logs only", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["data.path=MISSING.csv", "data.target=y"], "data.path=MISSING.csv: no such file"),
+        pytest.param(["data.target=outcom"], "data.target=outcom is not a column of", marks=pytest.mark.slow),
+        (["data.target=outcome", "data.features=[age,weight]"], "data.features names weight, not column(s) of"),
+        pytest.param(
+            ["data.target=outcome", "data.task=regression"],
+            "data.task=regression, but column 'outcome' holds text",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ["data.target=outcome", "data.task=sometimes"], "data.task=sometimes is not one of", marks=pytest.mark.slow
+        ),
+        (["data.target=outcome", "loss=mse"], "loss=mse fits regression targets, but this data's task is binary"),
+        pytest.param(
+            ["data.target=dose", "loss=ce"],
+            "loss=ce fits multiclass targets, but this data's task is regression",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ["data.target=dose", "trainer.class_weight=balanced"],
+            "weighs classes, but this data's task is regression",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ["data.target=outcome", "trainer.monitor=val_r2"],
+            "trainer.monitor=val_r2, but the run logs only",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
 def test_table_mistakes_are_one_line_errors(tmp_path, args, message):
     path = write(tmp_path, "t.csv", table(50, "binary", 0))
-    result = nnrun("data=csv", *([f"data.path={path}"] if not args[0].startswith("data.path") else []), *args,
-                   "trainer.epochs=1", cwd=tmp_path)
+    result = nnrun(
+        "data=csv",
+        *([f"data.path={path}"] if not args[0].startswith("data.path") else []),
+        *args,
+        "trainer.epochs=1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     assert message in one_line_error(result)

@@ -1,6 +1,5 @@
 """What the loop and its callbacks do, seen in the files a run leaves."""
 
-
 import pytest
 import torch
 
@@ -9,7 +8,7 @@ from conftest import FAST, metrics, summary, train
 NO_STOP = "~callbacks.early_stopping"
 
 
-@pytest.mark.slow     # test_trust checks the same with trainer.deterministic=true
+@pytest.mark.slow  # test_trust checks the same with trainer.deterministic=true
 def test_same_seed_gives_identical_metrics_and_weights(tmp_path):
     args = ["model=cnn", "trainer.epochs=2", "trainer.seed=7", "model.channels=[8]"]
     _, a = train(tmp_path, *args, name="a")
@@ -25,8 +24,13 @@ def test_same_seed_gives_identical_metrics_and_weights(tmp_path):
 
 def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
     # min_delta so large that nothing after the first epoch counts as an improvement.
-    result, run_dir = train(tmp_path, "trainer.epochs=10", "callbacks.early_stopping.patience=2",
-                            "callbacks.early_stopping.min_delta=100", "trainer.monitor=loss")
+    result, run_dir = train(
+        tmp_path,
+        "trainer.epochs=10",
+        "callbacks.early_stopping.patience=2",
+        "callbacks.early_stopping.min_delta=100",
+        "trainer.monitor=loss",
+    )
     info = summary(run_dir)
     assert info["epochs"] == 3 and info["stopped_early"] is True
     assert "early stopping" in result.stdout
@@ -35,8 +39,13 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
 
 
 def test_removing_early_stopping_runs_every_epoch(tmp_path):
-    _, run_dir = train(tmp_path, "trainer.epochs=4", NO_STOP, "callbacks.model_checkpoint.save_best_only=false",
-                       "callbacks.model_checkpoint.filename='ep{epoch}-{val_loss:.3f}'")   # quoted: braces are Hydra syntax
+    _, run_dir = train(
+        tmp_path,
+        "trainer.epochs=4",
+        NO_STOP,
+        "callbacks.model_checkpoint.save_best_only=false",
+        "callbacks.model_checkpoint.filename='ep{epoch}-{val_loss:.3f}'",
+    )  # quoted: braces are Hydra syntax
     assert summary(run_dir)["epochs"] == 4
     files = sorted(p.name for p in (run_dir / "checkpoints").glob("ep*.pt"))
     assert len(files) == 4 and (run_dir / "checkpoints" / "last.pt").exists()
@@ -61,13 +70,19 @@ def test_checkpoint_monitoring_accuracy_keeps_the_highest(tmp_path):
     assert ckpt["metrics"]["val_accuracy"] == best
 
 
-@pytest.mark.parametrize("scheduler,expected", [
-    # slow: test_features.py's epoch-scheduler test covers the same column by default
-    pytest.param(["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"], [1e-3, 5e-4, 2.5e-4],
-                 marks=pytest.mark.slow),
-    pytest.param(["scheduler=cosine"], [1e-3, 7.5e-4, 2.5e-4], marks=pytest.mark.slow),
-    pytest.param(["scheduler=none"], [1e-3, 1e-3, 1e-3], marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "scheduler,expected",
+    [
+        # slow: test_features.py's epoch-scheduler test covers the same column by default
+        pytest.param(
+            ["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"],
+            [1e-3, 5e-4, 2.5e-4],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(["scheduler=cosine"], [1e-3, 7.5e-4, 2.5e-4], marks=pytest.mark.slow),
+        pytest.param(["scheduler=none"], [1e-3, 1e-3, 1e-3], marks=pytest.mark.slow),
+    ],
+)
 def test_lr_column_shows_the_rate_each_epoch_used(tmp_path, scheduler, expected):
     _, run_dir = train(tmp_path, *scheduler, "trainer.epochs=3", "trainer.limit_batches=2", NO_STOP)
     lrs = [float(r["lr"]) for r in metrics(run_dir)]
@@ -76,14 +91,29 @@ def test_lr_column_shows_the_rate_each_epoch_used(tmp_path, scheduler, expected)
 
 def test_plateau_scheduler_cuts_the_rate_when_the_monitor_stalls(tmp_path):
     # patience 0 and a min_delta no epoch can beat: every epoch after the first is a plateau.
-    _, run_dir = train(tmp_path, "scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5",
-                       "scheduler.min_delta=100", "trainer.epochs=3", "trainer.limit_batches=2", NO_STOP)
+    _, run_dir = train(
+        tmp_path,
+        "scheduler=plateau",
+        "scheduler.patience=0",
+        "scheduler.factor=0.5",
+        "scheduler.min_delta=100",
+        "trainer.epochs=3",
+        "trainer.limit_batches=2",
+        NO_STOP,
+    )
     lrs = [float(r["lr"]) for r in metrics(run_dir)]
     assert lrs == pytest.approx([1e-3, 1e-3, 5e-4])
 
 
-@pytest.mark.parametrize("optimizer", ["adam", pytest.param("sgd", marks=pytest.mark.slow), pytest.param("adamw", marks=pytest.mark.slow),
-                                       pytest.param("rmsprop", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "adam",
+        pytest.param("sgd", marks=pytest.mark.slow),
+        pytest.param("adamw", marks=pytest.mark.slow),
+        pytest.param("rmsprop", marks=pytest.mark.slow),
+    ],
+)
 def test_each_optimizer_trains(tmp_path, optimizer):
     _, run_dir = train(tmp_path, f"optimizer={optimizer}", "trainer.epochs=3", NO_STOP)
     rows = metrics(run_dir)
@@ -92,8 +122,14 @@ def test_each_optimizer_trains(tmp_path, optimizer):
 
 def test_grad_clip_bounds_the_update(tmp_path):
     # SGD with a huge lr diverges without clipping (to ~1e6, still finite); a clipped run does not.
-    args = ["optimizer=sgd", "optimizer.lr=5", "optimizer.momentum=0", "trainer.epochs=1", "callbacks=none",
-            "trainer.limit_batches=10"]
+    args = [
+        "optimizer=sgd",
+        "optimizer.lr=5",
+        "optimizer.momentum=0",
+        "trainer.epochs=1",
+        "callbacks=none",
+        "trainer.limit_batches=10",
+    ]
     _, clipped = train(tmp_path, *args, "trainer.grad_clip=0.01", name="clipped")
     _, free = train(tmp_path, *args, name="free")
     clipped_loss, free_loss = float(metrics(clipped)[0]["loss"]), float(metrics(free)[0]["loss"])

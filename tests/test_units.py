@@ -25,8 +25,8 @@ def test_multiclass_tally_matches_scikit_learn():
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(200, 4, generator=g), torch.randint(0, 4, (200,), generator=g)
     tally = Tally("multiclass", "cpu", 4)
-    for i in range(0, 200, 64):                                  # batches, a short last one
-        tally.update(logits[i:i + 64], y[i:i + 64])
+    for i in range(0, 200, 64):  # batches, a short last one
+        tally.update(logits[i : i + 64], y[i : i + 64])
     predicted = logits.argmax(1)
     assert tally.result()["accuracy"] == pytest.approx(accuracy_score(y, predicted))
     assert tally.confusion().tolist() == confusion_matrix(y, predicted, labels=range(4)).tolist()
@@ -68,8 +68,8 @@ def test_a_tally_resumed_from_its_state_adds_up_as_one():
 def test_stratified_split_keeps_every_class_on_both_sides_and_is_seeded():
     y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
     kept, held = stratified_split(y, 0.2, seed=7, key="data.val_split")
-    assert sorted(torch.cat([kept, held]).tolist()) == list(range(100))          # a partition
-    assert torch.bincount(y[held]).tolist() == [10, 6, 4]                         # 20% of each class
+    assert sorted(torch.cat([kept, held]).tolist()) == list(range(100))  # a partition
+    assert torch.bincount(y[held]).tolist() == [10, 6, 4]  # 20% of each class
     again = stratified_split(y, 0.2, seed=7, key="data.val_split")
     assert torch.equal(held, again[1])
     with pytest.raises(ConfigError, match="cannot hold out class 1"):
@@ -83,11 +83,18 @@ def test_random_split_holds_out_at_least_one_and_refuses_all():
         random_split(3, 1.0, seed=0, key="data.test_split")
 
 
-@pytest.mark.parametrize("current,best,mode,delta,expected", [
-    (0.5, None, "min", 0.0, True), (0.4, 0.5, "min", 0.0, True), (0.5, 0.5, "min", 0.0, False),
-    (0.45, 0.5, "min", 0.1, False), (0.6, 0.5, "max", 0.0, True), (float("nan"), None, "min", 0.0, False),
-    (float("nan"), 0.5, "max", 0.0, False),
-])
+@pytest.mark.parametrize(
+    "current,best,mode,delta,expected",
+    [
+        (0.5, None, "min", 0.0, True),
+        (0.4, 0.5, "min", 0.0, True),
+        (0.5, 0.5, "min", 0.0, False),
+        (0.45, 0.5, "min", 0.1, False),
+        (0.6, 0.5, "max", 0.0, True),
+        (float("nan"), None, "min", 0.0, False),
+        (float("nan"), 0.5, "max", 0.0, False),
+    ],
+)
 def test_the_improvement_rule(current, best, mode, delta, expected):
     assert improved(current, best, mode, delta) is expected
 
@@ -119,9 +126,17 @@ def test_the_registry_names_unknown_entries_and_options():
 def tiny_data() -> Data:
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(96, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
-    return Data(train=Split(x[:64], y[:64]), val=Split(x[64:80], y[64:80]), test=Split(x[80:], y[80:]),
-                batch_size=16, input_shape=(6,), num_classes=3, task="multiclass", classes=["a", "b", "c"],
-                transform=None)
+    return Data(
+        train=Split(x[:64], y[:64]),
+        val=Split(x[64:80], y[64:80]),
+        test=Split(x[80:], y[80:]),
+        batch_size=16,
+        input_shape=(6,),
+        num_classes=3,
+        task="multiclass",
+        classes=["a", "b", "c"],
+        transform=None,
+    )
 
 
 def trainer(epochs: int) -> Trainer:
@@ -129,15 +144,21 @@ def trainer(epochs: int) -> Trainer:
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     model.penalty = None
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    return Trainer(Engine(model, "cpu"), optimizer, None, [], (nn.CrossEntropyLoss(), nn.CrossEntropyLoss()),
-                   Settings(epochs=epochs, seed=5))
+    return Trainer(
+        Engine(model, "cpu"),
+        optimizer,
+        None,
+        [],
+        (nn.CrossEntropyLoss(), nn.CrossEntropyLoss()),
+        Settings(epochs=epochs, seed=5),
+    )
 
 
 def test_a_trainer_state_round_trip_continues_bit_for_bit():
     data = tiny_data()
     whole = trainer(4)
     whole.fit(data)
-    first = trainer(4)                       # stopped by a signal after epoch 2, as Ctrl-C would
+    first = trainer(4)  # stopped by a signal after epoch 2, as Ctrl-C would
     first.outputs.stop = lambda: signal.SIGTERM if first.history.epoch >= 2 else None
     with pytest.raises(Interrupted):
         first.fit(data)
@@ -197,11 +218,12 @@ def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt():
     best = fitter.history.best_epoch
     assert fitter.kept.epochs == {"best": best, "early_stopping": best} and list(fitter.kept.weights) == [best]
     state = fitter.state_dict()
-    old = dict(state)                                      # the same state as an older nnrun wrote it
+    old = dict(state)  # the same state as an older nnrun wrote it
     kept = old.pop("kept")
     old["history"] = {**state["history"], "best_state": kept["weights"][best]}
-    old["callbacks"] = {"early_stopping": {**state["callbacks"]["early_stopping"],
-                                           "best_weights": kept["weights"][best]}}
+    old["callbacks"] = {
+        "early_stopping": {**state["callbacks"]["early_stopping"], "best_weights": kept["weights"][best]}
+    }
     for saved in (state, old):
         resumed = trainer(3)
         resumed.load_state_dict(saved)

@@ -44,8 +44,8 @@ def test_a_table_model_evaluates_predicts_and_loads(tmp_path):
     for key in ("test_accuracy", "test_auc", "test_f1", "test_loss"):
         assert evaluated[key] == pytest.approx(info[key], rel=1e-6, abs=1e-7), key
 
-    new = patients(25, 7).drop(columns="outcome")                       # rows the run never saw
-    new.loc[3, "smoker"] = "sometimes"                                  # a category it never saw: all zeros
+    new = patients(25, 7).drop(columns="outcome")  # rows the run never saw
+    new.loc[3, "smoker"] = "sometimes"  # a category it never saw: all zeros
     new.to_csv(tmp_path / "new.csv", index=False)
     result = tool("nnrun-predict", f"run={run_dir}", "input=new.csv", "output=out.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -65,14 +65,15 @@ def test_a_table_model_evaluates_predicts_and_loads(tmp_path):
 
 
 def test_an_image_model_predicts_raw_pixels_from_npy(tmp_path):
-    _, run_dir = train(tmp_path, "trainer.epochs=2")                    # MLP on the 8x8 digits
+    _, run_dir = train(tmp_path, "trainer.epochs=2")  # MLP on the 8x8 digits
     info = summary(run_dir)
     result = tool("nnrun-eval", f"run={run_dir}", cwd=tmp_path)
     assert result.returncode == 0 and f"test_accuracy: {info['test_accuracy']:.4f}" in result.stdout
 
     from sklearn.datasets import load_digits
+
     images, labels = load_digits(return_X_y=True)
-    np.save(tmp_path / "digits.npy", images[:40].reshape(40, 8, 8))     # raw 0..16 values, no channel axis
+    np.save(tmp_path / "digits.npy", images[:40].reshape(40, 8, 8))  # raw 0..16 values, no channel axis
     result = tool("nnrun-predict", f"run={run_dir}", "input=digits.npy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = read(tmp_path / "digits_predictions.csv")
@@ -89,9 +90,10 @@ def test_bad_use_is_one_line(tmp_path):
     assert result.returncode == 2 and "key=value" in one_line_error(result)
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning")      # torch 2.14 marks torch.jit deprecated
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.14 marks torch.jit deprecated
 def test_export_to_torchscript_gives_the_same_outputs(tmp_path):
     import torch
+
     _, run_dir = train(tmp_path, "trainer.epochs=1", "model=cnn", "model.channels=[4]")
     result = tool("nnrun-export", f"run={run_dir}", "format=torchscript", cwd=tmp_path)
     assert result.returncode == 0 and "model.ts" in result.stdout, result.stderr
@@ -107,12 +109,13 @@ def test_export_to_torchscript_gives_the_same_outputs(tmp_path):
 def test_export_to_onnx_runs_in_onnxruntime_at_any_batch_size(tmp_path, model):
     ort = pytest.importorskip("onnxruntime")
     import torch
+
     _, run_dir = train(tmp_path, "trainer.epochs=1", f"model={model}")
     result = tool("nnrun-export", f"run={run_dir}", "format=onnx", cwd=tmp_path)
     assert result.returncode == 0 and "model.onnx" in result.stdout and "Warning" not in result.stderr, result.stderr
     run = nnrun.load_run(run_dir)
     session = ort.InferenceSession(str(run_dir / "model.onnx"))
-    for n in (1, 7):                                    # exported with a batch of 2
+    for n in (1, 7):  # exported with a batch of 2
         x = run.prepare(np.random.default_rng(n).integers(0, 17, (n, 8, 8)))
         with torch.no_grad():
             expected = run.model(x).numpy()

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SERVER = r'''
+SERVER = r"""
 import json, os, sys
 import torch, torch._dynamo, torch.optim                    # what every run imports anyway
 import hydra, omegaconf, rich, sklearn.datasets, safetensors.torch
@@ -51,21 +51,27 @@ for line in sys.stdin:
     print(json.dumps({"pid": pid}), flush=True)
     _, status = os.waitpid(pid, 0)
     print(json.dumps({"status": os.waitstatus_to_exitcode(status)}), flush=True)
-'''
+"""
 
 
 class Warm:
     def __init__(self):
         # started outside the checkout: `python -c` puts the working folder first on sys.path, and the
         # repository's nnrun/ (without its conf package) must not shadow the installed one
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=self.server_env(), cwd=tempfile.gettempdir())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=self.server_env(),
+            cwd=tempfile.gettempdir(),
+        )
         self.replies = self.proc.stdout
 
     @staticmethod
     def server_env() -> dict:
         env = dict(os.environ)
-        if "PYTEST_XDIST_WORKER" in env:          # as conftest.clean_env: one thread per xdist worker
+        if "PYTEST_XDIST_WORKER" in env:  # as conftest.clean_env: one thread per xdist worker
             env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
@@ -81,8 +87,18 @@ class Warm:
     def run(self, args, cwd, env, timeout) -> subprocess.CompletedProcess:
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            self.proc.stdin.write(json.dumps({"args": [str(a) for a in args], "cwd": str(cwd), "env": env,
-                                              "stdout": str(out), "stderr": str(err)}) + "\n")
+            self.proc.stdin.write(
+                json.dumps(
+                    {
+                        "args": [str(a) for a in args],
+                        "cwd": str(cwd),
+                        "env": env,
+                        "stdout": str(out),
+                        "stderr": str(err),
+                    }
+                )
+                + "\n"
+            )
             self.proc.stdin.flush()
             pid = self.reply(30)["pid"]
             try:

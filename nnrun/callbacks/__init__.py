@@ -10,10 +10,10 @@ CALLBACKS = Registry("callbacks", keyed_by_name=True)
 
 
 class Callback:
-    name = ""               # its key under callbacks:, for messages
-    monitor = None          # a logged metric name, checked at start when set
+    name = ""  # its key under callbacks:, for messages
+    monitor = None  # a logged metric name, checked at start when set
     stop_training = False
-    save_last = False       # True: the trainer writes checkpoints/last.pt after every epoch
+    save_last = False  # True: the trainer writes checkpoints/last.pt after every epoch
 
     def setup(self, model, run_dir: Path, save, optimizer=None, kept=None):
         """model: the nn.Module; save(path, epoch, logs) writes a checkpoint of the run; optimizer
@@ -24,7 +24,7 @@ class Callback:
 
     def on_train_begin(self, logs): ...
     def on_epoch_begin(self, epoch, logs): ...
-    def on_train_batch_end(self, batch, logs): ...   # logs["loss"] is a tensor: no sync
+    def on_train_batch_end(self, batch, logs): ...  # logs["loss"] is a tensor: no sync
     def on_epoch_end(self, epoch, logs): ...
     def on_train_end(self, logs): ...
 
@@ -62,10 +62,11 @@ def build_callbacks(conf: dict, extra=()) -> list:
         callback.name = name
         callbacks.append(callback)
     if "csv_logger" not in conf:
-        callbacks.append(CALLBACKS.build("csv_logger"))    # metrics.csv is always written
+        callbacks.append(CALLBACKS.build("csv_logger"))  # metrics.csv is always written
         callbacks[-1].name = "csv_logger"
     return callbacks + list(extra)
 
 
-from nnrun.callbacks import (csv_logger, early_stopping, lr_monitor, model_checkpoint,  # noqa: E402,F401
-                             reduce_lr_on_plateau, tensorboard, terminate_on_nan)
+# registers the built-in callbacks
+from nnrun.callbacks import csv_logger, early_stopping, lr_monitor, model_checkpoint  # noqa: E402,F401
+from nnrun.callbacks import reduce_lr_on_plateau, tensorboard, terminate_on_nan  # noqa: E402,F401

@@ -34,14 +34,14 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch, logs):
         row = {"epoch": epoch, **logs}
-        if self.writer is None:     # columns known once the first epoch logged them, in its order
+        if self.writer is None:  # columns known once the first epoch logged them, in its order
             columns = list(row)
             (self.run_dir / self.filename).parent.mkdir(parents=True, exist_ok=True)
             self.file = open_file(self.run_dir / self.filename, "w")
             self.writer = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
             self.writer.writeheader()
         self.writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-        self.file.flush()           # a killed run keeps every finished epoch
+        self.file.flush()  # a killed run keeps every finished epoch
         self.rows += 1
 
     def on_train_end(self, logs):

@@ -32,7 +32,7 @@ class LRMonitor(Callback):
         # the rate this batch used; a per-step scheduler has already set the next one
         self.batch += 1
         self.rows.append(f"{self.batch},{self.epoch},{self.lr!r}\n")
-        self.lr = self.optimizer.param_groups[0]["lr"]   # a Python float: no device sync
+        self.lr = self.optimizer.param_groups[0]["lr"]  # a Python float: no device sync
 
     def on_epoch_end(self, epoch, logs):
         with open_file(self.run_dir / self.filename, "a") as f:

@@ -10,8 +10,7 @@ log = logging.getLogger(__name__)
 
 @CALLBACKS.register("reduce_lr_on_plateau")
 class ReduceLROnPlateau(Callback):
-    def __init__(self, monitor="val_loss", mode="auto", factor=0.1, patience=3, min_delta=0.0,
-                 cooldown=0, min_lr=0.0):
+    def __init__(self, monitor="val_loss", mode="auto", factor=0.1, patience=3, min_delta=0.0, cooldown=0, min_lr=0.0):
         self.monitor = monitor
         self.mode = resolve_mode(monitor, mode, "callbacks.reduce_lr_on_plateau.mode")
         self.factor, self.patience, self.min_delta = factor, patience, abs(min_delta)
@@ -34,6 +33,10 @@ class ReduceLROnPlateau(Callback):
         if self.wait > self.patience:
             for group in self.optimizer.param_groups:
                 group["lr"] = max(group["lr"] * self.factor, self.min_lr)
-            log.info("reduce_lr_on_plateau: %s has not improved for %d epochs; lr is now %.2e",
-                     self.monitor, self.wait, self.optimizer.param_groups[0]["lr"])
+            log.info(
+                "reduce_lr_on_plateau: %s has not improved for %d epochs; lr is now %.2e",
+                self.monitor,
+                self.wait,
+                self.optimizer.param_groups[0]["lr"],
+            )
             self.wait, self.cooling = 0, self.cooldown

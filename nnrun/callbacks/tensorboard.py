@@ -10,8 +10,10 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("callbacks.tensorboard needs the tensorboard package: "
-                              "pip install 'nnrun[tensorboard]' (or remove the callback)") from None
+            raise ConfigError(
+                "callbacks.tensorboard needs the tensorboard package: "
+                "pip install 'nnrun[tensorboard]' (or remove the callback)"
+            ) from None
         from nnrun.safety import relative_name
 
         self.writer_class, self.log_dir = SummaryWriter, relative_name(log_dir, "callbacks.tensorboard.log_dir")
@@ -20,7 +22,7 @@ class TensorBoard(Callback):
         self.writer = self.writer_class(str(self.run_dir / self.log_dir))
 
     def on_epoch_end(self, epoch, logs):
-        for name, value in logs.items():   # loss and val_loss on one chart, as Keras's callback does
+        for name, value in logs.items():  # loss and val_loss on one chart, as Keras's callback does
             if name.startswith("val_"):
                 tag = f"{name.removeprefix('val_')}/validation"
             else:

@@ -19,5 +19,10 @@ class TerminateOnNaN(Callback):
         bad = [name for name in ("loss", "val_loss") if name in logs and not math.isfinite(logs[name])]
         if bad:
             self.stop_training = True
-            log.warning("terminate_on_nan: %s is %s at epoch %d; stopping (a lower optimizer.lr or "
-                        "trainer.grad_clip usually helps)", bad[0], logs[bad[0]], epoch)
+            log.warning(
+                "terminate_on_nan: %s is %s at epoch %d; stopping (a lower optimizer.lr or "
+                "trainer.grad_clip usually helps)",
+                bad[0],
+                logs[bad[0]],
+                epoch,
+            )

@@ -19,7 +19,7 @@ class Split:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
-        self.pin = False      # CPU splits feeding a GPU: each batch in page-locked memory, so .to() is async
+        self.pin = False  # CPU splits feeding a GPU: each batch in page-locked memory, so .to() is async
 
     def __len__(self) -> int:
         return len(self.y)
@@ -27,8 +27,9 @@ class Split:
     def to(self, device) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
-    def batches(self, batch_size: int, generator: Optional[torch.Generator] = None,
-                limit: Optional[int] = None, start: int = 0):
+    def batches(
+        self, batch_size: int, generator: Optional[torch.Generator] = None, limit: Optional[int] = None, start: int = 0
+    ):
         """Yield (x, y) batches from batch number start; shuffled with generator when given (the
         whole order is drawn first, so a resumed epoch continues the same order), in order otherwise."""
         n = len(self)
@@ -37,12 +38,13 @@ class Split:
             count = min(count, limit)
         if generator is None:
             for i in range(start, count):
-                yield self.placed(self.x[i * batch_size:(i + 1) * batch_size],
-                                  self.y[i * batch_size:(i + 1) * batch_size])
+                yield self.placed(
+                    self.x[i * batch_size : (i + 1) * batch_size], self.y[i * batch_size : (i + 1) * batch_size]
+                )
             return
         order = torch.randperm(n, generator=generator).to(self.x.device)
         for i in range(start, count):
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             yield self.placed(self.x[idx], self.y[idx])
 
     def placed(self, x, y) -> tuple:
@@ -60,13 +62,13 @@ class Data:
     val: Optional[Split]
     test: Split
     batch_size: int
-    input_shape: tuple          # one sample, e.g. (1, 28, 28)
-    num_classes: int            # 0 for regression
-    task: str = "multiclass"    # multiclass | binary | regression
+    input_shape: tuple  # one sample, e.g. (1, 28, 28)
+    num_classes: int  # 0 for regression
+    task: str = "multiclass"  # multiclass | binary | regression
     classes: list = field(default_factory=list)
-    transform: object = None    # fitted on train; .describe() is what predictions must apply
-    vocab: int = 0              # token data: rows of the embedding table (0: not tokens)
-    augment: object = None      # an Augment applied to training batches, or None
+    transform: object = None  # fitted on train; .describe() is what predictions must apply
+    vocab: int = 0  # token data: rows of the embedding table (0: not tokens)
+    augment: object = None  # an Augment applied to training batches, or None
 
     @property
     def outputs(self) -> int:
@@ -86,7 +88,7 @@ class Standardize:
         return ((x.float() - self.mean) / self.std).contiguous()
 
     def unscaled(self) -> None:
-        self.mean, self.std = 0.0, 1.0      # data.normalize=false: values pass as they are
+        self.mean, self.std = 0.0, 1.0  # data.normalize=false: values pass as they are
 
     def adopt(self, description: dict) -> "Standardize":
         """Take the fitted values a run stored (preprocessing.json) instead of fitting."""
@@ -100,23 +102,32 @@ class Standardize:
 TARGET_DTYPES = {"multiclass": torch.long, "binary": torch.float32, "regression": torch.float32}
 
 
-def build_data(name: str, batch_size: int, val_split: float, seed: int, device=None,
-               normalize: bool = True, augment=None, fitted: dict = None, **options) -> Data:
+def build_data(
+    name: str,
+    batch_size: int,
+    val_split: float,
+    seed: int,
+    device=None,
+    normalize: bool = True,
+    augment=None,
+    fitted: dict = None,
+    **options,
+) -> Data:
     """Load data by name, hold out a seeded validation split (stratified for classes; loaders of
     series split by time themselves), fit the scaling on the training split only, place on device.
     fitted: a run's stored transform (preprocessing.json's "transform") to apply instead of fitting."""
-    root = options.pop("root", None) or "data"           # the folder the loader reads (data.root)
+    root = options.pop("root", None) or "data"  # the folder the loader reads (data.root)
     options = {k: v for k, v in options.items() if v is not None}
     if "val_split" in DATASETS.parameters(name):
         options["val_split"] = val_split
     loaded = DATASETS.build(name, root=root, seed=seed, **options)
     task = loaded.get("task", "multiclass")
-    for part in ("train", "val", "test"):                # before scaling spreads a NaN everywhere
-        if loaded.get(part) is not None and loaded.get("transform") is None:   # (csv imputes its own)
+    for part in ("train", "val", "test"):  # before scaling spreads a NaN everywhere
+        if loaded.get(part) is not None and loaded.get("transform") is None:  # (csv imputes its own)
             non_finite_data(part, Split(*loaded[part]))
     x_train, y_train = loaded["train"]
     x_val, y_val = loaded.get("val") or (None, None)
-    if val_split > 0 and "val" not in loaded:            # a loader that splits by time gives its own
+    if val_split > 0 and "val" not in loaded:  # a loader that splits by time gives its own
         hold_out = random_split if task == "regression" else stratified_split
         train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
@@ -132,16 +143,24 @@ def build_data(name: str, batch_size: int, val_split: float, seed: int, device=N
         return Split(transform(x), y.to(TARGET_DTYPES[task]))
 
     train = split(x_train, y_train)
-    data = Data(train=train, val=split(x_val, y_val) if x_val is not None else None,
-                test=split(*loaded["test"]), batch_size=batch_size,
-                input_shape=tuple(train.x.shape[1:]), num_classes=len(loaded["classes"]),
-                task=task, classes=list(loaded["classes"]), transform=transform,
-                vocab=getattr(transform, "num_tokens", 0), augment=image_augment(augment, train, transform))
+    data = Data(
+        train=train,
+        val=split(x_val, y_val) if x_val is not None else None,
+        test=split(*loaded["test"]),
+        batch_size=batch_size,
+        input_shape=tuple(train.x.shape[1:]),
+        num_classes=len(loaded["classes"]),
+        task=task,
+        classes=list(loaded["classes"]),
+        transform=transform,
+        vocab=getattr(transform, "num_tokens", 0),
+        augment=image_augment(augment, train, transform),
+    )
     data_errors(data)
     if device is not None and fits_on(device, data):
         data.train, data.test = data.train.to(device), data.test.to(device)
         data.val = data.val.to(device) if data.val is not None else None
-    elif device is not None and torch.device(device).type == "cuda":    # batches go over from pinned memory
+    elif device is not None and torch.device(device).type == "cuda":  # batches go over from pinned memory
         for s in (data.train, data.val, data.test):
             if s is not None:
                 s.pin = True
@@ -156,9 +175,11 @@ def image_augment(options, train: Split, transform):
     if not augment:
         return None
     if train.x.dim() != 4 or not train.x.is_floating_point():
-        raise ConfigError(f"data.augment={augment.describe()} works on images; this data gives samples of "
-                          f"shape {tuple(train.x.shape[1:])}: set the data.augment options to 0/false")
-    augment.fill = float(transform(torch.zeros(1, *train.x.shape[1:]))[0].min())   # where a black pixel lands
+        raise ConfigError(
+            f"data.augment={augment.describe()} works on images; this data gives samples of "
+            f"shape {tuple(train.x.shape[1:])}: set the data.augment options to 0/false"
+        )
+    augment.fill = float(transform(torch.zeros(1, *train.x.shape[1:]))[0].min())  # where a black pixel lands
     return augment
 
 
@@ -168,8 +189,9 @@ def random_split(y, fraction: float, seed: int, key: str):
     order = np.random.default_rng(seed).permutation(n)
     n_held = max(1, round(fraction * n))
     if n_held >= n:
-        raise ConfigError(f"{key}={fraction} leaves nothing to train on: there are only {n} rows; "
-                          f"use a smaller {key} or more data")
+        raise ConfigError(
+            f"{key}={fraction} leaves nothing to train on: there are only {n} rows; use a smaller {key} or more data"
+        )
     return torch.from_numpy(np.sort(order[n_held:])), torch.from_numpy(np.sort(order[:n_held]))
 
 
@@ -181,10 +203,12 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int, key: str):
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
         n_held = max(1, round(fraction * len(idx)))
-        if n_held >= len(idx):   # too few samples of this class to keep some on both sides
+        if n_held >= len(idx):  # too few samples of this class to keep some on both sides
             label = int(label) if float(label).is_integer() else label
-            raise ConfigError(f"{key}={fraction} cannot hold out class {label} and keep some for training: "
-                              f"it has only {len(idx)} sample(s); use a smaller {key} or more data")
+            raise ConfigError(
+                f"{key}={fraction} cannot hold out class {label} and keep some for training: "
+                f"it has only {len(idx)} sample(s); use a smaller {key} or more data"
+            )
         held.append(idx[:n_held])
         kept.append(idx[n_held:])
     return torch.from_numpy(np.sort(np.concatenate(kept))), torch.from_numpy(np.sort(np.concatenate(held)))
@@ -198,7 +222,7 @@ def fits_on(device, data: Data) -> bool:
     splits = [s for s in (data.train, data.val, data.test) if s is not None]
     need = sum(s.x.numel() * s.x.element_size() + s.y.numel() * 8 for s in splits)
     free, _ = torch.cuda.mem_get_info(device)
-    return need < free // 2     # leave half the card to the model and activations
+    return need < free // 2  # leave half the card to the model and activations
 
 
 from nnrun.data import cifar, digits, sequence, tabular, text, vision  # noqa: E402,F401  (registers the datasets)

@@ -14,10 +14,12 @@ from nnrun.errors import ConfigError
 class Augment:
     def __init__(self, flip: bool = False, crop: int = 0, rotate: float = 0.0, translate: float = 0.0):
         if crop < 0 or rotate < 0 or not 0 <= translate < 1:
-            raise ConfigError(f"data.augment: crop={crop}, rotate={rotate}, translate={translate}: use crop >= 0 "
-                              f"(pixels of padding), rotate >= 0 (degrees), 0 <= translate < 1 (fraction of the size)")
+            raise ConfigError(
+                f"data.augment: crop={crop}, rotate={rotate}, translate={translate}: use crop >= 0 "
+                f"(pixels of padding), rotate >= 0 (degrees), 0 <= translate < 1 (fraction of the size)"
+            )
         self.flip, self.crop, self.rotate, self.translate = bool(flip), int(crop), float(rotate), float(translate)
-        self.fill = 0.0      # what uncovered pixels get: build_data sets the scaled value of a black pixel
+        self.fill = 0.0  # what uncovered pixels get: build_data sets the scaled value of a black pixel
 
     def __bool__(self) -> bool:
         return self.flip or self.crop > 0 or self.rotate > 0 or self.translate > 0
@@ -56,7 +58,7 @@ def random_affine(x: torch.Tensor, degrees: float, fraction: float, g: torch.Gen
     """Rotate by up to +-degrees and shift by up to +-fraction of the size, bilinear, zero-filled."""
     n = len(x)
     angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(degrees)
-    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * 2 * fraction     # grid units: the image spans 2
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * 2 * fraction  # grid units: the image spans 2
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)

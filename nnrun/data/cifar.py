@@ -23,8 +23,13 @@ TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # What a CIFAR batch pickle may name: numpy's array rebuilders (and the string-to-bytes helper a
 # protocol-2 pickle written by Python 3 uses), nothing else.
-ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-           ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
 
 
 @DATASETS.register("cifar10")
@@ -37,15 +42,17 @@ def cifar10(root: str, seed: int, download: bool = True):
         reason = try_download(root)
         batches = find_batches(root)
     if batches is None:
-        raise ConfigError(f"data.root={root}: CIFAR-10 not found{'; ' + reason if reason else ''}. Put "
-                          f"{ARCHIVE} (the python version) or its extracted {FOLDER}/ folder in {root}, "
-                          f"or run once online with data.download=true")
+        raise ConfigError(
+            f"data.root={root}: CIFAR-10 not found{'; ' + reason if reason else ''}. Put "
+            f"{ARCHIVE} (the python version) or its extracted {FOLDER}/ folder in {root}, "
+            f"or run once online with data.download=true"
+        )
     log.info(f"data.root={root}: CIFAR-10 read from {batches.source}")
     out = {"classes": CLASSES}
     for split, names in (("train", TRAIN), ("test", ["test_batch"])):
         parts = [batches(name) for name in names]
-        x = torch.from_numpy(np.concatenate([p[0] for p in parts]))            # (N, 3, 32, 32) uint8
-        y = torch.from_numpy(np.concatenate([p[1] for p in parts]))            # (N,)
+        x = torch.from_numpy(np.concatenate([p[0] for p in parts]))  # (N, 3, 32, 32) uint8
+        y = torch.from_numpy(np.concatenate([p[1] for p in parts]))  # (N,)
         out[split] = (x, y)
     return out
 
@@ -54,9 +61,12 @@ def find_batches(root: Path):
     """A function name -> (images, labels) reading from the folder or the archive; None if neither."""
     folder = next((f for f in (root / FOLDER, root) if (f / "test_batch").is_file()), None)
     if folder is not None:
+
         def read(name):
-            return read_batch((folder / name).read_bytes() if (folder / name).is_file() else missing(folder / name),
-                              folder / name)
+            return read_batch(
+                (folder / name).read_bytes() if (folder / name).is_file() else missing(folder / name), folder / name
+            )
+
         read.source = str(folder)
         return read
     archive = root / ARCHIVE
@@ -64,13 +74,18 @@ def find_batches(root: Path):
         return None
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers()
-                       if m.isfile() and Path(m.name).name in (*TRAIN, "test_batch")}
+            members = {
+                Path(m.name).name: tar.extractfile(m).read()
+                for m in tar.getmembers()
+                if m.isfile() and Path(m.name).name in (*TRAIN, "test_batch")
+            }
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ConfigError(f"{archive} cannot be read ({exc}); replace the file") from None
+
     def unpack(name):
         where = f"{archive}:{FOLDER}/{name}"
         return read_batch(members[name] if name in members else missing(where), where)
+
     unpack.source = str(archive)
     return unpack
 
@@ -89,7 +104,7 @@ class BatchUnpickler(pickle.Unpickler):
 def read_batch(raw: bytes, where) -> tuple:
     """(images (N, 3, 32, 32) uint8, labels (N,) int64) from one batch pickle."""
     try:
-        batch = BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()     # as torchvision reads it
+        batch = BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()  # as torchvision reads it
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data, labels = np.asarray(batch["data"], dtype=np.uint8), np.asarray(batch["labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:

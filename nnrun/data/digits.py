@@ -12,12 +12,15 @@ from nnrun.data import DATASETS, stratified_split
 @DATASETS.register("digits")
 def digits(root: str, seed: int, test_split: float = 0.2):
     """1,797 grey 8x8 images (values 0..16) of the digits 0-9; root is unused."""
-    table = np.loadtxt(_digits_file(), delimiter=",", dtype=np.float32)   # 64 pixels, then the label
-    x = torch.from_numpy(table[:, :-1]).reshape(-1, 1, 8, 8)             # (N, 1, 8, 8)
+    table = np.loadtxt(_digits_file(), delimiter=",", dtype=np.float32)  # 64 pixels, then the label
+    x = torch.from_numpy(table[:, :-1]).reshape(-1, 1, 8, 8)  # (N, 1, 8, 8)
     y = torch.from_numpy(table[:, -1]).long()
     train_idx, test_idx = stratified_split(y, test_split, seed, key="data.test_split")
-    return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]),
-            "classes": [str(c) for c in range(10)]}
+    return {
+        "train": (x[train_idx], y[train_idx]),
+        "test": (x[test_idx], y[test_idx]),
+        "classes": [str(c) for c in range(10)],
+    }
 
 
 def _digits_file() -> Path:

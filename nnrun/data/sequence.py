@@ -20,9 +20,19 @@ log = logging.getLogger(__name__)
 
 
 @DATASETS.register("timeseries")
-def timeseries(root: str, seed: int, path: str = None, target: str = None, features=None, window: int = None,  # noqa: PLR0913
-               horizon: int = 1, stride: int = 1, task: str = "auto", test_split: float = 0.2,
-               val_split: float = 0.1):
+def timeseries(  # noqa: PLR0913  (its parameters are the YAML schema)
+    root: str,
+    seed: int,
+    path: str = None,
+    target: str = None,
+    features=None,
+    window: int = None,
+    horizon: int = 1,
+    stride: int = 1,
+    task: str = "auto",
+    test_split: float = 0.2,
+    val_split: float = 0.1,
+):
     """Windows of a long series (forecasting), or one labelled series per row."""
     if not path:
         raise ConfigError("data.path is not set: give the CSV (or .npy) file, e.g. data.path=sensor.csv")
@@ -35,8 +45,9 @@ def timeseries(root: str, seed: int, path: str = None, target: str = None, featu
     features = [str(f) for f in features] if features is not None else list(columns)
     unknown = [f for f in features if f not in columns]
     if unknown:
-        raise ConfigError(f"data.features names {', '.join(unknown)}, not column(s) of {path}; "
-                          f"its columns: {', '.join(columns)}")
+        raise ConfigError(
+            f"data.features names {', '.join(unknown)}, not column(s) of {path}; its columns: {', '.join(columns)}"
+        )
     if window is None:
         return labelled_series(path, columns, values, target, features, task, test_split, seed)
     return forecast_windows(path, values, target, features, window, horizon, stride, (test_split, val_split))
@@ -50,12 +61,14 @@ def read_series(path: str):
         if not file.is_file():
             raise ConfigError(f"data.path={path}: no such file (relative paths start from the folder you run nnrun in)")
         try:
-            array = np.load(file, allow_pickle=False)       # never unpickle a data file
+            array = np.load(file, allow_pickle=False)  # never unpickle a data file
         except ValueError as exc:
             raise ConfigError(f"data.path={path} is not a plain numeric .npy array ({exc})") from None
         if array.ndim not in (1, 2) or array.dtype.kind not in "iuf":
-            raise ConfigError(f"data.path={path} holds a {array.ndim}-D {array.dtype} array; "
-                              f"use numbers, one row per time step (T,) or (T, features)")
+            raise ConfigError(
+                f"data.path={path} holds a {array.ndim}-D {array.dtype} array; "
+                f"use numbers, one row per time step (T,) or (T, features)"
+            )
         array = array.reshape(len(array), -1).astype(np.float64)
         return [str(j) for j in range(array.shape[1])], {str(j): array[:, j] for j in range(array.shape[1])}
     frame = read_csv(path, "data.path")
@@ -69,8 +82,10 @@ def numeric(path: str, name: str, column) -> np.ndarray:
     values = values.astype(np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
-        raise ConfigError(f"column {name!r} of {path} has {int(bad.sum())} missing or infinite value(s), the first "
-                          f"at row {int(bad.argmax()) + 2}; fill them in (e.g. carry the last value forward)")
+        raise ConfigError(
+            f"column {name!r} of {path} has {int(bad.sum())} missing or infinite value(s), the first "
+            f"at row {int(bad.argmax()) + 2}; fill them in (e.g. carry the last value forward)"
+        )
     return values
 
 
@@ -80,48 +95,58 @@ def forecast_windows(path, values, target, features, window, horizon, stride, sp
     test_split, val_split = splits
     if window < 1 or horizon < 1 or stride < 1:
         raise ConfigError(f"data.window={window}, data.horizon={horizon}, data.stride={stride}: use 1 or more")
-    series = np.stack([numeric(path, c, values[c]) for c in features], axis=1)      # (T, F)
+    series = np.stack([numeric(path, c, values[c]) for c in features], axis=1)  # (T, F)
     goal = numeric(path, target, values[target])
     steps = len(series)
     n_test, n_val = round(test_split * steps), round(val_split * steps)
-    bounds = {"train": (0, steps - n_test - n_val), "val": (steps - n_test - n_val, steps - n_test),
-              "test": (steps - n_test, steps)}
-    out = {"classes": [], "task": "regression",
-           "transform": FeatureScale(features, window=window, horizon=horizon, target=target)}
+    bounds = {
+        "train": (0, steps - n_test - n_val),
+        "val": (steps - n_test - n_val, steps - n_test),
+        "test": (steps - n_test, steps),
+    }
+    out = {
+        "classes": [],
+        "task": "regression",
+        "transform": FeatureScale(features, window=window, horizon=horizon, target=target),
+    }
     for split, (start, end) in bounds.items():
         if split == "val" and n_val == 0:
-            out["val"] = None                                                          # none wanted
+            out["val"] = None  # none wanted
             continue
         count = (end - start - window - horizon) // stride + 1
         if count < 1:
             key = "data.test_split" if split == "test" else "data.val_split" if split == "val" else "data.window"
-            raise ConfigError(f"{key}: the {split} part of {path} has {end - start} steps, too few for one window of "
-                              f"data.window={window} plus data.horizon={horizon}; use a smaller window or a "
-                              f"larger split")
-        first = start + np.arange(count) * stride                                      # window starts
-        x = series[first[:, None] + np.arange(window)[None, :]]                        # (N, window, F)
+            raise ConfigError(
+                f"{key}: the {split} part of {path} has {end - start} steps, too few for one window of "
+                f"data.window={window} plus data.horizon={horizon}; use a smaller window or a "
+                f"larger split"
+            )
+        first = start + np.arange(count) * stride  # window starts
+        x = series[first[:, None] + np.arange(window)[None, :]]  # (N, window, F)
         y = goal[first + window + horizon - 1]
         out[split] = (torch.from_numpy(x).float(), torch.from_numpy(y).float())
-    log.info(f"data.path={path}: {steps} steps, {len(features)} feature(s); windows of {window} steps forecast "
-             f"{target!r} {horizon} step(s) ahead; split by time {bounds['train'][1]}/{n_val}/{n_test} steps")
+    log.info(
+        f"data.path={path}: {steps} steps, {len(features)} feature(s); windows of {window} steps forecast "
+        f"{target!r} {horizon} step(s) ahead; split by time {bounds['train'][1]}/{n_val}/{n_test} steps"
+    )
     return out
 
 
 def labelled_series(path, columns, values, target, features, task, test_split, seed):
     steps = [c for c in features if c != target]
     if not steps:
-        raise ConfigError(f"data.path={path}: one row per series needs the series' values in the columns "
-                          f"besides data.target={target}")
+        raise ConfigError(
+            f"data.path={path}: one row per series needs the series' values in the columns besides data.target={target}"
+        )
     import pandas as pd
 
-    x = np.stack([numeric(path, c, values[c]) for c in steps], axis=1)[:, :, None]   # (N, T, 1)
+    x = np.stack([numeric(path, c, values[c]) for c in steps], axis=1)[:, :, None]  # (N, T, 1)
     y, task, classes = encode_target(pd.Series(values[target]), task, target)
     x, y = torch.from_numpy(x).float(), torch.from_numpy(y)
     split = random_split if task == "regression" else stratified_split
     train_idx, test_idx = split(y if task != "regression" else len(y), test_split, seed, key="data.test_split")
     log.info(f"data.path={path}: {len(y)} series of {len(steps)} steps, target {target!r} ({task})")
-    return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]),
-            "classes": classes, "task": task}
+    return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]), "classes": classes, "task": task}
 
 
 class FeatureScale:
@@ -148,5 +173,10 @@ class FeatureScale:
         self.mean, self.std = torch.zeros_like(self.mean), torch.ones_like(self.std)
 
     def describe(self) -> dict:
-        return {"kind": "standardize_features", "features": self.features,
-                "mean": self.mean.tolist(), "std": self.std.tolist(), **self.windows}
+        return {
+            "kind": "standardize_features",
+            "features": self.features,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            **self.windows,
+        }

@@ -14,13 +14,23 @@ from nnrun.errors import ConfigError
 log = logging.getLogger(__name__)
 TASKS = ("auto", "binary", "multiclass", "regression")
 IMPUTE = ("mean", "median")
-MAX_CLASSES = 20      # an integer target with more distinct values than this is taken as regression
+MAX_CLASSES = 20  # an integer target with more distinct values than this is taken as regression
 
 
 @DATASETS.register("csv")
-def csv(root: str, seed: int, path: str = None, target: str = None, features=None, task: str = "auto",  # noqa: PLR0913
-        test_path: str = None, test_split: float = 0.2, impute: str = None, na_values=None,
-        max_categories: int = 50):
+def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
+    root: str,
+    seed: int,
+    path: str = None,
+    target: str = None,
+    features=None,
+    task: str = "auto",
+    test_path: str = None,
+    test_split: float = 0.2,
+    impute: str = None,
+    na_values=None,
+    max_categories: int = 50,
+):
     """Rows of a CSV file; data.target names the column to predict, the others are features."""
     if not path:
         raise ConfigError("data.path is not set: give the CSV file, e.g. data.path=patients.csv")
@@ -29,8 +39,9 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
     if task not in TASKS:
         raise ConfigError(f"data.task={task} is not one of {', '.join(TASKS)}")
     if impute is not None and impute not in IMPUTE:
-        raise ConfigError(f"data.impute={impute} is not one of {', '.join(IMPUTE)} "
-                          f"(or null: missing values are an error)")
+        raise ConfigError(
+            f"data.impute={impute} is not one of {', '.join(IMPUTE)} (or null: missing values are an error)"
+        )
     na_values = [na_values] if isinstance(na_values, str) else list(na_values or [])
     frame = read_csv(path, "data.path", na_values)
     features = pick_features(frame, target, features, path)
@@ -38,17 +49,21 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
         test_frame = read_csv(test_path, "data.test_path", na_values)
         absent = [c for c in [target, *features] if c not in test_frame.columns]
         if absent:
-            raise ConfigError(f"data.test_path={test_path} lacks the column(s) {', '.join(absent)} that "
-                              f"data.path={path} has; give both files the same columns")
+            raise ConfigError(
+                f"data.test_path={test_path} lacks the column(s) {', '.join(absent)} that "
+                f"data.path={path} has; give both files the same columns"
+            )
         frame_rows, test_rows = len(frame), len(test_frame)
         import pandas as pd
+
         frame = pd.concat([frame, test_frame], ignore_index=True)
     categorical = [c for c in features if not is_numeric(frame[c])]
     check_categories(frame, categorical, max_categories, path)
-    check_values(frame, features, categorical, target, impute, path, test_path,
-                 len(frame) if not test_path else frame_rows)
+    check_values(
+        frame, features, categorical, target, impute, path, test_path, len(frame) if not test_path else frame_rows
+    )
     y, task, classes = encode_target(frame[target], task, target)
-    x = torch.arange(len(frame))                   # row numbers: TabularTransform reads the rows
+    x = torch.arange(len(frame))  # row numbers: TabularTransform reads the rows
     y = torch.from_numpy(y)
     if test_path:
         train_idx, test_idx = torch.arange(frame_rows), torch.arange(frame_rows, frame_rows + test_rows)
@@ -56,12 +71,19 @@ def csv(root: str, seed: int, path: str = None, target: str = None, features=Non
         train_idx, test_idx = random_split(len(y), test_split, seed, key="data.test_split")
     else:
         train_idx, test_idx = stratified_split(y, test_split, seed, key="data.test_split")
-    log.info(f"data.path={path}: {len(frame)} rows, target {target!r} ({task}"
-             + (f", classes {', '.join(classes)}" if classes else "") + f"), {len(features)} features"
-             + (f" ({len(categorical)} categorical: {', '.join(categorical)})" if categorical else ""))
-    return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]),
-            "classes": classes, "task": task,
-            "transform": TabularTransform(frame[features], categorical, impute, target)}
+    log.info(
+        f"data.path={path}: {len(frame)} rows, target {target!r} ({task}"
+        + (f", classes {', '.join(classes)}" if classes else "")
+        + f"), {len(features)} features"
+        + (f" ({len(categorical)} categorical: {', '.join(categorical)})" if categorical else "")
+    )
+    return {
+        "train": (x[train_idx], y[train_idx]),
+        "test": (x[test_idx], y[test_idx]),
+        "classes": classes,
+        "task": task,
+        "transform": TabularTransform(frame[features], categorical, impute, target),
+    }
 
 
 def read_csv(path: str, key: str, na_values=()):
@@ -82,15 +104,18 @@ def read_csv(path: str, key: str, na_values=()):
 def pick_features(frame, target: str, features, path: str) -> list:
     columns = list(frame.columns)
     if target not in columns:
-        raise ConfigError(f"data.target={target} is not a column of {path}; "
-                          f"its columns: {', '.join(map(str, columns))}")
+        raise ConfigError(
+            f"data.target={target} is not a column of {path}; its columns: {', '.join(map(str, columns))}"
+        )
     if features is None:
         return [c for c in columns if c != target]
     features = [features] if isinstance(features, str) else list(features)
     unknown = [f for f in features if f not in columns]
     if unknown:
-        raise ConfigError(f"data.features names {', '.join(map(str, unknown))}, not column(s) of {path}; "
-                          f"its columns: {', '.join(map(str, columns))}")
+        raise ConfigError(
+            f"data.features names {', '.join(map(str, unknown))}, not column(s) of {path}; "
+            f"its columns: {', '.join(map(str, columns))}"
+        )
     if target in features:
         raise ConfigError(f"data.features includes the target column {target}: a model would just copy it")
     if not features:
@@ -116,20 +141,25 @@ def check_categories(frame, categorical, max_categories: int, path: str) -> None
             rows = [int(i) for i in bad.to_numpy().nonzero()[0][:3]]
             cells = ", ".join(f"{values.iloc[i]!r} at row {i + 2}" for i in rows)
             texts = sorted({str(values.iloc[i]) for i in bad.to_numpy().nonzero()[0][:20]})
-            raise ConfigError(f"column {column!r} of {path} holds numbers but for {int(bad.sum())} cell(s) "
-                              f"({cells}); fix them, or read them as missing with "
-                              f"data.na_values=[{','.join(repr(t) for t in texts)}] "
-                              f"and fill them with data.impute=mean")
+            raise ConfigError(
+                f"column {column!r} of {path} holds numbers but for {int(bad.sum())} cell(s) "
+                f"({cells}); fix them, or read them as missing with "
+                f"data.na_values=[{','.join(repr(t) for t in texts)}] "
+                f"and fill them with data.impute=mean"
+            )
         distinct = values[present].astype("string").nunique()
         if max_categories is not None and distinct > max_categories:
-            raise ConfigError(f"column {column!r} of {path} has {distinct} distinct text values, more than "
-                              f"data.max_categories={max_categories}: one-hot encoding would make {distinct} "
-                              f"inputs; drop it (data.features), or raise data.max_categories")
+            raise ConfigError(
+                f"column {column!r} of {path} has {distinct} distinct text values, more than "
+                f"data.max_categories={max_categories}: one-hot encoding would make {distinct} "
+                f"inputs; drop it (data.features), or raise data.max_categories"
+            )
 
 
 def check_values(frame, features, categorical, target, impute, path, test_path, rows_in_path) -> None:
     """Missing or infinite values: an error naming the column and first row (as a spreadsheet
     numbers them: the header is row 1), unless data.impute fills missing features."""
+
     def where(index: int) -> str:
         if index < rows_in_path:
             return f"{path} row {index + 2}"
@@ -139,15 +169,23 @@ def check_values(frame, features, categorical, target, impute, path, test_path, 
         values = frame[column]
         missing = values.isna().to_numpy()
         if missing.any() and (column == target or impute is None):
-            fix = "drop or fill those rows" if column == target else \
-                "fill them in, or set data.impute=mean (or median; categorical columns get their most frequent value)"
-            raise ConfigError(f"column {column!r} has {int(missing.sum())} missing value(s), the first at "
-                              f"{where(int(missing.argmax()))}; {fix}")
+            fix = (
+                "drop or fill those rows"
+                if column == target
+                else "fill them in, or set data.impute=mean (or median; categorical columns get their most "
+                "frequent value)"
+            )
+            raise ConfigError(
+                f"column {column!r} has {int(missing.sum())} missing value(s), the first at "
+                f"{where(int(missing.argmax()))}; {fix}"
+            )
         if column not in categorical and is_numeric(values):
             infinite = np.isinf(values.to_numpy(dtype=np.float64, na_value=0.0))
             if infinite.any():
-                raise ConfigError(f"column {column!r} has {int(infinite.sum())} infinite value(s), the first at "
-                                  f"{where(int(infinite.argmax()))}; replace them with finite numbers")
+                raise ConfigError(
+                    f"column {column!r} has {int(infinite.sum())} infinite value(s), the first at "
+                    f"{where(int(infinite.argmax()))}; replace them with finite numbers"
+                )
 
 
 def encode_target(column, task: str, name: str):
@@ -165,19 +203,22 @@ def encode_target(column, task: str, name: str):
         log.info(f"data.task=auto: column {name!r} looks like a {task} target (set data.task to override)")
     if task == "regression":
         if not numeric:
-            raise ConfigError(f"data.task=regression, but column {name!r} holds text (e.g. {values[0]!r}); "
-                              f"use data.task=multiclass or binary")
+            raise ConfigError(
+                f"data.task=regression, but column {name!r} holds text (e.g. {values[0]!r}); "
+                f"use data.task=multiclass or binary"
+            )
         return values.astype(np.float32), task, []
     if len(distinct) < 2:
         raise ConfigError(f"column {name!r} has a single value ({distinct[0]}): nothing to classify")
     if task == "binary" and len(distinct) != 2:
-        raise ConfigError(f"data.task=binary, but column {name!r} has {len(distinct)} distinct values; "
-                          f"use data.task=multiclass")
+        raise ConfigError(
+            f"data.task=binary, but column {name!r} has {len(distinct)} distinct values; use data.task=multiclass"
+        )
     keys = values if numeric else values.astype(str)
     index = np.searchsorted(distinct, keys)
     classes = [str(v.item() if hasattr(v, "item") else v) for v in distinct]
     if task == "binary":
-        return index.astype(np.float32), task, classes       # the second class in sorted order is 1
+        return index.astype(np.float32), task, classes  # the second class in sorted order is 1
     return index.astype(np.int64), task, classes
 
 
@@ -191,7 +232,7 @@ class TabularTransform:
     def __init__(self, frame, categorical, impute, target: str):
         self.frame, self.features, self.impute, self.target = frame, list(frame.columns), impute, target
         self.categorical = set(categorical)
-        self.columns = None               # the fitted ColumnTransformer
+        self.columns = None  # the fitted ColumnTransformer
 
     def fit(self, x: torch.Tensor) -> "TabularTransform":
         rows = self.rows(x)
@@ -207,20 +248,24 @@ class TabularTransform:
         stored = {c["name"]: c for c in description["columns"]}
         missing = [name for name in stored if name not in self.frame.columns]
         if missing:
-            raise ConfigError(f"the input lacks the column(s) {', '.join(map(repr, missing))} the model was "
-                              f"trained on: {', '.join(map(repr, stored))}")
+            raise ConfigError(
+                f"the input lacks the column(s) {', '.join(map(repr, missing))} the model was "
+                f"trained on: {', '.join(map(repr, stored))}"
+            )
         self.features, self.impute = list(stored), description.get("impute")
         self.categorical = {name for name, c in stored.items() if c["kind"] == "categorical"}
-        sample = {name: [c["categories"][0] if c["categories"] else "" ] if name in self.categorical else [0.0]
-                  for name, c in stored.items()}
+        sample = {
+            name: [c["categories"][0] if c["categories"] else ""] if name in self.categorical else [0.0]
+            for name, c in stored.items()
+        }
         import pandas as pd
 
         self.columns = self.transformer(stored).fit(pd.DataFrame(sample, columns=self.features))
-        for name, c in stored.items():                # the stored scaling in place of the sample's
+        for name, c in stored.items():  # the stored scaling in place of the sample's
             if c["kind"] == "numeric":
                 scaler = self.columns.named_transformers_[name][-1]
                 scaler.mean_, scaler.scale_ = np.array([c["mean"]], float), np.array([c["std"]], float)
-                scaler.var_ = scaler.scale_ ** 2
+                scaler.var_ = scaler.scale_**2
         return self
 
     def transformer(self, stored: dict):
@@ -275,8 +320,9 @@ class TabularTransform:
                 continue
             bad = np.isnan(rows[name].to_numpy())
             if bad.any():
-                raise ConfigError(f"column {name!r}: row {int(np.asarray(x)[bad.argmax()]) + 2} is missing or not "
-                                  f"a number")
+                raise ConfigError(
+                    f"column {name!r}: row {int(np.asarray(x)[bad.argmax()]) + 2} is missing or not a number"
+                )
         return torch.from_numpy(np.asarray(self.columns.transform(rows), dtype=np.float32)).contiguous()
 
     def describe(self) -> dict:
@@ -287,11 +333,23 @@ class TabularTransform:
             imputer = pipeline[0] if pipeline.steps[0][0] == "simpleimputer" else None
             fill = imputer.statistics_[0] if imputer is not None else None
             if name in self.categorical:
-                columns.append({"name": name, "kind": "categorical",
-                                "categories": [str(c) for c in pipeline[-1].categories_[0]],
-                                "fill": str(fill) if fill is not None else None})
+                columns.append(
+                    {
+                        "name": name,
+                        "kind": "categorical",
+                        "categories": [str(c) for c in pipeline[-1].categories_[0]],
+                        "fill": str(fill) if fill is not None else None,
+                    }
+                )
             else:
                 scaler = pipeline[-1]
-                columns.append({"name": name, "kind": "numeric", "mean": float(scaler.mean_[0]),
-                                "std": float(scaler.scale_[0]), "fill": float(fill) if fill is not None else None})
+                columns.append(
+                    {
+                        "name": name,
+                        "kind": "numeric",
+                        "mean": float(scaler.mean_[0]),
+                        "std": float(scaler.scale_[0]),
+                        "fill": float(fill) if fill is not None else None,
+                    }
+                )
         return {"kind": "tabular", "target": self.target, "impute": self.impute, "columns": columns}

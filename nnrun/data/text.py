@@ -15,8 +15,8 @@ from nnrun.data.tabular import encode_target, read_csv
 from nnrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
-PAD, UNKNOWN = 0, 1        # token ids: padding, and any word not in the vocabulary
-WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[^\w\s]")   # words (with an apostrophe part) or one punctuation mark
+PAD, UNKNOWN = 0, 1  # token ids: padding, and any word not in the vocabulary
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[^\w\s]")  # words (with an apostrophe part) or one punctuation mark
 
 
 def tokenize(text: str, lowercase: bool = True) -> list:
@@ -24,42 +24,58 @@ def tokenize(text: str, lowercase: bool = True) -> list:
 
 
 @DATASETS.register("text_csv")
-def text_csv(root: str, seed: int, path: str = None, text: str = "text", target: str = "label",  # noqa: PLR0913
-             task: str = "auto", vocab_size: int = 10000, max_len: int = 100, lowercase: bool = True,
-             test_path: str = None, test_split: float = 0.2):
+def text_csv(  # noqa: PLR0913  (its parameters are the YAML schema)
+    root: str,
+    seed: int,
+    path: str = None,
+    text: str = "text",
+    target: str = "label",
+    task: str = "auto",
+    vocab_size: int = 10000,
+    max_len: int = 100,
+    lowercase: bool = True,
+    test_path: str = None,
+    test_split: float = 0.2,
+):
     """Rows of a CSV file: data.text holds the text, data.target its class."""
     if not path:
         raise ConfigError("data.path is not set: give the CSV file, e.g. data.path=notes.csv")
     if vocab_size < 3 or max_len < 1:
-        raise ConfigError(f"data.vocab_size={vocab_size}, data.max_len={max_len}: use vocab_size >= 3 "
-                          f"and max_len >= 1")
+        raise ConfigError(f"data.vocab_size={vocab_size}, data.max_len={max_len}: use vocab_size >= 3 and max_len >= 1")
     if task == "regression":
         raise ConfigError("data.task=regression: data=text_csv classifies texts; use auto, binary or multiclass")
     frames = [read_csv(path, "data.path")] + ([read_csv(test_path, "data.test_path")] if test_path else [])
     for frame, file in zip(frames, [path, test_path]):
         for key, column in (("data.text", text), ("data.target", target)):
             if column not in frame.columns:
-                raise ConfigError(f"{key}={column} is not a column of {file}; its columns: "
-                                  f"{', '.join(map(str, frame.columns))}")
+                raise ConfigError(
+                    f"{key}={column} is not a column of {file}; its columns: {', '.join(map(str, frame.columns))}"
+                )
         missing = frame[target].isna().to_numpy()
         if missing.any():
-            raise ConfigError(f"column {target!r} of {file} has {int(missing.sum())} missing label(s), the first "
-                              f"at row {int(missing.argmax()) + 2}; drop or fill those rows")
+            raise ConfigError(
+                f"column {target!r} of {file} has {int(missing.sum())} missing label(s), the first "
+                f"at row {int(missing.argmax()) + 2}; drop or fill those rows"
+            )
     import pandas as pd
 
     frame = pd.concat(frames, ignore_index=True)
     y, task, classes = encode_target(frame[target], task, target)
-    texts = frame[text].fillna("").astype(str).tolist()       # an empty text is all padding
-    x, y = torch.arange(len(texts)), torch.from_numpy(y)      # row numbers: TextTransform turns them into ids
+    texts = frame[text].fillna("").astype(str).tolist()  # an empty text is all padding
+    x, y = torch.arange(len(texts)), torch.from_numpy(y)  # row numbers: TextTransform turns them into ids
     if test_path:
         n = len(frames[0])
         train_idx, test_idx = torch.arange(n), torch.arange(n, len(texts))
     else:
         train_idx, test_idx = stratified_split(y, test_split, seed, key="data.test_split")
     log.info(f"data.path={path}: {len(texts)} texts, label {target!r} ({task}, classes {', '.join(classes)})")
-    return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]),
-            "classes": classes, "task": task,
-            "transform": TextTransform(texts, vocab_size, max_len, lowercase)}
+    return {
+        "train": (x[train_idx], y[train_idx]),
+        "test": (x[test_idx], y[test_idx]),
+        "classes": classes,
+        "task": task,
+        "transform": TextTransform(texts, vocab_size, max_len, lowercase),
+    }
 
 
 class TextTransform:
@@ -93,14 +109,22 @@ class TextTransform:
     def encode(self, texts) -> torch.Tensor:
         out = np.zeros((len(texts), self.max_len), dtype=np.int64)
         for row, text in enumerate(texts):
-            ids = [self.ids.get(w, UNKNOWN) for w in tokenize(text, self.lowercase)][-self.max_len:]
-            if ids:                                   # Keras: pad and truncate at the front
-                out[row, -len(ids):] = ids
+            ids = [self.ids.get(w, UNKNOWN) for w in tokenize(text, self.lowercase)][-self.max_len :]
+            if ids:  # Keras: pad and truncate at the front
+                out[row, -len(ids) :] = ids
         return torch.from_numpy(out)
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         return self.encode([self.texts[i] for i in rows.tolist()])
 
     def describe(self) -> dict:
-        return {"kind": "tokens", "lowercase": self.lowercase, "max_len": self.max_len, "padding": "pre",
-                "truncating": "pre", "pad_id": PAD, "unknown_id": UNKNOWN, "vocabulary": self.words}
+        return {
+            "kind": "tokens",
+            "lowercase": self.lowercase,
+            "max_len": self.max_len,
+            "padding": "pre",
+            "truncating": "pre",
+            "pad_id": PAD,
+            "unknown_id": UNKNOWN,
+            "vocabulary": self.words,
+        }

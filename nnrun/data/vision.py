@@ -17,10 +17,22 @@ from nnrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 @DATASETS.register("mnist")
@@ -49,21 +61,27 @@ def load_idx_dataset(root: str, name: str, download: bool, classes):
         raise ConfigError(
             f"data.root={root}: {name} files not found{which}{'; ' + reason if reason else ''}. "
             f"Put the four IDX files {', '.join(paths)} (.gz or not) in {root} or {root / name / 'raw'}, "
-            f"or run once online with data.download=true" + (
-                "; on Debian: apt-get install dataset-fashion-mnist, then "
-                "data.root=/usr/share/datasets/fashion-mnist" if name == "FashionMNIST" else ""))
+            f"or run once online with data.download=true"
+            + (
+                "; on Debian: apt-get install dataset-fashion-mnist, then data.root=/usr/share/datasets/fashion-mnist"
+                if name == "FashionMNIST"
+                else ""
+            )
+        )
     out = {"classes": classes}
     for split, (images, labels) in FILES.items():
-        x = torch.from_numpy(read_idx(paths[images])).unsqueeze(1)          # (N, 1, 28, 28) uint8
-        y = torch.from_numpy(read_idx(paths[labels]).astype(np.int64))      # (N,)
+        x = torch.from_numpy(read_idx(paths[images])).unsqueeze(1)  # (N, 1, 28, 28) uint8
+        y = torch.from_numpy(read_idx(paths[labels]).astype(np.int64))  # (N,)
         if len(x) != len(y):
             raise ConfigError(f"{paths[images]} has {len(x)} images but {paths[labels]} has {len(y)} labels")
         outside = ((y < 0) | (y >= len(classes))).nonzero().flatten()
-        if len(outside):     # caught here, not later as a CUDA device-side assert
+        if len(outside):  # caught here, not later as a CUDA device-side assert
             first = int(outside[0])
-            raise ConfigError(f"{paths[labels]}: label {int(y[first])} at index {first} is outside "
-                              f"0..{len(classes) - 1} "
-                              f"({len(outside)} such labels); the file is damaged or not {name}")
+            raise ConfigError(
+                f"{paths[labels]}: label {int(y[first])} at index {first} is outside "
+                f"0..{len(classes) - 1} "
+                f"({len(outside)} such labels); the file is damaged or not {name}"
+            )
         out[split] = (x, y)
     return out
 
@@ -89,11 +107,13 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ConfigError(f"{path} is not an IDX file of unsigned bytes; replace the file")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     if len(raw) - offset != int(np.prod(dims)):
-        raise ConfigError(f"{path} holds {len(raw) - offset} bytes of data, its header says "
-                          f"{int(np.prod(dims))}: the file is truncated; replace it")
+        raise ConfigError(
+            f"{path} holds {len(raw) - offset} bytes of data, its header says "
+            f"{int(np.prod(dims))}: the file is truncated; replace it"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()  # writable for torch
 
 
@@ -106,12 +126,12 @@ def try_download(root: Path, name: str) -> str:
     created = [p for p in (root, root / name, root / name / "raw") if not p.exists()]
     log.info("downloading %s into %s", name, root)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):   # torchvision prints each mirror tried
+        with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints each mirror tried
             for train in (True, False):
                 getattr(tvd, name)(str(root), train=train, download=True)
         return ""
     except Exception as exc:  # offline, mirror down, disk full: all mean "files not there"
-        for folder in reversed(created):                   # leave no empty folders behind
+        for folder in reversed(created):  # leave no empty folders behind
             with contextlib.suppress(OSError):
                 folder.rmdir()
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]

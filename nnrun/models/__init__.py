@@ -9,8 +9,14 @@ from nnrun.registry import Registry
 
 MODELS = Registry("model")
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-               "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "elu": nn.ELU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+}
 
 
 def activation(name: str) -> nn.Module:
@@ -39,8 +45,9 @@ def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: b
     return layers
 
 
-def build_model(name: str, input_shape, num_classes: int, l1: float = 0.0, l2: float = 0.0,
-                vocab_size: int = 0, **options) -> nn.Module:
+def build_model(
+    name: str, input_shape, num_classes: int, l1: float = 0.0, l2: float = 0.0, vocab_size: int = 0, **options
+) -> nn.Module:
     """The registered model; l1/l2 (Keras kernel_regularizer) become model.penalty(); vocab_size
     (token data) goes to models with an Embedding layer."""
     target = options.pop("_target_", None)
@@ -49,12 +56,14 @@ def build_model(name: str, input_shape, num_classes: int, l1: float = 0.0, l2: f
 
         cls = MODELS.get(name) if target is None else None
         if cls is not None and "vocab_size" not in inspect.signature(cls).parameters:
-            raise ConfigError(f"model={name} cannot read text (token ids); use model=lstm or model=mlp, "
-                              f"which start with an Embedding layer (model.embedding_dim)")
+            raise ConfigError(
+                f"model={name} cannot read text (token ids); use model=lstm or model=mlp, "
+                f"which start with an Embedding layer (model.embedding_dim)"
+            )
         options["vocab_size"] = vocab_size
     if target is None:
         model = MODELS.build(name, tuple(input_shape), num_classes, **options)
-    else:                       # a class by import path (vetted by nnrun.safety)
+    else:  # a class by import path (vetted by nnrun.safety)
         model = build_target(target, tuple(input_shape), num_classes, options)
     model.penalty = weight_penalty(model, l1, l2)
     return model

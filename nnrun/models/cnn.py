@@ -10,8 +10,17 @@ from nnrun.models import MODELS, check_dropout, dense_stack
 class CNN(nn.Sequential):
     """Conv blocks (conv, [batchnorm], relu, max-pool), flatten, [dropout], Dense head."""
 
-    def __init__(self, input_shape, num_classes, channels=(32, 64), kernel_size=3, pool=2,
-                 batchnorm=True, dropout=0.25, hidden=(128,)):
+    def __init__(
+        self,
+        input_shape,
+        num_classes,
+        channels=(32, 64),
+        kernel_size=3,
+        pool=2,
+        batchnorm=True,
+        dropout=0.25,
+        hidden=(128,),
+    ):
         if len(input_shape) != 3:
             raise ConfigError(f"model=cnn needs images (C, H, W); this data gives samples of shape {input_shape}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -23,9 +32,11 @@ class CNN(nn.Sequential):
         layers = []
         for i, out in enumerate(channels):
             if pool > 1 and min(h, w) // pool < 1:
-                raise ConfigError(f"model.channels has {len(channels)} blocks, but a {input_shape[1]}x"
-                                  f"{input_shape[2]} input is pooled to nothing by block {i + 1}; "
-                                  f"use fewer blocks or model.pool=1")
+                raise ConfigError(
+                    f"model.channels has {len(channels)} blocks, but a {input_shape[1]}x"
+                    f"{input_shape[2]} input is pooled to nothing by block {i + 1}; "
+                    f"use fewer blocks or model.pool=1"
+                )
             layers.append(nn.Conv2d(c, int(out), kernel_size, padding=kernel_size // 2, bias=not batchnorm))
             if batchnorm:
                 layers.append(nn.BatchNorm2d(int(out)))

@@ -25,36 +25,49 @@ def diagnose(logs: list, chance: float) -> list:
     loss of a model that learned nothing (chance_loss)."""
     losses = [row["loss"] for row in logs]
     if any(not math.isfinite(v) for v in losses) or (len(losses) >= 2 and losses[-1] > 1.5 * losses[0]):
-        return [f"the training loss diverged ({losses[0]:.4g} -> {losses[-1]:.4g}): the learning rate is "
-                f"likely too high; try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"]
+        return [
+            f"the training loss diverged ({losses[0]:.4g} -> {losses[-1]:.4g}): the learning rate is "
+            f"likely too high; try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"
+        ]
     hints = []
     if "val_loss" in logs[0] and len(logs) >= 3:
         val = [row["val_loss"] for row in logs]
         best = min(range(len(val)), key=val.__getitem__)
         if best < len(val) - 1 and val[-1] > 1.1 * val[best] and losses[-1] < losses[best]:
-            hints.append(f"overfitting: val_loss rose from {val[best]:.4f} (epoch {best + 1}) to {val[-1]:.4f} "
-                         f"while the training loss kept falling; try more model.dropout, "
-                         f"optimizer.weight_decay (L2), early stopping, or more data")
-    half = losses[len(losses) // 2:]
+            hints.append(
+                f"overfitting: val_loss rose from {val[best]:.4f} (epoch {best + 1}) to {val[-1]:.4f} "
+                f"while the training loss kept falling; try more model.dropout, "
+                f"optimizer.weight_decay (L2), early stopping, or more data"
+            )
+    half = losses[len(losses) // 2 :]
     if len(losses) >= 4 and losses[-1] > 0.75 * chance and half[-1] > 0.95 * half[0]:
-        hints.append(f"underfitting: the training loss is flat and high ({losses[-1]:.4f}; a model that "
-                     f"learned nothing gets {chance:.4f}); try a bigger model, more trainer.epochs, "
-                     f"or a higher optimizer.lr")
+        hints.append(
+            f"underfitting: the training loss is flat and high ({losses[-1]:.4f}; a model that "
+            f"learned nothing gets {chance:.4f}); try a bigger model, more trainer.epochs, "
+            f"or a higher optimizer.lr"
+        )
     return hints
 
 
 def card_lines(summary: dict, command: str) -> list:
     """The console lines of the card (summary.json holds the same numbers)."""
     best, epochs, monitor = summary["best_epoch"], summary["epochs"], summary["monitor"]
-    lines = [f"best epoch {best} of {epochs}: {monitor} {summary['best_score']:.4f}" if best is not None
-             else f"no best epoch: {monitor} was never a finite number in {epochs} epochs"]
+    lines = [
+        f"best epoch {best} of {epochs}: {monitor} {summary['best_score']:.4f}"
+        if best is not None
+        else f"no best epoch: {monitor} was never a finite number in {epochs} epochs"
+    ]
     if summary["stopped_early"]:
         lines[0] += " (stopped early)"
-    lines += ["test (weights of " + ("the best epoch" if best is not None else "the last epoch") + "): "
-              + " - ".join(f"{k}: {v:.4f}" for k, v in summary.items() if k.startswith("test_")),
-             f"{summary['params']:,} params - {summary['wall_time']:.1f}s - "
-             f"{summary['samples_per_sec']:,.0f} samples/s on {summary['device']}",
-             f"run folder: {summary['run_dir']}"]
+    lines += [
+        "test (weights of "
+        + ("the best epoch" if best is not None else "the last epoch")
+        + "): "
+        + " - ".join(f"{k}: {v:.4f}" for k, v in summary.items() if k.startswith("test_")),
+        f"{summary['params']:,} params - {summary['wall_time']:.1f}s - "
+        f"{summary['samples_per_sec']:,.0f} samples/s on {summary['device']}",
+        f"run folder: {summary['run_dir']}",
+    ]
     if command:
         lines.append(f"rerun: {command}")
     lines += [f"hint: {hint}" for hint in summary["hints"]]

@@ -26,7 +26,7 @@ class ConsoleHandler(logging.Handler):
         if getattr(record, "file_only", False):
             return
         if record.levelno < logging.WARNING and not record.name.startswith("nnrun"):
-            return                  # other libraries' info (e.g. matplotlib's font cache) stays in the log
+            return  # other libraries' info (e.g. matplotlib's font cache) stays in the log
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
             text = f"{record.levelname.lower()}: {text}"
@@ -59,7 +59,7 @@ def format_epoch(epoch: int, epochs: int, logs: dict, is_best: bool) -> str:
 class EpochProgress:
     """A bar with ETA and live loss for the current epoch on a terminal; a line per epoch always."""
 
-    REDRAW_EVERY = 0.1   # seconds; each redraw reads the loss, a device sync
+    REDRAW_EVERY = 0.1  # seconds; each redraw reads the loss, a device sync
 
     def __init__(self, console: Console):
         self.console = console
@@ -69,9 +69,15 @@ class EpochProgress:
     def train_begin(self, epochs: int, batches: int):
         self.epochs, self.batches = epochs, batches
         if self.live:
-            self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("loss {task.fields[loss]}"),
-                                console=self.console, transient=True)
+            self.bar = Progress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                console=self.console,
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task("train", total=batches, epoch=f"1/{epochs}", loss="-")
             self.next_draw = 0.0
@@ -101,9 +107,13 @@ def model_table(model: torch.nn.Module, sample: torch.Tensor) -> str:
     rows, hooks = [], []
     for name, module in model.named_modules():
         if name and not any(True for _ in module.children()):
-            hooks.append(module.register_forward_hook(
-                lambda m, _, out, name=name: rows.append((f"{name} ({type(m).__name__})", _shape(out),
-                                                          sum(p.numel() for p in m.parameters())))))
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, _, out, name=name: rows.append(
+                        (f"{name} ({type(m).__name__})", _shape(out), sum(p.numel() for p in m.parameters()))
+                    )
+                )
+            )
     was_training = model.training
     try:
         model.eval()
@@ -124,8 +134,10 @@ def model_table(model: torch.nn.Module, sample: torch.Tensor) -> str:
         table.add_row(name, shape, f"{params:,}")
     buffer = io.StringIO()
     Console(file=buffer, width=100, color_system=None).print(table)
-    footer = (f"Total params: {total:,} ({size_mb:.2f} MB)\nTrainable params: {trainable:,}\n"
-              f"Non-trainable params: {total - trainable:,}")
+    footer = (
+        f"Total params: {total:,} ({size_mb:.2f} MB)\nTrainable params: {trainable:,}\n"
+        f"Non-trainable params: {total - trainable:,}"
+    )
     return buffer.getvalue().rstrip() + "\n" + footer
 
 

@@ -46,13 +46,27 @@ def plot_confusion(path: Path, counts, classes: list, title: str) -> Path:
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="share of the true class")
-    ax.set(xticks=range(n), yticks=range(n), xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title=title)
+    ax.set(
+        xticks=range(n),
+        yticks=range(n),
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
     ax.tick_params(axis="x", labelrotation=45 if max(len(c) for c in classes) > 3 else 0)
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     fig.savefig(path, dpi=100)
     return path

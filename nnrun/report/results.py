@@ -48,7 +48,7 @@ def read_run(run: Path) -> dict:
     if summary.is_file():
         info = json.loads(summary.read_text())
         row.update({k: v for k, v in info.items() if k in FIXED + TAIL or k.startswith("test_")})
-        row["run_dir"] = str(run)            # where it is now, not where it was written
+        row["run_dir"] = str(run)  # where it is now, not where it was written
         row["mode"] = info.get("mode")
         if info.get("status") != "completed" and info.get("error"):
             row["error"] = info["error"]
@@ -87,11 +87,13 @@ def swept_keys(rows: list) -> list:
 
 def ranked(rows: list) -> list:
     """Completed runs by monitored score (best first, by each run's mode), then the others."""
+
     def key(row):
         score = row.get("best_score")
         if row.get("status") != "completed" or score is None or not math.isfinite(score):
             return (1, 0.0)
         return (0, -score if row.get("mode") == "max" else score)
+
     return sorted(rows, key=key)
 
 
@@ -123,8 +125,9 @@ def seed_groups(rows: list) -> tuple:
             groups.setdefault(tuple(row["overrides"].get(k, "") for k in others), []).append(row)
     if not any(len(g) > 1 for g in groups.values()):
         return [], []
-    metrics = ["best_score"] + sorted({k for row in rows for k in row if k.startswith("test_")
-                                       and isinstance(row[k], (int, float))})
+    metrics = ["best_score"] + sorted(
+        {k for row in rows for k in row if k.startswith("test_") and isinstance(row[k], (int, float))}
+    )
     columns = others + ["seeds"] + metrics
     lines = []
     for values, group in groups.items():
@@ -212,7 +215,7 @@ def report(folder: Path, console=None) -> list:
     if groups:
         text += "\n## Over seeds (mean ± std)\n\n" + markdown(group_columns, groups, best=False)
     (folder / "results.md").write_text(text)
-    (folder / "compare.png").unlink(missing_ok=True)     # a plot of an earlier state would mislead
+    (folder / "compare.png").unlink(missing_ok=True)  # a plot of an earlier state would mislead
     try:
         plot_compare(folder / "compare.png", rows, swept_keys(rows))
     except Exception as exc:  # noqa: BLE001  (the numbers are written; a plot is not worth a failure)
@@ -231,7 +234,7 @@ def print_table(console, folder, columns, lines, group_columns, groups) -> None:
     if console is None:
         console = Console()
         if not console.is_terminal:
-            console = Console(width=220)     # a log file: one line per run, never wrapped
+            console = Console(width=220)  # a log file: one line per run, never wrapped
     monitors = {line.get("monitor") for line in lines if line.get("monitor")}
     score = monitors.pop() if len(monitors) == 1 else "best_score"
     shown = [c for c in columns if c not in ("monitor", "epochs", "params", "run_dir")]
@@ -239,8 +242,11 @@ def print_table(console, folder, columns, lines, group_columns, groups) -> None:
     for c in shown + ["run"]:
         t.add_column(score if c == "best_score" else c, no_wrap=True)
     for i, line in enumerate(lines):
-        style = "bold green" if i == 0 and line.get("status") == "completed" else \
-            ("red" if line.get("status") not in ("completed", "running", "started") else None)
+        style = (
+            "bold green"
+            if i == 0 and line.get("status") == "completed"
+            else ("red" if line.get("status") not in ("completed", "running", "started") else None)
+        )
         t.add_row(*[short(line.get(c, "")) for c in shown], Path(str(line.get("run_dir", ""))).name, style=style)
     console.print(t)
     if groups:
@@ -270,8 +276,11 @@ class SweepResults(_HydraCallback):
         from omegaconf import open_dict, read_write
 
         sweeper, launcher = config.hydra.sweeper, config.hydra.launcher
-        if (str(sweeper.get("_target_", "")).endswith(".BasicSweeper") and sweeper.get("max_batch_size") is None
-                and str(launcher.get("_target_", "")).endswith(".BasicLauncher")):
+        if (
+            str(sweeper.get("_target_", "")).endswith(".BasicSweeper")
+            and sweeper.get("max_batch_size") is None
+            and str(launcher.get("_target_", "")).endswith(".BasicLauncher")
+        ):
             with read_write(config.hydra), open_dict(config.hydra):
                 sweeper.max_batch_size = 1
 
@@ -305,20 +314,24 @@ def finish_sweep(folder: Path) -> list:
 
 def failure(row: dict, keys: list) -> tuple:
     overrides = " ".join(f"{k}={row['overrides'][k]}" for k in keys if k in row["overrides"])
-    if row.get("status") in ("started", "running"):     # the sweep is over: its process died (killed, out of memory)
+    if row.get("status") in ("started", "running"):  # the sweep is over: its process died (killed, out of memory)
         return overrides, 1, f"ended without a summary.json (its process died); see {row['run_dir']}/nnrun.log"
     return overrides, row.get("exit_code") or 1, row.get("error") or row.get("status")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="nnrun-report", description="The results table of a folder of runs: "
-                                     "a sweep (finished or running) or several single runs.")
+    parser = argparse.ArgumentParser(
+        prog="nnrun-report",
+        description="The results table of a folder of runs: a sweep (finished or running) or several single runs.",
+    )
     parser.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         print(f"nnrun-report: {args.folder}: no such folder", file=sys.stderr)
         sys.exit(2)
     if not report(args.folder):
-        print(f"nnrun-report: no run folders under {args.folder} (a run folder holds summary.json or metrics.csv)",
-              file=sys.stderr)
+        print(
+            f"nnrun-report: no run folders under {args.folder} (a run folder holds summary.json or metrics.csv)",
+            file=sys.stderr,
+        )
         sys.exit(2)

@@ -39,9 +39,15 @@ def write_summary(run_dir, summary: dict, last_resort: bool = False) -> Path:
 def write_preprocessing(run_dir, data) -> Path:
     """What new inputs need before the model sees them: the scaling fitted on the training split,
     the task, and the class names in output order."""
-    return write_json(Path(run_dir) / "preprocessing.json", {
-        "task": data.task, "classes": data.classes, "input_shape": list(data.input_shape),
-        "transform": data.transform.describe()})
+    return write_json(
+        Path(run_dir) / "preprocessing.json",
+        {
+            "task": data.task,
+            "classes": data.classes,
+            "input_shape": list(data.input_shape),
+            "transform": data.transform.describe(),
+        },
+    )
 
 
 def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, settings, plots: bool) -> dict:
@@ -51,15 +57,21 @@ def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, set
     from nnrun.report.card import card_lines, chance_loss, diagnose
 
     confusion = test.pop("confusion", None)
-    summary.update(epochs=len(history.logs), best_epoch=history.best_epoch, monitor=monitor, mode=mode,
-                   best_score=history.best_score, stopped_early=history.stopped_early,
-                   **{f"test_{name}": value for name, value in test.items()},
-                   last_epoch=history.logs[-1],
-                   samples_per_sec=history.samples / max(history.train_seconds, 1e-9),
-                   hints=diagnose(history.logs, chance_loss(data, eval_loss)))
+    summary.update(
+        epochs=len(history.logs),
+        best_epoch=history.best_epoch,
+        monitor=monitor,
+        mode=mode,
+        best_score=history.best_score,
+        stopped_early=history.stopped_early,
+        **{f"test_{name}": value for name, value in test.items()},
+        last_epoch=history.logs[-1],
+        samples_per_sec=history.samples / max(history.train_seconds, 1e-9),
+        hints=diagnose(history.logs, chance_loss(data, eval_loss)),
+    )
     if confusion is not None:
-        summary["confusion_matrix"] = confusion.tolist()     # [true][predicted] counts, test split
-    summary["wall_time"] = summary.pop("wall_time")            # keep the keys in reading order
+        summary["confusion_matrix"] = confusion.tolist()  # [true][predicted] counts, test split
+    summary["wall_time"] = summary.pop("wall_time")  # keep the keys in reading order
     summary["command"] = summary.pop("command")
     write_summary(run_dir, summary)
     if plots:
@@ -78,9 +90,13 @@ def write_plots(run_dir: Path, history, monitor: str, data, confusion, summary: 
     try:
         plot_curves(run_dir / "curves.png", history.logs, history.best_epoch, monitor, MAIN_METRIC[data.task])
         if confusion is not None:
-            plot_confusion(run_dir / "confusion_matrix.png", confusion, data.classes,
-                           f"test split: accuracy {summary['test_accuracy']:.4f}, "
-                           f"weights of epoch {history.best_epoch or len(history.logs)}")
+            plot_confusion(
+                run_dir / "confusion_matrix.png",
+                confusion,
+                data.classes,
+                f"test split: accuracy {summary['test_accuracy']:.4f}, "
+                f"weights of epoch {history.best_epoch or len(history.logs)}",
+            )
     except Exception as exc:  # noqa: BLE001  (matplotlib can fail in many ways; the numbers are saved)
         log.warning("could not draw the plots: %s: %s", type(exc).__name__, exc)
 
@@ -95,6 +111,6 @@ def export_weights(run_dir, model) -> Path:
     path = Path(run_dir) / "model.safetensors"
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.chmod(tmp, default_mode())         # safetensors writes 0600; use what the umask allows
+    os.chmod(tmp, default_mode())  # safetensors writes 0600; use what the umask allows
     os.replace(tmp, path)
     return path

@@ -29,8 +29,10 @@ class NonFiniteWeights(RuntimeError):
 
     def __init__(self, name: str, epoch: int, step: int):
         where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-        super().__init__(f"the weights became NaN or infinite ({name}) at {where}, before they were saved; the "
-                         f"last finite checkpoint is kept; try a 10x lower optimizer.lr, or trainer.grad_clip=1.0")
+        super().__init__(
+            f"the weights became NaN or infinite ({name}) at {where}, before they were saved; the "
+            f"last finite checkpoint is kept; try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"
+        )
         # as NonFiniteLoss reports it: the epoch running (from 1) and its steps done, 0 = at its end
         self.epoch, self.step = (epoch + 1, step) if step else (epoch, 0)
 
@@ -57,7 +59,7 @@ def checkpoint_state(model, optimizer, scheduler, epoch: int, logs: dict, config
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": int(epoch),
         "metrics": {k: float(v) for k, v in logs.items()},
-        "config": config,           # resolved, plain containers: data, never instantiated
+        "config": config,  # resolved, plain containers: data, never instantiated
     }
 
 
@@ -92,12 +94,12 @@ def save_checkpoint(path, state: dict, keep_previous: bool = False) -> None:
             try:
                 torch.save(state, writer)
             except RuntimeError:
-                if writer.error is not None:    # torch words a full disk as "unexpected pos ..."
+                if writer.error is not None:  # torch words a full disk as "unexpected pos ..."
                     raise writer.error from None
                 raise
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, default_mode())       # mkstemp makes 0600; use what the umask allows
+        os.chmod(tmp, default_mode())  # mkstemp makes 0600; use what the umask allows
         digest = sha256(Path(tmp))
         if keep_previous and path.exists():
             keep_as_previous(path)
@@ -115,8 +117,7 @@ def save_checkpoint(path, state: dict, keep_previous: bool = False) -> None:
 
 class DiskFull(OSError):
     def __init__(self, path: Path):
-        super().__init__(errno.ENOSPC, f"No space left on device while writing {path}; the previous checkpoint "
-                                       f"is kept")
+        super().__init__(errno.ENOSPC, f"No space left on device while writing {path}; the previous checkpoint is kept")
 
 
 class Recording:
@@ -191,19 +192,22 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
     # between moving a file to last.prev.pt and copying its digest leaves the digest there.
     digests = [d for d in (digest, *([digest_path(newest_path(path))] if is_previous(path) else [])) if d.exists()]
     if digests and sha256(path) not in {d.read_text().strip() for d in digests}:
-        raise CheckpointError(f"{key}={path} is damaged: its contents do not match {digest.name} "
-                              f"(a truncated or interrupted write)")
+        raise CheckpointError(
+            f"{key}={path} is damaged: its contents do not match {digest.name} (a truncated or interrupted write)"
+        )
     try:
-        with warnings.catch_warnings():        # torch warns about pickle protocols on the way to refusing
+        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
         text = str(exc).strip()
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
-            named = re.search(r"GLOBAL ([\w.]+)", text)      # torch's text names the callable it refused
+            named = re.search(r"GLOBAL ([\w.]+)", text)  # torch's text names the callable it refused
             what = f" ({named.group(1)})" if named else ""
-            raise UnsafeCheckpoint(f"{key}={path} was refused because loading it would run code: it holds Python "
-                                   f"objects, not only tensors{what}; nothing in it was loaded or run") from None
+            raise UnsafeCheckpoint(
+                f"{key}={path} was refused because loading it would run code: it holds Python "
+                f"objects, not only tensors{what}; nothing in it was loaded or run"
+            ) from None
         first = text.splitlines()[0] if text else type(exc).__name__
         raise CheckpointError(f"{key}={path} is not a readable checkpoint: {first[:200]}") from None
     if not isinstance(state, dict) or "model" not in state:

@@ -45,7 +45,7 @@ def share_machine(launcher, job_num: int, device: str, threads):
     if not isinstance(n_jobs, int) or n_jobs in (0, 1):
         return device, threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if n_jobs < 0:                        # joblib's convention: -1 = one job per core, -2 = all but one...
+    if n_jobs < 0:  # joblib's convention: -1 = one job per core, -2 = all but one...
         n_jobs = max(1, cores + 1 + n_jobs)
     if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         names = [str(torch.cuda.get_device_properties(k).uuid) for k in range(torch.cuda.device_count())]
@@ -53,7 +53,7 @@ def share_machine(launcher, job_num: int, device: str, threads):
     return device, threads or max(1, cores // n_jobs)
 
 
-_SLOTS = []            # lock files this process holds: the GPU of the job under way
+_SLOTS = []  # lock files this process holds: the GPU of the job under way
 
 
 def free_slot(names: list, job_num: int, folder=None) -> int:
@@ -70,10 +70,10 @@ def free_slot(names: list, job_num: int, folder=None) -> int:
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = folder.lstat()
-    except OSError:                       # a file planted at its name: no locks, the job's own GPU
+    except OSError:  # a file planted at its name: no locks, the job's own GPU
         return first
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        return first                      # a link, or a folder others made or may write: no locks there
+        return first  # a link, or a folder others made or may write: no locks there
     for k in [*range(first, len(names)), *range(first)]:
         try:
             fd = os.open(folder / f"{names[k]}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -99,8 +99,11 @@ def device_facts(device) -> dict:
     import platform
 
     device = torch.device(device)
-    facts = {"torch_version": torch.__version__, "cuda_version": torch.version.cuda,
-             "device_name": cpu_name() or platform.processor() or platform.machine()}
+    facts = {
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "device_name": cpu_name() or platform.processor() or platform.machine(),
+    }
     if device.type == "cuda":
         facts["device_name"] = torch.cuda.get_device_name(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -121,7 +124,7 @@ def peak_memory(device) -> dict:
     import resource
     import sys
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peaks = {"rss_peak_mb": round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
     if torch.device(device).type == "cuda":
         peaks["gpu_memory_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -134,11 +137,13 @@ def set_determinism(deterministic: bool, device) -> None:
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     if deterministic or torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(deterministic)   # imports torch._inductor (~3 s): only when needed
+        torch.use_deterministic_algorithms(deterministic)  # imports torch._inductor (~3 s): only when needed
     if deterministic and torch.device(device).type == "cuda":
         if "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.cuda.is_initialized():
             # cuBLAS read it when an earlier job of this process started it: too late to set now
-            raise ConfigError("trainer.deterministic=true after another CUDA job in this process: cuBLAS has "
-                              "started without its reproducible workspace; set CUBLAS_WORKSPACE_CONFIG=:4096:8 "
-                              "in the environment (nnrun does, when the command line asks for determinism)")
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's reproducible workspace
+            raise ConfigError(
+                "trainer.deterministic=true after another CUDA job in this process: cuBLAS has "
+                "started without its reproducible workspace; set CUBLAS_WORKSPACE_CONFIG=:4096:8 "
+                "in the environment (nnrun does, when the command line asks for determinism)"
+            )
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's reproducible workspace

@@ -30,7 +30,7 @@ def init() -> None:
     import torch.distributed as dist
 
     if launched() and not dist.is_initialized():
-        if torch.cuda.is_available():    # this rank's GPU is the current one before NCCL starts (not all on cuda:0)
+        if torch.cuda.is_available():  # this rank's GPU is the current one before NCCL starts (not all on cuda:0)
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(finish)
@@ -49,17 +49,22 @@ def check(strategy, device_name: str) -> str:
     if strategy not in (None, "ddp"):
         raise ConfigError(f"trainer.strategy={strategy} is not one of null, ddp")
     if strategy == "ddp" and not launched():
-        raise ConfigError("trainer.strategy=ddp needs one process per device: start it with "
-                          "torchrun --nproc_per_node=N -m nnrun trainer.strategy=ddp ...")
+        raise ConfigError(
+            "trainer.strategy=ddp needs one process per device: start it with "
+            "torchrun --nproc_per_node=N -m nnrun trainer.strategy=ddp ..."
+        )
     if strategy is None and launched():
-        raise ConfigError(f"started as {world_size()} processes (WORLD_SIZE): add trainer.strategy=ddp, or run "
-                          f"a single nnrun")
+        raise ConfigError(
+            f"started as {world_size()} processes (WORLD_SIZE): add trainer.strategy=ddp, or run a single nnrun"
+        )
     if strategy == "ddp" and str(device_name).startswith("cuda:"):
-        raise ConfigError(f"trainer.device={device_name} under trainer.strategy=ddp would put every process on "
-                          f"one GPU; use trainer.device=cuda (process k takes cuda:LOCAL_RANK), and pick the GPUs "
-                          f"with CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            f"trainer.device={device_name} under trainer.strategy=ddp would put every process on "
+            f"one GPU; use trainer.device=cuda (process k takes cuda:LOCAL_RANK), and pick the GPUs "
+            f"with CUDA_VISIBLE_DEVICES"
+        )
     if strategy == "ddp" and device_name in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"      # one GPU per process
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per process
     return device_name
 
 
@@ -127,8 +132,11 @@ class Shard:
 
     def batches(self, batch_size: int, generator=None, limit=None, start: int = 0):
         size, n = batch_size * self.world, len(self.split)
-        order = torch.randperm(n, generator=generator).to(self.x.device) if generator is not None else \
-            torch.arange(n, device=self.x.device)
+        order = (
+            torch.randperm(n, generator=generator).to(self.x.device)
+            if generator is not None
+            else torch.arange(n, device=self.x.device)
+        )
         for i in range(start, self.global_batches(batch_size, limit)):
-            idx = order[i * size:(i + 1) * size].tensor_split(self.world)[self.rank]
+            idx = order[i * size : (i + 1) * size].tensor_split(self.world)[self.rank]
             yield self.split.placed(self.x[idx], self.y[idx])

@@ -14,8 +14,16 @@ PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
 class Engine:
-    def __init__(self, model: nn.Module, device, precision: str = "32", compile: bool = False,
-                 channels_last: bool = False, wrap=None, world: int = 1):
+    def __init__(
+        self,
+        model: nn.Module,
+        device,
+        precision: str = "32",
+        compile: bool = False,
+        channels_last: bool = False,
+        wrap=None,
+        world: int = 1,
+    ):
         """wrap: a function that wraps the model for training (DistributedDataParallel), or None;
         world: the number of DDP processes (1: none)."""
         self.world = world
@@ -23,10 +31,15 @@ class Engine:
             raise ConfigError(f"trainer.precision={precision} is not one of 32, bf16, 16")
         self.model, self.device = model, torch.device(device)
         self.dtype = PRECISIONS[str(precision)]
-        if self.dtype is torch.float16 and self.device.type == "cpu" and \
-                any(isinstance(m, nn.RNNBase) for m in model.modules()):
-            raise ConfigError("trainer.precision=16 with an LSTM/GRU does not run on the CPU (oneDNN has no float16 "
-                              "recurrent layers); use trainer.precision=bf16 or 32 there, or a GPU")
+        if (
+            self.dtype is torch.float16
+            and self.device.type == "cpu"
+            and any(isinstance(m, nn.RNNBase) for m in model.modules())
+        ):
+            raise ConfigError(
+                "trainer.precision=16 with an LSTM/GRU does not run on the CPU (oneDNN has no float16 "
+                "recurrent layers); use trainer.precision=bf16 or 32 there, or a GPU"
+            )
         # fp16 overflows where bf16 does not: its gradients are scaled, and steps with inf skipped
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype is torch.float16 else None
         self.channels_last = channels_last
@@ -34,7 +47,7 @@ class Engine:
             model.to(memory_format=torch.channels_last)
         trained = wrap(model) if wrap is not None else model
         self.train_call = torch.compile(trained) if compile else trained
-        self.eval_call = model                 # evaluation never goes through DDP: no gradients to share
+        self.eval_call = model  # evaluation never goes through DDP: no gradients to share
         if compile:
             self.eval_call = self.train_call if wrap is None else torch.compile(model)
 
@@ -60,7 +73,7 @@ class Engine:
     def step(self, optimizer, grad_clip: Optional[float]) -> None:
         if self.scaler is not None:
             if grad_clip:
-                self.scaler.unscale_(optimizer)       # clip the true gradients, not the scaled ones
+                self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
             self.scaler.step(optimizer)
             self.scaler.update()

@@ -12,17 +12,17 @@ from nnrun.train.metrics import Tally, logged_names
 
 @dataclass
 class History:
-    logs: list = field(default_factory=list)    # one dict per epoch, Keras names
-    best_epoch: Optional[int] = None             # 1-based, as in metrics.csv
+    logs: list = field(default_factory=list)  # one dict per epoch, Keras names
+    best_epoch: Optional[int] = None  # 1-based, as in metrics.csv
     best_score: Optional[float] = None
     stopped_early: bool = False
-    samples: int = 0                             # training samples seen, all epochs
-    train_seconds: float = 0.0                   # time in training steps (validation excluded)
-    epoch: int = 0                               # epochs finished
-    step: int = 0                                # batches done in the epoch under way; 0 between epochs
-    partial: Optional[dict] = None               # that epoch's sums so far, and the lr it started with
-    finished: bool = False                       # no epochs left: all done, or stopped early
-    callbacks: Optional[dict] = None             # callback name -> state, when resuming
+    samples: int = 0  # training samples seen, all epochs
+    train_seconds: float = 0.0  # time in training steps (validation excluded)
+    epoch: int = 0  # epochs finished
+    step: int = 0  # batches done in the epoch under way; 0 between epochs
+    partial: Optional[dict] = None  # that epoch's sums so far, and the lr it started with
+    finished: bool = False  # no epochs left: all done, or stopped early
+    callbacks: Optional[dict] = None  # callback name -> state, when resuming
 
     def state_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "callbacks"}
@@ -38,8 +38,10 @@ class Interrupted(Exception):
 
 class NonFiniteLoss(RuntimeError):
     def __init__(self, value: float, epoch: int, step: int):
-        super().__init__(f"the training loss became {value} at epoch {epoch}, step {step}; "
-                         f"try a 10x lower optimizer.lr, or trainer.grad_clip=1.0")
+        super().__init__(
+            f"the training loss became {value} at epoch {epoch}, step {step}; "
+            f"try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"
+        )
         self.value, self.epoch, self.step = value, epoch, step
 
 
@@ -55,7 +57,7 @@ class FiniteWatch:
         self.bad_loss = torch.zeros((), device=device)
         self.bad_step = torch.zeros((), dtype=torch.long, device=device)
         self.host = torch.ones((), dtype=torch.bool).pin_memory()
-        self.event = torch.cuda.Event()     # recorded again every step: it marks the newest copy
+        self.event = torch.cuda.Event()  # recorded again every step: it marks the newest copy
         self.recorded = False
 
     def add(self, finite: torch.Tensor, loss: torch.Tensor, step: int) -> None:

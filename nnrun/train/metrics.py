@@ -9,9 +9,11 @@ from nnrun.errors import ConfigError
 
 # Per task: the metrics of a training epoch (running sums, cheap) and of validation and test
 # (which may need every prediction, as ROC AUC does).
-TRAIN_METRICS = {"multiclass": ["accuracy"],
-                 "binary": ["accuracy", "precision", "recall", "f1"],
-                 "regression": ["mae", "rmse", "r2"]}
+TRAIN_METRICS = {
+    "multiclass": ["accuracy"],
+    "binary": ["accuracy", "precision", "recall", "f1"],
+    "regression": ["mae", "rmse", "r2"],
+}
 EVAL_METRICS = {**TRAIN_METRICS, "binary": TRAIN_METRICS["binary"] + ["auc"]}
 MAIN_METRIC = {"multiclass": "accuracy", "binary": "accuracy", "regression": "mae"}
 HIGHER_IS_BETTER = ("accuracy", "acc", "auc", "f1", "precision", "recall", "r2")
@@ -29,16 +31,15 @@ class Tally:
     """Sums for one pass over a split, kept on the device and read once at the end (one sync).
     outputs: logits (B, C) for multiclass, one logit (B,) for binary, values (B,) for regression."""
 
-    def __init__(self, task: str, device, num_classes: int = 0, every_prediction: bool = False,
-                 state: dict = None):
+    def __init__(self, task: str, device, num_classes: int = 0, every_prediction: bool = False, state: dict = None):
         self.task, self.num_classes, self.n = task, num_classes, 0
         wide = torch.float32 if torch.device(device).type == "mps" else torch.float64
-        if task == "regression":   # sum |e|, sum e^2, sum y, sum y^2
+        if task == "regression":  # sum |e|, sum e^2, sum y, sum y^2
             self.sums = torch.zeros(4, device=device, dtype=wide)
-        else:                      # counts[true * C + predicted]
+        else:  # counts[true * C + predicted]
             self.counts = torch.zeros(max(num_classes, 2) ** 2, device=device, dtype=torch.long)
         self.scores = [] if task == "binary" and every_prediction else None
-        if state is not None:      # a resumed epoch: its sums so far
+        if state is not None:  # a resumed epoch: its sums so far
             self.n = state["n"]
             if task == "regression":
                 self.sums.copy_(state["sums"])
@@ -83,9 +84,12 @@ class Tally:
         n = max(self.n, 1)
         if self.task == "regression":
             abs_sum, sq_sum, y_sum, y_sq = self.sums.tolist()
-            spread = y_sq - y_sum * y_sum / n          # sum (y - mean)^2
-            return {"mae": abs_sum / n, "rmse": math.sqrt(sq_sum / n),
-                    "r2": 1 - sq_sum / spread if spread > 0 else float("nan")}
+            spread = y_sq - y_sum * y_sum / n  # sum (y - mean)^2
+            return {
+                "mae": abs_sum / n,
+                "rmse": math.sqrt(sq_sum / n),
+                "r2": 1 - sq_sum / spread if spread > 0 else float("nan"),
+            }
         counts = self.confusion()
         scores = {"accuracy": float(counts.diag().sum()) / n}
         if self.task == "binary":
@@ -93,8 +97,11 @@ class Tally:
             # 0 where undefined (no predicted or no true positives), as scikit-learn's zero_division=0
             precision = tp / (tp + fp) if tp + fp else 0.0
             recall = tp / (tp + fn) if tp + fn else 0.0
-            scores.update(precision=precision, recall=recall,
-                          f1=2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+            scores.update(
+                precision=precision,
+                recall=recall,
+                f1=2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            )
             if self.scores is not None:
                 scores["auc"] = roc_auc(self.scores)
         return scores

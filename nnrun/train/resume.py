@@ -25,8 +25,10 @@ SAME = ("model", "data.name", "data.target", "data.features", "data.task")
 
 class AlreadyCompleted(Exception):
     def __init__(self, run_dir: Path):
-        super().__init__(f"run {run_dir} already completed; nothing to resume (its summary.json has the "
-                         f"results; start a new run without trainer.resume)")
+        super().__init__(
+            f"run {run_dir} already completed; nothing to resume (its summary.json has the "
+            f"results; start a new run without trainer.resume)"
+        )
         self.run_dir = run_dir
 
 
@@ -35,7 +37,7 @@ def locate(spec: str, run_dir: Path, config: dict):
     from nnrun.train.checkpoint import previous_path
 
     auto = spec == "auto"
-    if auto and holds_run(run_dir):      # hydra.run.dir named a run's folder: continue that run
+    if auto and holds_run(run_dir):  # hydra.run.dir named a run's folder: continue that run
         spec = str(run_dir)
     if spec == "auto":
         found = newest_same_run(run_dir, config)
@@ -46,8 +48,9 @@ def locate(spec: str, run_dir: Path, config: dict):
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise ConfigError(f"trainer.resume={spec}: no such run folder or checkpoint; use auto, a run "
-                              f"folder or a .pt file")
+            raise ConfigError(
+                f"trainer.resume={spec}: no such run folder or checkpoint; use auto, a run folder or a .pt file"
+            )
         if path.is_file():
             inside_run = path.parent.name == "checkpoints" and (path.parent.parent / ".hydra").is_dir()
             return (path.parent.parent if inside_run else run_dir), path
@@ -56,9 +59,11 @@ def locate(spec: str, run_dir: Path, config: dict):
         raise AlreadyCompleted(folder)
     checkpoint = folder / "checkpoints" / "last.pt"
     if not checkpoint.exists() and not previous_path(checkpoint).exists():
-        if not auto:           # auto matched the whole config; a named folder may hold another one
-            raise ConfigError(f"trainer.resume={spec}: that run stopped before its first checkpoint, so there "
-                              f"is nothing to resume; start a new run")
+        if not auto:  # auto matched the whole config; a named folder may hold another one
+            raise ConfigError(
+                f"trainer.resume={spec}: that run stopped before its first checkpoint, so there "
+                f"is nothing to resume; start a new run"
+            )
         log.info(f"trainer.resume=auto: {folder} has no checkpoint yet; training it from the start")
         checkpoint = None
     return folder, checkpoint
@@ -84,7 +89,7 @@ def newest_same_run(run_dir: Path, config: dict):
         if folder.resolve() == run_dir.resolve():
             continue
         try:
-            if not stat.S_ISREG(saved.lstat().st_mode):     # a FIFO would hang the read; a link, lead elsewhere
+            if not stat.S_ISREG(saved.lstat().st_mode):  # a FIFO would hang the read; a link, lead elsewhere
                 continue
         except OSError:
             continue
@@ -142,15 +147,17 @@ def load_resume_state(path: Path) -> dict:
             raise CheckpointError(f"trainer.resume={path} holds NaN or infinite weights ({bad})")
         return state
     except UnsafeCheckpoint:
-        raise                             # someone planted it: an error, never a quiet fallback
+        raise  # someone planted it: an error, never a quiet fallback
     except CheckpointError as exc:
         if not previous.exists():
             raise
         log.warning(f"{exc}; resuming from the previous checkpoint {previous.name} instead")
     state = load_checkpoint(previous, "trainer.resume")
     if non_finite(state["model"]) is not None:
-        raise CheckpointError(f"trainer.resume: {path} and {previous.name} both hold NaN or infinite weights; "
-                              f"start a new run (with a lower optimizer.lr)")
+        raise CheckpointError(
+            f"trainer.resume: {path} and {previous.name} both hold NaN or infinite weights; "
+            f"start a new run (with a lower optimizer.lr)"
+        )
     return state
 
 
@@ -163,13 +170,18 @@ def check_same(saved: dict, plain: dict, path: Path) -> None:
         if name:
             a, b = a.get(name), b.get(name)
         if section == "model":
-            differ += [f"model.{k}={a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
-                       if a.get(k) != b.get(k)]
+            differ += [
+                f"model.{k}={a.get(k)!r} there, {b.get(k)!r} here"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
         elif a != b:
             differ.append(f"{key}={a!r} there, {b!r} here")
     if differ:
-        raise ConfigError(f"trainer.resume={path}: the checkpoint was trained with another model or data "
-                          f"({'; '.join(differ)}); resume with the same config, or start a new run")
+        raise ConfigError(
+            f"trainer.resume={path}: the checkpoint was trained with another model or data "
+            f"({'; '.join(differ)}); resume with the same config, or start a new run"
+        )
 
 
 def move_to(old: Path, new: Path) -> None:

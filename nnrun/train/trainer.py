@@ -16,18 +16,20 @@ from nnrun.train.metrics import Tally, improved
 @dataclass
 class Settings:
     """The trainer.* keys the loop reads."""
+
     epochs: int
     seed: int = 0
-    grad_clip: Optional[float] = None       # max gradient norm
-    accumulate: int = 1                     # batches per optimizer step
-    limit_batches: Optional[int] = None     # batches per split and epoch (smoke runs)
-    monitor: str = "val_loss"               # what "best" means
+    grad_clip: Optional[float] = None  # max gradient norm
+    accumulate: int = 1  # batches per optimizer step
+    limit_batches: Optional[int] = None  # batches per split and epoch (smoke runs)
+    monitor: str = "val_loss"  # what "best" means
     mode: str = "min"
-    every_n_steps: Optional[int] = None     # also save last.pt every n optimizer steps
+    every_n_steps: Optional[int] = None  # also save last.pt every n optimizer steps
 
 
 class Quiet:
     """A progress display that shows nothing."""
+
     def train_begin(self, epochs, batches): ...
     def batch_end(self, batch, loss_sum, seen): ...
     def epoch_end(self, epoch, logs, is_best): ...
@@ -38,6 +40,7 @@ class Quiet:
 class Outputs:
     """Where the trainer writes and whom it tells: the run folder (checkpoints/last.pt), the config
     stored in every checkpoint, the progress display, and stop(): a signal number asking to stop."""
+
     run_dir: Optional[Path] = None
     config: dict = field(default_factory=dict)
     progress: object = field(default_factory=Quiet)
@@ -75,8 +78,9 @@ class KeptWeights:
 
 
 class Trainer:
-    def __init__(self, engine, optimizer, scheduler, callbacks, losses, settings: Settings,
-                 outputs: Optional[Outputs] = None):
+    def __init__(
+        self, engine, optimizer, scheduler, callbacks, losses, settings: Settings, outputs: Optional[Outputs] = None
+    ):
         """engine: the model on its device (precision, compile, DDP; nnrun.train.engine); losses:
         (training loss, which may carry class weights; validation loss, which does not, as in Keras)."""
         self.engine, self.model, self.device = engine, engine.model, engine.device
@@ -98,7 +102,7 @@ class Trainer:
         history, progress = self.history, self.outputs.progress
         for cb in self.callbacks:
             if history.callbacks is not None and cb.name in history.callbacks:
-                cb.load_state_dict(history.callbacks[cb.name])     # instead of on_train_begin
+                cb.load_state_dict(history.callbacks[cb.name])  # instead of on_train_begin
             else:
                 cb.on_train_begin({})
         progress.train_begin(self.settings.epochs, data.train.num_batches(data.batch_size, self.settings.limit_batches))
@@ -122,7 +126,7 @@ class Trainer:
         # Data order depends on seed and epoch only, so a resumed run sees the same batches.
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
         logs, seen, lr = self.train_epoch(data, generator, epoch)
-        prior = history.partial["seconds"] if history.partial else 0.0    # before a resume
+        prior = history.partial["seconds"] if history.partial else 0.0  # before a resume
         history.samples += seen
         history.train_seconds += prior + time.perf_counter() - start
         if data.val is not None:
@@ -131,7 +135,7 @@ class Trainer:
             logs.update((f"val_{name}", value) for name, value in scores.items())
         logs["lr"] = lr
         logs["epoch_time"] = prior + time.perf_counter() - start
-        logs = engine.agree(logs)                  # DDP: every rank acts on rank 0's numbers
+        logs = engine.agree(logs)  # DDP: every rank acts on rank 0's numbers
         is_best = improved(logs[settings.monitor], history.best_score, settings.mode)
         if is_best:
             history.best_epoch, history.best_score = epoch, logs[settings.monitor]
@@ -172,23 +176,24 @@ class Trainer:
         watch = FiniteWatch(device) if device.type == "cuda" and engine.world == 1 else None
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(data.train.batches(data.batch_size, generator, settings.limit_batches,
-                                                      start=first), start=first):
+        for i, (x, y) in enumerate(
+            data.train.batches(data.batch_size, generator, settings.limit_batches, start=first), start=first
+        ):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if data.augment is not None:               # seeded per step: a resumed run augments alike
+            if data.augment is not None:  # seeded per step: a resumed run augments alike
                 x = data.augment(x, seed=(generator.initial_seed() * 100_003 + i) % 2**63)
             output = forward(engine, x, y, training=True)
             loss = self.train_loss(output, y)
             finite = torch.isfinite(loss.detach())
             if watch is not None:
-                watch.check(epoch)                     # an earlier step's flag, if it has arrived
+                watch.check(epoch)  # an earlier step's flag, if it has arrived
                 watch.add(finite, loss.detach(), i + 1)
-            elif not engine.agree_finite(finite):      # before the step: the weights stay finite
+            elif not engine.agree_finite(finite):  # before the step: the weights stay finite
                 raise NonFiniteLoss(loss.item(), epoch, i + 1)
-            total = loss + model.penalty() if model.penalty else loss   # L1/L2 train the weights, not the metric
-            if accumulate > 1:                         # mean over the group; the last group may be short
+            total = loss + model.penalty() if model.penalty else loss  # L1/L2 train the weights, not the metric
+            if accumulate > 1:  # mean over the group; the last group may be short
                 total = total / min(accumulate, batches - i // accumulate * accumulate)
-            if engine.world > 1:    # DDP averages the ranks' gradients: weigh each by its share of the global batch
+            if engine.world > 1:  # DDP averages the ranks' gradients: weigh each by its share of the global batch
                 total = total * (len(y) * engine.world / data.train.global_size(data.batch_size, i))
             engine.backward(total)
             stepped = (i + 1) % accumulate == 0 or i + 1 == batches
@@ -198,28 +203,32 @@ class Trainer:
                 if per_step:
                     self.scheduler.step()
             seen += len(y)
-            loss_sum += loss.detach() * len(y)         # stays a tensor: .item() would sync the GPU
+            loss_sum += loss.detach() * len(y)  # stays a tensor: .item() would sync the GPU
             tally.update(output, y)
             self.outputs.progress.batch_end(i + 1, loss_sum, seen)  # reads the sum only when it redraws
             for cb in batch_callbacks:
                 cb.on_train_batch_end(i, {"loss": loss.detach()})
-            if not stepped or i + 1 == batches or engine.world > 1:   # DDP: stop signals wait for the epoch's end
+            if not stepped or i + 1 == batches or engine.world > 1:  # DDP: stop signals wait for the epoch's end
                 continue
             signum = self.outputs.stop()
             due = settings.every_n_steps and ((i + 1) // accumulate) % settings.every_n_steps == 0
             if self.outputs.run_dir is not None and (signum or due):
                 if watch is not None:
-                    watch.check(epoch, wait=True)      # never save after a non-finite loss
+                    watch.check(epoch, wait=True)  # never save after a non-finite loss
                 history.step = i + 1
-                history.partial = {"loss_sum": loss_sum.detach().cpu().clone(), "tally": tally.state(),
-                                   "seen": seen, "lr": lr,
-                                   "seconds": part.get("seconds", 0.0) + time.perf_counter() - start}
+                history.partial = {
+                    "loss_sum": loss_sum.detach().cpu().clone(),
+                    "tally": tally.state(),
+                    "seen": seen,
+                    "lr": lr,
+                    "seconds": part.get("seconds", 0.0) + time.perf_counter() - start,
+                }
                 self.save()
             if signum:
-                raise Interrupted(signum, epoch - 1, i + 1)     # epochs finished, steps into the next
+                raise Interrupted(signum, epoch - 1, i + 1)  # epochs finished, steps into the next
         if watch is not None:
             watch.check(epoch, wait=True)
-        if engine.world > 1:                           # the epoch's sums over every rank's shard
+        if engine.world > 1:  # the epoch's sums over every rank's shard
             from nnrun.train.distributed import sum_all
 
             sum_all(loss_sum)
@@ -230,8 +239,16 @@ class Trainer:
     def evaluate(self, data, split, confusion: bool = False) -> dict:
         """{"loss", and the task's metrics} over split with the validation loss; with confusion
         (classification) also the confusion counts."""
-        return evaluate(self.model, data, split, self.eval_loss, self.device, self.settings.limit_batches,
-                        confusion=confusion, engine=self.engine)
+        return evaluate(
+            self.model,
+            data,
+            split,
+            self.eval_loss,
+            self.device,
+            self.settings.limit_batches,
+            confusion=confusion,
+            engine=self.engine,
+        )
 
     def restore_best(self) -> Optional[int]:
         """The weights of the best epoch by settings.monitor back in the model (for the test split
@@ -243,8 +260,9 @@ class Trainer:
         """A checkpoint of the weights (and optimizer) at path, for callbacks (best checkpoints)."""
         from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
 
-        save_checkpoint(path, checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, logs,
-                                               self.outputs.config))
+        save_checkpoint(
+            path, checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, logs, self.outputs.config)
+        )
 
     def save(self) -> None:
         """The resumable state as checkpoints/last.pt (the previous one kept as last.prev.pt)."""
@@ -259,14 +277,26 @@ class Trainer:
         from nnrun.train.checkpoint import checkpoint_state
 
         history = self.history
-        state = checkpoint_state(self.model, self.optimizer, self.scheduler, history.epoch,
-                                 history.logs[-1] if history.logs else {}, self.outputs.config, history.step)
+        state = checkpoint_state(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            history.epoch,
+            history.logs[-1] if history.logs else {},
+            self.outputs.config,
+            history.step,
+        )
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        state.update(step=history.step, history=history.state_dict(), rng=rng, scaler=self.engine.state_dict(),
-                     kept=self.kept.state_dict(),
-                     callbacks={cb.name: cb.state_dict() for cb in self.callbacks if cb.name})
+        state.update(
+            step=history.step,
+            history=history.state_dict(),
+            rng=rng,
+            scaler=self.engine.state_dict(),
+            kept=self.kept.state_dict(),
+            callbacks={cb.name: cb.state_dict() for cb in self.callbacks if cb.name},
+        )
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -275,13 +305,15 @@ class Trainer:
         from nnrun.train.checkpoint import CheckpointError
 
         if "history" not in state:
-            raise CheckpointError("trainer.resume: this checkpoint holds weights but not the training state "
-                                  "(e.g. a best checkpoint); resume from a run folder or its checkpoints/last.pt")
+            raise CheckpointError(
+                "trainer.resume: this checkpoint holds weights but not the training state "
+                "(e.g. a best checkpoint); resume from a run folder or its checkpoints/last.pt"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.engine.load_state_dict(state.get("scaler"))        # fp16's loss scale goes on where it was
+        self.engine.load_state_dict(state.get("scaler"))  # fp16's loss scale goes on where it was
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
