@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnrun import config  # noqa: F401  (registers the schema, nnrun_schema, for whoever composes the config)
 from nnrun.errors import ConfigError
 
 log = logging.getLogger("nnrun")
@@ -80,7 +81,6 @@ def prepare(conf, placement) -> Job:
     import torch
     from omegaconf import OmegaConf
 
-    from nnrun import config
     from nnrun.registry import import_modules
     from nnrun.safety import check_targets
     from nnrun.train import distributed

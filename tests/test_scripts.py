@@ -154,3 +154,35 @@ def test_a_box_with_mig_and_whole_gpus_uses_both(tmp_path):
         "CUDA_VISIBLE_DEVICES=1",
         "CUDA_VISIBLE_DEVICES=MIG-aaa",
     ]
+
+
+def test_the_epoch_speed_benchmark_runs_and_prints_its_table(tmp_path):
+    """A smoke run (random data, 2 batches): the benchmark imports nnrun as users' scripts do."""
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "epoch_speed.py"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(bench),
+            "--models",
+            "mlp",
+            "--repeats",
+            "1",
+            "--epochs",
+            "1",
+            "--batches",
+            "2",
+            "--startup-repeats",
+            "0",
+            "--root",
+            str(tmp_path / "none"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| mlp |"))
+    assert row.endswith("x |") and float(row.split("|")[-2].strip().rstrip("x")) > 0
