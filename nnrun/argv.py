@@ -74,7 +74,7 @@ def swept(args) -> list:
         if skip or arg.startswith("-"):
             skip = not skip and arg in HYDRA_FLAGS_WITH_VALUE
             continue
-        if not arg.startswith(("hydra.", "trainer.resume=")):
+        if not arg.lstrip("+~").startswith(("hydra.", "hydra/", "trainer.resume=")):
             out.append(arg)
     return sorted(out)
 

@@ -41,6 +41,10 @@ class Run:
         prep = json.loads((self.folder / "preprocessing.json").read_text())
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], tuple(prep["input_shape"])
         self.preprocessing = prep["transform"]
+        if isinstance(self.preprocessing, dict) and self.preprocessing.get("kind") == "tabular":
+            from nnrun.data.tabular import check_description
+
+            check_description(self.preprocessing, self.input_shape[0] if len(self.input_shape) == 1 else -1)
         vocab = len(self.preprocessing["vocabulary"]) + 2 if self.preprocessing["kind"] == "tokens" else 0
         outputs = len(self.classes) if self.task == "multiclass" else 1
         model_conf = {

@@ -232,3 +232,33 @@ def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt():
         resumed.model.load_state_dict({k: torch.zeros_like(v) for k, v in resumed.model.state_dict().items()})
         assert resumed.restore_best() == best
         assert torch.equal(resumed.model.state_dict()["0.weight"], kept["weights"][best]["0.weight"])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda kept: kept["epochs"].update(early_stopping=99),  # an epoch with no weights
+        lambda kept: next(iter(kept["weights"].values())).update({"0.weight": torch.zeros(3, 3)}),  # wrong shape
+        lambda kept: next(iter(kept["weights"].values()))["0.weight"].fill_(float("nan")),  # not finite
+        lambda kept: kept.pop("epochs"),
+    ],
+    ids=["missing_epoch", "wrong_shape", "nan", "no_epochs"],
+)
+def test_damaged_kept_weights_are_refused_before_training(damage):
+    from nnrun.train.checkpoint import CheckpointError
+
+    data = tiny_data()
+    first = trainer(2)
+    first.fit(data)
+    state = first.state_dict()
+    damage(state["kept"])
+    resumed = trainer(4)
+    with pytest.raises(CheckpointError, match="kept weights"):
+        resumed.load_state_dict(state)
+
+
+def test_a_sweep_keeps_hydra_group_overrides_out_of_its_swept_keys():
+    from nnrun.argv import swept
+
+    args = ["--multirun", "hydra/launcher=parallel", "+hydra.x=1", "trainer.seed=1,2", "trainer.resume=auto"]
+    assert swept(args) == ["trainer.seed=1,2"]

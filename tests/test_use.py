@@ -120,3 +120,58 @@ def test_export_to_onnx_runs_in_onnxruntime_at_any_batch_size(tmp_path, model):
         with torch.no_grad():
             expected = run.model(x).numpy()
         assert np.allclose(session.run(None, {"input": x.numpy()})[0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda cols: cols[0].update(std=0), "std above 0"),
+        (lambda cols: cols[0].update(mean=None), "finite mean"),
+        (lambda cols: cols.append(dict(cols[0])), "repeated one"),
+        (lambda cols: cols[0].update(kind="weird"), "not numeric or categorical"),
+        (lambda cols: cols[1].update(categories=[]), "list of its categories"),
+        (lambda cols: cols[1].update(categories=["no", "no"]), "repeats a category"),
+        (lambda cols: cols[1].update(categories=[f"c{i}" for i in range(100_000)]), "the model takes 3"),
+    ],
+    ids=["std_0", "mean_missing", "repeated_name", "unknown_kind", "no_categories", "repeated_category", "too_wide"],
+)
+def test_a_crafted_table_transform_is_refused_in_one_line(tmp_path, change, words):
+    import json
+
+    patients(60, 0).to_csv(tmp_path / "patients.csv", index=False)
+    _, run_dir = train(tmp_path, "data=csv", "data.path=patients.csv", "data.target=outcome", "trainer.epochs=1")
+    prep = json.loads((run_dir / "preprocessing.json").read_text())
+    change(prep["transform"]["columns"])
+    (run_dir / "preprocessing.json").write_text(json.dumps(prep))
+    patients(5, 1).drop(columns="outcome").to_csv(tmp_path / "new.csv", index=False)
+    result = tool("nnrun-predict", f"run={run_dir}", "input=new.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "preprocessing.json" in line and words in line, line
+
+
+def test_a_text_column_empty_in_the_training_rows_is_named(tmp_path):
+    frame = patients(80, 0)
+    frame["note"] = None
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    later = patients(20, 1)
+    later["note"] = "seen"
+    later.to_csv(tmp_path / "test.csv", index=False)
+    result = subprocess.run(
+        [
+            str(BIN / "nnrun"),
+            "data=csv",
+            "data.path=train.csv",
+            "data.test_path=test.csv",
+            "data.target=outcome",
+            "data.impute=mean",
+            "trainer.epochs=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
+    assert result.returncode == 2
+    assert "column 'note' has no values in the training rows" in one_line_error(result)

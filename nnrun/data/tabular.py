@@ -237,14 +237,17 @@ class TabularTransform:
     def fit(self, x: torch.Tensor) -> "TabularTransform":
         rows = self.rows(x)
         for name in self.features:
-            if name not in self.categorical and np.isnan(rows[name].to_numpy(dtype=np.float64)).all():
-                raise ConfigError(f"column {name!r} has no values in the training rows")
+            if rows[name].isna().all():  # an imputer would drop it, and the inputs would shrink
+                raise ConfigError(
+                    f"column {name!r} has no values in the training rows; drop it (data.features) or fill it in"
+                )
         self.columns = self.transformer({}).fit(rows)
         return self
 
     def adopt(self, description: dict) -> "TabularTransform":
         """The run's fitted values (preprocessing.json) instead of fitting; columns are matched by
         name, categories by their text."""
+        check_description(description)
         stored = {c["name"]: c for c in description["columns"]}
         missing = [name for name in stored if name not in self.frame.columns]
         if missing:
@@ -353,3 +356,45 @@ class TabularTransform:
                     }
                 )
         return {"kind": "tabular", "target": self.target, "impute": self.impute, "columns": columns}
+
+
+def check_description(description: dict, width: int = None) -> None:
+    """A table's transform as preprocessing.json stores it is data from whoever made the run
+    folder: plain values of the right kinds, a finite scale above 0, unique names and categories,
+    and (width: the model's input size) as many inputs as the model takes; else a ConfigError."""
+    import math
+
+    def bad(what: str):
+        raise ConfigError(f"preprocessing.json: {what}; the run folder is damaged")
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    columns = description.get("columns") if isinstance(description, dict) else None
+    if not isinstance(columns, list) or not columns:
+        bad("the table's transform lists no columns")
+    names, total = set(), 0
+    for c in columns:
+        name = c.get("name") if isinstance(c, dict) else None
+        if not isinstance(name, str) or name in names:
+            bad(f"a column has no name, or a repeated one ({name!r})")
+        names.add(name)
+        if c.get("kind") == "numeric":
+            if not (number(c.get("mean")) and number(c.get("std")) and c["std"] > 0):
+                bad(f"column {name!r} needs a finite mean and a std above 0")
+            if c.get("fill") is not None and not number(c["fill"]):
+                bad(f"column {name!r} has a fill value that is not a finite number")
+            total += 1
+        elif c.get("kind") == "categorical":
+            categories = c.get("categories")
+            if not isinstance(categories, list) or not categories or not all(isinstance(v, str) for v in categories):
+                bad(f"column {name!r} needs a list of its categories as text")
+            if len(set(categories)) != len(categories):
+                bad(f"column {name!r} repeats a category")
+            if c.get("fill") is not None and c["fill"] not in categories:
+                bad(f"column {name!r} has a fill value that is not one of its categories")
+            total += len(categories)
+        else:
+            bad(f"column {name!r} has kind {c.get('kind')!r}, not numeric or categorical")
+    if width is not None and total != width:
+        bad(f"its columns make {total} inputs, but the model takes {width}")

@@ -74,7 +74,28 @@ class KeptWeights:
         return {"epochs": dict(self.epochs), "weights": dict(self.weights)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epochs, self.weights = dict(state["epochs"]), dict(state["weights"])
+        """state as state_dict() wrote it, checked first: a damaged or crafted last.pt is refused
+        here, before training, not when the weights are restored at the end."""
+        from nnrun.train.checkpoint import CheckpointError
+
+        shapes = {k: v.shape for k, v in self.model.state_dict().items()}
+        epochs, weights = (state.get("epochs"), state.get("weights")) if isinstance(state, dict) else (None, None)
+        sound = isinstance(epochs, dict) and isinstance(weights, dict)
+        sound = sound and all(isinstance(e, int) and e in weights for e in epochs.values())
+        sound = sound and all(
+            isinstance(w, dict)
+            and {k: getattr(v, "shape", None) for k, v in w.items()} == shapes
+            and all(
+                torch.is_tensor(v) and (not v.is_floating_point() or bool(torch.isfinite(v).all())) for v in w.values()
+            )
+            for w in weights.values()
+        )
+        if not sound:
+            raise CheckpointError(
+                "trainer.resume: the checkpoint's kept weights (best epochs) do not fit this model or are not "
+                "finite numbers; the checkpoint is damaged: resume from last.prev.pt or start a new run"
+            )
+        self.epochs, self.weights = dict(epochs), {e: weights[e] for e in set(epochs.values())}
 
 
 class Trainer:
