@@ -202,7 +202,7 @@ def test_checking_a_folder_while_its_run_writes_temporary_files(tmp_path):
         thread.join()
 
 
-def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt():
+def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt(tmp_path):
     """The trainer's best epoch and early stopping's share one copy; a last.pt written before
     KeptWeights (best_state in the history, best_weights in early stopping's state) still resumes."""
     from nnrun.callbacks import build_callbacks
@@ -210,8 +210,8 @@ def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt():
     data = tiny_data()
     fitter = trainer(3)
     fitter.callbacks = build_callbacks({"early_stopping": {"patience": 5}})
-    for cb in fitter.callbacks:
-        cb.setup(fitter.model, ".", fitter.save_weights, fitter.optimizer, fitter.kept)
+    for cb in fitter.callbacks:  # csv_logger comes too: its metrics.csv goes to tmp_path
+        cb.setup(fitter.model, tmp_path, fitter.save_weights, fitter.optimizer, fitter.kept)
     fitter.outputs.stop = lambda: signal.SIGTERM if fitter.history.epoch >= 2 else None
     with pytest.raises(Interrupted):
         fitter.fit(data)
