@@ -5,6 +5,32 @@ from nnrun.errors import ConfigError  # noqa: F401  (nnrun.ConfigError: what a b
 __version__ = "0.1.0"
 
 
+def _checkout_configs() -> None:
+    """Run from a source checkout (python -m nnrun, python -m pytest at the repository root), this
+    folder shadows the installed package and has no conf/ inside: nnrun.conf is then the
+    checkout's own conf/ folder, as the wheel ships it (pyproject.toml's package-dir)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    conf, root = here.parent / "conf", here.parent
+    if "nnrun.conf" in sys.modules or (here / "conf").exists():
+        return  # an installed package carries its conf/ inside
+    if not ((conf / "config.yaml").is_file() and (root / "pyproject.toml").is_file()):
+        return
+    spec = importlib.util.spec_from_file_location(
+        "nnrun.conf", conf / "__init__.py", submodule_search_locations=[str(conf)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nnrun.conf"] = module
+    spec.loader.exec_module(module)
+    globals()["conf"] = module  # nnrun.conf as an attribute too, as an import would set it
+
+
+_checkout_configs()
+
+
 def fit(overrides=None, *, config_dir=None, run_dir=None):
     """Train as the nnrun command does, from Python: nnrun.fit(["model=cnn", "trainer.epochs=5"])
     or nnrun.fit("model=cnn trainer.epochs=5"); returns the Run (.summary, .history, .dir,

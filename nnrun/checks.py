@@ -93,13 +93,33 @@ def output_shape(output, data) -> None:
         )
 
 
+PASSING = ("Flatten", "Unflatten", "Identity", "Dropout", "Dropout1d", "Dropout2d", "AlphaDropout")
+BOUNDED = {
+    "Sigmoid": "0..1",
+    "Softmax": "0..1",
+    "Tanh": "-1..1",
+    "LogSoftmax": "-inf..0",
+    "Hardtanh": "-1..1",
+    "Hardsigmoid": "0..1",
+    "Softsign": "-1..1",
+}
+
+
 def softmax_output(model, output, data) -> None:
     """Course's Common Error #1/#2: a softmax (or sigmoid) in the model before a loss that applies
     it itself, which trains slowly or not at all. Seen in the outputs (rows that are probabilities)
     or in the model's last layer."""
-    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    last = type(leaves[-1]).__name__ if leaves else ""
+    leaves = [(name, m) for name, m in model.named_modules() if not any(True for _ in m.children())]
+    while leaves and type(leaves[-1][1]).__name__ in PASSING:  # they pass the values through unchanged
+        leaves.pop()
+    last = type(leaves[-1][1]).__name__ if leaves else ""
     if data.task == "regression":
+        if last in BOUNDED:
+            raise ConfigError(
+                f"the model ends in a {last} (layer {leaves[-1][0] or 'model'}): a regression output must be "
+                f"unbounded, and a {last} keeps every prediction within {BOUNDED[last]}; remove it so the model "
+                f"ends in a linear layer, as nnrun's own models do"
+            )
         return
     if last in ("Softmax", "LogSoftmax", "Sigmoid") or (
         data.task == "multiclass"

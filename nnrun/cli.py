@@ -57,7 +57,7 @@ def run(
     if saved is not None:
         fitter.load_state_dict(saved)
     history = fitter.fit(data)
-    fitter.restore_best()  # test the best epoch, not the last
+    summary.update(fitter.test_weights(trainer["test_weights"]))  # best (by default) or last
     test = fitter.evaluate(data, data.test, confusion=True)
     export_weights(run_dir, model)
     summary.update(**peak_memory(job.device), wall_time=round(time.perf_counter() - start, 3), command=command)
@@ -116,6 +116,13 @@ def resume_state(resume_from, plain: dict):
         return None
     saved = load_resume_state(Path(resume_from))
     check_same(saved["config"], plain, resume_from)
+    history = saved.get("history") or {}
+    scheduler = ((saved.get("config") or {}).get("scheduler") or {}).get("name")
+    if history.get("finished") and scheduler in ("cosine", "onecycle"):  # a completed run continued
+        raise ConfigError(
+            f"scheduler={scheduler} planned the rate over the run's {history.get('epoch')} epochs, which it "
+            f"finished; it cannot stretch to trainer.epochs={plain['trainer']['epochs']}: start a new run"
+        )
     return saved
 
 
@@ -166,7 +173,7 @@ def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
     from nnrun.train import distributed
     from nnrun.train.engine import Engine
     from nnrun.train.loop import check_monitors
-    from nnrun.train.trainer import Settings, Trainer
+    from nnrun.train.trainer import Settings, Trainer, skip_single
 
     plain, device, trainer = job.plain, job.device, job.plain["trainer"]
     engine = Engine(
@@ -179,6 +186,7 @@ def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
         world=job.world,
     )
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
+    skip_single(model, data)  # before the scheduler counts the epoch's steps
     steps = -(-data.train.num_batches(data.batch_size, trainer["limit_batches"]) // trainer["accumulate"])
     scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], steps_per_epoch=steps, **plain["scheduler"])
     losses = build_losses(plain["loss"], data, trainer["class_weight"], device)

@@ -74,6 +74,8 @@ class TrainerConf:
     mode: str = "auto"
     accumulate: int = 1  # batches per optimizer step (gradient accumulation)
     class_weight: Any = None  # null | balanced | [w0, w1, ...]: weighs the training loss
+    test_weights: str = "best"  # best | last: the weights tested and exported (early_stopping decides when on)
+    continue_stopped: bool = False  # resume a run that stopped early, for more epochs
     plots: bool = True  # curves.png and confusion_matrix.png (about 2 s a run)
     resume: Optional[str] = None  # null | auto | a run folder | a checkpoint
     checkpoint_every_n_steps: Optional[int] = None  # also save last.pt within epochs
@@ -149,6 +151,8 @@ def check(conf) -> None:
             raise ConfigError(f"{key}={value} is out of range: {_describe_range(low, high, inclusive)}")
     if conf.trainer.mode not in MODES:
         raise ConfigError(f"trainer.mode={conf.trainer.mode} is not one of {', '.join(MODES)}")
+    if conf.trainer.test_weights not in ("best", "last"):
+        raise ConfigError(f"trainer.test_weights={conf.trainer.test_weights} is not one of best, last")
 
 
 def _describe_range(low, high, inclusive) -> str:

@@ -154,7 +154,7 @@ def find_resume(conf, run_dir: Path, sweep: bool, helper: bool):
     """(the folder to run in, the checkpoint to resume from: None for a fresh start, False when
     rank 0 ended the run). Ranks agree: rank 0 finds the checkpoint and tells the others."""
     from nnrun.train import distributed
-    from nnrun.train.resume import DONE, AlreadyCompleted, locate, move_to, resume_job, status
+    from nnrun.train.resume import DONE, check_continue, locate, move_to, resume_job, status
 
     resume = conf.trainer.get("resume")
     if not resume:
@@ -164,17 +164,21 @@ def find_resume(conf, run_dir: Path, sweep: bool, helper: bool):
     if helper:
         decided = distributed.agree(None)
         return run_dir, (False if decided["end"] else decided["from"])
+    composed = OmegaConf.to_container(conf, resolve=False)
     try:
-        folder, resume_from = locate(str(resume), run_dir, OmegaConf.to_container(conf, resolve=False))
+        folder, resume_from = locate(str(resume), run_dir, composed)
     except BaseException:
         distributed.agree({"end": True})
         raise
     distributed.agree({"end": False, "from": resume_from})  # None: from the start
     if folder != run_dir:
         claim(folder)  # before anything there is written: one writer
-        if status(folder) in DONE:  # it completed while we looked
-            release(folder)
-            raise AlreadyCompleted(folder)
+        if status(folder) in DONE:  # it may have completed while we looked
+            try:
+                check_continue(folder, composed, f"trainer.resume={resume}")
+            except BaseException:
+                release(folder)
+                raise
         move_to(run_dir, folder)
         release(run_dir)
     if resume_from:
@@ -224,6 +228,10 @@ def record_failure(exc, run_dir: Path, helper: bool) -> None:
 
         print(f"nnrun: rank {distributed.rank()} failed:\n{traceback.format_exc()}", file=sys.stderr)
     code, message = failure(exc)
+    from nnrun.train.resume import DONE, status
+
+    if code == EXIT_USAGE and status(run_dir) in DONE:  # a refused resume: the completed run stays as it was
+        return
     record = {"status": "failed", "error": message, "exit_code": code}
     if isinstance(exc, (NonFiniteLoss, NonFiniteWeights)):
         record.update(status="nan_loss", epoch=exc.epoch, step=exc.step)
@@ -238,7 +246,12 @@ def rerun_command(hydra_conf) -> str:
     for source in hydra_conf.runtime.config_sources:
         if source.provider == "command-line":  # --config-dir
             words += ["--config-dir", source.path.removeprefix("file://")]
-    return shlex.join(words + list(hydra_conf.overrides.task))
+    task = [
+        o
+        for o in hydra_conf.overrides.task
+        if not o.lstrip("+~").startswith(("trainer.resume=", "trainer.continue_stopped="))
+    ]
+    return shlex.join(words + task)
 
 
 def finite(score):

@@ -9,6 +9,15 @@ from nnrun.registry import Registry
 LOSSES = Registry("loss")
 FITS = {}  # loss name -> tasks it fits
 DEFAULT = {"multiclass": "ce", "binary": "bce", "regression": "mse"}
+# Keras's names for the same losses (its loss strings; labels are class indices here, and
+# categorical_crossentropy also takes one-hot rows, as torch's cross-entropy does)
+KERAS = {
+    "sparse_categorical_crossentropy": "ce",
+    "categorical_crossentropy": "ce",
+    "binary_crossentropy": "bce",
+    "mean_squared_error": "mse",
+    "mean_absolute_error": "mae",
+}
 
 
 def fits(*tasks):
@@ -79,15 +88,19 @@ def huber(class_weight=None, delta=1.0):
     return nn.HuberLoss(delta=delta)
 
 
+FITS.update({alias: FITS[name] for alias, name in KERAS.items()})  # a Keras name fits what its loss fits
+
+
 def build_loss(name: str, task: str, class_weight=None, **options) -> nn.Module:
     """The training loss; class_weight (a tensor, one weight per class) only where it applies."""
     if name == "auto":
         name = DEFAULT[task]
+    typed, name = name, KERAS.get(name, name)
     LOSSES.get(name)  # an unknown name fails here, listing the known
     if task not in FITS[name]:
         fitting = [n for n in LOSSES.names() if task in FITS[n]]
         raise ConfigError(
-            f"loss={name} fits {' or '.join(FITS[name])} targets, but this data's task is "
+            f"loss={typed} fits {' or '.join(FITS[name])} targets, but this data's task is "
             f"{task}; use loss=auto or {' / '.join(f'loss={n}' for n in fitting)}"
         )
     return LOSSES.build(name, class_weight=class_weight, **options)
@@ -99,17 +112,21 @@ def build_losses(conf: dict, data, class_weight, device) -> tuple:
         raise ConfigError(
             f"trainer.class_weight={class_weight} weighs classes, but this data's task is regression; remove it"
         )
-    weights = class_weights(class_weight, data.train.y, data.num_classes)
+    weights = class_weights(class_weight, data.train.y, data.num_classes, classes=data.classes)
     return (
         build_loss(**conf, task=data.task, class_weight=weights).to(device),
         build_loss(**conf, task=data.task).to(device),
     )
 
 
-def class_weights(spec, labels: torch.Tensor, num_classes: int, key: str = "trainer.class_weight"):
-    """None, 'balanced' (n / (C * count), as scikit-learn) or a list of one weight per class."""
+def class_weights(spec, labels: torch.Tensor, num_classes: int, key: str = "trainer.class_weight", classes=()):
+    """None, 'balanced' (n / (C * count), as scikit-learn), a list of one weight per class, or
+    Keras's mapping class -> weight (keys: class indices or the class names; a class left out
+    weighs 1, as in Keras)."""
     if spec is None:
         return None
+    if isinstance(spec, dict):
+        return mapped_weights(spec, num_classes, key, [str(c) for c in classes])
     if spec == "balanced":
         counts = torch.bincount(labels.long().cpu(), minlength=num_classes).float()
         if (counts == 0).any():
@@ -121,3 +138,33 @@ def class_weights(spec, labels: torch.Tensor, num_classes: int, key: str = "trai
             f"{key}={spec}: use balanced, or a list of {num_classes} weights >= 0 (one per class, in class order)"
         )
     return torch.tensor([float(w) for w in spec])
+
+
+def mapped_weights(spec: dict, num_classes: int, key: str, classes: list) -> torch.Tensor:
+    """Keras's class_weight mapping as one weight per class (a class left out weighs 1)."""
+    import math
+
+    weights, seen = torch.ones(num_classes), {}
+    for label, weight in spec.items():
+        index = None
+        if isinstance(label, bool):
+            pass  # true/false are not classes (Hydra reads {true: 4} as a bool key)
+        elif str(label) in classes:  # a class name (a CSV's labels are names, even "0" and "1")
+            index = classes.index(str(label))
+        elif isinstance(label, int) and 0 <= label < num_classes:
+            index = label
+        if index is None:
+            names = f" ({', '.join(classes)})" if classes else ""
+            raise ConfigError(
+                f"{key}: {label!r} is not a class; use class indices 0..{num_classes - 1} or the class names{names}"
+            )
+        if index in seen:
+            raise ConfigError(
+                f"{key}: {seen[index]!r} and {label!r} both name class {classes[index] if classes else index!r}; "
+                f"name each class once (by its name, or by its index)"
+            )
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"{key}: the weight of class {label!r} is {weight!r}; use a finite number >= 0")
+        seen[index] = label
+        weights[index] = float(weight)
+    return weights

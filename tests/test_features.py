@@ -182,7 +182,16 @@ def test_reduce_lr_on_plateau_callback_cuts_the_rate(tmp_path):
 @pytest.mark.parametrize(
     "options,epochs",
     [
-        (["callbacks.early_stopping.baseline=0.0", "callbacks.early_stopping.patience=2"], 2),
+        # Keras's rule: epochs that do not beat the baseline count, improving or not (min_delta=100:
+        # none improves after the first), so patience=2 stops at epoch 2
+        (
+            [
+                "callbacks.early_stopping.baseline=0.0",
+                "callbacks.early_stopping.patience=2",
+                "callbacks.early_stopping.min_delta=100",
+            ],
+            2,
+        ),
         (
             [
                 "callbacks.early_stopping.start_from_epoch=3",

@@ -24,7 +24,19 @@ def test_the_installed_package_ships_every_config():
     assert options("data") == ["cifar10", "csv", "digits", "fashion_mnist", "mnist", "text_csv", "timeseries"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
-    assert options("loss") == ["auto", "bce", "ce", "huber", "mae", "mse"]
+    assert options("loss") == [
+        "auto",
+        "bce",
+        "binary_crossentropy",
+        "categorical_crossentropy",
+        "ce",
+        "huber",
+        "mae",
+        "mean_absolute_error",
+        "mean_squared_error",
+        "mse",
+        "sparse_categorical_crossentropy",
+    ]
     assert options("callbacks") == [
         "csv_logger",
         "default",

@@ -1,9 +1,10 @@
-"""Stop when the monitored metric stops improving (Keras EarlyStopping)."""
+"""Stop when the monitored metric stops improving: Keras 3's EarlyStopping, rule for rule
+(keras/src/callbacks/early_stopping.py); epochs here are 1-based, as in metrics.csv."""
 
 import logging
 
 from nnrun.callbacks import CALLBACKS, Callback
-from nnrun.train.metrics import improved, resolve_mode
+from nnrun.train.metrics import keras_improvement, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,11 @@ class EarlyStopping(Callback):
         self.mode = resolve_mode(monitor, mode, "callbacks.early_stopping.mode")
         self.patience, self.min_delta = patience, abs(min_delta)
         self.restore_best_weights = restore_best_weights
-        self.baseline = baseline  # a score to beat; stop if patience epochs do not
+        self.baseline = baseline  # a score to beat: until then, improving epochs still count as waiting
         self.start_from_epoch = start_from_epoch  # epochs 1..start_from_epoch are warm-up, not judged
 
     def on_train_begin(self, logs):
-        self.best, self.best_epoch, self.wait = self.baseline, None, 0
+        self.best, self.best_epoch, self.wait, self.stopped_epoch = None, None, 0, 0
         self.stop_training = False
 
     def state_dict(self) -> dict:  # the weights of best_epoch are in the trainer's KeptWeights
@@ -36,6 +37,7 @@ class EarlyStopping(Callback):
             "best": self.best,
             "best_epoch": self.best_epoch,
             "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
             "stop_training": self.stop_training,
         }
 
@@ -45,27 +47,32 @@ class EarlyStopping(Callback):
         super().load_state_dict(state)
 
     def on_epoch_end(self, epoch, logs):
-        if epoch <= self.start_from_epoch:
-            return
-        current = logs[self.monitor]
-        if improved(current, self.best, self.mode, self.min_delta):
-            self.best, self.best_epoch, self.wait = current, epoch, 0
-            if self.restore_best_weights and self.kept is not None:
-                self.kept.keep("early_stopping", epoch)
+        current = logs.get(self.monitor)
+        if current is None or epoch <= self.start_from_epoch:
             return
         self.wait += 1
-        if self.wait >= self.patience:  # Keras: patience=0 stops at the first miss
-            self.stop_training = True
+        if keras_improvement(current, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights and self.kept is not None:
+                self.kept.keep("early_stopping", epoch)
+            if self.baseline is None or keras_improvement(current, self.baseline, self.mode, self.min_delta):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 1:  # Keras: patience=0 stops at the first miss
+            self.stopped_epoch, self.stop_training = epoch, True
+            beaten = "" if self.baseline is None else f", baseline {self.baseline:.4g}"
             log.info(
-                "early stopping: %s has not improved for %d epochs (best %.4g at epoch %d)",
+                "early stopping: %s has not improved for %d epochs (best %.4g at epoch %d%s)",
                 self.monitor,
                 self.wait,
-                self.best if self.best is not None else float("nan"),
-                self.best_epoch or 0,
+                float(self.best),
+                self.best_epoch,
+                beaten,
             )
 
     def on_train_end(self, logs):
         # Restores even when the run used every epoch: the run ends on its best weights.
-        if self.restore_best_weights and self.kept is not None and self.kept.restore("early_stopping"):
-            if self.wait:  # the last epoch was not the best one
-                log.info("early stopping: restored the weights of epoch %d", self.best_epoch)
+        if self.restore_best_weights and self.kept is not None:
+            epoch = self.kept.restore("early_stopping")
+            if epoch is not None and epoch != (self.stopped_epoch or epoch):
+                log.info("early stopping: restored the weights of epoch %d", epoch)

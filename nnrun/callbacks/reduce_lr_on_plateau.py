@@ -1,16 +1,23 @@
-"""Cut the learning rate when the monitored metric stalls (Keras ReduceLROnPlateau)."""
+"""Cut the learning rate when the monitored metric stalls: Keras 3's ReduceLROnPlateau, rule for
+rule (keras/src/callbacks/reduce_lr_on_plateau.py), on every parameter group's rate."""
 
 import logging
 
 from nnrun.callbacks import CALLBACKS, Callback
-from nnrun.train.metrics import improved, resolve_mode
+from nnrun.errors import ConfigError
+from nnrun.train.metrics import keras_improvement, resolve_mode
 
 log = logging.getLogger(__name__)
 
 
 @CALLBACKS.register("reduce_lr_on_plateau")
 class ReduceLROnPlateau(Callback):
-    def __init__(self, monitor="val_loss", mode="auto", factor=0.1, patience=3, min_delta=0.0, cooldown=0, min_lr=0.0):
+    def __init__(self, monitor="val_loss", mode="auto", factor=0.1, patience=3, min_delta=1e-4, cooldown=0, min_lr=0.0):
+        if not 0 <= factor < 1:
+            raise ConfigError(
+                f"callbacks.reduce_lr_on_plateau.factor={factor}: use 0 <= factor < 1 (the rate is multiplied by "
+                f"it; Keras refuses a factor >= 1)"
+            )
         self.monitor = monitor
         self.mode = resolve_mode(monitor, mode, "callbacks.reduce_lr_on_plateau.mode")
         self.factor, self.patience, self.min_delta = factor, patience, abs(min_delta)
@@ -23,20 +30,30 @@ class ReduceLROnPlateau(Callback):
         return {"best": self.best, "wait": self.wait, "cooling": self.cooling}
 
     def on_epoch_end(self, epoch, logs):
-        if improved(logs[self.monitor], self.best, self.mode, self.min_delta):
-            self.best, self.wait = logs[self.monitor], 0
+        current = logs.get(self.monitor)
+        if current is None:
             return
-        if self.cooling:
+        if self.cooling > 0:  # Keras: a cooldown epoch counts down and clears the wait
             self.cooling -= 1
-            return
-        self.wait += 1
-        if self.wait > self.patience:
-            for group in self.optimizer.param_groups:
+            self.wait = 0
+        if keras_improvement(current, self.best, self.mode, self.min_delta):
+            self.best, self.wait = current, 0
+        elif self.cooling == 0:
+            self.wait += 1
+            if self.wait >= self.patience and self.reduce():
+                log.info(
+                    "reduce_lr_on_plateau: %s has not improved for %d epochs; lr is now %.2e",
+                    self.monitor,
+                    self.wait,
+                    self.optimizer.param_groups[0]["lr"],
+                )
+                self.cooling, self.wait = self.cooldown, 0
+
+    def reduce(self) -> bool:
+        """Multiply each group's rate by factor, not below min_lr; whether any changed."""
+        reduced = False
+        for group in self.optimizer.param_groups:
+            if group["lr"] > self.min_lr:
                 group["lr"] = max(group["lr"] * self.factor, self.min_lr)
-            log.info(
-                "reduce_lr_on_plateau: %s has not improved for %d epochs; lr is now %.2e",
-                self.monitor,
-                self.wait,
-                self.optimizer.param_groups[0]["lr"],
-            )
-            self.wait, self.cooling = 0, self.cooldown
+                reduced = True
+        return reduced

@@ -1,4 +1,5 @@
-"""Stop at the first epoch whose loss is NaN or infinite (Keras TerminateOnNaN)."""
+"""Stop at the first epoch whose validation loss is NaN or infinite (Keras TerminateOnNaN). A NaN
+training loss never gets here: the loop stops at that step itself (status nan_loss, exit 1)."""
 
 import logging
 import math
@@ -16,7 +17,7 @@ class TerminateOnNaN(Callback):
         self.stop_training = False
 
     def on_epoch_end(self, epoch, logs):
-        bad = [name for name in ("loss", "val_loss") if name in logs and not math.isfinite(logs[name])]
+        bad = [name for name in ("val_loss",) if name in logs and not math.isfinite(logs[name])]
         if bad:
             self.stop_training = True
             log.warning(

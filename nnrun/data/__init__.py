@@ -20,6 +20,7 @@ class Split:
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
         self.pin = False  # CPU splits feeding a GPU: each batch in page-locked memory, so .to() is async
+        self.min_batch = 1  # a last batch smaller than this is left out (batch norm cannot train on one sample)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -33,9 +34,7 @@ class Split:
         """Yield (x, y) batches from batch number start; shuffled with generator when given (the
         whole order is drawn first, so a resumed epoch continues the same order), in order otherwise."""
         n = len(self)
-        count = -(-n // batch_size)
-        if limit is not None:
-            count = min(count, limit)
+        count = self.num_batches(batch_size, limit)
         if generator is None:
             for i in range(start, count):
                 yield self.placed(
@@ -52,7 +51,7 @@ class Split:
         return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
 
     def num_batches(self, batch_size: int, limit: Optional[int] = None) -> int:
-        count = -(-len(self) // batch_size)
+        count = len(self) // batch_size + (1 if len(self) % batch_size >= self.min_batch else 0)
         return count if limit is None else min(count, limit)
 
 

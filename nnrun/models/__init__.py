@@ -16,10 +16,21 @@ ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,
     "elu": nn.ELU,
+    "selu": nn.SELU,
+    "swish": nn.SiLU,
+    "silu": nn.SiLU,
 }
+# Keras output activations: nnrun's models end in logits, and the loss applies these
+OUTPUT_ACTIVATIONS = ("softmax", "log_softmax")
 
 
 def activation(name: str) -> nn.Module:
+    if name in OUTPUT_ACTIVATIONS:
+        raise ConfigError(
+            f"model.activation={name}: {name} belongs to a classifier's output, which nnrun adds itself: the "
+            f"model ends in logits, the cross-entropy loss applies {name}, and predictions come out as "
+            f"probabilities. model.activation is for the hidden layers: one of {', '.join(ACTIVATIONS)}"
+        )
     if name not in ACTIVATIONS:
         raise ConfigError(f"model.activation={name} is not known; choose one of: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()

@@ -20,7 +20,7 @@ def chance_loss(data, loss_fn) -> float:
         return float(loss_fn(output, y))
 
 
-def diagnose(logs: list, chance: float) -> list:
+def diagnose(logs: list, chance: float, stopped_early: bool = False) -> list:
     """Hints read from the per-epoch logs: divergence, overfitting, underfitting; chance is the
     loss of a model that learned nothing (chance_loss)."""
     losses = [row["loss"] for row in logs]
@@ -37,7 +37,7 @@ def diagnose(logs: list, chance: float) -> list:
             hints.append(
                 f"overfitting: val_loss rose from {val[best]:.4f} (epoch {best + 1}) to {val[-1]:.4f} "
                 f"while the training loss kept falling; try more model.dropout, "
-                f"optimizer.weight_decay (L2), early stopping, or more data"
+                f"optimizer.weight_decay (L2), {'' if stopped_early else 'early stopping, '}or more data"
             )
     half = losses[len(losses) // 2 :]
     if len(losses) >= 4 and losses[-1] > 0.75 * chance and half[-1] > 0.95 * half[0]:
@@ -59,10 +59,13 @@ def card_lines(summary: dict, command: str) -> list:
     ]
     if summary["stopped_early"]:
         lines[0] += " (stopped early)"
+    tested = summary.get("tested_weights", "best" if best is not None else "last")
     lines += [
-        "test (weights of "
-        + ("the best epoch" if best is not None else "the last epoch")
-        + "): "
+        (
+            f"test (weights of the {tested} epoch): "
+            if summary.get("tested_epoch") in (None, best) or tested == "last"
+            else f"test (weights of epoch {summary['tested_epoch']}, early stopping's best): "
+        )
         + " - ".join(f"{k}: {v:.4f}" for k, v in summary.items() if k.startswith("test_")),
         f"{summary['params']:,} params - {summary['wall_time']:.1f}s - "
         f"{summary['samples_per_sec']:,.0f} samples/s on {summary['device']}",

@@ -67,7 +67,7 @@ def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, set
         **{f"test_{name}": value for name, value in test.items()},
         last_epoch=history.logs[-1],
         samples_per_sec=history.samples / max(history.train_seconds, 1e-9),
-        hints=diagnose(history.logs, chance_loss(data, eval_loss)),
+        hints=diagnose(history.logs, chance_loss(data, eval_loss), history.stopped_early),
     )
     if confusion is not None:
         summary["confusion_matrix"] = confusion.tolist()  # [true][predicted] counts, test split
@@ -95,7 +95,7 @@ def write_plots(run_dir: Path, history, monitor: str, data, confusion, summary: 
                 confusion,
                 data.classes,
                 f"test split: accuracy {summary['test_accuracy']:.4f}, "
-                f"weights of epoch {history.best_epoch or len(history.logs)}",
+                f"weights of epoch {summary.get('tested_epoch') or history.best_epoch or len(history.logs)}",
             )
     except Exception as exc:  # noqa: BLE001  (matplotlib can fail in many ways; the numbers are saved)
         log.warning("could not draw the plots: %s: %s", type(exc).__name__, exc)

@@ -113,13 +113,14 @@ class Shard:
     def __init__(self, split, rank_: int, world: int):
         self.split, self.rank, self.world = split, rank_, world
         self.x, self.y = split.x, split.y
+        self.min_batch = 1  # per rank: a last global batch that gives a rank fewer is left out
 
     def __len__(self) -> int:
         return len(self.split)
 
     def global_batches(self, batch_size: int, limit=None) -> int:
         size, n = batch_size * self.world, len(self.split)
-        count = n // size + (1 if n % size >= self.world else 0)
+        count = n // size + (1 if n % size >= self.world * self.min_batch else 0)
         return count if limit is None else min(count, limit)
 
     def num_batches(self, batch_size: int, limit=None) -> int:

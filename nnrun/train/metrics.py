@@ -127,6 +127,15 @@ def resolve_mode(monitor: str, mode: str, key: str) -> str:
     return mode
 
 
+def keras_improvement(current: float, best, mode: str, min_delta: float = 0.0) -> bool:
+    """Keras 3's MonitorCallback._is_improvement, for the callbacks named after Keras's: anything
+    beats no best yet (NaN included); otherwise current, moved by min_delta against the direction,
+    must still beat best (a NaN on either side never does)."""
+    if best is None:
+        return True
+    return current + abs(min_delta) < best if mode == "min" else current - abs(min_delta) > best
+
+
 def improved(current: float, best, mode: str, min_delta: float = 0.0) -> bool:
     """Whether current beats best by more than min_delta; NaN never does."""
     if current is None or math.isnan(current):

@@ -24,12 +24,39 @@ SAME = ("model", "data.name", "data.target", "data.features", "data.task")
 
 
 class AlreadyCompleted(Exception):
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, why: str = ""):
         super().__init__(
-            f"run {run_dir} already completed; nothing to resume (its summary.json has the "
+            why
+            or f"run {run_dir} already completed; nothing to resume (its summary.json has the "
             f"results; start a new run without trainer.resume)"
         )
         self.run_dir = run_dir
+
+
+def check_continue(folder: Path, config: dict, key: str) -> None:
+    """A completed run is continued only for more epochs (trainer.epochs above those it trained),
+    and one that stopped early only with trainer.continue_stopped=true; otherwise AlreadyCompleted
+    (nothing to do, exit 0) or a ConfigError saying what to set."""
+    summary = status_of(folder)
+    if summary.get("status") != "completed":
+        raise AlreadyCompleted(folder)
+    trainer = config.get("trainer") or {}
+    done, wanted = int(summary.get("epochs") or 0), trainer.get("epochs")
+    planned = planned_epochs(folder, done)
+    if summary.get("stopped_early") and isinstance(wanted, int) and wanted <= planned:
+        raise AlreadyCompleted(folder)  # the same request as before (a requeued command): nothing to do
+    if not isinstance(wanted, int) or wanted <= done:
+        raise AlreadyCompleted(
+            folder,
+            f"run {folder} already completed its {done} epochs; nothing to resume (to train it on, set "
+            f"trainer.epochs above {done}, e.g. trainer.epochs={done + 10})",
+        )
+    if summary.get("stopped_early") and not trainer.get("continue_stopped"):
+        raise ConfigError(
+            f"{key}: run {folder} was stopped early at epoch {done} by early stopping; to train it on to "
+            f"trainer.epochs={wanted} anyway, add trainer.continue_stopped=true (early stopping's patience starts "
+            f"again)"
+        )
 
 
 def locate(spec: str, run_dir: Path, config: dict):
@@ -53,10 +80,12 @@ def locate(spec: str, run_dir: Path, config: dict):
             )
         if path.is_file():
             inside_run = path.parent.name == "checkpoints" and (path.parent.parent / ".hydra").is_dir()
+            if inside_run and status(path.parent.parent) in DONE:  # as for the run's folder
+                check_continue(path.parent.parent, config, f"trainer.resume={spec}")
             return (path.parent.parent if inside_run else run_dir), path
         folder = path
     if status(folder) in DONE:
-        raise AlreadyCompleted(folder)
+        check_continue(folder, config, f"trainer.resume={spec}")
     checkpoint = folder / "checkpoints" / "last.pt"
     if not checkpoint.exists() and not previous_path(checkpoint).exists():
         if not auto:  # auto matched the whole config; a named folder may hold another one
@@ -67,6 +96,15 @@ def locate(spec: str, run_dir: Path, config: dict):
         log.info(f"trainer.resume=auto: {folder} has no checkpoint yet; training it from the start")
         checkpoint = None
     return folder, checkpoint
+
+
+def planned_epochs(folder: Path, default: int) -> int:
+    """The trainer.epochs a run folder's stored config asked for (default when unreadable)."""
+    try:
+        epochs = (OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml")) or {})["trainer"]["epochs"]
+    except Exception:  # noqa: BLE001  (a missing or odd config: fall back)
+        return default
+    return epochs if isinstance(epochs, int) else default
 
 
 def holds_run(folder: Path) -> bool:

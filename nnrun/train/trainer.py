@@ -110,6 +110,7 @@ class Trainer:
         self.settings, self.outputs = settings, outputs or Outputs()
         self.history = History()
         self.kept = KeptWeights(self.model)
+        self.continued = False  # a completed run resumed for more epochs (load_state_dict)
         # last.pt after every epoch when a callback asks for it (model_checkpoint's save_last)
         self.save_last = any(cb.save_last for cb in self.callbacks)
         for cb in self.callbacks:
@@ -121,9 +122,14 @@ class Trainer:
         settings.monitor; callbacks may stop early. The caller checks monitored names first
         (loop.check_monitors), before printing anything."""
         history, progress = self.history, self.outputs.progress
+        skip_single(self.model, data)
         for cb in self.callbacks:
             if history.callbacks is not None and cb.name in history.callbacks:
                 cb.load_state_dict(history.callbacks[cb.name])  # instead of on_train_begin
+                if self.continued:  # more epochs for a finished run: patience starts again
+                    cb.stop_training = False
+                    if hasattr(cb, "wait"):
+                        cb.wait = 0
             else:
                 cb.on_train_begin({})
         progress.train_begin(self.settings.epochs, data.train.num_batches(data.batch_size, self.settings.limit_batches))
@@ -272,9 +278,32 @@ class Trainer:
         )
 
     def restore_best(self) -> Optional[int]:
-        """The weights of the best epoch by settings.monitor back in the model (for the test split
-        and the exported model); returns that epoch, None when there was no best."""
+        """The weights of the best epoch by settings.monitor back in the model; returns that
+        epoch, None when there was no best."""
         return self.kept.restore("best")
+
+    def test_weights(self, choice: str) -> dict:
+        """Put the weights to test (and export) in the model; returns summary.json's tested_weights
+        and tested_epoch. Early stopping decides when it is on, as in Keras: its best epoch with
+        restore_best_weights (restored by its on_train_end), else the last. Otherwise choice:
+        "best" (by settings.monitor) or "last"."""
+        from nnrun.callbacks.early_stopping import EarlyStopping
+
+        stopping = next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
+        if stopping is not None and choice == "last" and stopping.restore_best_weights:
+            import logging
+
+            logging.getLogger("nnrun").warning(
+                "trainer.test_weights=last: early stopping's restore_best_weights=true decides, so its best "
+                "epoch is tested; set callbacks.early_stopping.restore_best_weights=false to test the last"
+            )
+        if stopping is not None:
+            epoch = self.kept.epochs.get("early_stopping") if stopping.restore_best_weights else None
+        else:
+            epoch = self.restore_best() if choice == "best" else None
+        if epoch is None:
+            return {"tested_weights": "last", "tested_epoch": self.history.epoch}
+        return {"tested_weights": "best", "tested_epoch": epoch}
 
     # --- state ----------------------------------------------------------------------------------
     def save_weights(self, path, epoch: int, logs: dict) -> None:
@@ -342,6 +371,35 @@ class Trainer:
         self.kept.load_state_dict(state.get("kept") or older_kept(history, callbacks))
         self.history = History(**history)
         self.history.callbacks = callbacks
+        # a completed run continued for more epochs (trainer.resume checked it may be): go on
+        self.continued = self.history.finished and self.history.epoch < self.settings.epochs
+        if self.continued:
+            self.history.finished = self.history.stopped_early = False
+
+
+def skip_single(model, data) -> None:
+    """Batch norm cannot train on a batch of one sample (its variance is undefined): with batch
+    norm in the model, a last batch of one is left out of each epoch (shuffled, so a different
+    sample each time), said once in the log."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    if data.batch_size < 2:
+        from nnrun.errors import ConfigError
+
+        raise ConfigError(
+            "data.batch_size=1 with batch norm in the model: batch norm cannot train on one sample; "
+            "use data.batch_size=2 or more (or model.batchnorm=false)"
+        )
+    before = data.train.num_batches(data.batch_size)
+    data.train.min_batch = 2
+    if data.train.num_batches(data.batch_size) < before:
+        import logging
+
+        logging.getLogger("nnrun").info(
+            "data.batch_size=%d leaves a last batch of one sample, which batch norm cannot train on: "
+            "each epoch leaves that one (shuffled) sample out",
+            data.batch_size,
+        )
 
 
 def older_kept(history: dict, callbacks: dict) -> dict:
