@@ -48,7 +48,7 @@ def test_the_installed_package_ships_every_config():
         "tensorboard",
         "terminate_on_nan",
     ]
-    assert options("experiment") == ["fashion_cnn", "fashion_lstm", "fashion_mlp"]
+    assert options("experiment") == ["fashion_cnn", "fashion_fast", "fashion_lstm", "fashion_mlp"]
 
 
 GROUPS = ("model", "optimizer", "scheduler", "loss", "data", "callbacks", "experiment")
