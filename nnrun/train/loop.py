@@ -87,11 +87,15 @@ def forward(engine, x, y, training: bool):
     return output if y.dtype == torch.long else output.reshape(y.shape)
 
 
+EVAL_BATCHES = 4  # evaluation batches hold this many training batches
+
+
 @torch.no_grad()
 def evaluate(model, data, split, loss_fn, device, limit_batches=None, confusion=False, engine=None) -> dict:
-    """{"loss", and the task's metrics} over split (one of data's), in batches of data.batch_size,
-    summed per sample so a short last batch counts right; with confusion (classification) also
-    "confusion": counts[true, predicted], on the CPU."""
+    """{"loss", and the task's metrics} over split (one of data's), in batches of EVAL_BATCHES x
+    data.batch_size (no gradients are kept, so bigger batches fit and run faster; with
+    limit_batches, a smoke run, data.batch_size), summed per sample so a short last batch counts
+    right; with confusion (classification) also "confusion": counts[true, predicted], on the CPU."""
     task, num_classes = data.task, data.num_classes
     from nnrun.train.engine import Engine
 
@@ -100,7 +104,8 @@ def evaluate(model, data, split, loss_fn, device, limit_batches=None, confusion=
     loss_sum = torch.zeros((), device=device)
     tally = Tally(task, device, num_classes, every_prediction=True)
     seen = 0
-    for x, y in split.batches(data.batch_size, limit=limit_batches):
+    batch_size = data.batch_size if limit_batches else data.batch_size * EVAL_BATCHES
+    for x, y in split.batches(batch_size, limit=limit_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         output = forward(engine, x, y, training=False)
         loss_sum += loss_fn(output, y) * len(y)
