@@ -23,8 +23,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def load(root: Path, prefix: str):
-    name = next(p for p in root.iterdir() if p.name.startswith(f"{prefix}-images"))
-    labels = next(p for p in root.iterdir() if p.name.startswith(f"{prefix}-labels"))
+    files = list(root.iterdir()) if root.is_dir() else []
+    name = next((p for p in files if p.name.startswith(f"{prefix}-images")), None)
+    labels = next((p for p in files if p.name.startswith(f"{prefix}-labels")), None)
+    if name is None or labels is None:
+        raise SystemExit(f"course_cnn.py: no {prefix}-images/{prefix}-labels IDX files in {root}")
     x = torch.from_numpy(read_idx(name).copy()).float().div_(255).unsqueeze(1)
     return x, torch.from_numpy(read_idx(labels).astype(np.int64))
 

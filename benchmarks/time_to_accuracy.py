@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--preset", default="fashion_fast")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be 1 or more")
     nnrun = Path(sys.executable).parent / "nnrun"
     rows = {"nnrun": [], "hand": []}
     with tempfile.TemporaryDirectory() as tmp:

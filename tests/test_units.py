@@ -262,3 +262,30 @@ def test_a_sweep_keeps_hydra_group_overrides_out_of_its_swept_keys():
 
     args = ["--multirun", "hydra/launcher=parallel", "+hydra.x=1", "trainer.seed=1,2", "trainer.resume=auto"]
     assert swept(args) == ["trainer.seed=1,2"]
+
+
+def test_evaluation_falls_back_to_the_training_batch_when_a_bigger_one_runs_out_of_memory():
+    """Validation runs in batches of 4 x data.batch_size; one that a GPU cannot hold (raised here
+    by a model that holds at most 16 samples, as a full GPU would) falls back to data.batch_size
+    for the rest of the run, with the same scores."""
+    from nnrun.train.loop import evaluate
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(6, 3)
+
+        def forward(self, x):
+            if len(x) > 16:
+                raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+            return self.linear(x)
+
+    data = tiny_data()  # batch_size 16: evaluation tries 64 first, on the 64 training samples
+    model = Small()
+    scores = evaluate(model, data, data.train, nn.CrossEntropyLoss(), "cpu")
+    assert data.eval_batches == 1
+    data.eval_batches = 1
+    assert evaluate(model, data, data.train, nn.CrossEntropyLoss(), "cpu") == scores
+    data.batch_size = 32  # now even the training batch is too big: the error is the model's
+    with pytest.raises(torch.OutOfMemoryError):
+        evaluate(model, data, data.train, nn.CrossEntropyLoss(), "cpu")

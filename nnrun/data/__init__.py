@@ -68,6 +68,7 @@ class Data:
     transform: object = None  # fitted on train; .describe() is what predictions must apply
     vocab: int = 0  # token data: rows of the embedding table (0: not tokens)
     augment: object = None  # an Augment applied to training batches, or None
+    eval_batches: int = 4  # evaluation batches hold this many training batches (1 after one ran out of memory)
 
     @property
     def outputs(self) -> int:

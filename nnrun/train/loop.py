@@ -87,24 +87,43 @@ def forward(engine, x, y, training: bool):
     return output if y.dtype == torch.long else output.reshape(y.shape)
 
 
-EVAL_BATCHES = 4  # evaluation batches hold this many training batches
-
-
 @torch.no_grad()
 def evaluate(model, data, split, loss_fn, device, limit_batches=None, confusion=False, engine=None) -> dict:
-    """{"loss", and the task's metrics} over split (one of data's), in batches of EVAL_BATCHES x
-    data.batch_size (no gradients are kept, so bigger batches fit and run faster; with
-    limit_batches, a smoke run, data.batch_size), summed per sample so a short last batch counts
-    right; with confusion (classification) also "confusion": counts[true, predicted], on the CPU."""
-    task, num_classes = data.task, data.num_classes
+    """{"loss", and the task's metrics} over split (one of data's), in batches of data.eval_batches
+    x data.batch_size (4: no gradients are kept, so bigger batches usually fit and run faster;
+    with limit_batches, a smoke run, data.batch_size), summed per sample so a short last batch
+    counts right; with confusion (classification) also "confusion": counts[true, predicted], on
+    the CPU. A bigger batch that runs out of GPU memory falls back to data.batch_size for good."""
     from nnrun.train.engine import Engine
 
     engine = engine or Engine(model, device)
     model.eval()
+    batch_size = data.batch_size if limit_batches else data.batch_size * getattr(data, "eval_batches", 1)
+    try:
+        return score(engine, data, split, loss_fn, (device, batch_size, limit_batches), confusion)
+    except torch.OutOfMemoryError:
+        if batch_size == data.batch_size:
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    import logging
+
+    logging.getLogger("nnrun").warning(
+        "evaluating in batches of %d ran out of GPU memory: evaluating in batches of data.batch_size=%d from now on",
+        batch_size,
+        data.batch_size,
+    )
+    data.eval_batches = 1
+    return score(engine, data, split, loss_fn, (device, data.batch_size, limit_batches), confusion)
+
+
+def score(engine, data, split, loss_fn, how: tuple, confusion: bool) -> dict:
+    """evaluate()'s pass over split; how: (device, batch size, limit_batches)."""
+    device, batch_size, limit_batches = how
+    task, num_classes = data.task, data.num_classes
     loss_sum = torch.zeros((), device=device)
     tally = Tally(task, device, num_classes, every_prediction=True)
     seen = 0
-    batch_size = data.batch_size if limit_batches else data.batch_size * EVAL_BATCHES
     for x, y in split.batches(batch_size, limit=limit_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         output = forward(engine, x, y, training=False)
