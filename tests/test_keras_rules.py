@@ -316,3 +316,27 @@ def test_a_whole_run_schedule_is_not_stretched_over_more_epochs(tmp_path):
         assert more.returncode == 2 and "scheduler=cosine" in one_line_error(more)
         assert len(metrics(run_dir)) == 2
         assert summary(run_dir)["status"] == "completed" and summary(run_dir)["epochs"] == 2  # left as it was
+
+
+def test_a_run_continued_by_a_relative_folder_keeps_its_absolute_path_and_leaves_no_empty_folder(tmp_path):
+    base = ["~callbacks.early_stopping", "trainer.limit_batches=2", "trainer.plots=false"]
+    assert nnrun("hydra.run.dir=run", *base, "trainer.epochs=1", cwd=tmp_path).returncode == 0
+    more = nnrun(*base, "trainer.resume=run", "trainer.epochs=2", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert summary(tmp_path / "run")["run_dir"] == str(tmp_path / "run")
+    assert f"run folder: {tmp_path / 'run'}" in more.stdout + more.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
+
+
+def test_early_stopping_says_when_it_restores_an_earlier_epoch_without_stopping(caplog):
+    from nnrun.train.trainer import KeptWeights
+
+    model = torch.nn.Linear(1, 1)
+    callback = CALLBACKS.build("early_stopping", patience=5)
+    callback.setup(model, ".", None, None, KeptWeights(model))
+    callback.on_train_begin({})
+    for epoch, value in enumerate([1.0, 0.5, 0.7], start=1):
+        callback.on_epoch_end(epoch, {"val_loss": value})
+    with caplog.at_level("INFO"):
+        callback.on_train_end({})
+    assert not callback.stop_training and "restored the weights of epoch 2" in caplog.text

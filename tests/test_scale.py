@@ -16,6 +16,18 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 SAME = ["model.dropout=0", "trainer.epochs=2", "~callbacks.early_stopping", "trainer.plots=false"]
 
 
+def torchrun(*args, cwd, timeout=300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 -m nnrun args`, one thread a process."""
+    return subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun", *args],
+        cwd=cwd,
+        env=clean_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def weights(run_dir) -> dict:
     from safetensors.torch import load_file
 
@@ -25,23 +37,7 @@ def weights(run_dir) -> dict:
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # 2 x 24 per process = 48 a step, as the single run; 1295 training samples leave a short last batch
     (tmp_path / "ddp").mkdir()
-    ddp = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "nnrun",
-            "trainer.strategy=ddp",
-            "data.batch_size=24",
-            *SAME,
-        ],
-        cwd=tmp_path / "ddp",
-        env=clean_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ddp = torchrun("trainer.strategy=ddp", "data.batch_size=24", *SAME, cwd=tmp_path / "ddp")
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
     folders = [p.parent for p in (tmp_path / "ddp").glob("outputs/*/*/summary.json")]
     assert len(list((tmp_path / "ddp").glob("outputs/*/*"))) == 1 and len(folders) == 1  # one run folder
@@ -136,25 +132,15 @@ def test_compile_gives_the_same_training_as_eager(tmp_path):
 def test_ddp_ranks_stop_early_and_change_the_rate_together(tmp_path, callbacks):
     # each rank's batch-norm statistics differ after its last step: without rank 0's numbers on every
     # rank, early stopping fired on one rank only and gloo failed with "Connection closed by peer"
-    result = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "nnrun",
-            "trainer.strategy=ddp",
-            "model=cnn",
-            "trainer.device=cpu",
-            "trainer.epochs=40",
-            "trainer.plots=false",
-            "hydra.run.dir=run",
-            *callbacks,
-        ],
+    result = torchrun(
+        "trainer.strategy=ddp",
+        "model=cnn",
+        "trainer.device=cpu",
+        "trainer.epochs=40",
+        "trainer.plots=false",
+        "hydra.run.dir=run",
+        *callbacks,
         cwd=tmp_path,
-        env=clean_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -166,23 +152,7 @@ def test_ddp_ranks_stop_early_and_change_the_rate_together(tmp_path, callbacks):
 
 
 def test_ddp_with_one_named_gpu_is_refused(tmp_path):
-    result = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "nnrun",
-            "trainer.strategy=ddp",
-            "trainer.device=cuda:0",
-            "trainer.epochs=1",
-        ],
-        cwd=tmp_path,
-        env=clean_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = torchrun("trainer.strategy=ddp", "trainer.device=cuda:0", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode != 0
     assert "trainer.device=cuda:0 under trainer.strategy=ddp would put every process on one GPU" in result.stderr
 
@@ -207,23 +177,7 @@ def test_parallel_jobs_take_a_gpu_no_other_job_holds(tmp_path):
 
 def test_a_sweep_under_torchrun_is_refused(tmp_path):
     # a job failing on one rank only would leave the other waiting in the next job's collectives
-    result = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "nnrun",
-            "--multirun",
-            "trainer.strategy=ddp",
-            "trainer.seed=1,2",
-        ],
-        cwd=tmp_path,
-        env=clean_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = torchrun("--multirun", "trainer.strategy=ddp", "trainer.seed=1,2", cwd=tmp_path)
     assert result.returncode != 0 and "--multirun under torchrun is not supported" in result.stderr
 
 

@@ -37,6 +37,11 @@ class Callback:
         self.on_train_begin({})
         self.__dict__.update(state)
 
+    def on_continue(self) -> None:
+        """After load_state_dict, when a completed run is trained for more epochs: a callback
+        that stopped it goes on (one that counts epochs without improvement starts again)."""
+        self.stop_training = False
+
 
 def keep_lines(path: Path, count: int) -> None:
     """Cut a text file to its first count lines (for a resumed run's logs)."""

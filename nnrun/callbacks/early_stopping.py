@@ -30,6 +30,7 @@ class EarlyStopping(Callback):
 
     def on_train_begin(self, logs):
         self.best, self.best_epoch, self.wait, self.stopped_epoch = None, None, 0, 0
+        self.last_epoch = None  # the newest epoch seen, to say when the weights go back
         self.stop_training = False
 
     def state_dict(self) -> dict:  # the weights of best_epoch are in the trainer's KeptWeights
@@ -46,7 +47,12 @@ class EarlyStopping(Callback):
         state.pop("best_weights", None)  # a last.pt from before KeptWeights: the trainer took them
         super().load_state_dict(state)
 
+    def on_continue(self) -> None:
+        super().on_continue()
+        self.wait = 0  # patience starts again
+
     def on_epoch_end(self, epoch, logs):
+        self.last_epoch = epoch
         current = logs.get(self.monitor)
         if current is None or epoch <= self.start_from_epoch:
             return
@@ -74,5 +80,5 @@ class EarlyStopping(Callback):
         # Restores even when the run used every epoch: the run ends on its best weights.
         if self.restore_best_weights and self.kept is not None:
             epoch = self.kept.restore("early_stopping")
-            if epoch is not None and epoch != (self.stopped_epoch or epoch):
+            if epoch is not None and epoch != self.last_epoch:  # the last epoch was not the best one
                 log.info("early stopping: restored the weights of epoch %d", epoch)

@@ -29,6 +29,10 @@ class ReduceLROnPlateau(Callback):
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait, "cooling": self.cooling}
 
+    def on_continue(self) -> None:
+        super().on_continue()
+        self.wait = 0  # patience starts again
+
     def on_epoch_end(self, epoch, logs):
         current = logs.get(self.monitor)
         if current is None:

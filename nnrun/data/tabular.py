@@ -257,10 +257,7 @@ class TabularTransform:
             )
         self.features, self.impute = list(stored), description.get("impute")
         self.categorical = {name for name, c in stored.items() if c["kind"] == "categorical"}
-        sample = {
-            name: [c["categories"][0] if c["categories"] else ""] if name in self.categorical else [0.0]
-            for name, c in stored.items()
-        }
+        sample = {name: [c["categories"][0]] if name in self.categorical else [0.0] for name, c in stored.items()}
         import pandas as pd
 
         self.columns = self.transformer(stored).fit(pd.DataFrame(sample, columns=self.features))
@@ -309,6 +306,13 @@ class TabularTransform:
                 out[name] = pd.to_numeric(rows[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         return pd.DataFrame(out, columns=self.features)
 
+    def imputer(self, name: str):
+        """The column's fitted SimpleImputer, or None (missing values are an error there)."""
+        from sklearn.impute import SimpleImputer
+
+        first = self.columns.named_transformers_[name][0]
+        return first if isinstance(first, SimpleImputer) else None
+
     def unscaled(self) -> None:
         """data.normalize=false: numeric columns pass as they are (categories are still one-hot)."""
         for name in self.features:
@@ -319,7 +323,7 @@ class TabularTransform:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = self.rows(x)
         for name in self.features:
-            if name in self.categorical or self.columns.named_transformers_[name].steps[0][0] == "simpleimputer":
+            if name in self.categorical or self.imputer(name) is not None:
                 continue
             bad = np.isnan(rows[name].to_numpy())
             if bad.any():
@@ -332,8 +336,7 @@ class TabularTransform:
         """JSON-ready: what predictions must apply to new rows, in the order of the model's inputs."""
         columns = []
         for name in self.features:
-            pipeline = self.columns.named_transformers_[name]
-            imputer = pipeline[0] if pipeline.steps[0][0] == "simpleimputer" else None
+            pipeline, imputer = self.columns.named_transformers_[name], self.imputer(name)
             fill = imputer.statistics_[0] if imputer is not None else None
             if name in self.categorical:
                 columns.append(

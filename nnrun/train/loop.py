@@ -98,9 +98,9 @@ def evaluate(model, data, split, loss_fn, device, limit_batches=None, confusion=
 
     engine = engine or Engine(model, device)
     model.eval()
-    batch_size = data.batch_size if limit_batches else data.batch_size * getattr(data, "eval_batches", 1)
+    batch_size = data.batch_size if limit_batches else data.batch_size * data.eval_batches
     try:
-        return score(engine, data, split, loss_fn, (device, batch_size, limit_batches), confusion)
+        return score(engine, data, split, loss_fn, device, batch_size, limit_batches, confusion)
     except torch.OutOfMemoryError:
         if batch_size == data.batch_size:
             raise
@@ -114,12 +114,11 @@ def evaluate(model, data, split, loss_fn, device, limit_batches=None, confusion=
         data.batch_size,
     )
     data.eval_batches = 1
-    return score(engine, data, split, loss_fn, (device, data.batch_size, limit_batches), confusion)
+    return score(engine, data, split, loss_fn, device, data.batch_size, limit_batches, confusion)
 
 
-def score(engine, data, split, loss_fn, how: tuple, confusion: bool) -> dict:
-    """evaluate()'s pass over split; how: (device, batch size, limit_batches)."""
-    device, batch_size, limit_batches = how
+def score(engine, data, split, loss_fn, device, batch_size: int, limit_batches, confusion: bool) -> dict:
+    """evaluate()'s pass over split, in batches of batch_size."""
     task, num_classes = data.task, data.num_classes
     loss_sum = torch.zeros((), device=device)
     tally = Tally(task, device, num_classes, every_prediction=True)

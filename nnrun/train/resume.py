@@ -73,7 +73,7 @@ def locate(spec: str, run_dir: Path, config: dict):
             return run_dir, None
         folder = found
     else:
-        path = Path(spec).expanduser()
+        path = Path(spec).expanduser().absolute()  # printed and stored as every run folder is
         if not path.exists():
             raise ConfigError(
                 f"trainer.resume={spec}: no such run folder or checkpoint; use auto, a run folder or a .pt file"
@@ -230,3 +230,9 @@ def move_to(old: Path, new: Path) -> None:
             handler.baseFilename, handler.mode = str(new / Path(handler.baseFilename).name), "a"
     if {p.name for p in old.iterdir()} <= {".hydra", "nnrun.log", ".lock"}:
         shutil.rmtree(old, ignore_errors=True)
+        outputs, parent = Path("outputs").resolve(), old.resolve().parent
+        if parent != outputs and parent.is_relative_to(outputs):  # outputs/<date>, made for this attempt
+            try:
+                parent.rmdir()  # only when nothing else is in it
+            except OSError:
+                pass

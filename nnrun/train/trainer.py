@@ -120,16 +120,14 @@ class Trainer:
     def fit(self, data) -> History:
         """Train for up to settings.epochs from where the history stands; track the best epoch by
         settings.monitor; callbacks may stop early. The caller checks monitored names first
-        (loop.check_monitors), before printing anything."""
+        (loop.check_monitors), before printing anything, and prepares the data for the model
+        (skip_single, before a scheduler counts the steps)."""
         history, progress = self.history, self.outputs.progress
-        skip_single(self.model, data)
         for cb in self.callbacks:
             if history.callbacks is not None and cb.name in history.callbacks:
                 cb.load_state_dict(history.callbacks[cb.name])  # instead of on_train_begin
-                if self.continued:  # more epochs for a finished run: patience starts again
-                    cb.stop_training = False
-                    if hasattr(cb, "wait"):
-                        cb.wait = 0
+                if self.continued:  # more epochs for a finished run
+                    cb.on_continue()
             else:
                 cb.on_train_begin({})
         progress.train_begin(self.settings.epochs, data.train.num_batches(data.batch_size, self.settings.limit_batches))
