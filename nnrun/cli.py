@@ -44,7 +44,7 @@ def run(
     data = load_data(job)
     write_preprocessing(run_dir, data)
     model = build_model(
-        **plain["model"], input_shape=data.input_shape, num_classes=data.outputs, vocab_size=data.vocab
+        **plain["model"], input_shape=data.input_shape, num_classes=data.outputs, vocab_size=data.vocab, task=data.task
     ).to(job.device)
     summary = first_summary(model, data, job, run_dir)
     if trainer["epochs"] == 0:
@@ -152,6 +152,8 @@ def first_summary(model, data, job: Job, run_dir: Path) -> dict:
 
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(model_table(model, data.train.x[:2].to(job.device)))
+    for note in getattr(model, "notes", ()):
+        log.info(note)
     return {
         "status": "completed",
         "task": data.task,

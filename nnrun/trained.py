@@ -52,6 +52,7 @@ class Run:
             "input_shape": self.input_shape,
             "num_classes": outputs,
             "vocab_size": vocab,
+            "task": self.task,
         }
         check_shapes(self.folder, build_model, model_conf)
         self.model = build_model(**model_conf)

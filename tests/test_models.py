@@ -20,7 +20,17 @@ def options(group):
 
 
 def test_the_installed_package_ships_every_config():
-    assert options("model") == ["cnn", "lstm", "mlp"]
+    assert options("model") == [
+        "cnn",
+        "course_cnn",
+        "course_dense",
+        "course_dense_l2",
+        "course_lstm",
+        "course_text",
+        "lstm",
+        "mlp",
+        "sequential",
+    ]
     assert options("data") == ["cifar10", "csv", "digits", "fashion_mnist", "mnist", "text_csv", "timeseries"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
@@ -59,8 +69,12 @@ def test_every_option_composes_and_builds(group, option):
     with initialize_config_module(config_module="nnrun.conf", version_base="1.3"):
         conf = compose("config", overrides=[f"{group}={option}"])
     plain = OmegaConf.to_container(conf, resolve=True)
-    model = build_model(**plain["model"], input_shape=(1, 28, 28), num_classes=10)
-    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    if option == "course_text":  # reads token ids: 24 per sample from a vocabulary of 100
+        model = build_model(**plain["model"], input_shape=(24,), num_classes=10, vocab_size=100, task="multiclass")
+        assert model(torch.zeros(2, 24, dtype=torch.long)).shape == (2, 10)
+    else:
+        model = build_model(**plain["model"], input_shape=(1, 28, 28), num_classes=10)
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
     build_scheduler(optimizer, epochs=3, steps_per_epoch=5, **plain["scheduler"])
     build_callbacks(plain["callbacks"])
@@ -68,7 +82,7 @@ def test_every_option_composes_and_builds(group, option):
     build_loss(**plain["loss"], task="multiclass" if name == "auto" else FITS[name][0])
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm", "sequential"])
 @pytest.mark.parametrize(
     "variant",
     [[], pytest.param(["model.batchnorm=true", "model.dropout=0.5"], marks=pytest.mark.slow)],
@@ -77,6 +91,11 @@ def test_every_option_composes_and_builds(group, option):
 def test_each_model_trains_on_digits(tmp_path, model, variant):
     if model == "lstm" and variant:
         variant = ["model.cell=gru", "model.num_layers=2", "model.bidirectional=true", "model.dropout=0.5"]
+    if model == "sequential" and variant:
+        variant = [
+            "model.layers=[{conv2d:{filters:8,kernel_size:3,padding:same}},batch_normalization,{activation:relu},"
+            "{spatial_dropout2d:0.2},{bidirectional:{gru:{units:8}}},layer_normalization,{dense:{units:10}}]"
+        ]
     _, run_dir = train(tmp_path, f"model={model}", *variant, "trainer.epochs=3", "~callbacks.early_stopping")
     rows = metrics(run_dir)
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])

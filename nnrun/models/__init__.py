@@ -1,5 +1,6 @@
 """Models by name. Each class takes input_shape and num_classes from the data, the rest from YAML."""
 
+import inspect
 import math
 
 from torch import nn
@@ -57,14 +58,21 @@ def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: b
 
 
 def build_model(
-    name: str, input_shape, num_classes: int, l1: float = 0.0, l2: float = 0.0, vocab_size: int = 0, **options
+    name: str,
+    input_shape,
+    num_classes: int,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    vocab_size: int = 0,
+    task: str = None,
+    **options,
 ) -> nn.Module:
     """The registered model; l1/l2 (Keras kernel_regularizer) become model.penalty(); vocab_size
-    (token data) goes to models with an Embedding layer."""
+    (token data) goes to models with an Embedding layer, task to models that take it."""
     target = options.pop("_target_", None)
+    if target is None and task is not None and "task" in inspect.signature(MODELS.get(name)).parameters:
+        options["task"] = task
     if vocab_size:
-        import inspect
-
         cls = MODELS.get(name) if target is None else None
         if cls is not None and "vocab_size" not in inspect.signature(cls).parameters:
             raise ConfigError(
@@ -83,8 +91,6 @@ def build_model(
 def build_target(target: str, input_shape, num_classes: int, options: dict) -> nn.Module:
     """model._target_=package.Class: called with the YAML keys, plus input_shape and num_classes
     when it takes them (as registered models do)."""
-    import inspect
-
     from nnrun.registry import check_options
     from nnrun.safety import resolve
 
@@ -100,18 +106,20 @@ def build_target(target: str, input_shape, num_classes: int, options: dict) -> n
 
 def weight_penalty(model: nn.Module, l1: float, l2: float):
     """None, or a function giving l1 * sum|w| + l2 * sum(w^2) over weight matrices and kernels
-    (tensors of 2+ dims: not biases or norm scales), as Keras's regularizers do."""
-    if not (l1 or l2):
+    (tensors of 2+ dims: not biases or norm scales), as Keras's regularizers do; plus the
+    penalties a model's own layers set (model.layer_penalties: (weight, l1, l2), per Keras layer)."""
+    terms = [(p, l1, l2) for p in model.parameters() if p.dim() > 1] if (l1 or l2) else []
+    terms += getattr(model, "layer_penalties", [])
+    if not terms:
         return None
-    weights = [p for p in model.parameters() if p.dim() > 1]
 
     def penalty():
         total = 0.0
-        for w in weights:
-            if l1:
-                total = total + l1 * w.abs().sum()
-            if l2:
-                total = total + l2 * w.square().sum()
+        for w, a, b in terms:
+            if a:
+                total = total + a * w.abs().sum()
+            if b:
+                total = total + b * w.square().sum()
         return total
 
     return penalty
@@ -121,4 +129,4 @@ def flat_size(shape) -> int:
     return math.prod(shape)
 
 
-from nnrun.models import cnn, mlp, rnn  # noqa: E402,F401  (registers the models)
+from nnrun.models import cnn, mlp, rnn, sequential  # noqa: E402,F401  (registers the models)

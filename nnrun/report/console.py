@@ -104,13 +104,21 @@ class EpochProgress:
 def model_table(model: torch.nn.Module, sample: torch.Tensor) -> str:
     """Keras-style model.summary(): layer, output shape, parameters; as plain text. sample: a
     batch of real inputs on the model's device (token ids must be ids, not zeros of any dtype)."""
-    rows, hooks = [], []
+    rows, hooks, whole = [], [], []
     for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):
+        if any(name.startswith(f"{row}.") for row in whole):
+            continue  # inside a row already listed
+        keras = hasattr(module, "keras_params")  # a layer of model=sequential: one row, as Keras shows it
+        if name and (keras or not any(True for _ in module.children())):
+            whole += [name] if keras else []
             hooks.append(
                 module.register_forward_hook(
-                    lambda m, _, out, name=name: rows.append(
-                        (f"{name} ({type(m).__name__})", _shape(out), sum(p.numel() for p in m.parameters()))
+                    lambda m, _, out, name=name, keras=keras: rows.append(
+                        (
+                            f"{name} ({m.keras_class if keras else type(m).__name__})",
+                            _shape(out),
+                            m.keras_params() if keras else sum(p.numel() for p in m.parameters()),
+                        )
                     )
                 )
             )
