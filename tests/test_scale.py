@@ -53,6 +53,21 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert info["test_accuracy"] == pytest.approx(summary(single)["test_accuracy"], abs=1e-9)
 
 
+def test_a_keras_stack_with_a_held_recurrent_bias_trains_under_ddp_as_in_one_process(tmp_path):
+    # model=sequential's lstm holds torch's second bias at zero (requires_grad=False): DDP must
+    # leave it out of its gradient buckets and still match one process
+    stack = ["model=sequential", "model.layers=[{lstm:16},{dense:{units:10,activation:softmax}}]"]
+    args = [*stack, "trainer.epochs=2", "~callbacks.early_stopping", "trainer.plots=false", "trainer.limit_batches=6"]
+    (tmp_path / "ddp").mkdir()
+    ddp = torchrun("trainer.strategy=ddp", "data.batch_size=24", *args, cwd=tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    (folder,) = [p.parent for p in (tmp_path / "ddp").glob("outputs/*/*/summary.json")]
+    _, single = train(tmp_path, *args, "data.batch_size=48", name="single")
+    a, b = weights(folder), weights(single)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not a["lstm.rnn.bias_hh_l0"].any()  # still zero: Keras's single bias
+
+
 def test_a_stopped_ddp_run_resumes_in_its_folder_and_ends_as_one_process_would(tmp_path):
     folder = tmp_path / "run"
     args = ["model.dropout=0", "~callbacks.early_stopping", "trainer.plots=false", "trainer.epochs=40"]
