@@ -20,7 +20,7 @@ def options(group):
 
 
 def test_the_installed_package_ships_every_config():
-    assert options("model") == ["cnn", "lstm", "mlp"]
+    assert options("model") == ["cnn", "lstm", "mlp", "torchvision"]
     assert options("data") == ["cifar10", "csv", "digits", "fashion_mnist", "mnist", "text_csv", "timeseries"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
