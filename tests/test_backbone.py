@@ -2,6 +2,7 @@
 writes (nothing can be downloaded here): a frozen stage, then the whole net at the set epoch."""
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,63 @@ def test_a_missing_weights_file_is_named_when_loading_not_when_a_run_is_rebuilt(
     model = build_model("torchvision", input_shape=(3, 32, 32), num_classes=4, weights=str(tmp_path / "gone.pth"))
     with pytest.raises(ConfigError, match="gone.pth: no such file"):
         model.load_pretrained()
+
+
+@pytest.mark.parametrize("name", ["step", "multistep", "exponential", "cosine", "onecycle", "plateau"])
+def test_every_scheduler_keeps_the_backbones_share_of_the_rate(name):
+    from nnrun.models import build_model
+    from nnrun.optim import build_optimizer, build_scheduler
+
+    model = build_model("torchvision", input_shape=(3, 32, 32), num_classes=4, weights="backbone.pth")
+    optimizer = build_optimizer(model, "sgd", lr=0.1, momentum=0.9)  # pretrained: the backbone at 0.1 x lr
+    assert [g["name"] for g in optimizer.param_groups] == ["head", "backbone"]
+    options = {"step": {"step_size": 2}, "multistep": {"milestones": [2, 4]}, "plateau": {"patience": 0}}
+    scheduler = build_scheduler(optimizer, name, epochs=6, steps_per_epoch=3, **options.get(name, {}))
+    rates = set()
+    for _ in range(18 if scheduler.interval == "step" else 6):
+        head, backbone = (group["lr"] for group in optimizer.param_groups)
+        assert backbone == pytest.approx(0.1 * head, rel=1e-9, abs=1e-15)
+        rates.add(head)
+        optimizer.step()
+        scheduler.step(1.0) if name == "plateau" else scheduler.step()  # plateau: a loss that never improves
+    assert len(rates) > 2  # the schedule moved the rate
+
+
+def test_under_ddp_the_unfrozen_backbone_trains_alike_on_every_rank(tmp_path):
+    from test_scale import TORCHRUN
+
+    write_images(tmp_path)
+    original = write_weights(tmp_path / "resnet18.pth")
+    # each rank's trained weights where the test can compare them (ranks other than 0 keep no run folder)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('LOCAL_RANK') is not None:\n"
+        "    import nnrun.report.summary as summary\n"
+        "    from safetensors.torch import save_file\n"
+        "    export = summary.export_weights\n"
+        "    def export_weights(run_dir, model):\n"
+        "        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}\n"
+        f"        save_file(state, os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.safetensors'))\n"
+        "        return export(run_dir, model)\n"
+        "    summary.export_weights = export_weights\n"
+    )
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    args = [*IMAGES, *SMALL, *FINE_TUNE, *LAST, "callbacks=[default,lr_monitor]", "trainer.epochs=3"]
+    result = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun", "trainer.strategy=ddp", *args],
+        cwd=tmp_path,
+        env=clean_env(OMP_NUM_THREADS="1", PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert not torch.equal(rank0["net.layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])  # it trained
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # gradients shared after the switch too
+    [run_dir] = [p.parent for p in tmp_path.glob("outputs/*/*/lr.csv")]
+    assert [float(r["lr_backbone"]) for r in metrics(run_dir)] == [0.0, pytest.approx(1e-4), pytest.approx(1e-4)]
