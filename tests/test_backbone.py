@@ -103,6 +103,13 @@ def test_a_frozen_epoch_trains_only_the_head_and_the_run_reloads_without_the_wei
     changed = {k[4:] for k in trained if k.startswith("net.") and not torch.equal(trained[k], original[k[4:]])}
     assert changed == {"fc.weight", "fc.bias"}  # batch norm's running statistics unchanged too
 
+    from nnrun.models import build_model
+
+    for own in ("model.safetensors", "checkpoints/last.pt"):  # a run's own weights start another run
+        model = build_model("torchvision", input_shape=(1, 28, 28), num_classes=10, weights=str(run_dir / own))
+        model.load_pretrained()
+        assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+
     (tmp_path / "resnet18.pth").unlink()  # a run folder needs no weights file to reload
     run = nnrun.load_run(run_dir)
     pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.uint8)
