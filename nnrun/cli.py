@@ -46,6 +46,8 @@ def run(
     model = build_model(
         **plain["model"], input_shape=data.input_shape, num_classes=data.outputs, vocab_size=data.vocab, task=data.task
     ).to(job.device)
+    if saved is None and hasattr(model, "load_pretrained"):  # model.weights; a resumed run has its own
+        model.load_pretrained()
     summary = first_summary(model, data, job, run_dir)
     if trainer["epochs"] == 0:
         log.info("trainer.epochs=0: model summary only, nothing trained")
@@ -129,10 +131,19 @@ def resume_state(resume_from, plain: dict):
 def load_data(job: Job):
     """The data splits on their device; under DDP, this rank's slice of every global batch."""
     from nnrun.data import build_data
+    from nnrun.models.backbone import unit_pixels
     from nnrun.train import distributed
 
     plain = job.plain
-    data = build_data(**plain["data"], seed=plain["trainer"]["seed"], device=job.device)
+    unit = unit_pixels(plain["model"])  # a pretrained backbone normalizes [0, 1] pixels itself
+    normalize = "unit" if unit and plain["data"]["normalize"] else plain["data"]["normalize"]
+    data = build_data(**{**plain["data"], "normalize": normalize}, seed=plain["trainer"]["seed"], device=job.device)
+    if unit and data.transform.describe()["kind"] == "standardize":  # images (a table is refused by the model)
+        log.info(
+            f"data.normalize: images scaled to [0, 1] (divided by {data.transform.std:g}) for the pretrained backbone"
+            if normalize
+            else "data.normalize=false: images pass as they are; the pretrained backbone expects values in [0, 1]"
+        )
     if job.world > 1:
         data.train = distributed.Shard(data.train, distributed.rank(), job.world)
     log.info(
@@ -183,11 +194,11 @@ def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
         device,
         trainer["precision"],
         trainer["compile"],
-        channels_last=device.type == "cuda" and plain["model"]["name"] == "cnn",
+        channels_last=device.type == "cuda" and plain["model"]["name"] in ("cnn", "torchvision"),
         wrap=distributed.wrap(device) if job.world > 1 else None,
         world=job.world,
     )
-    optimizer = build_optimizer(model.parameters(), **plain["optimizer"])
+    optimizer = build_optimizer(model, **plain["optimizer"])  # a backbone and its head: two groups
     skip_single(model, data)  # before the scheduler counts the epoch's steps
     steps = -(-data.train.num_batches(data.batch_size, trainer["limit_batches"]) // trainer["accumulate"])
     scheduler = build_scheduler(optimizer, epochs=trainer["epochs"], steps_per_epoch=steps, **plain["scheduler"])

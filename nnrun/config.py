@@ -53,6 +53,8 @@ class OptimizerConf:
     momentum: Optional[float] = None  # sgd, rmsprop
     nesterov: Optional[bool] = None  # sgd
     betas: Optional[List[float]] = None  # adam, adamw
+    # model=torchvision: the backbone's rate is lr x this (null: 0.1 with pretrained weights, 1.0 from scratch)
+    backbone_lr_scale: Optional[float] = None
 
 
 @dataclass
@@ -124,6 +126,7 @@ RANGES = {
     "data.max_len": (1, None, True),
     "optimizer.lr": (0, None, False),
     "optimizer.weight_decay": (0, None, True),
+    "optimizer.backbone_lr_scale": (0, None, False),
 }
 MODES = ("auto", "min", "max")
 

@@ -14,8 +14,19 @@ OPTIMIZERS.register("sgd")(torch.optim.SGD)
 OPTIMIZERS.register("rmsprop")(torch.optim.RMSprop)
 
 
-def build_optimizer(params, name: str, lr: float, **options) -> torch.optim.Optimizer:
-    """options set to null in the config are left to torch's defaults."""
+def build_optimizer(params, name: str, lr: float, backbone_lr_scale=None, **options) -> torch.optim.Optimizer:
+    """params: parameters, or a model; a model with param_groups(lr, scale) (model=torchvision) gives
+    its own groups: the head at lr, the backbone at lr x backbone_lr_scale. options set to null in
+    the config are left to torch's defaults."""
+    if isinstance(params, torch.nn.Module):
+        grouped = getattr(params, "param_groups", None)
+        params = grouped(lr, backbone_lr_scale) if grouped else params.parameters()
+        backbone_lr_scale = None if grouped else backbone_lr_scale
+    if backbone_lr_scale is not None:
+        raise ConfigError(
+            f"optimizer.backbone_lr_scale={backbone_lr_scale}: this model has no pretrained backbone (its "
+            f"parameters train as one group); remove the key, or use model=torchvision"
+        )
     options = {k: tuple(v) if k == "betas" else v for k, v in options.items() if v is not None}
     if options.get("nesterov") and not options.get("momentum"):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
@@ -51,7 +62,8 @@ def exponential(optimizer, epochs, steps_per_epoch, gamma=0.95):
 def cosine(optimizer, epochs, steps_per_epoch, eta_min=0.0, warmup_epochs=0.0):
     """Linear warmup from ~0, then cosine decay to eta_min at the end of the run; per step, so a
     warmup can be shorter than an epoch. Without warmup, epoch k starts at the rate that
-    CosineAnnealingLR(T_max=epochs) gives epoch k."""
+    CosineAnnealingLR(T_max=epochs) gives epoch k. Further parameter groups (a backbone's) follow
+    the same factor: their floor is eta_min in proportion to their rate."""
     total = max(epochs * steps_per_epoch, 1)
     warmup = min(round(warmup_epochs * steps_per_epoch), total - 1)
     base = optimizer.param_groups[0]["lr"]
@@ -76,12 +88,15 @@ def onecycle(
     final_div_factor=1e4,
     cycle_momentum=True,
 ):
-    """Leslie Smith's one-cycle policy; max_lr defaults to optimizer.lr."""
+    """Leslie Smith's one-cycle policy; max_lr defaults to optimizer.lr. Further parameter groups
+    (a backbone's) peak at max_lr in proportion to their rate."""
+    base = optimizer.param_groups[0]["lr"]
+    top = max_lr or base
     return every(
         "step",
         torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=max_lr or optimizer.param_groups[0]["lr"],
+            max_lr=[top * group["lr"] / base if i else top for i, group in enumerate(optimizer.param_groups)],
             epochs=max(epochs, 1),
             steps_per_epoch=max(steps_per_epoch, 1),
             pct_start=pct_start,
@@ -126,3 +141,20 @@ def build_scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, **o
             raise ConfigError(f"scheduler=none takes no options, got {', '.join(options)}")
         return None
     return SCHEDULERS.build(name, optimizer, epochs, steps_per_epoch, **options)
+
+
+def group_rates(optimizer, frozen=None) -> dict:
+    """lr.csv's and metrics.csv's columns past lr (the first group's rate): lr_<name> for each further
+    parameter group (lr_backbone), 0 while the group's parameters are all frozen. frozen: the flags
+    frozen_groups() gave, so that a batch does not look at every parameter."""
+    groups = optimizer.param_groups[1:]
+    frozen = frozen_groups(optimizer) if frozen is None else frozen
+    return {
+        f"lr_{group.get('name') or f'group{i}'}": 0.0 if still else group["lr"]
+        for i, (group, still) in enumerate(zip(groups, frozen), start=1)
+    }
+
+
+def frozen_groups(optimizer) -> list:
+    """For each parameter group past the first: whether none of its parameters trains now."""
+    return [not any(p.requires_grad for p in group["params"]) for group in optimizer.param_groups[1:]]

@@ -30,6 +30,7 @@ def test_the_installed_package_ships_every_config():
         "lstm",
         "mlp",
         "sequential",
+        "torchvision",
     ]
     assert options("data") == ["cifar10", "csv", "digits", "fashion_mnist", "mnist", "text_csv", "timeseries"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]

@@ -1,7 +1,9 @@
 """lr.csv: the learning rate of every optimizer step (Lightning's LearningRateMonitor), for
-schedulers that change it within an epoch; metrics.csv keeps the rate each epoch started with."""
+schedulers that change it within an epoch; metrics.csv keeps the rate each epoch started with.
+Columns batch,epoch,lr, then lr_<name> for each further parameter group (lr_backbone: 0 while frozen)."""
 
 from nnrun.callbacks import CALLBACKS, Callback, keep_lines
+from nnrun.optim import frozen_groups, group_rates
 from nnrun.runfolder import open_file
 from nnrun.safety import relative_name
 
@@ -15,7 +17,7 @@ class LRMonitor(Callback):
         self.rows, self.batch = [], 0
         (self.run_dir / self.filename).parent.mkdir(parents=True, exist_ok=True)
         with open_file(self.run_dir / self.filename, "w") as f:
-            f.write("batch,epoch,lr\n")
+            f.write(",".join(["batch", "epoch", "lr", *group_rates(self.optimizer)]) + "\n")
 
     def state_dict(self) -> dict:
         return {"batch": self.batch, "rows": list(self.rows)}
@@ -26,13 +28,18 @@ class LRMonitor(Callback):
         keep_lines(self.run_dir / self.filename, 1 + self.batch - len(self.rows))
 
     def on_epoch_begin(self, epoch, logs):
-        self.epoch, self.lr = epoch, self.optimizer.param_groups[0]["lr"]
+        self.epoch, self.frozen = epoch, frozen_groups(self.optimizer)  # a backbone (un)freezes at an epoch's start
+        self.lr, self.rates = self.optimizer.param_groups[0]["lr"], self.others()
 
     def on_train_batch_end(self, batch, logs):
-        # the rate this batch used; a per-step scheduler has already set the next one
+        # the rates this batch used; a per-step scheduler has already set the next ones
         self.batch += 1
-        self.rows.append(f"{self.batch},{self.epoch},{self.lr!r}\n")
-        self.lr = self.optimizer.param_groups[0]["lr"]  # a Python float: no device sync
+        self.rows.append(f"{self.batch},{self.epoch},{self.lr!r}{self.rates}\n")
+        self.lr, self.rates = self.optimizer.param_groups[0]["lr"], self.others()  # Python floats: no device sync
+
+    def others(self) -> str:
+        """The further groups' columns of a row ("" with one group)."""
+        return "".join(f",{rate!r}" for rate in group_rates(self.optimizer, self.frozen).values())
 
     def on_epoch_end(self, epoch, logs):
         with open_file(self.run_dir / self.filename, "a") as f:

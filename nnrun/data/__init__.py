@@ -90,6 +90,12 @@ class Standardize:
     def unscaled(self) -> None:
         self.mean, self.std = 0.0, 1.0  # data.normalize=false: values pass as they are
 
+    def to_unit(self, x: torch.Tensor) -> None:
+        """Pixels to [0, 1], for a model that normalizes them itself (a pretrained backbone): / 255
+        for 8-bit images, else / the training split's largest value (16 for data=digits)."""
+        self.mean = 0.0
+        self.std = 255.0 if x.dtype == torch.uint8 else max(float(x.abs().max()), 1e-8)
+
     def adopt(self, description: dict) -> "Standardize":
         """Take the fitted values a run stored (preprocessing.json) instead of fitting."""
         self.mean, self.std = float(description["mean"]), float(description["std"])
@@ -115,7 +121,9 @@ def build_data(
 ) -> Data:
     """Load data by name, hold out a seeded validation split (stratified for classes; loaders of
     series split by time themselves), fit the scaling on the training split only, place on device.
-    fitted: a run's stored transform (preprocessing.json's "transform") to apply instead of fitting."""
+    fitted: a run's stored transform (preprocessing.json's "transform") to apply instead of fitting;
+    normalize: true (standardize), false (values as they are) or "unit" (images to [0, 1], for a
+    model that normalizes them itself)."""
     root = options.pop("root", None) or "data"  # the folder the loader reads (data.root)
     options = {k: v for k, v in options.items() if v is not None}
     if "val_split" in DATASETS.parameters(name):
@@ -138,6 +146,8 @@ def build_data(
         transform.fit(x_train)
         if not normalize:
             transform.unscaled()
+        elif normalize == "unit" and isinstance(transform, Standardize):
+            transform.to_unit(x_train)
 
     def split(x, y):
         return Split(transform(x), y.to(TARGET_DTYPES[task]))

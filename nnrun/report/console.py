@@ -52,7 +52,7 @@ def format_epoch(epoch: int, epochs: int, logs: dict, is_best: bool) -> str:
     for name, value in logs.items():
         if name == "epoch_time":
             continue
-        parts.append(f"{name}: {value:.2e}" if name == "lr" else f"{name}: {value:.4f}")
+        parts.append(f"{name}: {value:.2e}" if name == "lr" or name.startswith("lr_") else f"{name}: {value:.4f}")
     return " - ".join(parts) + ("  *best" if is_best else "")
 
 

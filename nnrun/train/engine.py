@@ -45,6 +45,14 @@ class Engine:
         self.channels_last = channels_last
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        self.wrap, self.compile = wrap, compile
+        self.rewrap()
+
+    def rewrap(self) -> None:
+        """Wrap the model for training (DDP, torch.compile); again when the parameters that train
+        change (fine-tuning unfreezes a backbone): DDP records them when it wraps, and shares only
+        their gradients."""
+        model, wrap, compile = self.model, self.wrap, self.compile
         trained = wrap(model) if wrap is not None else model
         self.train_call = torch.compile(trained) if compile else trained
         self.eval_call = model  # evaluation never goes through DDP: no gradients to share

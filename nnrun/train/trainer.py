@@ -145,12 +145,15 @@ class Trainer:
     def run_epoch(self, data, epoch: int) -> None:
         """Train (from history.step), validate, track the best, run the callbacks, save."""
         history, settings, engine = self.history, self.settings, self.engine
+        stage = getattr(self.model, "train_stage", None)  # fine-tuning: a backbone frozen for the first epochs
+        if stage is not None and stage(epoch):
+            engine.rewrap()  # DDP recorded the parameters that train when it wrapped the model
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, {})
         start = time.perf_counter()
         # Data order depends on seed and epoch only, so a resumed run sees the same batches.
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
-        logs, seen, lr = self.train_epoch(data, generator, epoch)
+        logs, seen, rates = self.train_epoch(data, generator, epoch)
         prior = history.partial["seconds"] if history.partial else 0.0  # before a resume
         history.samples += seen
         history.train_seconds += prior + time.perf_counter() - start
@@ -158,7 +161,7 @@ class Trainer:
             engine.sync_buffers()
             scores = self.evaluate(data, data.val)
             logs.update((f"val_{name}", value) for name, value in scores.items())
-        logs["lr"] = lr
+        logs.update(rates)  # lr, and lr_backbone when the optimizer has such a group
         logs["epoch_time"] = prior + time.perf_counter() - start
         logs = engine.agree(logs)  # DDP: every rank acts on rank 0's numbers
         is_best = improved(logs[settings.monitor], history.best_score, settings.mode)
@@ -185,7 +188,10 @@ class Trainer:
 
     def train_epoch(self, data, generator, epoch: int):
         """One pass over the training split from batch history.step; returns (logs: loss and the
-        task's metrics, samples seen, the lr the epoch started with)."""
+        task's metrics, samples seen, the rates the epoch started with: lr, and lr_<group> for further
+        parameter groups)."""
+        from nnrun.optim import group_rates
+
         model, optimizer, engine, device = self.model, self.optimizer, self.engine, self.device
         history, settings, accumulate = self.history, self.settings, self.settings.accumulate
         model.train()
@@ -193,6 +199,7 @@ class Trainer:
         loss_sum = part["loss_sum"].to(device) if part else torch.zeros((), device=device)
         tally = Tally(data.task, device, data.num_classes, state=part.get("tally"))
         seen, lr, first = part.get("seen", 0), part.get("lr", optimizer.param_groups[0]["lr"]), history.step
+        rates = part.get("rates", group_rates(optimizer))
         batches = data.train.num_batches(data.batch_size, settings.limit_batches)
         per_step = self.scheduler is not None and self.scheduler.interval == "step"
         batch_callbacks = [cb for cb in self.callbacks if overrides(cb, "on_train_batch_end")]
@@ -246,6 +253,7 @@ class Trainer:
                     "tally": tally.state(),
                     "seen": seen,
                     "lr": lr,
+                    "rates": rates,
                     "seconds": part.get("seconds", 0.0) + time.perf_counter() - start,
                 }
                 self.save()
@@ -259,7 +267,7 @@ class Trainer:
             sum_all(loss_sum)
             seen = int(sum_all(torch.tensor(seen, device=loss_sum.device)).item())
             tally.reduce(sum_all)
-        return {"loss": (loss_sum / seen).item(), **tally.result()}, seen, lr
+        return {"loss": (loss_sum / seen).item(), **tally.result()}, seen, {"lr": lr, **rates}
 
     def evaluate(self, data, split, confusion: bool = False) -> dict:
         """{"loss", and the task's metrics} over split with the validation loss; with confusion
