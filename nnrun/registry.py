@@ -62,13 +62,13 @@ def check_options(obj, options: dict, what: str, prefix: str, types: bool = True
                 f"{prefix}.{key} is not an option of {what}{suggest(key, allowed)}; its options: {', '.join(allowed)}"
             )
         default = params[key].default
-        if types and not _same_kind(value, default):
+        if types and not same_kind(value, default):
             raise ConfigError(
-                f"{prefix}.{key}={value!r}: {what} expects {_kind_name(default)}, like its default {default!r}"
+                f"{prefix}.{key}={value!r}: {what} expects {kind_name(default)}, like its default {default!r}"
             )
 
 
-def _same_kind(value, default) -> bool:
+def same_kind(value, default) -> bool:
     if default is inspect.Parameter.empty or default is None or value is None:
         return True
     if isinstance(default, bool):
@@ -84,7 +84,7 @@ def _same_kind(value, default) -> bool:
     return isinstance(value, type(default))
 
 
-def _kind_name(default) -> str:
+def kind_name(default) -> str:
     if isinstance(default, bool):
         return "true or false"
     if isinstance(default, int):

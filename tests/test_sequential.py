@@ -201,9 +201,31 @@ def test_a_final_softmax_trains_as_the_same_stack_without_it_and_predicts_probab
         (
             "[{conv2d:{filters:4,kernel_size:3}},max_pooling2d,{conv2d:{filters:4,kernel_size:3}},max_pooling2d]",
             [],
-            "model.layers[3].max_pooling2d cannot take input of shape (4, 1, 1)",
+            "model.layers[3].max_pooling2d: pool_size 2 is larger than its input (1 in (4, 1, 1))",
         ),
         ("[{dense:{units:4,kernel_regularizer:l3}}]", [], "model.layers[0].dense: kernel_regularizer='l3'"),
+        ("[flatten,{dense:1000000000000}]", [], "model.layers[1].dense would hold 64,000,000,000,000 weights"),
+        (
+            "[{lstm:{units:8,return_sequences:'false'}}]",
+            [],
+            "model.layers[0].lstm.return_sequences='false': use true or false",
+        ),
+        (
+            "[{dense:10}]",
+            [],
+            "model.layers[0].dense is the output layer but gets input of shape (1, 8, 8); add flatten",
+        ),
+        ("[MaxPool2D]", [], "MaxPool2D is not a layer nnrun knows (Keras's MaxPool2D is max_pooling2d here)"),
+        (
+            "[{embedding:{output_dim:8,input_dim:20}},global_average_pooling1d]",
+            ["data=text_csv", f"data.path={EXAMPLES / 'triage_notes.csv'}"],
+            "model.layers[0].embedding: input_dim=20 is smaller than the data's vocabulary",
+        ),
+        (
+            "[global_average_pooling1d]",
+            ["data=text_csv", f"data.path={EXAMPLES / 'triage_notes.csv'}"],
+            "this data is token ids (text); start the stack with an embedding",
+        ),
     ],
 )
 def test_a_stack_that_does_not_fit_is_one_line(tmp_path, layers, task_args, expected):
@@ -261,3 +283,46 @@ def test_a_sequential_run_continues_exports_and_sweeps(tmp_path):
     with open(tmp_path / "sweep" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["model"] for r in rows) == ["course_dense", "sequential"]
+
+
+def test_a_planted_layer_in_a_run_folder_is_refused_before_it_takes_memory(tmp_path):
+    # pooling has no weights, so model.safetensors cannot tell; a window of 5,000,000 with
+    # padding: same would pad each image to that size
+    layers = "[{conv2d:{filters:4,kernel_size:3,padding:same}},max_pooling2d,flatten,{dense:{units:10}}]"
+    _, run_dir = train(tmp_path, "data=digits", "model=sequential", f"model.layers={layers}", "trainer.epochs=1")
+    config = run_dir / ".hydra" / "config.yaml"
+    planted = config.read_text().replace(
+        "  - max_pooling2d\n", "  - max_pooling2d: {pool_size: [2, 5000000], padding: same}\n"
+    )
+    assert planted != config.read_text()
+    config.write_text(planted)
+    for tool in (["nnrun-eval"], ["nnrun-export", "format=onnx"]):
+        done = subprocess.run(
+            [str(BIN / tool[0]), f"run={run_dir}", *tool[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+        )
+        assert done.returncode == 2, done.stderr
+        assert "pool_size 5000000 is larger than its input (8 in (4, 8, 8))" in one_line_error(done)
+
+
+def test_the_summary_counts_as_keras_does_and_a_swept_layer_list_shows_in_the_table(tmp_path):
+    stacks = "[flatten,{dense:16},batch_normalization],[flatten,{dense:8}]"
+    sweep = nnrun(
+        "--multirun",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "data=digits",
+        "model=sequential",
+        f"model.layers={stacks}",
+        "trainer.epochs=1",
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
+    assert sweep.returncode == 0, sweep.stderr
+    # Dense 16 on 64 pixels: 1,040; batch norm: 4 x 16 (2 trainable, the moving mean and variance not); Dense 10: 170
+    assert "Total params: 1,274" in sweep.stdout and "Trainable params: 1,242" in sweep.stdout
+    assert "Non-trainable params: 32" in sweep.stdout
+    table = sweep.stdout[sweep.stdout.index("2 runs in") :]
+    assert "[flatten,{dense:8}]" in table  # the console table shows it: not read as markup

@@ -210,7 +210,10 @@ def activation(name, where: str):
     if name is None or name == "linear":
         return None
     if name not in ACTIVATIONS:
-        raise ConfigError(f"{where}: activation={name} is not a Keras activation; use one of: {', '.join(ACTIVATIONS)}")
+        none = " (no activation: write null or linear)" if str(name).lower() == "none" else ""
+        raise ConfigError(
+            f"{where}: activation={name} is not a Keras activation{none}; use one of: {', '.join(ACTIVATIONS)}"
+        )
     return ACTIVATIONS[name]()
 
 
@@ -221,9 +224,9 @@ def regularizer(value, where: str) -> tuple:
     if value in ("l1", "l2"):
         return (0.01, 0.0) if value == "l1" else (0.0, 0.01)
     if isinstance(value, dict) and value and set(value) <= {"l1", "l2"}:
-        l1, l2 = float(value.get("l1", 0.0)), float(value.get("l2", 0.0))
-        if l1 >= 0 and l2 >= 0:
-            return l1, l2
+        factors = [value.get(k, 0.0) for k in ("l1", "l2")]
+        if all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f < math.inf for f in factors):
+            return float(factors[0]), float(factors[1])
     raise ConfigError(
         f"{where}: kernel_regularizer={value!r}: use l1, l2 (0.01 each, as Keras) or {{l1: 0.001, l2: 0.001}}"
     )

@@ -20,6 +20,7 @@ from torch import nn
 from nnrun.errors import ConfigError, suggest
 from nnrun.models import MODELS
 from nnrun.models import layers as L
+from nnrun.registry import kind_name, same_kind
 
 
 class Context:
@@ -47,6 +48,7 @@ def last_axis(ctx) -> int:
 
 
 def dense(ctx, units, activation=None, use_bias=True, kernel_regularizer=None):
+    check_size(last_axis(ctx) * positive(units, "units", ctx), ctx)
     linear = L.glorot(nn.Linear(last_axis(ctx), positive(units, "units", ctx), bias=use_bias))
     ctx.penalize(linear.weight, kernel_regularizer)
     return L.LastAxis("Dense", linear, L.activation(activation, ctx.where))
@@ -70,6 +72,8 @@ def conv(dims):
         dilation = L.pair(dilation_rate, dims, "dilation_rate", ctx.where)
         L.check_padding(padding, ctx.where)
         channels, size = (ctx.shape[0], ctx.shape[1:]) if dims == 2 else (ctx.shape[1], ctx.shape[:1])
+        check_window([(k - 1) * d + 1 for k, d in zip(kernel, dilation)], size, "the kernel's reach", ctx)
+        check_size(math.prod(kernel) * channels * positive(filters, "filters", ctx), ctx)
         cls = nn.Conv2d if dims == 2 else nn.Conv1d
         layer = L.glorot(cls(channels, positive(filters, "filters", ctx), kernel, stride, 0, dilation, bias=use_bias))
         ctx.penalize(layer.weight, kernel_regularizer)
@@ -86,6 +90,7 @@ def pooling(kind, dims):
         stride = L.pair(strides, dims, "strides", ctx.where) if strides is not None else size
         L.check_padding(padding, ctx.where)
         spatial = ctx.shape[1:] if dims == 2 else ctx.shape[:1]
+        check_window(size, spatial, "pool_size", ctx)
         pad = L.same_padding(spatial, size, stride) if padding == "same" else ()
         name = f"{'Max' if kind == 'max' else 'Average'}Pooling{dims}D"
         return L.Pool(name, kind, size, stride, pad if any(pad) else ())
@@ -139,6 +144,8 @@ def batch_normalization(ctx, momentum=0.99, epsilon=0.001, center=True, scale=Tr
         raise ConfigError(
             f"{ctx.where}: momentum={momentum}: use 0..1 (Keras's meaning: 0.99 keeps 99% of the old average)"
         )
+    if epsilon <= 0:
+        raise ConfigError(f"{ctx.where}: epsilon={epsilon}: use a small positive number (Keras: 0.001)")
     channels = ctx.shape[0] if len(ctx.shape) != 2 else ctx.shape[1]
     cls = nn.BatchNorm2d if len(ctx.shape) == 3 else nn.BatchNorm1d
     norm = cls(channels, eps=epsilon, momentum=1 - momentum, affine=center or scale)
@@ -159,6 +166,8 @@ class SequenceNorm(nn.Module):
 
 
 def layer_normalization(ctx, epsilon=0.001):
+    if epsilon <= 0:
+        raise ConfigError(f"{ctx.where}: epsilon={epsilon}: use a small positive number (Keras: 0.001)")
     return L.LastAxis("LayerNormalization", nn.LayerNorm(last_axis(ctx), eps=epsilon))
 
 
@@ -170,12 +179,23 @@ def leaky_relu(ctx, negative_slope=0.3):
     return L.Lambda("LeakyReLU", nn.LeakyReLU(negative_slope))
 
 
-def embedding(ctx, output_dim, input_dim=None):
+def embedding(ctx, input_dim=None, output_dim=None):
+    if output_dim is None:
+        raise ConfigError(
+            f"{ctx.where}: needs output_dim (the size of each word vector), e.g. {{embedding: {{output_dim: 64}}}}"
+        )
     if not ctx.vocab and input_dim is None:
         raise ConfigError(f"{ctx.where} reads token ids: it needs text data (data=text_csv), or input_dim")
     if len(ctx.shape) != 1:
         raise ConfigError(f"{ctx.where} reads a sequence of token ids; its input has shape {ctx.shape}")
-    table = nn.Embedding(input_dim or ctx.vocab, positive(output_dim, "output_dim", ctx))
+    rows = ctx.vocab if input_dim is None else positive(input_dim, "input_dim", ctx)
+    if rows < ctx.vocab:  # an id past the table would fail mid-training (a device assert on CUDA)
+        raise ConfigError(
+            f"{ctx.where}: input_dim={input_dim} is smaller than the data's vocabulary ({ctx.vocab} ids: the words "
+            f"kept, padding and unknown); leave input_dim out (it defaults to the vocabulary) or set data.vocab_size"
+        )
+    check_size(rows * positive(output_dim, "output_dim", ctx), ctx)
+    table = nn.Embedding(rows, output_dim)
     nn.init.uniform_(table.weight, -0.05, 0.05)  # Keras's "uniform" initializer
     return L.Lambda("Embedding", table)
 
@@ -193,6 +213,7 @@ def recurrent(keras_class, bidirectional=False):
             raise ConfigError(f"{ctx.where} needs sequences (steps, features); its input has shape {ctx.shape}")
         features = ctx.shape[0] * ctx.shape[2] if rows else ctx.shape[1]
         drop = rate_in_range(dropout, ctx)
+        check_size(4 * positive(units, "units", ctx) * (features + units), ctx)
         return L.Recurrent(
             keras_class, features, positive(units, "units", ctx), return_sequences, drop, bidirectional, rows
         )
@@ -241,6 +262,26 @@ BUILDERS = {
 }
 
 
+MAX_WEIGHTS = 2**31  # one layer's weights (8 GB in float32): beyond it, a typo, not a model
+
+
+def check_size(weights: int, ctx) -> None:
+    if weights > MAX_WEIGHTS:
+        raise ConfigError(
+            f"{ctx.where} would hold {weights:,} weights ({weights * 4 / 2**30:,.0f} GB); check its sizes"
+        )
+
+
+def check_window(window, size, what, ctx) -> None:
+    """A window wider than its input: valid padding leaves nothing, and 'same' would pad the
+    input to the window's size (memory a config should not be able to ask for)."""
+    for reach, n in zip(window, size):
+        if reach > n:
+            raise ConfigError(
+                f"{ctx.where}: {what} {reach} is larger than its input ({n} in {ctx.shape}); use a smaller one"
+            )
+
+
 def positive(value, key, ctx) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{ctx.where}: {key}={value!r}: use an integer >= 1")
@@ -251,6 +292,40 @@ def rate_in_range(rate, ctx) -> float:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ConfigError(f"{ctx.where}: rate={rate!r} is out of range: use 0 <= rate < 1")
     return float(rate)
+
+
+# Keras's class names (and its short aliases) for the names nnrun takes, for "did you mean"
+KERAS_NAMES = {
+    **{"".join(part.title() for part in name.split("_")).lower(): name for name in BUILDERS},
+    "simplernn": "simple_rnn",
+    "lstm": "lstm",
+    "gru": "gru",
+    "conv1d": "conv1d",
+    "conv2d": "conv2d",
+    "maxpool1d": "max_pooling1d",
+    "maxpool2d": "max_pooling2d",
+    "avgpool1d": "average_pooling1d",
+    "avgpool2d": "average_pooling2d",
+    "globalavgpool1d": "global_average_pooling1d",
+    "globalavgpool2d": "global_average_pooling2d",
+    "globalmaxpool1d": "global_max_pooling1d",
+    "globalmaxpool2d": "global_max_pooling2d",
+    "leakyrelu": "leaky_relu",
+    "spatialdropout1d": "spatial_dropout1d",
+    "spatialdropout2d": "spatial_dropout2d",
+}
+# the argument a plain value sets ({dropout: 0.5}): Keras's first; None where Keras's first is
+# one nnrun does not take (axis)
+PLAIN = {"batch_normalization": None, "layer_normalization": None}
+
+
+def unknown_layer(name, where) -> ConfigError:
+    text = str(name)
+    if text.lower() in ("input", "inputlayer"):
+        return ConfigError(f"{where}: leave {text} out: the input shape comes from the data")
+    known = KERAS_NAMES.get(text.replace("_", "").lower())
+    hint = f" (Keras's {text} is {known} here)" if known else suggest(text, BUILDERS)
+    return ConfigError(f"{where}: {text} is not a layer nnrun knows{hint}; layers: {', '.join(BUILDERS)}")
 
 
 def one_layer(item, where) -> tuple:
@@ -268,30 +343,38 @@ def one_layer(item, where) -> tuple:
         head, value = (part.strip() for part in name.split(":", 1))
         raise ConfigError(f"{where}: {name!r} is text; write the layer as a mapping: {{{head}: {value}}}")
     if name not in BUILDERS:
-        raise ConfigError(
-            f"{where}: {name} is not a layer nnrun knows{suggest(str(name), BUILDERS)}; layers: {', '.join(BUILDERS)}"
-        )
+        raise unknown_layer(name, where)
     if args is None:
         args = {}
     if name == "bidirectional" and isinstance(args, dict) and len(args) == 1 and next(iter(args)) in RECURRENT:
         args = {"layer": args}  # {bidirectional: {lstm: {...}}}, short for {bidirectional: {layer: {lstm: ...}}}
     if not isinstance(args, dict):  # a plain value: Keras's first argument, as in Dropout(0.5)
         first = [n for n in inspect.signature(BUILDERS[name]).parameters if n != "ctx"][:1]
-        if not first:
-            raise ConfigError(f"{where}: {name} takes no arguments")
-        args = {first[0]: args}
+        first = PLAIN.get(name, first[0] if first else None)
+        if first is None:
+            raise ConfigError(
+                f"{where}: {name} takes no plain value; write its arguments by name, e.g. {{{name}: {{}}}}"
+            )
+        args = {first: args}
     return name, args
 
 
 def call(builder, ctx, args, where):
+    """builder(ctx, **args), its arguments checked by name and by type against Keras's defaults."""
     params = inspect.signature(builder).parameters
     names = [n for n in params if n != "ctx"]
-    for key in args:
+    for key, value in args.items():
+        if key in ("input_shape", "batch_input_shape", "input_length"):
+            raise ConfigError(f"{where}.{key}: leave it out: nnrun takes the input shape from the data")
         if key not in params or key == "ctx":
-            raise ConfigError(
-                f"{where}.{key} is not an argument nnrun supports{suggest(key, names)}; "
-                f"its arguments: {', '.join(names)}"
-            )
+            known = f"its arguments: {', '.join(names)}" if names else "it takes no arguments"
+            raise ConfigError(f"{where}.{key} is not an argument nnrun supports{suggest(key, names)}; {known}")
+        default = params[key].default
+        pair = key in ("kernel_size", "pool_size", "strides", "dilation_rate")  # an int or a pair: pair() checks
+        if default is not inspect.Parameter.empty and not pair and not same_kind(value, default):
+            raise ConfigError(f"{where}.{key}={value!r}: use {kind_name(default)}, like Keras's default {default!r}")
+        if key == "activation" and value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where}.activation={value!r}: use one activation's name, e.g. relu")
     missing = [n for n in names if params[n].default is inspect.Parameter.empty and n not in args]
     if missing:
         raise ConfigError(f"{where}: needs {', '.join(missing)}")
@@ -314,11 +397,16 @@ class Sequential(nn.Sequential):
 
     def build(self, items, shape, outputs, task, vocab, penalties) -> list:
         specs = [one_layer(item, f"model.layers[{i}]") for i, item in enumerate(items)]
-        if len(specs) > 1 and specs[-1][0] == "activation" and specs[-1][1].get("activation") in ("softmax", "sigmoid"):
-            if specs[-2][0] == "dense" and specs[-2][1].get("activation") in (None, "linear"):
+        if len(specs) > 1 and specs[-1][0] == "activation" and specs[-2][0] == "dense":
+            if specs[-2][1].get("activation") in (None, "linear"):
                 # Dense(10) then Activation("softmax"): one output layer, as Keras computes it
-                specs[-2:] = [("dense", {**specs[-2][1], "activation": specs[-1][1]["activation"]})]
+                specs[-2:] = [("dense", {**specs[-2][1], "activation": specs[-1][1].get("activation")})]
                 items = items[:-1]
+        if vocab and specs[0][0] != "embedding":
+            raise ConfigError(
+                "model.layers[0]: this data is token ids (text); start the stack with an embedding, "
+                "e.g. {embedding: {output_dim: 64}}"
+            )
         head = output_layer(specs, outputs, task)
         if head not in ("append", None):
             self.notes.append(
@@ -337,6 +425,11 @@ class Sequential(nn.Sequential):
             x = dry_run(module, x, where)
 
         for i, (name, args) in enumerate(specs):
+            if i == len(specs) - 1 and head != "append" and x.dim() > 2:
+                raise ConfigError(
+                    f"model.layers[{i}].dense is the output layer but gets input of shape {tuple(x.shape[1:])}; "
+                    f"add flatten (or a global pooling layer) before it, as Keras needs too"
+                )
             add(name, args, f"model.layers[{i}].{name}")
         if head == "append":
             if x.dim() > 2:
@@ -381,9 +474,9 @@ def output_layer(specs, outputs: int, task) -> object:
             f"{'s' if units > 1 else ''}; write {{dense: {{units: {units}{', activation: ' + want if want else ''}}}}}"
         )
     if act not in (want, None):
-        fix = f"activation: {want}" if want else "no activation (a regression output is linear)"
+        fix = f"activation: {want}" if want else "no activation: a regression output is linear"
         raise ConfigError(
             f"{where}: activation={act} does not fit {task} data; give the output layer {fix} "
-            f"(or, if this is a hidden layer, add the output layer after it)"
+            f"(if this is a hidden layer, add the output layer after it)"
         )
     return act

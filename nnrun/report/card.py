@@ -36,7 +36,7 @@ def diagnose(logs: list, chance: float, stopped_early: bool = False) -> list:
         if best < len(val) - 1 and val[-1] > 1.1 * val[best] and losses[-1] < losses[best]:
             hints.append(
                 f"overfitting: val_loss rose from {val[best]:.4f} (epoch {best + 1}) to {val[-1]:.4f} "
-                f"while the training loss kept falling; try more model.dropout, "
+                f"while the training loss kept falling; try more dropout (model.dropout, or a dropout layer), "
                 f"optimizer.weight_decay (L2), {'' if stopped_early else 'early stopping, '}or more data"
             )
     half = losses[len(losses) // 2 :]

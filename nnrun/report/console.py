@@ -104,13 +104,15 @@ class EpochProgress:
 def model_table(model: torch.nn.Module, sample: torch.Tensor) -> str:
     """Keras-style model.summary(): layer, output shape, parameters; as plain text. sample: a
     batch of real inputs on the model's device (token ids must be ids, not zeros of any dtype)."""
-    rows, hooks, whole = [], [], []
+    rows, hooks, whole = [], [], set()
     for name, module in model.named_modules():
-        if any(name.startswith(f"{row}.") for row in whole):
+        parts = name.split(".")
+        if any(".".join(parts[:i]) in whole for i in range(1, len(parts))):
             continue  # inside a row already listed
         keras = hasattr(module, "keras_params")  # a layer of model=sequential: one row, as Keras shows it
         if name and (keras or not any(True for _ in module.children())):
-            whole += [name] if keras else []
+            if keras:
+                whole.add(name)
             hooks.append(
                 module.register_forward_hook(
                     lambda m, _, out, name=name, keras=keras: rows.append(
@@ -131,8 +133,10 @@ def model_table(model: torch.nn.Module, sample: torch.Tensor) -> str:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers = [m for m in model.modules() if hasattr(m, "keras_params")]
+    # Keras's totals for a Keras stack (batch norm's moving statistics are its non-trainable weights)
+    total = sum(m.keras_params() for m in layers) if layers else sum(p.numel() for p in model.parameters())
     size_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
     table = Table(title=f"Model: {type(model).__name__}", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("Layer (type)")

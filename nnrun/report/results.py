@@ -229,6 +229,7 @@ def print_table(console, folder, columns, lines, group_columns, groups) -> None:
     what it is), test metrics, seconds and the run folder's name; the files hold every column."""
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     if console is None:
@@ -247,14 +248,15 @@ def print_table(console, folder, columns, lines, group_columns, groups) -> None:
             if i == 0 and line.get("status") == "completed"
             else ("red" if line.get("status") not in ("completed", "running", "started") else None)
         )
-        t.add_row(*[short(line.get(c, "")) for c in shown], Path(str(line.get("run_dir", ""))).name, style=style)
+        cells = [escape(short(line.get(c, ""))) for c in shown]  # a swept list ([flatten,...]) is not markup
+        t.add_row(*cells, escape(Path(str(line.get("run_dir", ""))).name), style=style)
     console.print(t)
     if groups:
         g = Table(title="over seeds (mean ± std)", box=box.SIMPLE_HEAD, title_justify="left")
         for c in group_columns:
             g.add_column(score if c == "best_score" else c, no_wrap=True)
         for line in groups:
-            g.add_row(*[cell(line.get(c, "")) for c in group_columns])
+            g.add_row(*[escape(cell(line.get(c, ""))) for c in group_columns])
         console.print(g)
     files = [folder / name for name in ("results.csv", "results.md", "compare.png") if (folder / name).is_file()]
     console.print("results: " + ", ".join(map(str, files)))
