@@ -27,6 +27,7 @@ def run(
     extra_callbacks run after the configured ones; command: the command line that reruns it;
     resume_from: a checkpoint to continue from; stop(): a signal number asking to stop, or None;
     placement: (device, threads) of a sweep job that shares the machine with others."""
+    from nnrun import usercode
     from nnrun.callbacks import build_callbacks
     from nnrun.models import build_model
     from nnrun.report.console import EpochProgress
@@ -46,6 +47,7 @@ def run(
     model = build_model(
         **plain["model"], input_shape=data.input_shape, num_classes=data.outputs, vocab_size=data.vocab
     ).to(job.device)
+    usercode.record(run_dir, plain["model"], plain["imports"])  # model_source.json: a model of your code
     summary = first_summary(model, data, job, run_dir)
     if trainer["epochs"] == 0:
         log.info("trainer.epochs=0: model summary only, nothing trained")

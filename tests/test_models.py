@@ -20,7 +20,7 @@ def options(group):
 
 
 def test_the_installed_package_ships_every_config():
-    assert options("model") == ["cnn", "lstm", "mlp"]
+    assert options("model") == ["cnn", "custom", "lstm", "mlp"]
     assert options("data") == ["cifar10", "csv", "digits", "fashion_mnist", "mnist", "text_csv", "timeseries"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
@@ -56,8 +56,9 @@ GROUPS = ("model", "optimizer", "scheduler", "loss", "data", "callbacks", "exper
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_builds(group, option):
+    required = ["model.target=nnrun.models.mlp.MLP"] if option == "custom" else []  # model=custom's target: ???
     with initialize_config_module(config_module="nnrun.conf", version_base="1.3"):
-        conf = compose("config", overrides=[f"{group}={option}"])
+        conf = compose("config", overrides=[f"{group}={option}", *required])
     plain = OmegaConf.to_container(conf, resolve=True)
     model = build_model(**plain["model"], input_shape=(1, 28, 28), num_classes=10)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -122,3 +122,4 @@ def flat_size(shape) -> int:
 
 
 from nnrun.models import cnn, mlp, rnn  # noqa: E402,F401  (registers the models)
+from nnrun.models import custom  # noqa: E402,F401  (model=custom: your own nn.Module)
