@@ -149,11 +149,19 @@ def first_summary(model, data, job: Job, run_dir: Path) -> dict:
     """The summary's facts known before training; the model's table goes to the log."""
     import torch
 
+    from nnrun.checks import forward_error
     from nnrun.report.console import model_table
     from nnrun.train.device import device_facts
 
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(model_table(model, data.train.x[:2].to(job.device)))
+    sample = data.train.x[:2].to(job.device)
+    try:  # the model's first forward pass
+        log.info(model_table(model, sample))
+    except Exception as exc:
+        error = forward_error(model, sample, exc)
+        if error is exc:
+            raise
+        raise error from exc
     return {
         "status": "completed",
         "task": data.task,
