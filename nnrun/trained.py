@@ -1,8 +1,11 @@
 """A trained model from its run folder, ready to use: load_run(folder).predict(x), as Keras's
 load_model(...).predict(x); and the nnrun-eval and nnrun-predict commands built on it. Only
-files that hold no code are read: model.safetensors, preprocessing.json, .hydra/config.yaml."""
+files that hold no code are read: model.safetensors, preprocessing.json, .hydra/config.yaml, and
+model_source.json (your modules it names are imported only from your trust list: nnrun.usercode)."""
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -396,7 +399,7 @@ def export_model(run: Run, fmt: str, path: Path) -> None:
     else:
         import warnings
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_stdout():
             # nnrun's LSTM starts from zero states sized by the input, so any batch size runs (tested)
             warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
             torch.onnx.export(
@@ -408,6 +411,21 @@ def export_model(run: Run, fmt: str, path: Path) -> None:
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                 dynamo=False,
             )
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Standard output closed at the file level: torch's ONNX exporter prints the whole graph there
+    when it fails (its log switch reads as always on), before nnrun's one line."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 def example_input(run: Run) -> torch.Tensor:
