@@ -40,9 +40,11 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     return train(overrides, config_dir=config_dir, run_dir=run_dir)
 
 
-def load_run(folder):
+def load_run(folder, trust_code=False):
     """The trained model of a run folder with its fitted preprocessing, like Keras's load_model:
-    nnrun.load_run("outputs/2026-11-23/10-00-00").predict(x). (Imports torch on first use.)"""
+    nnrun.load_run("outputs/2026-11-23/10-00-00").predict(x). (Imports torch on first use.)
+    trust_code=True: import the code of your own model that the run records (model_source.json)
+    even when it is not in your trust list."""
     from nnrun.trained import load_run as load
 
-    return load(folder)
+    return load(folder, trust_code)

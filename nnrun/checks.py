@@ -84,13 +84,111 @@ def preflight(data, model, loss_fn, device, enabled: dict, class_weight, resumed
 
 def output_shape(output, data) -> None:
     want = (data.outputs,) if data.task == "multiclass" else ((), (1,))
+    need = f"{data.num_classes} logits (one per class)" if data.task == "multiclass" else "one value"
+    if not isinstance(output, torch.Tensor):
+        raise ConfigError(
+            f"the model's forward returns a {type(output).__name__}, not a tensor; return one tensor "
+            f"holding {need} per sample"
+        )
     got = tuple(output.shape[1:])
     if (data.task == "multiclass" and got != want) or (data.task != "multiclass" and got not in want):
-        need = f"{data.num_classes} logits (one per class)" if data.task == "multiclass" else "one value"
         raise ConfigError(
-            f"the model gives outputs of shape {got} per sample, but this {data.task} data needs "
-            f"{need}; make its last layer that wide"
+            f"the model gives outputs of shape {got} per sample (for samples of shape {tuple(data.input_shape)}), "
+            f"but this {data.task} data needs {need}; make its last layer that wide"
         )
+
+
+def forward_error(model, sample, exc) -> Exception:
+    """The model's first forward pass raised: one line (a ConfigError) naming the data's sample
+    shape, the layer that failed and what it was given, torch's message in short, and the likely
+    fix. Out of memory and nnrun's own errors stay as they are."""
+    if isinstance(exc, (ConfigError, torch.OutOfMemoryError)):
+        return exc
+    lines = str(exc).strip().splitlines()
+    message = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    entered, done, output = trace_forward(model, sample)
+    if len(entered) > len(done):  # inside a layer
+        name, layer, shape = entered[-1]
+        where = (
+            layer_fault(name, layer, shape)
+            or f"its layer {name} ({type(layer).__name__}) fails on inputs of shape {keras_shape(shape)}: {message}"
+        )
+    elif output is not None and not isinstance(output, torch.Tensor):
+        where = f"its forward returns a {type(output).__name__}, not a tensor; return the outputs as one tensor"
+    elif done:  # in the model's own code, between layers
+        name, layer, shape = done[-1]
+        where = f"its forward fails after layer {name} ({type(layer).__name__}, output {keras_shape(shape)}): {message}"
+    else:
+        where = f"its forward fails: {message}"
+    return ConfigError(f"the model cannot take this data's samples of shape {tuple(sample.shape[1:])}: {where}")
+
+
+def trace_forward(model, sample):
+    """The forward pass again, watched: ([(layer name, layer, input shape)] entered, [(name, layer,
+    output shape)] finished, the output or None when it raised)."""
+    entered, done, hooks, output = [], [], [], None
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            hooks.append(module.register_forward_pre_hook(lambda m, a, n=name: entered.append((n, m, first_shape(a)))))
+            hooks.append(module.register_forward_hook(lambda m, a, out, n=name: done.append((n, m, first_shape(out)))))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = model(sample)
+    except Exception:  # noqa: BLE001  (the same failure as the first time: entered/done say where)
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return entered, done, output
+
+
+def layer_fault(name: str, layer, shape):
+    """What is wrong between a Linear or a convolution and the shape it was given, with the fix;
+    None for other layers."""
+    if shape is None:
+        return None
+    what = f"its layer {name} ({type(layer).__name__}"
+    if isinstance(layer, torch.nn.Linear):
+        if len(shape) > 2:
+            return (
+                f"{what}, in_features={layer.in_features}) gets inputs of shape {keras_shape(shape)} and reads only "
+                f"their last axis; flatten before it (nn.Flatten(), or x.flatten(1)) and set its in_features to "
+                f"{math.prod(shape[1:])}"
+            )
+        if shape[-1] != layer.in_features:
+            return (
+                f"{what}) expects in_features={layer.in_features} but gets {shape[-1]} features per sample "
+                f"(inputs of shape {keras_shape(shape)}); set that Linear's in_features to {shape[-1]}"
+            )
+    if isinstance(layer, torch.nn.modules.conv._ConvNd):
+        axes = len(layer.kernel_size)
+        if len(shape) != axes + 2:
+            return (
+                f"{what}) needs inputs of shape (None, channels, {', '.join(['size'] * axes)}) but gets "
+                f"{keras_shape(shape)}; keep the channel and {axes} spatial axes up to it (no flatten before it)"
+            )
+        if shape[1] != layer.in_channels:
+            return (
+                f"{what}, in_channels={layer.in_channels}) gets {shape[1]} channels (inputs of shape "
+                f"{keras_shape(shape)}); set its in_channels to {shape[1]}"
+            )
+    return None
+
+
+def first_shape(value):
+    """The shape of the first tensor in a layer's inputs or outputs, or None."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (tuple, list)) and value:
+        return first_shape(value[0])
+    return None
+
+
+def keras_shape(shape) -> str:
+    return str(("None", *shape[1:])).replace("'", "") if shape is not None else "(unknown)"
 
 
 PASSING = ("Flatten", "Unflatten", "Identity", "Dropout", "Dropout1d", "Dropout2d", "AlphaDropout")

@@ -27,6 +27,7 @@ def run(
     extra_callbacks run after the configured ones; command: the command line that reruns it;
     resume_from: a checkpoint to continue from; stop(): a signal number asking to stop, or None;
     placement: (device, threads) of a sweep job that shares the machine with others."""
+    from nnrun import usercode
     from nnrun.callbacks import build_callbacks
     from nnrun.models import build_model
     from nnrun.report.console import EpochProgress
@@ -48,6 +49,7 @@ def run(
     ).to(job.device)
     if saved is None and hasattr(model, "load_pretrained"):  # model.weights; a resumed run has its own
         model.load_pretrained()
+    usercode.record(run_dir, plain["model"], plain["imports"])  # model_source.json: a model of your code
     summary = first_summary(model, data, job, run_dir)
     if trainer["epochs"] == 0:
         log.info("trainer.epochs=0: model summary only, nothing trained")
@@ -158,11 +160,19 @@ def first_summary(model, data, job: Job, run_dir: Path) -> dict:
     """The summary's facts known before training; the model's table goes to the log."""
     import torch
 
+    from nnrun.checks import forward_error
     from nnrun.report.console import model_table
     from nnrun.train.device import device_facts
 
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(model_table(model, data.train.x[:2].to(job.device)))
+    sample = data.train.x[:2].to(job.device)
+    try:  # the model's first forward pass
+        log.info(model_table(model, sample))
+    except Exception as exc:
+        error = forward_error(model, sample, exc)
+        if error is exc:
+            raise
+        raise error from exc
     for note in getattr(model, "notes", ()):
         log.info(note)
     return {

@@ -100,6 +100,7 @@ class Config:
     callbacks: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     imports: List[str] = field(default_factory=list)  # the user's modules that register models, callbacks...
+    trust_code: bool = False  # trainer.resume may import a run's recorded code outside your trust list
     run_name: Optional[str] = None  # appended to the run folder's name (made safe)
     fail_fast: bool = False  # --multirun: stop the sweep at its first failed job
 

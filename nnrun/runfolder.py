@@ -217,8 +217,10 @@ def check_composed(config) -> None:
     from omegaconf import OmegaConf
 
     from nnrun.safety import check_hydra, check_targets, resolve
+    from nnrun.usercode import restore_resumed
 
     plain = OmegaConf.to_container(config, resolve=False)
+    restore_resumed(plain)  # a resumed run's own modules (trusted), before its imports are checked
     targets = check_targets(plain)
     check_hydra(plain.get("hydra") or {})
     for key, target, allowed, base in targets:

@@ -20,6 +20,7 @@ RESOLVER = re.compile(r"\$\{\s*[\w.-]+\s*:")  # ${name:...}: a resolver call, no
 # environment variables that make a later child process (a compiler, a worker) run other code
 UNSAFE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON|BASH_ENV$|ENV$|PATH$|PERL5|RUBY|NODE_OPTIONS$)")
 VETTED = set()  # modules named in imports that passed check_imports, in this process
+RESTORED = {}  # module -> file: your modules a run's model_source.json named, imported as trusted
 DOTTED = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
@@ -35,7 +36,7 @@ def check_imports(names) -> list:
         if not isinstance(name, str) or not DOTTED.match(name):
             raise ConfigError(f"imports: {name!r} is not a module name; e.g. imports=[my_models]")
         top = name.split(".")[0]
-        if top == "nnrun":
+        if top == "nnrun" or name in RESTORED:
             vetted.append(name)
             continue
         if top in sys.stdlib_module_names or top in sys.builtin_module_names:
@@ -63,11 +64,18 @@ def check_imports(names) -> list:
 
 
 def own_file(spec, cwd: Path) -> bool:
+    """The module's file lies under the working folder or a PYTHONPATH entry (both the user's
+    choice), outside any site-packages."""
+    import os
+
+    roots = [cwd, *(Path(p).resolve() for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
     places = [spec.origin] if spec.origin not in (None, "namespace", "built-in", "frozen") else []
     places += list(spec.submodule_search_locations or [])
     for place in places:
         path = Path(place).resolve()
-        if path.is_relative_to(cwd) and not {"site-packages", "dist-packages"} & set(path.parts):
+        if {"site-packages", "dist-packages"} & set(path.parts):
+            continue
+        if any(path.is_relative_to(root) for root in roots):
             return True
     return False
 
@@ -120,12 +128,13 @@ def target_places(key: str, own: tuple):
     return None
 
 
-def check_targets(conf: dict, stored: bool = False) -> list:
+def check_targets(conf: dict, stored: bool = False, trusted=()) -> list:
     """Every _target_ stands where one may (target_places) and names, as text, something in the
     modules allowed there; checked before anything is imported. stored: a run folder's config,
-    whose imports are never honoured (its folder is not the user's code). Returns the
+    whose imports are never honoured (its folder is not the user's code); trusted: the modules
+    its model_source.json named that passed the trust list (nnrun.usercode). Returns the
     (key, target, allowed, base) to resolve once importing is safe."""
-    own = () if stored else tuple(check_imports(conf.get("imports")))
+    own = tuple(trusted) if stored else tuple(check_imports(conf.get("imports")))
     found = []
     for key, target in find_targets(conf):
         place = target_places(key, own)

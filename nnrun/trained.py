@@ -1,8 +1,11 @@
 """A trained model from its run folder, ready to use: load_run(folder).predict(x), as Keras's
 load_model(...).predict(x); and the nnrun-eval and nnrun-predict commands built on it. Only
-files that hold no code are read: model.safetensors, preprocessing.json, .hydra/config.yaml."""
+files that hold no code are read: model.safetensors, preprocessing.json, .hydra/config.yaml, and
+model_source.json (your modules it names are imported only from your trust list: nnrun.usercode)."""
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,9 +18,11 @@ from nnrun.safety import check_stored, check_targets
 
 class Run:
     """model (eval mode, the run's tested weights), config (the run's resolved config), task,
-    classes, and the fitted input transform it stored (preprocessing.json)."""
+    classes, and the fitted input transform it stored (preprocessing.json). A model of your own
+    code is rebuilt from the files model_source.json names, when your trust list holds them or
+    trust_code is true (nnrun.usercode)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, trust_code: bool = False):
         self.folder = Path(folder).expanduser()
         for name in ("model.safetensors", "preprocessing.json", ".hydra/config.yaml"):
             if not (self.folder / name).is_file():
@@ -36,8 +41,11 @@ class Run:
         # the stored config is data from whoever made the folder: nnrun's allowlist, without its
         # imports (a run folder is not your code), and no resolver calls (${oc.env:...})
         check_stored(stored)
-        check_targets(stored, stored=True)
         self.config = OmegaConf.to_container(OmegaConf.create(stored), resolve=True)
+        from nnrun.usercode import restore_run
+
+        own = restore_run(self.folder, self.config, trust_code)  # your modules, from your trust list
+        check_targets(stored, stored=True, trusted=own)
         prep = json.loads((self.folder / "preprocessing.json").read_text())
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], tuple(prep["input_shape"])
         self.preprocessing = prep["transform"]
@@ -54,7 +62,7 @@ class Run:
             "vocab_size": vocab,
             "task": self.task,
         }
-        check_shapes(self.folder, build_model, model_conf)
+        check_shapes(self.folder, build_model, model_conf, own_code=bool(own))
         self.model = build_model(**model_conf)
         self.model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
         self.model.eval()
@@ -148,14 +156,19 @@ class Run:
         return [self.classes[i] for i in index]
 
 
-def check_shapes(folder: Path, build, model_conf: dict) -> None:
+def check_shapes(folder: Path, build, model_conf: dict, own_code: bool = False) -> None:
     """The model the stored config describes, built on the meta device (no memory), must have the
     tensors model.safetensors holds, shape for shape: a crafted preprocessing.json or config cannot
     make nnrun allocate a model that the weights do not describe."""
     from safetensors import safe_open
 
-    with torch.device("meta"):
-        model = build(**model_conf)
+    try:
+        with torch.device("meta"):
+            model = build(**model_conf)
+    except Exception as exc:
+        if not own_code or isinstance(exc, ConfigError):
+            raise
+        model = build(**model_conf)  # your (trusted) code may need real tensors to build, e.g. .item()
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
@@ -170,9 +183,11 @@ def check_shapes(folder: Path, build, model_conf: dict) -> None:
         )
 
 
-def load_run(folder) -> Run:
-    """The trained model of a run folder with its preprocessing; .predict(x) as Keras's."""
-    return Run(folder)
+def load_run(folder, trust_code: bool = False) -> Run:
+    """The trained model of a run folder with its preprocessing; .predict(x) as Keras's.
+    trust_code: import the code of your own model that the run records even when it is not in
+    your trust list (read it first: it runs)."""
+    return Run(folder, trust_code)
 
 
 def table_input(frame, description: dict) -> torch.Tensor:
@@ -220,8 +235,8 @@ def read_inputs(run: Run, path: Path):
 
 
 def parse_args(argv, prog: str, required: tuple) -> dict:
-    """key=value arguments, as Hydra takes them."""
-    args = {}
+    """key=value arguments, as Hydra takes them; trust_code=true|false is taken as a bool."""
+    args = {"trust_code": False}
     for item in argv:
         key, eq, value = item.partition("=")
         if not eq:
@@ -230,6 +245,9 @@ def parse_args(argv, prog: str, required: tuple) -> dict:
     for key in required:
         if key not in args:
             raise ConfigError(f"{prog}: {key}= is missing; e.g. {prog} " + " ".join(f"{k}=..." for k in required))
+    if args["trust_code"] not in (False, "true", "false"):
+        raise ConfigError(f"{prog}: trust_code={args['trust_code']} is not true or false")
+    args["trust_code"] = args["trust_code"] == "true"
     return args
 
 
@@ -240,7 +258,7 @@ def predict_main(argv=None) -> None:
         import csv
 
         args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-predict", ("run", "input"))
-        run = load_run(args["run"])
+        run = load_run(args["run"], args["trust_code"])
         path = Path(args["input"]).expanduser()
         inputs, rows = read_inputs(run, path)
         p = run.predict(inputs)
@@ -270,7 +288,7 @@ def eval_main(argv=None) -> None:
 
     def job():
         args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-eval", ("run",))
-        run = load_run(args.pop("run"))
+        run = load_run(args.pop("run"), args.pop("trust_code"))
         data_conf = dict(run.config["data"])
         for key, value in args.items():
             if not key.startswith("data."):
@@ -328,7 +346,7 @@ def export_main(argv=None) -> None:
         args = parse_args(sys.argv[1:] if argv is None else argv, "nnrun-export", ("run", "format"))
         if args["format"] not in FORMATS:
             raise ConfigError(f"format={args['format']} is not one of {', '.join(FORMATS)}")
-        run = load_run(args["run"])
+        run = load_run(args["run"], args["trust_code"])
         fmt = args["format"]
         out = Path(args.get("output") or run.folder / ("model.ts" if fmt == "torchscript" else "model.onnx"))
         if fmt == "safetensors":
@@ -348,28 +366,18 @@ def export_main(argv=None) -> None:
                 shutil.copyfile(run.folder / "model.safetensors", tmp)
                 os.replace(tmp, out)
         else:
-            example = example_input(run)
-            if fmt == "torchscript":
-                import warnings
-
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks jit deprecated; it still works
-                    torch.jit.trace(run.model, example).save(str(tmp))
-            else:
-                import warnings
-
-                with warnings.catch_warnings():
-                    # nnrun's LSTM starts from zero states sized by the input, so any batch size runs (tested)
-                    warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
-                    torch.onnx.export(
-                        run.model,
-                        (example,),
-                        str(tmp),
-                        input_names=["input"],
-                        output_names=["output"],
-                        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                        dynamo=False,
-                    )
+            try:
+                export_model(run, fmt, tmp)
+            except Exception as exc:  # noqa: BLE001  (tracing and ONNX raise many types)
+                tmp.unlink(missing_ok=True)
+                tool = "torch.jit.trace" if fmt == "torchscript" else "torch.onnx.export"
+                other = "onnx" if fmt == "torchscript" else "torchscript"
+                lines = str(exc).strip().splitlines()
+                raise ConfigError(
+                    f"format={fmt}: {tool} cannot export {type(run.model).__name__} ({type(exc).__name__}: "
+                    f"{lines[0] if lines else ''}); try format={other}, or format=safetensors (the weights, "
+                    f"for your model's own code)"
+                ) from exc
             os.replace(tmp, out)
         tmp.unlink(missing_ok=True)
         print(
@@ -378,6 +386,47 @@ def export_main(argv=None) -> None:
         )
 
     guarded(job, "nnrun-export")
+
+
+def export_model(run: Run, fmt: str, path: Path) -> None:
+    """The run's model traced to TorchScript or exported to ONNX, at path."""
+    example = example_input(run)
+    if fmt == "torchscript":
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks jit deprecated; it still works
+            torch.jit.trace(run.model, example).save(str(path))
+    else:
+        import warnings
+
+        with warnings.catch_warnings(), quiet_stdout():
+            # nnrun's LSTM starts from zero states sized by the input, so any batch size runs (tested)
+            warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
+            torch.onnx.export(
+                run.model,
+                (example,),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                dynamo=False,
+            )
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Standard output closed at the file level: torch's ONNX exporter prints the whole graph there
+    when it fails (its log switch reads as always on), before nnrun's one line."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 def example_input(run: Run) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Helpers: run the real nnrun command, find its run folder, write tiny IDX datasets."""
 
+import atexit
 import csv
 import gzip
 import json
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,11 @@ import pytest
 _SCRIPT = Path(sys.executable).parent / "nnrun"
 NNRUN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "nnrun"]
 FAST = ["trainer.epochs=2", "trainer.limit_batches=5"]
+# the trust list of your own code (nnrun.usercode) of every run the tests start: a folder of this
+# session, never the real ~/.local/state (a test of another user gives its own NNRUN_STATE_DIR)
+STATE_DIR = tempfile.mkdtemp(prefix="nnrun-test-state-")
+os.environ["NNRUN_STATE_DIR"] = STATE_DIR
+atexit.register(shutil.rmtree, STATE_DIR, True)
 
 
 def clean_env(**extra) -> dict:

@@ -47,7 +47,7 @@ def test_a_config_error_raises_config_error_with_the_cli_line(tmp_path):
         tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "caught: model=nope is not an option; choose one of: cnn, lstm, mlp"
+    assert result.stdout.strip() == "caught: model=nope is not an option; choose one of: cnn, custom, lstm, mlp"
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("summary.json"))
 
 

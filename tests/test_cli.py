@@ -124,7 +124,7 @@ def test_python_dash_m_and_help(tmp_path):
     assert result.returncode == 0
     for group in (
         "data: cifar10, csv, digits, fashion_mnist, mnist, text_csv, timeseries",
-        "model: cnn, lstm, mlp",
+        "model: cnn, custom, lstm, mlp",
         "optimizer: adam, adamw, rmsprop, sgd",
     ):
         assert group in result.stdout

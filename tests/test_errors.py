@@ -10,7 +10,7 @@ CASES = [
     (["trainer.epochs=2.5"], ["trainer.epochs=2.5", "whole number"]),
     (["optimizer=sgd", "optimizer.nesterov=maybe"], ["optimizer.nesterov=maybe", "true or false"]),
     (["callbacks.early_stopping.patience=x"], ["callbacks.early_stopping.patience", "integer"]),
-    (["model=transfomer"], ["model=transfomer", "cnn, lstm, mlp"]),
+    (["model=transfomer"], ["model=transfomer", "cnn, custom, lstm, mlp"]),
     (["trainer.epochs=-1"], ["trainer.epochs", "-1", ">= 0"]),
     (["trainer.epoch=3"], ["trainer.epoch", "did you mean epochs"]),
     (["+trainer.epoch=3"], ["trainer.epoch", "did you mean epochs"]),

@@ -27,6 +27,7 @@ def test_the_installed_package_ships_every_config():
         "course_dense_l2",
         "course_lstm",
         "course_text",
+        "custom",
         "lstm",
         "mlp",
         "sequential",
@@ -67,8 +68,9 @@ GROUPS = ("model", "optimizer", "scheduler", "loss", "data", "callbacks", "exper
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_builds(group, option):
+    required = ["model.target=nnrun.models.mlp.MLP"] if option == "custom" else []  # model=custom's target: ???
     with initialize_config_module(config_module="nnrun.conf", version_base="1.3"):
-        conf = compose("config", overrides=[f"{group}={option}"])
+        conf = compose("config", overrides=[f"{group}={option}", *required])
     plain = OmegaConf.to_container(conf, resolve=True)
     if option == "course_text":  # reads token ids: 24 per sample from a vocabulary of 100
         model = build_model(**plain["model"], input_shape=(24,), num_classes=10, vocab_size=100, task="multiclass")

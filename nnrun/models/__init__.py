@@ -129,4 +129,4 @@ def flat_size(shape) -> int:
     return math.prod(shape)
 
 
-from nnrun.models import backbone, cnn, mlp, rnn, sequential  # noqa: E402,F401  (registers the models)
+from nnrun.models import backbone, cnn, custom, mlp, rnn, sequential  # noqa: E402,F401  (registers the models)

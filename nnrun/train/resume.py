@@ -143,6 +143,7 @@ def newest_same_run(run_dir: Path, config: dict):
 def comparable(config: dict) -> dict:
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     config.get("trainer", {}).pop("resume", None)
+    config.pop("trust_code", None)  # a permission for this command, not part of the run
     return config
 
 

@@ -1,0 +1,261 @@
+"""Your own code in a run: model_source.json records the modules that rebuild its model (model=custom,
+a model or dataset your imports register); your trust list says which files nnrun may import when a
+run folder, which is data, names them (trusted_code.json in $NNRUN_STATE_DIR or ~/.local/state/nnrun)."""
+
+import fcntl
+import hashlib
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from nnrun.errors import ConfigError
+
+log = logging.getLogger("nnrun")
+RECORD = "model_source.json"
+TRUST_LIST = "trusted_code.json"
+WARNED = set()  # files whose change was said once in this process
+
+
+def state_dir() -> Path:
+    if os.environ.get("NNRUN_STATE_DIR"):
+        return Path(os.environ["NNRUN_STATE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state").expanduser() / "nnrun"
+
+
+def trusted() -> set:
+    """The files in your trust list (resolved paths)."""
+    path = state_dir() / TRUST_LIST
+    try:
+        files = json.loads(path.read_text())["files"]
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"the trust list {path} is not readable ({exc}); remove it (training adds your modules again)"
+        )
+    return {f for f in files if isinstance(f, str)}
+
+
+def trust(files) -> None:
+    """Add files to the trust list: under a lock (two runs starting together keep both entries),
+    written to a new file renamed into place (a reader never sees half of one)."""
+    from nnrun.train.checkpoint import write_atomic
+
+    folder = state_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(folder / f".{TRUST_LIST}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        have = trusted()
+        if set(map(str, files)) <= have:
+            return
+        write_atomic(folder / TRUST_LIST, json.dumps({"files": sorted(have | set(map(str, files)))}, indent=2) + "\n")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def root_of(name: str, file: Path):
+    """The import-path folder from which `import name` loads file (a .py), or None when file is not
+    where that name would be."""
+    parts = name.split(".")
+    tail = "/".join(parts) + ("/__init__.py" if file.name == "__init__.py" else ".py")
+    text = file.as_posix()
+    if file.suffix != ".py" or not text.endswith("/" + tail):
+        return None
+    return Path(text[: -len(tail) - 1] or "/")
+
+
+def describe(name: str):
+    """{module, file, folder, sha256} of an imported module of yours; None for nnrun's own or one
+    without a Python file (a namespace package)."""
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if name.split(".")[0] == "nnrun" or not path:
+        return None
+    file = Path(path).resolve()
+    folder = root_of(name, file)
+    if folder is None:
+        return None
+    return {"module": name, "file": str(file), "folder": str(folder), "sha256": sha256(file)}
+
+
+def record(run_dir: Path, model: dict, imports) -> None:
+    """model_source.json for a run whose model (or data) comes from your code; its files join your
+    trust list. Nothing for a run of nnrun's own models."""
+    from nnrun.train.checkpoint import write_atomic
+
+    target = model.get("target") if model.get("name") == "custom" else None
+    main = describe(target.rpartition(".")[0]) if isinstance(target, str) else None
+    entries = [e for e in map(describe, imports or []) if e is not None]
+    if main is None and not entries:
+        return
+    trust([e["file"] for e in [main, *entries] if e is not None])
+    text = {"model": model.get("name"), "target": target, "kwargs": model.get("kwargs") if target else None}
+    text.update(main or {"module": None, "file": None, "folder": None, "sha256": None})
+    text["imports"] = entries
+    write_atomic(Path(run_dir) / RECORD, json.dumps(text, indent=2, default=str) + "\n", sync=False)
+
+
+def read_record(folder: Path, key: str):
+    """The entries of a run folder's model_source.json (its model's module first, then its imports),
+    checked as data; None when there is none."""
+    from nnrun.safety import DOTTED
+
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return None
+    damaged = f"{key}: {path} is damaged"
+    try:
+        text = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{damaged} ({exc})") from None
+    if not isinstance(text, dict) or not isinstance(text.get("imports", []), list):
+        raise ConfigError(f"{damaged} (not a mapping with a list of imports)")
+    entries = ([text] if text.get("module") is not None else []) + list(text.get("imports", []))
+    for entry in entries:
+        fields = [entry.get(k) for k in ("module", "file", "folder", "sha256")] if isinstance(entry, dict) else [0]
+        if not all(isinstance(v, str) for v in fields) or not DOTTED.match(fields[0]) or "__" in fields[0]:
+            raise ConfigError(f"{damaged} (an entry without module, file, folder and sha256)")
+        name, file = fields[0], fields[1]
+        top = name.split(".")[0]
+        if top == "nnrun" or top in sys.stdlib_module_names or top in sys.builtin_module_names:
+            raise ConfigError(f"{damaged}: it names {name}, which is not your own module")
+        if not Path(file).is_absolute() or root_of(name, Path(file)) != Path(entry["folder"]):
+            raise ConfigError(f"{damaged}: {file} is not where module {name} would be found from {entry['folder']}")
+    return entries
+
+
+def restore(entries: list, trust_code: bool, key: str) -> list:
+    """Import the modules of a run's record (read_record), each only from its recorded file, and
+    only when that file is in your trust list or trust_code is true; returns their names."""
+    from nnrun.safety import RESTORED, VETTED
+
+    allowed = None if trust_code else trusted()
+    how = (
+        "to the command" if key.startswith("trainer.resume") else "(in Python: nnrun.load_run(folder, trust_code=True))"
+    )
+    names = []
+    for entry in entries:
+        name, file = entry["module"], Path(entry["file"])
+        if name in names:
+            continue
+        if not file.is_file():
+            raise ConfigError(
+                f"{key}: the run's model needs your module {name}, which was at {file}; that file is gone: "
+                f"put it back there (a run folder keeps the weights, not the code)"
+            )
+        if allowed is not None and str(file) not in allowed:
+            raise ConfigError(
+                f"{key}: the run's model needs module {name} from {file}, which is not in your trust list "
+                f"({state_dir() / TRUST_LIST}: the files you trained with); read it, and if you trust it add "
+                f"trust_code=true {how}"
+            )
+        if sha256(file) != entry["sha256"] and str(file) not in WARNED:
+            WARNED.add(str(file))
+            log.warning(
+                f"module {name} ({file}) changed since the run was trained (its sha256 differs from {RECORD}'s); "
+                f"the model is built from today's code"
+            )
+        import_from(name, file, Path(entry["folder"]), key)
+        RESTORED[name] = str(file)
+        VETTED.add(name)
+        names.append(name)
+    return names
+
+
+def import_from(name: str, file: Path, folder: Path, key: str) -> None:
+    """Import name from folder, which must give file: a module of the same name imported already
+    from elsewhere, or found first elsewhere, is an error (never silently used)."""
+    from nnrun.models.custom import source
+
+    parts = name.split(".")
+    for prefix in (".".join(parts[: i + 1]) for i in range(len(parts))):  # pkg, then pkg.mod
+        loaded = sys.modules.get(prefix)
+        places = [getattr(loaded, "__file__", None), *(getattr(loaded, "__path__", None) or [])]
+        if loaded is not None and not any(p and Path(p).resolve().is_relative_to(folder) for p in places):
+            raise ConfigError(
+                f"{key}: module {prefix} is imported already from {places[0] or places[1:]}, not from {folder} where "
+                f"the run's model came from; rename one of them, or load the run in a fresh Python"
+            )
+    module = sys.modules.get(name)
+    if module is None:
+        sys.path.insert(0, str(folder))  # first for this import only: no other file may answer for name
+        try:
+            module = importlib.import_module(name)
+        except (ImportError, SyntaxError) as exc:
+            raise ConfigError(f"{key}: importing {name} from {file} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path.remove(str(folder))
+        if str(folder) not in sys.path:  # last: its own later imports (siblings) still work
+            sys.path.append(str(folder))
+    if source(module) != file:
+        raise ConfigError(
+            f"{key}: module {name} comes from {source(module)}, not from {file} where the run's model came "
+            f"from; rename one of them, or run from another folder"
+        )
+
+
+def needs_code(config: dict) -> bool:
+    """Whether a stored config's model or data comes from your code rather than nnrun's."""
+    from nnrun.data import DATASETS
+    from nnrun.models import MODELS
+    from nnrun.safety import ALLOWED, within
+
+    model = config.get("model") or {}
+    if model.get("name") == "custom":
+        return not within(str(model.get("target")), ("nnrun",))
+    if model.get("_target_") is not None:
+        return not within(str(model["_target_"]), ALLOWED)
+    return model.get("name") not in MODELS.names() or (config.get("data") or {}).get("name") not in DATASETS.names()
+
+
+def restore_run(folder: Path, config: dict, trust_code: bool) -> list:
+    """For the tools: the modules that rebuild a run's model, restored as its record says (see
+    restore); [] for nnrun's own models. model=custom without a record of its module is refused."""
+    if not needs_code(config):
+        return []
+    key = f"run={folder}"
+    found = read_record(folder, key)
+    model = config.get("model") or {}
+    custom = model.get("name") == "custom"
+    if found is None and custom:
+        raise ConfigError(
+            f"{key}: its model is your class {model.get('target')}, but the folder has no {RECORD} saying "
+            f"where that code was; nnrun imports no module a run folder merely names"
+        )
+    names = restore(found, trust_code, key) if found else []
+    if custom and str(model.get("target")).rpartition(".")[0] not in names:
+        raise ConfigError(f"{key}: {RECORD} does not record the module of model.target={model.get('target')}")
+    return names
+
+
+def resumed_folder(plain: dict):
+    """The run folder trainer.resume names in a composed config (a folder, a checkpoint inside one,
+    or auto with hydra.run.dir naming one), or None."""
+    from nnrun.train.resume import holds_run
+
+    resume = (plain.get("trainer") or {}).get("resume")
+    if not isinstance(resume, str) or not resume:
+        return None
+    if resume == "auto":
+        run_dir = ((plain.get("hydra") or {}).get("run") or {}).get("dir")
+        if not isinstance(run_dir, str) or "${" in run_dir or not holds_run(Path(run_dir).expanduser()):
+            return None
+        return Path(run_dir).expanduser()
+    path = Path(resume).expanduser()
+    if path.is_file() and path.parent.name == "checkpoints":
+        path = path.parent.parent
+    return path if path.is_dir() else None
+
+
+def restore_resumed(plain: dict) -> None:
+    """trainer.resume of a run made from your code: its modules, as its record says, before the
+    config's imports are checked (they need not be importable from this folder)."""
+    folder = resumed_folder(plain)
+    found = read_record(folder, f"trainer.resume={folder}") if folder is not None else None
+    if found is not None:
+        restore(found, bool(plain.get("trust_code")), f"trainer.resume={folder}")
