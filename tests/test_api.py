@@ -47,7 +47,10 @@ def test_a_config_error_raises_config_error_with_the_cli_line(tmp_path):
         tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "caught: model=nope is not an option; choose one of: cnn, custom, lstm, mlp"
+    assert (
+        result.stdout.strip()
+        == "caught: model=nope is not an option; choose one of: cnn, course_cnn, course_dense, course_dense_l2, course_lstm, course_text, custom, lstm, mlp, sequential, torchvision"
+    )
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("summary.json"))
 
 

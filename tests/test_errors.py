@@ -10,7 +10,13 @@ CASES = [
     (["trainer.epochs=2.5"], ["trainer.epochs=2.5", "whole number"]),
     (["optimizer=sgd", "optimizer.nesterov=maybe"], ["optimizer.nesterov=maybe", "true or false"]),
     (["callbacks.early_stopping.patience=x"], ["callbacks.early_stopping.patience", "integer"]),
-    (["model=transfomer"], ["model=transfomer", "cnn, custom, lstm, mlp"]),
+    (
+        ["model=transfomer"],
+        [
+            "model=transfomer",
+            "cnn, course_cnn, course_dense, course_dense_l2, course_lstm, course_text, custom, lstm, mlp, sequential, torchvision",
+        ],
+    ),
     (["trainer.epochs=-1"], ["trainer.epochs", "-1", ">= 0"]),
     (["trainer.epoch=3"], ["trainer.epoch", "did you mean epochs"]),
     (["+trainer.epoch=3"], ["trainer.epoch", "did you mean epochs"]),
