@@ -68,7 +68,7 @@ def preflight(data, model, loss_fn, device, enabled: dict, class_weight, resumed
             output = model(x)
     finally:
         model.train(was_training)
-    output_shape(output, data)
+    output_shape(output, data, len(x))
     softmax_output(model, output, data)
     found = [
         ("unnormalized_inputs", unnormalized_inputs(data)),
@@ -82,7 +82,7 @@ def preflight(data, model, loss_fn, device, enabled: dict, class_weight, resumed
     return warnings
 
 
-def output_shape(output, data) -> None:
+def output_shape(output, data, batch: int = None) -> None:
     want = (data.outputs,) if data.task == "multiclass" else ((), (1,))
     need = f"{data.num_classes} logits (one per class)" if data.task == "multiclass" else "one value"
     if not isinstance(output, torch.Tensor):
@@ -90,11 +90,27 @@ def output_shape(output, data) -> None:
             f"the model's forward returns a {type(output).__name__}, not a tensor; return one tensor "
             f"holding {need} per sample"
         )
+    if output.dim() == 0 or (batch is not None and len(output) != batch):
+        rows = "a single value" if output.dim() == 0 else f"{len(output)} rows"
+        raise ConfigError(
+            f"the model gives {rows} for a batch of {batch} samples; its forward must keep the batch "
+            f"(one row of {need} per sample: no sum or mean over the batch, no slicing of it)"
+        )
+    if not output.is_floating_point():
+        raise ConfigError(
+            f"the model's outputs are {str(output.dtype).replace('torch.', '')}; return floating-point "
+            f"logits (no argmax, no .long())"
+        )
     got = tuple(output.shape[1:])
     if (data.task == "multiclass" and got != want) or (data.task != "multiclass" and got not in want):
         raise ConfigError(
             f"the model gives outputs of shape {got} per sample (for samples of shape {tuple(data.input_shape)}), "
             f"but this {data.task} data needs {need}; make its last layer that wide"
+        )
+    if not torch.isfinite(output).all():
+        raise ConfigError(
+            "the untrained model's outputs hold NaN or infinity for the first training samples; check its "
+            "forward (a division by zero, a log of zero or of a negative value) and its initial weights"
         )
 
 

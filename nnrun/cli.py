@@ -225,5 +225,10 @@ def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
         every_n_steps=trainer["checkpoint_every_n_steps"],
     )
     check_monitors(data.val is not None, settings.monitor, callbacks, scheduler, data.task)
+    if (getattr(model, "unfreeze_at_epoch", None) or 0) > trainer["epochs"]:
+        log.warning(
+            f"model.unfreeze_at_epoch={model.unfreeze_at_epoch} is past trainer.epochs={trainer['epochs']}: "
+            f"the backbone stays frozen for the whole run"
+        )
     fitter = Trainer(engine, optimizer, scheduler, callbacks, losses, settings, outputs)
     return fitter, [{"check": name, "message": message} for name, message in warnings]

@@ -1,6 +1,7 @@
 """Schema for the fixed part of the config, stored in Hydra's ConfigStore so that typos and wrong
 types fail at compose time; plus the range checks a type cannot express."""
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
@@ -147,8 +148,8 @@ def check(conf) -> None:
         value = conf[section].get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r} is not a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} is not a finite number")
         low_ok = value >= low if inclusive in (True, None) else value > low
         high_ok = high is None or (value <= high if inclusive else value < high)
         if not (low_ok and high_ok):

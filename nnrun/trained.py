@@ -5,6 +5,7 @@ model_source.json (your modules it names are imported only from your trust list:
 
 import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ class Run:
         own = restore_run(self.folder, self.config, trust_code)  # your modules, from your trust list
         check_targets(stored, stored=True, trusted=own)
         prep = json.loads((self.folder / "preprocessing.json").read_text())
-        self.task, self.classes, self.input_shape = prep["task"], prep["classes"], tuple(prep["input_shape"])
+        self.task, self.classes, self.input_shape = prep["task"], prep["classes"], sample_shape(self.folder, prep)
         self.preprocessing = prep["transform"]
         if isinstance(self.preprocessing, dict) and self.preprocessing.get("kind") == "tabular":
             from nnrun.data.tabular import check_description
@@ -62,7 +63,7 @@ class Run:
             "vocab_size": vocab,
             "task": self.task,
         }
-        check_shapes(self.folder, build_model, model_conf, own_code=bool(own))
+        check_shapes(self.folder, build_model, model_conf, trust_code=trust_code)
         self.model = build_model(**model_conf)
         self.model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
         self.model.eval()
@@ -156,25 +157,61 @@ class Run:
         return [self.classes[i] for i in index]
 
 
-def check_shapes(folder: Path, build, model_conf: dict, own_code: bool = False) -> None:
+MAX_SAMPLE = 2**26  # values in one sample (256 MB in float32): more is a damaged preprocessing.json
+
+
+def sample_shape(folder: Path, prep: dict) -> tuple:
+    """preprocessing.json's input_shape, checked as data: models are built and run on a sample of
+    it before any weights are read, so a planted (3, 20000, 20000) must not get that far."""
+    shape = prep.get("input_shape")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+        or math.prod(shape) > MAX_SAMPLE
+    ):
+        raise ConfigError(
+            f"run={folder}: preprocessing.json's input_shape {shape!r} is not a sample shape; the folder is damaged"
+        )
+    return tuple(shape)
+
+
+def check_shapes(folder: Path, build, model_conf: dict, trust_code: bool = False) -> None:
     """The model the stored config describes, built on the meta device (no memory), must have the
     tensors model.safetensors holds, shape for shape: a crafted preprocessing.json or config cannot
-    make nnrun allocate a model that the weights do not describe."""
+    make nnrun allocate a model that the weights do not describe. A model that cannot be built on
+    the meta device (your constructor reads tensor values) is built for real only with trust_code:
+    its size cannot be checked first."""
     from safetensors import safe_open
 
-    try:
-        with torch.device("meta"):
-            model = build(**model_conf)
-    except Exception as exc:
-        if not own_code or isinstance(exc, ConfigError):
-            raise
-        model = build(**model_conf)  # your (trusted) code may need real tensors to build, e.g. .item()
-    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
             have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
         raise ConfigError(f"run={folder}: model.safetensors is not readable ({exc})") from None
+    if model_conf.get("name") == "torchvision":  # some architectures build on the CPU even here: size first
+        from nnrun.models.backbone import known_params
+
+        expected = known_params(model_conf.get("arch"))
+        if expected and expected > 2 * sum(math.prod(s) for s in have.values()) + 10**7:
+            raise ConfigError(
+                f"run={folder}: model.arch={model_conf.get('arch')} has {expected:,} parameters, far more than "
+                f"model.safetensors holds; the folder is damaged"
+            )
+    try:
+        with torch.device("meta"):
+            model = build(**model_conf)
+    except Exception as exc:
+        if not trust_code or isinstance(exc, ConfigError):
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(
+                f"run={folder}: its model cannot be built on PyTorch's meta device ({type(exc).__name__}: {exc}), "
+                f"so nnrun cannot check its size against model.safetensors before building it; if you trust this "
+                f"run folder's config, add trust_code=true"
+            ) from None
+        model = build(**model_conf)
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if wanted != have:
         differ = sorted(k for k in set(wanted) | set(have) if wanted.get(k) != have.get(k))[:3]
         raise ConfigError(

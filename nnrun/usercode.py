@@ -26,32 +26,47 @@ def state_dir() -> Path:
 
 
 def trusted() -> set:
-    """The files in your trust list (resolved paths)."""
+    """Your trust list: (file, module, folder) of each module you trained with. A module is
+    trusted only as it was imported then: the same name from the same import folder (a parent
+    folder of a trusted file would run that folder's other files)."""
     path = state_dir() / TRUST_LIST
     try:
-        files = json.loads(path.read_text())["files"]
+        entries = json.loads(path.read_text())["modules"]
+        return {(e["file"], e["module"], e["folder"]) for e in entries if all(isinstance(e.get(k), str) for k in KEYS)}
     except FileNotFoundError:
         return set()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"the trust list {path} is not readable ({exc}); remove it (training adds your modules again)"
-        )
-    return {f for f in files if isinstance(f, str)}
+        ) from None
 
 
-def trust(files) -> None:
-    """Add files to the trust list: under a lock (two runs starting together keep both entries),
-    written to a new file renamed into place (a reader never sees half of one)."""
+KEYS = ("file", "module", "folder")
+
+
+def trust(entries) -> None:
+    """Add modules (describe()'s entries) to the trust list: under a lock (two runs starting
+    together keep both), written to a new file renamed into place (a reader never sees half of
+    one). A state folder nnrun cannot write is a warning: the run trains, and reloading it from
+    a run folder then needs trust_code=true."""
     from nnrun.train.checkpoint import write_atomic
 
     folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(folder / f".{TRUST_LIST}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        have = trusted()
-        if set(map(str, files)) <= have:
-            return
-        write_atomic(folder / TRUST_LIST, json.dumps({"files": sorted(have | set(map(str, files)))}, indent=2) + "\n")
+    new = {tuple(e[k] for k in KEYS) for e in entries}
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(folder / f".{TRUST_LIST}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            have = trusted()
+            if new <= have:
+                return
+            listed = [dict(zip(KEYS, entry)) for entry in sorted(have | new)]
+            write_atomic(folder / TRUST_LIST, json.dumps({"modules": listed}, indent=2) + "\n")
+    except OSError as exc:
+        log.warning(
+            f"cannot add your modules to the trust list in {folder} ({exc.strerror or exc}); the run trains, and "
+            f"reloading it will need trust_code=true (set NNRUN_STATE_DIR to a folder you can write)"
+        )
 
 
 def sha256(path: Path) -> str:
@@ -93,7 +108,7 @@ def record(run_dir: Path, model: dict, imports) -> None:
     entries = [e for e in map(describe, imports or []) if e is not None]
     if main is None and not entries:
         return
-    trust([e["file"] for e in [main, *entries] if e is not None])
+    trust([e for e in [main, *entries] if e is not None])
     text = {"model": model.get("name"), "target": target, "kwargs": model.get("kwargs") if target else None}
     text.update(main or {"module": None, "file": None, "folder": None, "sha256": None})
     text["imports"] = entries
@@ -148,7 +163,7 @@ def restore(entries: list, trust_code: bool, key: str) -> list:
                 f"{key}: the run's model needs your module {name}, which was at {file}; that file is gone: "
                 f"put it back there (a run folder keeps the weights, not the code)"
             )
-        if allowed is not None and str(file) not in allowed:
+        if allowed is not None and (str(file), name, entry["folder"]) not in allowed:
             raise ConfigError(
                 f"{key}: the run's model needs module {name} from {file}, which is not in your trust list "
                 f"({state_dir() / TRUST_LIST}: the files you trained with); read it, and if you trust it add "
@@ -258,4 +273,23 @@ def restore_resumed(plain: dict) -> None:
     folder = resumed_folder(plain)
     found = read_record(folder, f"trainer.resume={folder}") if folder is not None else None
     if found is not None:
-        restore(found, bool(plain.get("trust_code")), f"trainer.resume={folder}")
+        restore(found, trust_from_command(plain), f"trainer.resume={folder}")
+
+
+def trust_from_command(plain: dict) -> bool:
+    """trust_code=true counts only when typed on the command line (or given to nnrun.fit): a preset
+    or an experiment file is data, and must not be able to say it."""
+    if not plain.get("trust_code"):
+        return False
+    from hydra.core.hydra_config import HydraConfig
+
+    typed = ((plain.get("hydra") or {}).get("overrides") or {}).get("task")  # the composed config's own record
+    if typed is None:
+        typed = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    for override in typed:
+        key, _, value = str(override).partition("=")
+        if key.lstrip("+~") == "trust_code" and value.strip().lower() == "true":
+            return True
+    raise ConfigError(
+        "trust_code=true came from a config file (a preset or experiment); it counts only on the command line"
+    )

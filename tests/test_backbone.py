@@ -133,6 +133,14 @@ def test_a_frozen_epoch_trains_only_the_head_and_the_run_reloads_without_the_wei
     session = ort.InferenceSession(str(run_dir / "model.onnx"))
     assert np.allclose(session.run(None, {"input": x.numpy()})[0], expected.numpy(), atol=1e-4)
 
+    # a planted architecture that the meta device cannot build (regnet: 644M parameters) is refused
+    # by its size before nnrun would build it on the CPU to compare with model.safetensors
+    config = run_dir / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("arch: resnet18", "arch: regnet_y_128gf"))
+    result = tool("nnrun-eval", f"run={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "model.arch=regnet_y_128gf has 644,812,894 parameters, far more than" in one_line_error(result)
+
 
 def test_a_weights_name_comes_from_torchvisions_cache_and_offline_without_it_is_one_line(tmp_path):
     write_images(tmp_path)
@@ -172,6 +180,8 @@ def test_a_weights_name_comes_from_torchvisions_cache_and_offline_without_it_is_
             "optimizer.backbone_lr_scale=0.1: this model has no pretrained backbone",
         ),
         (["data=csv", "data.path=table.csv", "data.target=y"], "model=torchvision needs images"),
+        (["optimizer.backbone_lr_scale=inf"], "optimizer.backbone_lr_scale=inf is not a finite number"),
+        (["model.weights=/dev/zero"], "model.weights=/dev/zero: not a regular file"),
     ],
 )
 def test_what_cannot_work_is_one_line(tmp_path, args, words):

@@ -72,6 +72,15 @@ class Spectral(nn.Module):  # trains and traces, but ONNX has no FFT operator
     def forward(self, x):
         return self.fc(torch.fft.rfft(x.flatten(1)).abs())
 
+class ItemNet(nn.Module):  # reads a tensor's value while building: cannot be built on the meta device
+    def __init__(self, input_shape, num_classes, hidden=16):
+        super().__init__()
+        width = int(torch.tensor(hidden).item())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.fc(x)
+
 Linear = nn.Linear  # imported into this module, not defined here
 """
 SMALL = ["model=custom", "model.target=my_models.SmallNet", "model.kwargs={hidden:16}"]
@@ -340,13 +349,138 @@ def test_the_trust_list_keeps_every_entry_of_concurrent_writers(tmp_path, monkey
     from nnrun import usercode
 
     monkeypatch.setenv("NNRUN_STATE_DIR", str(tmp_path / "state"))
-    files = [f"/project/model_{i}.py" for i in range(8)]
+    entries = [{"file": f"/project/model_{i}.py", "module": f"model_{i}", "folder": "/project"} for i in range(8)]
     context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=usercode.trust, args=([f],)) for f in files]
+    workers = [context.Process(target=usercode.trust, args=([e],)) for e in entries]
     for w in workers:
         w.start()
     for w in workers:
         w.join(60)
     assert all(w.exitcode == 0 for w in workers)
-    assert usercode.trusted() == set(files)
-    assert sorted(json.loads((tmp_path / "state" / "trusted_code.json").read_text())["files"]) == files
+    assert usercode.trusted() == {(e["file"], e["module"], e["folder"]) for e in entries}
+    assert json.loads((tmp_path / "state" / "trusted_code.json").read_text())["modules"] == entries
+
+
+def marked(folder: Path, marks: Path) -> Path:
+    """my_models.py that appends a line to marks each time it is imported."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "my_models.py").write_text(f"open({str(marks)!r}, 'a').write('x')\n" + MODELS)
+    return folder
+
+
+def test_a_run_folder_cannot_reach_a_trusted_file_through_its_parent_folder(tmp_path):
+    # the trusted file imported as <project>.my_models from the folder above it would run a
+    # planted <project>/__init__.py (and make that folder's other files importable)
+    a = marked(tmp_path / "proj", tmp_path / "marks")
+    _, run_dir = train(a, *SMALL, *QUICK)
+    source = json.loads((run_dir / "model_source.json").read_text())
+    source.update(module="proj.my_models", folder=str(tmp_path.resolve()))
+    (run_dir / "model_source.json").write_text(json.dumps(source))
+    config = run_dir / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("my_models.SmallNet", "proj.my_models.SmallNet"))
+    (a / "__init__.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').close()\n")
+    result = tool("nnrun-eval", f"run={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2 and "not in your trust list" in one_line_error(result)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_trust_code_counts_only_on_the_command_line(tmp_path):
+    marks = tmp_path / "marks"
+    a = marked(tmp_path / "A", marks)
+    _, run_dir = train(a, *SMALL, *QUICK, "~callbacks.early_stopping")
+    before = marks.read_text()
+    preset = tmp_path / "B" / "conf" / "experiment"
+    preset.mkdir(parents=True)
+    (preset / "fast.yaml").write_text(f"# @package _global_\ntrust_code: true\ntrainer:\n  resume: {run_dir}\n")
+    user_b = clean_env(NNRUN_STATE_DIR=str(tmp_path / "user_b"))  # another user: A's file is not in their list
+    args = [*SMALL, *QUICK, "~callbacks.early_stopping"]
+    result = nnrun("--config-dir=conf", "experiment=fast", *args, cwd=tmp_path / "B", env=user_b)
+    assert result.returncode == 2
+    assert "trust_code=true came from a config file" in one_line_error(result)
+    assert marks.read_text() == before  # nothing of A's was imported
+    typed = nnrun(
+        *args, f"trainer.resume={run_dir}", "trainer.epochs=2", "trust_code=true", cwd=tmp_path / "B", env=user_b
+    )
+    assert typed.returncode == 0, typed.stderr
+    assert len(metrics(run_dir)) == 2
+
+
+def test_a_planted_sample_shape_or_a_model_the_meta_device_cannot_build_is_refused(trained, tmp_path):
+    _, run_dir = trained
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    prep = json.loads((run / "preprocessing.json").read_text())
+    (run / "preprocessing.json").write_text(json.dumps({**prep, "input_shape": [3, 20000, 20000]}))
+    result = tool("nnrun-eval", f"run={run}", cwd=tmp_path)
+    assert result.returncode == 2 and "input_shape [3, 20000, 20000] is not a sample shape" in one_line_error(result)
+
+    # a constructor that reads tensor values cannot be sized on the meta device: built only when trusted
+    b = project(tmp_path / "B")
+    _, item_run = train(b, "model=custom", "model.target=my_models.ItemNet", *QUICK, name="item")
+    refused = tool("nnrun-eval", f"run={item_run}", cwd=tmp_path)
+    assert refused.returncode == 2 and "cannot be built on PyTorch's meta device" in one_line_error(refused)
+    assert tool("nnrun-eval", f"run={item_run}", "trust_code=true", cwd=tmp_path).returncode == 0
+
+
+def test_a_state_folder_nnrun_cannot_write_warns_and_the_run_trains(tmp_path):
+    project(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    env = clean_env(NNRUN_STATE_DIR=str(tmp_path / "a_file" / "state"))  # below a regular file: not a folder
+    result = nnrun("hydra.run.dir=run", *SMALL, *QUICK, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "cannot add your modules to the trust list" in result.stdout + result.stderr
+
+
+BAD_FORWARDS = """
+import math
+import torch
+from torch import nn
+
+class Base(nn.Module):
+    def __init__(self, input_shape, num_classes, hidden=8):
+        super().__init__()
+        self.fc = nn.Linear(math.prod(input_shape), num_classes)
+
+class FirstRow(Base):  # slices the batch
+    def forward(self, x):
+        return self.fc(x.flatten(1))[:1]
+
+class Classes(Base):  # argmax: integer outputs
+    def forward(self, x):
+        return self.fc(x.flatten(1)).argmax(1)
+
+class Nan(Base):
+    def forward(self, x):
+        return self.fc(x.flatten(1)) / 0 * 0
+
+class Broken(nn.Module):  # its constructor raises
+    def __init__(self, input_shape, num_classes, hidden=8):
+        super().__init__()
+        raise KeyError("weights")
+"""
+
+
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        ("FirstRow", "the model gives 1 rows for a batch of 256 samples; its forward must keep the batch"),
+        ("Classes", "the model's outputs are int64; return floating-point logits"),
+        ("Nan", "the untrained model's outputs hold NaN or infinity"),
+        ("Broken", "model.target=bad.Broken: its constructor failed: KeyError: 'weights'"),
+    ],
+)
+def test_a_forward_that_breaks_the_batch_or_the_dtype_is_one_line(tmp_path, target, words):
+    (tmp_path / "bad.py").write_text(BAD_FORWARDS)
+    result = nnrun("model=custom", f"model.target=bad.{target}", *QUICK, cwd=tmp_path)
+    assert result.returncode == 2
+    assert words in one_line_error(result)
+
+
+def test_a_file_named_after_an_installed_package_is_refused(tmp_path):
+    # an installed package nnrun has not imported yet (sklearn's joblib helper is not in the CLI's path
+    # for digits): the file would hide it from every library that imports it
+    (tmp_path / "threadpoolctl.py").write_text(MODELS)
+    result = nnrun("model=custom", "model.target=threadpoolctl.SmallNet", *QUICK, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "has the name of another module" in line or "imported already" in line, line

@@ -160,6 +160,8 @@ class Backbone(nn.Module):
         if self.named is not None:
             return download(self.named, self.weights), f"torchvision's {self.arch} {self.named.name}"
         path = Path(str(self.weights)).expanduser()
+        if path.exists() and not path.is_file():  # /dev/zero, a FIFO, a folder (or a link to one)
+            raise ConfigError(f"model.weights={self.weights}: not a regular file; give the state_dict file itself")
         if not path.is_file():
             raise ConfigError(
                 f"model.weights={self.weights}: no such file; give a state_dict file ({', '.join(FILE_SUFFIXES)}) "
@@ -260,6 +262,12 @@ def check_input(model: Backbone, arch: str, input_shape) -> None:
         model.train(was_training)
 
 
+def known_params(arch) -> int:
+    """The most parameters torchvision's weights of arch record (its 1000-class model), or 0."""
+    counts = [w.meta.get("num_params", 0) for w in torchvision_weights(arch)] if isinstance(arch, str) else []
+    return max(counts, default=0)
+
+
 def torchvision_weights(arch: str):
     import torchvision.models
 
@@ -280,7 +288,7 @@ def download(named, weights) -> dict:
     if not (folder / file).is_file():
         log.info(f"model.weights={weights}: downloading {named.url} into {folder}")
     try:
-        with contextlib.redirect_stderr(io.StringIO()):  # torch.hub's progress lines
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):  # torch.hub's lines
             return named.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as exc:  # noqa: BLE001  (offline, refused, a damaged download: all mean "not there")
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -29,9 +29,12 @@ def custom(input_shape, num_classes, target=None, kwargs=None, vocab_size=0) -> 
         return cls(**data, **kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # your constructor's own error, with model.kwargs named: one line, exit 2
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ConfigError(f"model.target={target}: its constructor failed: {type(exc).__name__}: {first}") from exc
+        given = f" with model.kwargs={kwargs}" if kwargs else ""
+        raise ConfigError(
+            f"model.target={target}: its constructor failed{given}: {type(exc).__name__}: {first}"
+        ) from exc
 
 
 def check_kwargs(target: str, kwargs, params, data: dict) -> dict:
@@ -127,6 +130,14 @@ def user_module(name: str, key: str):
         raise ConfigError(
             f"{key}: another module {top} is imported already ({source(loaded)}), not {here.origin}; rename one of them"
         )
+    if here is not None and top not in sys.modules:
+        elsewhere = [p for p in sys.path if p and Path(p).resolve() != cwd]
+        other = importlib.machinery.PathFinder.find_spec(top, elsewhere)  # finds files, runs nothing
+        if other is not None and other.origin and Path(other.origin).resolve() != Path(here.origin).resolve():
+            raise ConfigError(
+                f"{key}: {here.origin} has the name of another module ({other.origin}), which it would hide "
+                f"from every library that imports {top}; rename your file"
+            )
     if here is not None:
         sys.path.insert(0, str(cwd))  # this import only: a file here must not shadow others later
     try:
