@@ -202,8 +202,10 @@ def check_shapes(folder: Path, build, model_conf: dict, trust_code: bool = False
         with torch.device("meta"):
             model = build(**model_conf)
     except Exception as exc:
-        if not trust_code or isinstance(exc, ConfigError):
-            if isinstance(exc, ConfigError):
+        # a ConfigError caused by the meta device itself (a constructor reading tensor values) is not the config's fault
+        meta = not isinstance(exc, ConfigError) or isinstance(exc.__cause__, (RuntimeError, NotImplementedError))
+        if not trust_code or not meta:
+            if not meta:
                 raise
             raise ConfigError(
                 f"run={folder}: its model cannot be built on PyTorch's meta device ({type(exc).__name__}: {exc}), "

@@ -397,6 +397,10 @@ def test_a_crafted_input_shape_is_refused_before_the_model_is_built(tmp_path, fi
     prep["input_shape"] = [1, 200000, 200000]  # a 40-billion-input first layer
     (run / "preprocessing.json").write_text(json.dumps(prep))
     result = tool("nnrun-eval", f"run={run}", cwd=tmp_path)
+    assert result.returncode == 2 and "is not a sample shape" in one_line_error(result)
+    prep["input_shape"] = [1, 64, 64]  # a plausible size, but not the one the weights were trained on
+    (run / "preprocessing.json").write_text(json.dumps(prep))
+    result = tool("nnrun-eval", f"run={run}", cwd=tmp_path)
     assert result.returncode == 2 and "does not fit the model" in one_line_error(result)
 
 
