@@ -28,7 +28,7 @@ def run(
     resume_from: a checkpoint to continue from; stop(): a signal number asking to stop, or None;
     placement: (device, threads) of a sweep job that shares the machine with others."""
     from nnrun import usercode
-    from nnrun.callbacks import build_callbacks
+    from nnrun.callbacks import build_callbacks, run_end
     from nnrun.models import build_model
     from nnrun.report.console import EpochProgress
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
@@ -40,32 +40,39 @@ def run(
     job = prepare(conf, placement)  # checked, placed, seeded
     plain, trainer = job.plain, job.plain["trainer"]
     callbacks = build_callbacks(plain["callbacks"], extra_callbacks)  # before the data: config errors fail fast
-    saved = resume_state(resume_from, plain)
-    write_pending()  # the resume is accepted: .hydra/ may now change
-    data = load_data(job)
-    write_preprocessing(run_dir, data)
-    model = build_model(
-        **plain["model"], input_shape=data.input_shape, num_classes=data.outputs, vocab_size=data.vocab, task=data.task
-    ).to(job.device)
-    if saved is None and hasattr(model, "load_pretrained"):  # model.weights; a resumed run has its own
-        model.load_pretrained()
-    usercode.record(run_dir, plain["model"], plain["imports"])  # model_source.json: a model of your code
-    summary = first_summary(model, data, job, run_dir)
-    if trainer["epochs"] == 0:
-        log.info("trainer.epochs=0: model summary only, nothing trained")
-        write_summary(run_dir, {**summary, "status": "summary_only"})
-        return summary
+    with run_end(callbacks) as ended:  # on_run_end: how it ended, once the run folder holds everything
+        saved = resume_state(resume_from, plain)
+        write_pending()  # the resume is accepted: .hydra/ may now change
+        data = load_data(job)
+        write_preprocessing(run_dir, data)
+        model = build_model(
+            **plain["model"],
+            input_shape=data.input_shape,
+            num_classes=data.outputs,
+            vocab_size=data.vocab,
+            task=data.task,
+        ).to(job.device)
+        if saved is None and hasattr(model, "load_pretrained"):  # model.weights; a resumed run has its own
+            model.load_pretrained()
+        usercode.record(run_dir, plain["model"], plain["imports"])  # model_source.json: a model of your code
+        summary = first_summary(model, data, job, run_dir)
+        if trainer["epochs"] == 0:
+            log.info("trainer.epochs=0: model summary only, nothing trained")
+            write_summary(run_dir, {**summary, "status": "summary_only"})
+            return ended({**summary, "status": "summary_only"})
 
-    outputs = Outputs(run_dir, plain, EpochProgress(console), stop or (lambda: None))
-    fitter, summary["warnings"] = make_trainer(job, model, data, callbacks, outputs, resumed=saved is not None)
-    if saved is not None:
-        fitter.load_state_dict(saved)
-    history = fitter.fit(data)
-    summary.update(fitter.test_weights(trainer["test_weights"]))  # best (by default) or last
-    test = fitter.evaluate(data, data.test, confusion=True)
-    export_weights(run_dir, model)
-    summary.update(**peak_memory(job.device), wall_time=round(time.perf_counter() - start, 3), command=command)
-    return finish_run(run_dir, summary, history, test, data, fitter.eval_loss, fitter.settings, trainer["plots"])
+        outputs = Outputs(run_dir, plain, EpochProgress(console), stop or (lambda: None))
+        fitter, summary["warnings"] = make_trainer(job, model, data, callbacks, outputs, resumed=saved is not None)
+        if saved is not None:
+            fitter.load_state_dict(saved)
+        history = fitter.fit(data)
+        summary.update(fitter.test_weights(trainer["test_weights"]))  # best (by default) or last
+        test = fitter.evaluate(data, data.test, confusion=True)
+        export_weights(run_dir, model)
+        summary.update(**peak_memory(job.device), wall_time=round(time.perf_counter() - start, 3), command=command)
+        return ended(
+            finish_run(run_dir, summary, history, test, data, fitter.eval_loss, fitter.settings, trainer["plots"])
+        )
 
 
 @dataclass

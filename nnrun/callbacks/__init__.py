@@ -1,6 +1,7 @@
 """Callbacks by name, with Keras's hooks. A callback sees the model and its own options, never
 the config or the loop; it stops a run by setting stop_training."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from nnrun.errors import ConfigError
@@ -37,6 +38,12 @@ class Callback:
         self.on_train_begin({})
         self.__dict__.update(state)
 
+    def on_run_end(self, summary, error) -> None:
+        """After the run, once its folder holds everything (summary.json, plots, weights): summary is
+        what summary.json says, or None when error (the exception that ended it) is set. Not a Keras
+        hook: it is for loggers that send the finished run elsewhere (MLflow, W&B). Called also for a
+        run that failed before training began (setup() not called then)."""
+
     def on_continue(self) -> None:
         """After load_state_dict, when a completed run is trained for more epochs: a callback
         that stopped it goes on (one that counts epochs without improvement starts again)."""
@@ -54,6 +61,26 @@ def keep_lines(path: Path, count: int) -> None:
         f.seek(0)
         f.writelines(lines)
         f.truncate()
+
+
+@contextmanager
+def run_end(callbacks):
+    """`with run_end(callbacks) as ended: ... return ended(summary)`: each callback's on_run_end
+    with the summary, or with the exception that ended the run (re-raised after)."""
+    result = {}
+
+    def ended(summary):
+        result["summary"] = summary
+        return summary
+
+    try:
+        yield ended
+    except BaseException as exc:
+        for callback in callbacks:
+            callback.on_run_end(None, exc)
+        raise
+    for callback in callbacks:
+        callback.on_run_end(result.get("summary"), None)
 
 
 def build_callbacks(conf: dict, extra=()) -> list:
