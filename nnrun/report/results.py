@@ -288,6 +288,9 @@ class SweepResults(_HydraCallback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         failures = finish_sweep(Path(config.hydra.sweep.dir))
+        from nnrun.callbacks.mlflow import end_sweep
+
+        end_sweep(Path(config.hydra.sweep.dir), failed=bool(failures))  # callbacks.mlflow's parent run, if any
         if failures:
             raise SweepFailures(failures)
 

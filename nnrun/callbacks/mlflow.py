@@ -1,0 +1,248 @@
+"""MLflow tracking (pip install 'nnrun[mlflow]'): each run becomes an MLflow run with the config as
+params, every metrics.csv column per epoch, the test metrics, tags and the run folder's files; a
+sweep is a parent run with a child per job; a resumed run continues its MLflow run. MLflow that
+does not answer is one warning: training goes on, and metrics.csv has everything."""
+
+import fcntl
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.errors import ConfigError
+
+log = logging.getLogger("nnrun")
+ARTIFACTS = ("curves.png", "confusion_matrix.png", "summary.json", "preprocessing.json", "model.safetensors")
+PARENT = "mlflow_parent.json"  # in a sweep's folder: the parent run every job's run hangs under
+# MLflow retries a request 7 times over minutes by default; a run should not wait on a dead server
+QUICK = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+@CALLBACKS.register("mlflow")
+class MLflowLogger(Callback):
+    def __init__(self, tracking_uri=None, experiment_name="nnrun", run_name=None, log_checkpoints=False):
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ConfigError(
+                "callbacks.mlflow needs the mlflow package: pip install 'nnrun[mlflow]' (or remove the callback)"
+            ) from None
+        self.client_class, self.uri = MlflowClient, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        self.experiment_name, self.run_name, self.log_checkpoints = experiment_name, run_name, log_checkpoints
+        self.run_id = self.parent_id = self.client = None
+        for key, value in QUICK.items():
+            os.environ.setdefault(key, value)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry lines: ours says it once
+
+    # ---- the hooks ----
+
+    def on_train_begin(self, logs):
+        if not self.speaks():
+            return
+        self.attempt("start the run", self.start)
+
+    def state_dict(self) -> dict:
+        return {"run_id": self.run_id, "parent_id": self.parent_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run: the same MLflow run, set running again."""
+        self.run_id, self.parent_id = state.get("run_id"), state.get("parent_id")
+        if not self.speaks():
+            return
+        if self.run_id is None:  # it did not reach MLflow before: start now
+            self.attempt("start the run", self.start)
+            return
+        self.attempt("continue the run", lambda: self.connect().update_run(self.run_id, status="RUNNING"))
+        if self.client is not None:
+            log.info(f"callbacks.mlflow: continuing MLflow run {self.run_id}")
+
+    def on_epoch_end(self, epoch, logs):
+        if self.run_id is not None and self.client is not None:
+            from mlflow.entities import Metric
+
+            stamp = now()
+            metrics = [Metric(k, float(v), stamp, epoch) for k, v in logs.items() if isinstance(v, (int, float))]
+            self.attempt(f"log epoch {epoch}", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+
+    def on_run_end(self, summary, error) -> None:
+        if self.run_id is None or self.client is None:
+            return
+        from nnrun.train.loop import Interrupted
+
+        if error is None:
+            status, state = "FINISHED", summary.get("status", "completed")
+        elif isinstance(error, (Interrupted, KeyboardInterrupt)):
+            status, state = "KILLED", "interrupted"
+        else:
+            status, state = "FAILED", "failed"
+        self.attempt("finish the run", lambda: self.finish(summary or {}, status, state))
+
+    # ---- MLflow ----
+
+    def speaks(self) -> bool:
+        """Rank 0 alone talks to MLflow (the others train alike)."""
+        from nnrun.train import distributed
+
+        return not distributed.launched() or distributed.rank() == 0
+
+    def connect(self):
+        if self.client is None:
+            self.client = self.client_class(tracking_uri=self.uri)
+        return self.client
+
+    def attempt(self, what: str, action) -> None:
+        """action(), or one warning and MLflow off for the rest of the run: never a crash."""
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001  (MlflowException, requests' errors, sqlite's: all mean "not there")
+            where = self.uri or "MLflow's default store"
+            log.warning(
+                f"callbacks.mlflow: could not {what} at {where} ({short_reason(exc)}); training goes on "
+                f"without MLflow, and metrics.csv has every number"
+            )
+            self.client = None
+
+    def start(self) -> None:
+        client = self.connect()
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment_name)
+        sweep = sweep_folder()
+        tags = {"nnrun.run_dir": str(self.run_dir)}
+        if sweep is not None:
+            self.parent_id = sweep_parent(client, experiment_id, sweep, self.uri)
+            tags["mlflow.parentRunId"] = self.parent_id
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run = client.create_run(experiment_id, tags=tags, run_name=self.run_name or self.run_dir.name)
+        self.run_id = run.info.run_id
+        self.log_config(client)
+        log.info(f"callbacks.mlflow: run {self.run_id} in experiment {self.experiment_name} at {client.tracking_uri}")
+
+    def log_config(self, client) -> None:
+        """The resolved config, flattened (model.hidden, optimizer.lr...), as the run's params."""
+        from mlflow.entities import Param
+
+        params = [Param(k, v[:6000]) for k, v in flat_config(self.run_dir).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params a request
+            client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def finish(self, summary: dict, status: str, state: str) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        client = self.client
+        stamp = now()
+        tests = [Metric(k, float(v), stamp, 0) for k, v in summary.items() if k.startswith("test_") and number(v)]
+        tags = [RunTag("nnrun.status", state)]
+        if summary.get("command"):
+            tags.append(RunTag("nnrun.command", str(summary["command"])[:5000]))
+        client.log_batch(self.run_id, metrics=tests, tags=tags)
+        files = [self.run_dir / name for name in ARTIFACTS if (self.run_dir / name).is_file()]
+        for path in files:
+            client.log_artifact(self.run_id, str(path))
+        if self.log_checkpoints and (self.run_dir / "checkpoints").is_dir():
+            client.log_artifacts(self.run_id, str(self.run_dir / "checkpoints"), artifact_path="checkpoints")
+        client.set_terminated(self.run_id, status)
+
+
+def short_reason(exc) -> str:
+    text = str(exc)
+    for cause in ("Connection refused", "timed out", "Name or service not known", "Permission denied"):
+        if cause in text:
+            return cause.lower()
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)[:200]
+
+
+def number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def now() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def flat_config(run_dir: Path) -> dict:
+    """The run's .hydra/config.yaml, resolved where it can be, as {"a.b": "text"}."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    conf = OmegaConf.load(path)
+    try:
+        plain = OmegaConf.to_container(conf, resolve=True)
+    except Exception:  # noqa: BLE001  (an interpolation only Hydra's runtime knows: keep it as written)
+        plain = OmegaConf.to_container(conf, resolve=False)
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+    walk("", plain)
+    return flat
+
+
+def git_commit():
+    """The commit of the working folder's git checkout, or None."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def sweep_folder():
+    """The sweep's folder when this run is a job of a --multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).resolve()
+
+
+def sweep_parent(client, experiment_id: str, sweep: Path, uri) -> str:
+    """The id of the sweep's parent run: made by its first job, found by the others (under a lock:
+    parallel jobs start together)."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    with open(sweep / f".{PARENT}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = sweep / PARENT
+        if path.is_file():
+            known = json.loads(path.read_text())
+            if known.get("tracking_uri") == client.tracking_uri and known.get("experiment_id") == experiment_id:
+                return known["run_id"]
+        run = client.create_run(experiment_id, run_name=sweep.name, tags={"nnrun.sweep_dir": str(sweep)})
+        text = {"run_id": run.info.run_id, "tracking_uri": client.tracking_uri, "experiment_id": experiment_id}
+        path.write_text(json.dumps(text, indent=2) + "\n")
+        return run.info.run_id
+
+
+def end_sweep(sweep: Path, failed: bool) -> None:
+    """At the end of a --multirun (report.results): the parent run FINISHED, or FAILED when a job failed."""
+    path = Path(sweep) / PARENT
+    if not path.is_file():
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        known = json.loads(path.read_text())
+        for key, value in QUICK.items():
+            os.environ.setdefault(key, value)
+        MlflowClient(tracking_uri=known["tracking_uri"]).set_terminated(
+            known["run_id"], "FAILED" if failed else "FINISHED"
+        )
+    except Exception as exc:  # noqa: BLE001
+        log.warning(f"callbacks.mlflow: could not close the sweep's parent run ({str(exc)[:200]})")
