@@ -102,4 +102,4 @@ def build_callbacks(conf: dict, extra=()) -> list:
 # registers the built-in callbacks
 from nnrun.callbacks import csv_logger, early_stopping, lr_monitor, model_checkpoint  # noqa: E402,F401
 from nnrun.callbacks import reduce_lr_on_plateau, tensorboard, terminate_on_nan  # noqa: E402,F401
-from nnrun.callbacks import mlflow  # noqa: E402,F401
+from nnrun.callbacks import mlflow, wandb  # noqa: E402,F401  (loggers)
