@@ -54,11 +54,13 @@ def test_the_installed_package_ships_every_config():
         "default",
         "early_stopping",
         "lr_monitor",
+        "mlflow",
         "model_checkpoint",
         "none",
         "reduce_lr_on_plateau",
         "tensorboard",
         "terminate_on_nan",
+        "wandb",
     ]
     assert options("experiment") == ["fashion_cnn", "fashion_fast", "fashion_lstm", "fashion_mlp"]
 

@@ -17,7 +17,7 @@ FILES = ("curves.png", "confusion_matrix.png", "summary.json", "preprocessing.js
 
 @CALLBACKS.register("wandb")
 class WandB(Callback):
-    def __init__(self, project="nnrun", entity=None, name=None, mode=None, dir=None, log_checkpoints=False):
+    def __init__(self, project="nnrun", entity=None, run_name=None, mode=None, dir=None, log_checkpoints=False):
         try:
             import wandb
         except ImportError:
@@ -26,7 +26,7 @@ class WandB(Callback):
             ) from None
         if mode not in MODES:
             raise ConfigError(f"callbacks.wandb.mode={mode} is not one of null, online, offline, disabled")
-        self.wandb, self.project, self.entity, self.run_name = wandb, project, entity, name
+        self.wandb, self.project, self.entity, self.run_name = wandb, project, entity, run_name
         from nnrun.safety import relative_name
 
         # inside the run folder, as every file nnrun writes: a preset is data and names no other place
