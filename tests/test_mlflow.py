@@ -91,6 +91,8 @@ def test_a_run_logs_its_config_metrics_tags_and_files(tmp_path, server):
         assert history == [(i + 1, pytest.approx(float(row[key]))) for i, row in enumerate(rows)], key
     info = summary(run_dir)
     assert run.data.metrics["test_accuracy"] == pytest.approx(info["test_accuracy"])
+    assert run.data.metrics["best_val_loss"] == pytest.approx(info["best_score"])
+    assert run.data.metrics["best_epoch"] == info["best_epoch"]
     assert run.data.tags["nnrun.status"] == "completed" and run.data.tags["nnrun.run_dir"] == str(run_dir)
     assert "optimizer.lr=0.003" in run.data.tags["nnrun.command"]
     files = {a.path for a in client.list_artifacts(run.info.run_id)}

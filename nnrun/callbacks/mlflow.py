@@ -139,6 +139,9 @@ class MLflowLogger(Callback):
         client = self.client
         stamp = now()
         tests = [Metric(k, float(v), stamp, 0) for k, v in summary.items() if k.startswith("test_") and number(v)]
+        if number(summary.get("best_score")) and summary.get("monitor"):  # the table shows last values otherwise
+            tests.append(Metric(f"best_{summary['monitor']}", float(summary["best_score"]), stamp, 0))
+            tests.append(Metric("best_epoch", float(summary.get("best_epoch") or 0), stamp, 0))
         tags = [RunTag("nnrun.status", state)]
         if summary.get("command"):
             tags.append(RunTag("nnrun.command", str(summary["command"])[:5000]))
