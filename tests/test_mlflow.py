@@ -159,3 +159,35 @@ def test_without_a_uri_it_uses_mlflows_default_store_in_the_working_folder(tmp_p
     assert (tmp_path / "mlflow.db").is_file()
     [run] = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnrun")
     assert run.info.status == "FINISHED" and run.data.tags["nnrun.run_dir"] == str(run_dir)
+
+
+def test_a_planted_parent_file_is_not_acted_on(tmp_path, server):
+    sweep = tmp_path / "sweep"
+    args = ["--multirun", f"hydra.sweep.dir={sweep}", *QUICK, "trainer.plots=false", "trainer.seed=1,2"]
+    assert nnrun(*args, cwd=tmp_path).returncode == 0  # a sweep without callbacks.mlflow
+    victim = MlflowClient(server).create_run(MlflowClient(server).create_experiment("victim")).info.run_id
+    MlflowClient(server).set_terminated(victim, "FINISHED")
+    for uri in (f"sqlite:///{tmp_path / 'planted.db'}", server):  # a store to create; another's run to close
+        (sweep / "mlflow_parent.json").write_text(json.dumps({"run_id": victim, "tracking_uri": uri}))
+        assert nnrun(*args, "trainer.resume=auto", cwd=tmp_path).returncode == 0
+    assert not (tmp_path / "planted.db").exists()
+    assert MlflowClient(server).get_run(victim).info.status == "FINISHED"
+    # with callbacks.mlflow, the jobs do not hang under a run the server does not record as this sweep's
+    track = [f"+callbacks.mlflow.tracking_uri={server}", "+callbacks.mlflow.experiment_name=planted"]
+    other = tmp_path / "sweep2"
+    other.mkdir()
+    (other / "mlflow_parent.json").write_text(json.dumps({"run_id": victim, "tracking_uri": server}))
+    done = nnrun(*args, f"hydra.sweep.dir={other}", *track, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    children = [r for r in runs_of(server, "planted") if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and victim not in {c.data.tags["mlflow.parentRunId"] for c in children}
+    assert MlflowClient(server).get_run(victim).info.status == "FINISHED"
+
+
+def test_a_password_in_the_uri_stays_on_this_machine(tmp_path, server):
+    secret = server.replace("http://", "http://alice:s3cret@")
+    track = [f"+callbacks.mlflow.tracking_uri={secret}", "+callbacks.mlflow.experiment_name=secret"]
+    train(tmp_path, *QUICK, *track)
+    [run] = runs_of(server, "secret")
+    assert run.data.params["callbacks.mlflow.tracking_uri"] == server.replace("http://", "http://alice:***@")
+    assert "s3cret" not in json.dumps(run.data.params) + json.dumps(run.data.tags)

@@ -111,6 +111,9 @@ def test_a_sweep_shares_one_group(tmp_path):
     assert len(runs) == 2 and runs[0].id != runs[1].id
     assert [run.run.run_group for run in runs] == ["sweep", "sweep"]
     assert [run.run.job_type for run in runs] == ["0", "1"]
+    # W&B's copies of summary.json (wandb/offline-run-*/files/) are not runs of the sweep
+    assert "2 runs in" in result.stdout
+    assert len((sweep / "results.csv").read_text().strip().splitlines()) == 1 + 2
 
 
 def test_a_stopped_and_resumed_run_keeps_one_wandb_run(tmp_path):

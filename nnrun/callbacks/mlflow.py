@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class MLflowLogger(Callback):
             from mlflow.entities import Metric
 
             stamp = now()
-            metrics = [Metric(k, float(v), stamp, epoch) for k, v in logs.items() if isinstance(v, (int, float))]
+            metrics = [Metric(safe_name(k), float(v), stamp, epoch) for k, v in logs.items() if number(v)]
             self.attempt(f"log epoch {epoch}", lambda: self.client.log_batch(self.run_id, metrics=metrics))
 
     def on_run_end(self, summary, error) -> None:
@@ -109,49 +110,63 @@ class MLflowLogger(Callback):
             self.client = None
 
     def start(self) -> None:
+        sweep = sweep_folder()
+        if sweep is None:
+            self.open_run(None)
+            return
+        sweep.mkdir(parents=True, exist_ok=True)
+        with open(sweep / f".{PARENT}.lock", "a") as lock:  # parallel jobs: one makes the store, the experiment
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.open_run(sweep)
+
+    def open_run(self, sweep) -> None:
         client = self.connect()
         experiment = client.get_experiment_by_name(self.experiment_name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment_name)
-        sweep = sweep_folder()
         tags = {"nnrun.run_dir": str(self.run_dir)}
         if sweep is not None:
-            self.parent_id = sweep_parent(client, experiment_id, sweep, self.uri)
+            self.parent_id = sweep_parent(client, experiment_id, sweep)
             tags["mlflow.parentRunId"] = self.parent_id
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
         run = client.create_run(experiment_id, tags=tags, run_name=self.run_name or self.run_dir.name)
         self.run_id = run.info.run_id
-        self.log_config(client)
+        self.attempt("log the config", lambda: self.log_config(client))
         log.info(f"callbacks.mlflow: run {self.run_id} in experiment {self.experiment_name} at {client.tracking_uri}")
 
     def log_config(self, client) -> None:
         """The resolved config, flattened (model.hidden, optimizer.lr...), as the run's params."""
         from mlflow.entities import Param
 
-        params = [Param(k, v[:6000]) for k, v in flat_config(self.run_dir).items()]
+        params = [Param(safe_name(k), redact(v)[:6000]) for k, v in flat_config(self.run_dir).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a request
             client.log_batch(self.run_id, params=params[i : i + 100])
 
     def finish(self, summary: dict, status: str, state: str) -> None:
+        try:
+            self.send_results(summary, state)
+        finally:  # the run's status, even when an upload failed
+            self.client.set_terminated(self.run_id, status)
+
+    def send_results(self, summary: dict, state: str) -> None:
         from mlflow.entities import Metric, RunTag
 
         client = self.client
         stamp = now()
         tests = [Metric(k, float(v), stamp, 0) for k, v in summary.items() if k.startswith("test_") and number(v)]
         if number(summary.get("best_score")) and summary.get("monitor"):  # the table shows last values otherwise
-            tests.append(Metric(f"best_{summary['monitor']}", float(summary["best_score"]), stamp, 0))
+            tests.append(Metric(safe_name(f"best_{summary['monitor']}"), float(summary["best_score"]), stamp, 0))
             tests.append(Metric("best_epoch", float(summary.get("best_epoch") or 0), stamp, 0))
         tags = [RunTag("nnrun.status", state)]
         if summary.get("command"):
-            tags.append(RunTag("nnrun.command", str(summary["command"])[:5000]))
+            tags.append(RunTag("nnrun.command", redact(str(summary["command"]))[:5000]))
         client.log_batch(self.run_id, metrics=tests, tags=tags)
         files = [self.run_dir / name for name in ARTIFACTS if (self.run_dir / name).is_file()]
         for path in files:
             client.log_artifact(self.run_id, str(path))
         if self.log_checkpoints and (self.run_dir / "checkpoints").is_dir():
             client.log_artifacts(self.run_id, str(self.run_dir / "checkpoints"), artifact_path="checkpoints")
-        client.set_terminated(self.run_id, status)
 
 
 def short_reason(exc) -> str:
@@ -216,36 +231,65 @@ def sweep_folder():
     return Path(HydraConfig.get().sweep.dir).resolve()
 
 
-def sweep_parent(client, experiment_id: str, sweep: Path, uri) -> str:
-    """The id of the sweep's parent run: made by its first job, found by the others (under a lock:
-    parallel jobs start together)."""
-    sweep.mkdir(parents=True, exist_ok=True)
-    with open(sweep / f".{PARENT}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        path = sweep / PARENT
-        if path.is_file():
-            known = json.loads(path.read_text())
-            if known.get("tracking_uri") == client.tracking_uri and known.get("experiment_id") == experiment_id:
-                return known["run_id"]
-        run = client.create_run(experiment_id, run_name=sweep.name, tags={"nnrun.sweep_dir": str(sweep)})
-        text = {"run_id": run.info.run_id, "tracking_uri": client.tracking_uri, "experiment_id": experiment_id}
-        path.write_text(json.dumps(text, indent=2) + "\n")
-        return run.info.run_id
+def sweep_parent(client, experiment_id: str, sweep: Path) -> str:
+    """The id of the sweep's parent run: made by its first job, found by the others (the caller
+    holds the sweep's lock). mlflow_parent.json is only a pointer: a run it names is taken only if
+    the server says it is this sweep's parent (a copied or planted file names another run)."""
+    path = sweep / PARENT
+    known = read_parent(path)
+    if known and known.get("tracking_uri") == redact(client.tracking_uri) and ours(client, known.get("run_id"), sweep):
+        return known["run_id"]
+    run = client.create_run(experiment_id, run_name=sweep.name, tags={"nnrun.sweep_dir": str(sweep)})
+    text = {"run_id": run.info.run_id, "tracking_uri": redact(client.tracking_uri), "experiment_id": experiment_id}
+    path.write_text(json.dumps(text, indent=2) + "\n")
+    return run.info.run_id
 
 
-def end_sweep(sweep: Path, failed: bool) -> None:
-    """At the end of a --multirun (report.results): the parent run FINISHED, or FAILED when a job failed."""
-    path = Path(sweep) / PARENT
-    if not path.is_file():
+def read_parent(path: Path):
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return known if isinstance(known, dict) and isinstance(known.get("run_id"), str) else None
+
+
+def ours(client, run_id, sweep: Path) -> bool:
+    """Whether run_id is, on the server, the parent run of this sweep folder."""
+    try:
+        return client.get_run(run_id).data.tags.get("nnrun.sweep_dir") == str(sweep)
+    except Exception:  # noqa: BLE001  (no such run: not ours)
+        return False
+
+
+def end_sweep(config, failed: bool) -> None:
+    """At the end of a --multirun (report.results): the parent run FINISHED, or FAILED when a job
+    failed; only for a sweep that uses callbacks.mlflow, at the store it names, and only the run
+    that the server records as this sweep's parent."""
+    sweep = Path(config.hydra.sweep.dir).resolve()
+    known = read_parent(sweep / PARENT)
+    options = (config.get("callbacks") or {}).get("mlflow", "absent")
+    if known is None or options == "absent":
         return
     try:
         from mlflow.tracking import MlflowClient
 
-        known = json.loads(path.read_text())
         for key, value in QUICK.items():
             os.environ.setdefault(key, value)
-        MlflowClient(tracking_uri=known["tracking_uri"]).set_terminated(
-            known["run_id"], "FAILED" if failed else "FINISHED"
-        )
+        uri = (options or {}).get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        client = MlflowClient(tracking_uri=uri)
+        if known.get("tracking_uri") == redact(client.tracking_uri) and ours(client, known["run_id"], sweep):
+            client.set_terminated(known["run_id"], "FAILED" if failed else "FINISHED")
     except Exception as exc:  # noqa: BLE001
-        log.warning(f"callbacks.mlflow: could not close the sweep's parent run ({str(exc)[:200]})")
+        log.warning(f"callbacks.mlflow: could not close the sweep's parent run ({short_reason(exc)})")
+
+
+SAFE = re.compile(r"[^\w\-. /]")  # the characters MLflow takes in a param or metric name
+
+
+def safe_name(name: str) -> str:
+    return SAFE.sub("_", str(name))[:250]
+
+
+def redact(text: str) -> str:
+    """A URI's password (http://user:secret@host) never goes to the server or into files."""
+    return re.sub(r"(://[^/\s:@]+):[^@\s/]+@", r"\1:***@", str(text))

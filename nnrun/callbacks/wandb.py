@@ -70,9 +70,10 @@ class WandB(Callback):
                 settings=self.wandb.Settings(silent=True, console="off", init_timeout=30),
             )
             self.run_id = self.run.id
-            self.unlink()
         except Exception as exc:
             self.failed(exc)
+        finally:  # a failed init leaves its links too: a run folder with links cannot be resumed
+            self.call(self.unlink)
 
     def unlink(self) -> None:
         """W&B's convenience links (wandb/latest-run, debug logs): nnrun refuses to resume a run
@@ -90,6 +91,8 @@ class WandB(Callback):
 
     def on_run_end(self, summary, error) -> None:
         if self.run is None:  # never started (failed before training, a DDP helper) or W&B failed
+            if self.run_id is not None or getattr(self, "run_dir", None) is not None:
+                self.call(self.unlink)
             return
         from nnrun.train.loop import Interrupted
 
@@ -120,7 +123,10 @@ class WandB(Callback):
 
     def attach(self, name: str) -> None:
         """A run file into the W&B run's files/ (a hard link, else a copy: an offline run stays whole
-        when its folder moves); wandb's own save would symlink it, and say so on the console."""
+        when its folder moves); wandb's own save would symlink it, and say so on the console. Only
+        into a W&B folder inside the run folder (mode=disabled puts run.dir in the system's tmp)."""
+        if not Path(self.run.dir).resolve().is_relative_to(self.run_dir.resolve()):
+            return
         target = Path(self.run.dir) / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)

@@ -23,7 +23,8 @@ def find_runs(folder: Path) -> list:
     for marker in ("summary.json", "metrics.csv", ".hydra/overrides.yaml"):
         for path in folder.rglob(marker):
             run = path.parent.parent if marker.startswith(".hydra") else path.parent
-            if "checkpoints" not in run.parts:
+            # a logger's copies (W&B's wandb/offline-run-*/files/summary.json) are not runs
+            if not {"checkpoints", "wandb", "mlruns"} & set(run.relative_to(folder).parts):
                 found.add(run)
     return sorted(found, key=sort_key)
 
@@ -290,7 +291,7 @@ class SweepResults(_HydraCallback):
         failures = finish_sweep(Path(config.hydra.sweep.dir))
         from nnrun.callbacks.mlflow import end_sweep
 
-        end_sweep(Path(config.hydra.sweep.dir), failed=bool(failures))  # callbacks.mlflow's parent run, if any
+        end_sweep(config, failed=bool(failures))  # callbacks.mlflow's parent run, if this sweep has one
         if failures:
             raise SweepFailures(failures)
 
