@@ -39,28 +39,38 @@ def check_imports(names) -> list:
         if top == "nnrun" or name in RESTORED:
             vetted.append(name)
             continue
-        if top in sys.stdlib_module_names or top in sys.builtin_module_names:
-            raise ConfigError(
-                f"imports: {name} is a standard-library module; imports names your own modules "
-                f"(files under {cwd}, or packages that depend on nnrun), nothing else"
-            )
-        try:
-            spec = importlib.util.find_spec(top)  # finds the file without running it
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            raise ConfigError(
-                f"imports: cannot find module {name}; give a module importable from the current "
-                f"folder or the Python path, e.g. imports=[my_callbacks]"
-            )
-        if not (own_file(spec, cwd) or depends_on_nnrun(top)):
-            raise ConfigError(
-                f"imports: {name} is not your own module: it is neither a file under {cwd} nor a "
-                f"package that depends on nnrun, so nnrun will not import it or reach its callables"
-            )
+        own_spec(name, "imports", cwd)
         VETTED.add(name)
         vetted.append(name)
     return vetted
+
+
+def own_spec(name: str, key: str, cwd: Path, first=None):
+    """The spec (found without running anything) of the top-level module of name, which must be
+    the user's own: first (a spec already found, e.g. in the working folder), else the Python
+    path's. The standard library, a module not found, or another installed package (one that
+    does not depend on nnrun) is refused, for imports=[...] and model.target alike."""
+    top = name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        raise ConfigError(
+            f"{key}: {top} is a standard-library module; name your own modules (files under {cwd} or on "
+            f"PYTHONPATH, or packages that depend on nnrun), nothing else"
+        )
+    try:
+        spec = first or importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise ConfigError(
+            f"{key}: cannot find module {name} in {cwd} or on the Python path; put {top}.py in this folder, "
+            f"or its folder on PYTHONPATH"
+        )
+    if not (own_file(spec, cwd) or depends_on_nnrun(top)):
+        raise ConfigError(
+            f"{key}: {name} ({spec.origin}) is not your own module: neither a file under {cwd} or PYTHONPATH "
+            f"nor a package that depends on nnrun, so nnrun will not import it or reach its callables"
+        )
+    return spec
 
 
 def own_file(spec, cwd: Path) -> bool:

@@ -40,6 +40,7 @@ class MLflowLogger(Callback):
         for key, value in QUICK.items():
             os.environ.setdefault(key, value)
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry lines: ours says it once
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its "creating tables", "view run" lines
 
     # ---- the hooks ----
 

@@ -99,32 +99,14 @@ def user_module(name: str, key: str):
     """The module of your model: one a run's model_source.json restored (nnrun.usercode: trusted),
     nnrun's own, or yours, found in the working folder first, then on the Python path. Never the
     standard library, nor an installed package unless it depends on nnrun."""
-    from nnrun.safety import RESTORED, depends_on_nnrun, own_file
+    from nnrun.safety import RESTORED, own_spec
 
     top = name.split(".")[0]
     if name in RESTORED or top == "nnrun":
         return importlib.import_module(name)
     cwd = Path.cwd().resolve()
-    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
-        raise ConfigError(
-            f"{key}: {top} is a standard-library module; model.target names a class in your own code "
-            f"(a file under {cwd} or on PYTHONPATH)"
-        )
-    here = importlib.machinery.PathFinder.find_spec(top, [str(cwd)])  # finds files, runs nothing
-    try:
-        spec = here or importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise ConfigError(
-            f"{key}: cannot find module {top} in {cwd} or on the Python path; put {top}.py in this "
-            f"folder, or its folder on PYTHONPATH"
-        )
-    if not (own_file(spec, cwd) or depends_on_nnrun(top)):
-        raise ConfigError(
-            f"{key}: {top} ({spec.origin}) is not your own module: neither a file under {cwd} or "
-            f"PYTHONPATH nor a package that depends on nnrun, so nnrun will not import it"
-        )
+    here = importlib.machinery.PathFinder.find_spec(top, [str(cwd)])  # the working folder first; runs nothing
+    own_spec(name, key, cwd, first=here)
     loaded = sys.modules.get(top)
     if loaded is not None and here is not None and here.origin and source(loaded) != Path(here.origin).resolve():
         raise ConfigError(
