@@ -4,7 +4,7 @@ and can be silenced by name (trainer.checks.<name>=false).
 
 Errors: non_finite_data, label_range, single_class_validation, loss_task (losses.build_loss),
         output_shape, softmax_output
-Warnings: unnormalized_inputs, class_imbalance, first_loss, overlap"""
+Warnings: unnormalized_inputs, class_imbalance, first_loss, overlap, unscaled_target"""
 
 import hashlib
 import logging
@@ -75,6 +75,7 @@ def preflight(data, model, loss_fn, device, enabled: dict, class_weight, resumed
         ("class_imbalance", class_imbalance(data, class_weight)),
         ("first_loss", None if resumed else first_loss(output, y, data, loss_fn)),
         ("overlap", overlap(data)),
+        ("unscaled_target", unscaled_target(data)),
     ]
     warnings = [(name, message) for name, message in found if message and enabled.get(name, True)]
     for name, message in warnings:
@@ -270,6 +271,31 @@ def unnormalized_inputs(data):
             f"them yourself (e.g. pixels / 255)"
         )
     return None
+
+
+TARGET_RATIO = 100  # a raw regression target this many times the inputs' scale is warned about
+
+
+def target_size(data):
+    """(the raw regression target's size: max of |mean| and std, the inputs' typical size), or None
+    when the target is standardized (data.scale_target) or the task is not regression."""
+    if data.task != "regression" or data.target_scale is not None or len(data.train.y) < 2:
+        return None
+    y = data.train.y[:SAMPLE].double()
+    x = data.train.x[:SAMPLE]
+    inputs = float(x.double().std()) if x.is_floating_point() and x.numel() > 1 else 1.0
+    return max(float(y.mean().abs()), float(y.std())), max(inputs, 1.0)
+
+
+def unscaled_target(data):
+    size = target_size(data)
+    if size is None or size[0] <= TARGET_RATIO * size[1]:
+        return None
+    return (
+        f"the regression target is about {size[0]:.3g} in size, {size[0] / size[1]:.0f}x the inputs: "
+        f"with data.scale_target=false the model must learn outputs that large, and training is slow "
+        f"to start; set data.scale_target=true (metrics and predictions stay in the target's units)"
+    )
 
 
 def class_imbalance(data, class_weight):

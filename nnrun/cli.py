@@ -139,19 +139,25 @@ def resume_state(resume_from, plain: dict):
 
 def load_data(job: Job):
     """The data splits on their device; under DDP, this rank's slice of every global batch."""
-    from nnrun.data import build_data
+    from nnrun.data import build_data, normalize_mode
     from nnrun.models.backbone import unit_pixels
     from nnrun.train import distributed
 
     plain = job.plain
     unit = unit_pixels(plain["model"])  # a pretrained backbone normalizes [0, 1] pixels itself
-    normalize = "unit" if unit and plain["data"]["normalize"] else plain["data"]["normalize"]
+    normalize = normalize_mode(plain["data"]["normalize"])
+    normalize = "unit" if unit and normalize != "none" else normalize
     data = build_data(**{**plain["data"], "normalize": normalize}, seed=plain["trainer"]["seed"], device=job.device)
     if unit and data.transform.describe()["kind"] == "standardize":  # images (a table is refused by the model)
         log.info(
             f"data.normalize: images scaled to [0, 1] (divided by {data.transform.std:g}) for the pretrained backbone"
-            if normalize
-            else "data.normalize=false: images pass as they are; the pretrained backbone expects values in [0, 1]"
+            if normalize == "unit"
+            else "data.normalize=none: images pass as they are; the pretrained backbone expects values in [0, 1]"
+        )
+    if data.target_scale is not None:
+        log.info(
+            f"data.scale_target: the model learns the target standardized (mean {data.target_scale[0]:.6g}, "
+            f"std {data.target_scale[1]:.6g}); the loss is on that scale, metrics and predictions in the target's units"
         )
     if job.world > 1:
         data.train = distributed.Shard(data.train, distributed.rank(), job.world)

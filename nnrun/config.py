@@ -42,7 +42,8 @@ class DataConf:
     vocab_size: Optional[int] = None  # text_csv: words kept (most frequent in training) + 2
     max_len: Optional[int] = None  # text_csv: tokens per sample (padded / cut at the front)
     lowercase: Optional[bool] = None  # text_csv: fold case before splitting words
-    normalize: bool = True  # standardise inputs with statistics of the training split
+    normalize: Any = True  # standard (true) | minmax | none (false): input scaling fitted on the training split
+    scale_target: Optional[bool] = None  # regression: train on standardized targets (null: true); metrics in its units
     augment: AugmentConf = field(default_factory=AugmentConf)
 
 
@@ -64,6 +65,7 @@ class ChecksConf:  # pre-flight warnings; false silences one (errors always stop
     class_imbalance: bool = True  # warn: largest class 5x the smallest (no class_weight)
     first_loss: bool = True  # warn: the untrained loss above 2x ln(classes)
     overlap: bool = True  # warn: 1%+ of validation samples also in training
+    unscaled_target: bool = True  # warn: a regression target 100x the inputs with data.scale_target=false
 
 
 @dataclass
@@ -154,6 +156,9 @@ def check(conf) -> None:
         high_ok = high is None or (value <= high if inclusive else value < high)
         if not (low_ok and high_ok):
             raise ConfigError(f"{key}={value} is out of range: {_describe_range(low, high, inclusive)}")
+    normalize = conf.data.get("normalize")
+    if not (normalize in (True, False) or normalize in ("standard", "minmax", "none")):
+        raise ConfigError(f"data.normalize={normalize} is not one of standard, minmax, none (or true, false)")
     if conf.trainer.mode not in MODES:
         raise ConfigError(f"trainer.mode={conf.trainer.mode} is not one of {', '.join(MODES)}")
     if conf.trainer.test_weights not in ("best", "last"):

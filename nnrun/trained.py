@@ -50,6 +50,11 @@ class Run:
         prep = json.loads((self.folder / "preprocessing.json").read_text())
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], sample_shape(self.folder, prep)
         self.preprocessing = prep["transform"]
+        self.target_scale = None  # regression on standardized targets: (mean, std) to the target's units
+        if self.task == "regression" and prep.get("target") is not None:
+            from nnrun.data import target_scaling
+
+            self.target_scale = target_scaling(None, prep["target"])
         if isinstance(self.preprocessing, dict) and self.preprocessing.get("kind") == "tabular":
             from nnrun.data.tabular import check_description
 
@@ -98,7 +103,10 @@ class Run:
         from nnrun.train.loop import evaluate
 
         data = build_data(
-            **{**data_conf, "augment": None}, seed=self.config["trainer"]["seed"], fitted=self.preprocessing
+            **{**data_conf, "augment": None},
+            seed=self.config["trainer"]["seed"],
+            fitted=self.preprocessing,
+            fitted_target=dict(zip(("mean", "std"), self.target_scale)) if self.target_scale else None,
         )
         if data.task != self.task or (data.task != "regression" and data.classes != self.classes):
             raise ConfigError(
@@ -148,7 +156,11 @@ class Run:
         if self.task == "multiclass":
             return out.softmax(1).numpy()
         out = out.reshape(len(x))
-        return out.sigmoid().numpy() if self.task == "binary" else out.numpy()
+        if self.task == "binary":
+            return out.sigmoid().numpy()
+        if self.target_scale is not None:
+            out = out.double() * self.target_scale[1] + self.target_scale[0]
+        return out.numpy()
 
     def predict_classes(self, inputs) -> list:
         """Class names (classification) of each input."""
@@ -430,12 +442,13 @@ def export_main(argv=None) -> None:
 def export_model(run: Run, fmt: str, path: Path) -> None:
     """The run's model traced to TorchScript or exported to ONNX, at path."""
     example = example_input(run)
+    model = run.model if run.target_scale is None else Unscaled(run.model, *run.target_scale)
     if fmt == "torchscript":
         import warnings
 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks jit deprecated; it still works
-            torch.jit.trace(run.model, example).save(str(path))
+            torch.jit.trace(model, example).save(str(path))
     else:
         import warnings
 
@@ -443,7 +456,7 @@ def export_model(run: Run, fmt: str, path: Path) -> None:
             # nnrun's LSTM starts from zero states sized by the input, so any batch size runs (tested)
             warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1")
             torch.onnx.export(
-                run.model,
+                model,
                 (example,),
                 str(path),
                 input_names=["input"],
@@ -451,6 +464,18 @@ def export_model(run: Run, fmt: str, path: Path) -> None:
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                 dynamo=False,
             )
+
+
+class Unscaled(torch.nn.Module):
+    """The model with its regression output back in the target's units, for an exported file that
+    gives what nnrun-predict gives."""
+
+    def __init__(self, model, mean: float, std: float):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, x):
+        return self.model(x) * self.std + self.mean
 
 
 @contextlib.contextmanager

@@ -39,7 +39,8 @@ def write(tmp_path, name: str, frame: pd.DataFrame) -> str:
 
 
 def predictions(run_dir, frame: pd.DataFrame) -> np.ndarray:
-    """The best checkpoint's raw outputs on frame, preprocessed as preprocessing.json says."""
+    """The best checkpoint's outputs on frame, preprocessed as preprocessing.json says (and, for a
+    regression target it standardized, scaled back as it says)."""
     from nnrun.models import build_model
 
     prep = json.loads((run_dir / "preprocessing.json").read_text())
@@ -59,7 +60,9 @@ def predictions(run_dir, frame: pd.DataFrame) -> np.ndarray:
     )
     model.load_state_dict(state["model"])
     with torch.no_grad():
-        return model.eval()(x).numpy()
+        out = model.eval()(x).double().numpy()
+    target = prep.get("target")  # regression trained on standardized targets: back to the target's units
+    return out * target["std"] + target["mean"] if target else out
 
 
 def test_binary_metrics_match_scikit_learn(tmp_path):
@@ -136,18 +139,24 @@ def test_regression_metrics_match_scikit_learn(tmp_path):
 @pytest.mark.parametrize(
     "loss,expected",
     [
-        pytest.param(["loss=mse"], lambda row: float(row["val_rmse"]) ** 2, marks=pytest.mark.slow),
-        (["loss=mae"], lambda row: float(row["val_mae"])),
+        pytest.param(["loss=mse"], lambda row, s: (float(row["val_rmse"]) / s) ** 2, marks=pytest.mark.slow),
+        (["loss=mae"], lambda row, s: float(row["val_mae"]) / s),
         pytest.param(
-            ["loss=huber", "loss.delta=1e6"], lambda row: 0.5 * float(row["val_rmse"]) ** 2, marks=pytest.mark.slow
+            ["loss=huber", "loss.delta=1e6"],
+            lambda row, s: 0.5 * (float(row["val_rmse"]) / s) ** 2,
+            marks=pytest.mark.slow,
         ),  # all errors < delta
     ],
 )
 def test_regression_losses_agree_with_the_metrics(tmp_path, loss, expected):
+    """The loss is the objective on the standardized target (data.scale_target), the metrics are in
+    the target's units: they differ by the target's std, which preprocessing.json records."""
     path = write(tmp_path, "t.csv", table(200, "regression", 0))
     _, run_dir = train(tmp_path, "data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=3", *loss)
+    std = json.loads((run_dir / "preprocessing.json").read_text())["target"]["std"]
+    assert std > 2  # the table's target is not already standardized: the test can tell the units apart
     for row in metrics(run_dir):
-        assert float(row["val_loss"]) == pytest.approx(expected(row), rel=1e-4)
+        assert float(row["val_loss"]) == pytest.approx(expected(row, std), rel=1e-4)
 
 
 def test_multiclass_text_labels_and_a_categorical_feature(tmp_path):

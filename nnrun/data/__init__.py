@@ -67,6 +67,7 @@ class Data:
     classes: list = field(default_factory=list)
     transform: object = None  # fitted on train; .describe() is what predictions must apply
     vocab: int = 0  # token data: rows of the embedding table (0: not tokens)
+    target_scale: Optional[tuple] = None  # regression: (mean, std) the targets were standardized with
     augment: object = None  # an Augment applied to training batches, or None
     eval_batches: int = 4  # evaluation batches hold this many training batches (1 after one ran out of memory)
 
@@ -88,7 +89,12 @@ class Standardize:
         return ((x.float() - self.mean) / self.std).contiguous()
 
     def unscaled(self) -> None:
-        self.mean, self.std = 0.0, 1.0  # data.normalize=false: values pass as they are
+        self.mean, self.std = 0.0, 1.0  # data.normalize=none: values pass as they are
+
+    def minmax(self, x: torch.Tensor) -> None:
+        """data.normalize=minmax: the training split's range to [0, 1] (as scikit-learn's MinMaxScaler)."""
+        low, high = float(x.min()), float(x.max())
+        self.mean, self.std = low, max(high - low, 1e-8)
 
     def to_unit(self, x: torch.Tensor) -> None:
         """Pixels to [0, 1], for a model that normalizes them itself (a pretrained backbone): / 255
@@ -108,22 +114,36 @@ class Standardize:
 TARGET_DTYPES = {"multiclass": torch.long, "binary": torch.float32, "regression": torch.float32}
 
 
-def build_data(
+NORMALIZE = {True: "standard", False: "none", "standard": "standard", "minmax": "minmax", "none": "none"}
+
+
+def normalize_mode(value) -> str:
+    """data.normalize as one of standard | minmax | none (true and false are standard and none)."""
+    if value == "unit" or (isinstance(value, (bool, str)) and value in NORMALIZE):
+        return NORMALIZE.get(value, value)
+    raise ConfigError(f"data.normalize={value} is not one of standard, minmax, none (or true, false)")
+
+
+def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted values)
     name: str,
     batch_size: int,
     val_split: float,
     seed: int,
     device=None,
-    normalize: bool = True,
+    normalize=True,
+    scale_target=None,
     augment=None,
     fitted: dict = None,
+    fitted_target: dict = None,
     **options,
 ) -> Data:
     """Load data by name, hold out a seeded validation split (stratified for classes; loaders of
     series split by time themselves), fit the scaling on the training split only, place on device.
-    fitted: a run's stored transform (preprocessing.json's "transform") to apply instead of fitting;
-    normalize: true (standardize), false (values as they are) or "unit" (images to [0, 1], for a
-    model that normalizes them itself)."""
+    fitted: a run's stored transform (preprocessing.json's "transform") to apply instead of fitting,
+    and fitted_target its target scaling; normalize: standard (true), minmax, none (false) or "unit"
+    (images to [0, 1], for a model that normalizes them itself); scale_target (regression; null is
+    true): train on the targets standardized with the training split's mean and std."""
+    normalize = normalize_mode(normalize)
     root = options.pop("root", None) or "data"  # the folder the loader reads (data.root)
     options = {k: v for k, v in options.items() if v is not None}
     if "val_split" in DATASETS.parameters(name):
@@ -144,13 +164,21 @@ def build_data(
         transform.adopt(fitted)
     else:
         transform.fit(x_train)
-        if not normalize:
+        if normalize == "none":
             transform.unscaled()
+        elif normalize == "minmax":
+            transform.minmax(x_train)
         elif normalize == "unit" and isinstance(transform, Standardize):
             transform.to_unit(x_train)
+    target_scale = None  # a run adopted (fitted) brings its own, or none (it trained on raw targets)
+    if task == "regression" and (fitted_target is not None or (fitted is None and scale_target is not False)):
+        target_scale = target_scaling(y_train, fitted_target)
 
     def split(x, y):
-        return Split(transform(x), y.to(TARGET_DTYPES[task]))
+        y = y.to(TARGET_DTYPES[task])
+        if target_scale is not None:
+            y = (y.double() - target_scale[0]).div(target_scale[1]).float()
+        return Split(transform(x), y)
 
     train = split(x_train, y_train)
     data = Data(
@@ -165,6 +193,7 @@ def build_data(
         transform=transform,
         vocab=getattr(transform, "num_tokens", 0),
         augment=image_augment(augment, train, transform),
+        target_scale=target_scale,
     )
     data_errors(data)
     if device is not None and fits_on(device, data):
@@ -175,6 +204,27 @@ def build_data(
             if s is not None:
                 s.pin = True
     return data
+
+
+def target_scaling(y: torch.Tensor, fitted: dict = None) -> tuple:
+    """(mean, std) of the training targets, or the values a run stored (preprocessing.json's
+    "target"), checked: they are data from whoever made the run folder."""
+    import math
+
+    if fitted is not None:
+        mean, std = fitted.get("mean") if isinstance(fitted, dict) else None, (fitted or {}).get("std")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (mean, std)):
+            raise ConfigError(
+                "preprocessing.json: the target's scaling needs a finite mean and std; the run folder is damaged"
+            )
+        if std <= 0:
+            raise ConfigError(
+                "preprocessing.json: the target's scaling has a std of 0 or less; the run folder is damaged"
+            )
+        return float(mean), float(std)
+    y = y.double()
+    std = float(y.std()) if len(y) > 1 else 0.0
+    return float(y.mean()), std if std > 0 and math.isfinite(std) else 1.0
 
 
 def image_augment(options, train: Split, transform):

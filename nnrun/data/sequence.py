@@ -172,6 +172,12 @@ class FeatureScale:
     def unscaled(self) -> None:
         self.mean, self.std = torch.zeros_like(self.mean), torch.ones_like(self.std)
 
+    def minmax(self, x: torch.Tensor) -> None:
+        """data.normalize=minmax: each feature's training range to [0, 1]."""
+        flat = x.double().reshape(-1, x.shape[-1])
+        self.mean = flat.min(0).values
+        self.std = (flat.max(0).values - self.mean).clamp_min(1e-12)
+
     def describe(self) -> dict:
         return {
             "kind": "standardize_features",

@@ -320,6 +320,21 @@ class TabularTransform:
                 scaler = self.columns.named_transformers_[name][-1]
                 scaler.mean_, scaler.scale_, scaler.var_ = np.zeros(1), np.ones(1), np.ones(1)
 
+    def minmax(self, x: torch.Tensor) -> None:
+        """data.normalize=minmax: numeric columns from their training range to [0, 1] (scikit-learn's
+        MinMaxScaler), stored as the same mean/std pair (mean = the minimum, std = the range)."""
+        rows = self.rows(x)
+        for name in self.features:
+            if name in self.categorical:
+                continue
+            values = rows[[name]]
+            imputer = self.imputer(name)
+            values = imputer.transform(values) if imputer is not None else values.to_numpy()
+            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+            scaler = self.columns.named_transformers_[name][-1]
+            scaler.mean_, scaler.scale_ = np.array([low]), np.array([max(high - low, 1e-12)])
+            scaler.var_ = scaler.scale_**2
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = self.rows(x)
         for name in self.features:

@@ -101,6 +101,9 @@ class TextTransform:
     def unscaled(self) -> None:
         """Token ids are never scaled."""
 
+    def minmax(self, x) -> None:
+        """Token ids are never scaled."""
+
     @property
     def num_tokens(self) -> int:
         """Rows of the embedding table: padding, unknown, and the words kept."""

@@ -20,9 +20,10 @@ def chance_loss(data, loss_fn) -> float:
         return float(loss_fn(output, y))
 
 
-def diagnose(logs: list, chance: float, stopped_early: bool = False) -> list:
+def diagnose(logs: list, chance: float, stopped_early: bool = False, target_size: float = None) -> list:
     """Hints read from the per-epoch logs: divergence, overfitting, underfitting; chance is the
-    loss of a model that learned nothing (chance_loss)."""
+    loss of a model that learned nothing (chance_loss); target_size: a raw regression target's
+    size when it dwarfs the inputs (checks.target_size), which is then the first thing to fix."""
     losses = [row["loss"] for row in logs]
     if any(not math.isfinite(v) for v in losses) or (len(losses) >= 2 and losses[-1] > 1.5 * losses[0]):
         return [
@@ -40,6 +41,13 @@ def diagnose(logs: list, chance: float, stopped_early: bool = False) -> list:
                 f"optimizer.weight_decay (L2), {'' if stopped_early else 'early stopping, '}or more data"
             )
     half = losses[len(losses) // 2 :]
+    if target_size is not None and losses[-1] > 0.25 * chance:
+        hints.append(
+            f"underfitting: the training loss ({losses[-1]:.4g}) is still {losses[-1] / chance:.2g}x that of a "
+            f"model that learned nothing ({chance:.4g}), and the target is about {target_size:.3g} in size with "
+            f"data.scale_target=false; set data.scale_target=true before trying a bigger model"
+        )
+        return hints
     if len(losses) >= 4 and losses[-1] > 0.75 * chance and half[-1] > 0.95 * half[0]:
         hints.append(
             f"underfitting: the training loss is flat and high ({losses[-1]:.4f}; a model that "

@@ -38,7 +38,7 @@ def write_summary(run_dir, summary: dict, last_resort: bool = False) -> Path:
 
 def write_preprocessing(run_dir, data) -> Path:
     """What new inputs need before the model sees them: the scaling fitted on the training split,
-    the task, and the class names in output order."""
+    the task, the class names in output order, and (regression) the target's scaling."""
     return write_json(
         Path(run_dir) / "preprocessing.json",
         {
@@ -46,6 +46,8 @@ def write_preprocessing(run_dir, data) -> Path:
             "classes": data.classes,
             "input_shape": list(data.input_shape),
             "transform": data.transform.describe(),
+            # regression trained on standardized targets: predictions are output * std + mean
+            **({"target": dict(zip(("mean", "std"), data.target_scale))} if data.target_scale else {}),
         },
     )
 
@@ -67,7 +69,7 @@ def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, set
         **{f"test_{name}": value for name, value in test.items()},
         last_epoch=history.logs[-1],
         samples_per_sec=history.samples / max(history.train_seconds, 1e-9),
-        hints=diagnose(history.logs, chance_loss(data, eval_loss), history.stopped_early),
+        hints=diagnose(history.logs, chance_loss(data, eval_loss), history.stopped_early, big_target(data)),
     )
     if confusion is not None:
         summary["confusion_matrix"] = confusion.tolist()  # [true][predicted] counts, test split
@@ -79,6 +81,14 @@ def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, set
     for line in card_lines(summary, summary["command"]):
         log.info(line)
     return summary
+
+
+def big_target(data):
+    """The raw regression target's size when the pre-flight check would warn about it, else None."""
+    from nnrun.checks import TARGET_RATIO, target_size
+
+    size = target_size(data)
+    return size[0] if size is not None and size[0] > TARGET_RATIO * size[1] else None
 
 
 def write_plots(run_dir: Path, history, monitor: str, data, confusion, summary: dict) -> None:

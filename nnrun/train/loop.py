@@ -121,7 +121,7 @@ def score(engine, data, split, loss_fn, device, batch_size: int, limit_batches, 
     """evaluate()'s pass over split, in batches of batch_size."""
     task, num_classes = data.task, data.num_classes
     loss_sum = torch.zeros((), device=device)
-    tally = Tally(task, device, num_classes, every_prediction=True)
+    tally = Tally(task, device, num_classes, every_prediction=True, scale=data.target_scale)
     seen = 0
     for x, y in split.batches(batch_size, limit=limit_batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

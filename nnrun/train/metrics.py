@@ -31,8 +31,11 @@ class Tally:
     """Sums for one pass over a split, kept on the device and read once at the end (one sync).
     outputs: logits (B, C) for multiclass, one logit (B,) for binary, values (B,) for regression."""
 
-    def __init__(self, task: str, device, num_classes: int = 0, every_prediction: bool = False, state: dict = None):
+    def __init__(
+        self, task: str, device, num_classes: int = 0, every_prediction: bool = False, state: dict = None, scale=None
+    ):
         self.task, self.num_classes, self.n = task, num_classes, 0
+        self.scale = scale  # regression on standardized targets: (mean, std) back to the target's units
         wide = torch.float32 if torch.device(device).type == "mps" else torch.float64
         if task == "regression":  # sum |e|, sum e^2, sum y, sum y^2
             self.sums = torch.zeros(4, device=device, dtype=wide)
@@ -62,6 +65,8 @@ class Tally:
         self.n += len(y)
         if self.task == "regression":
             error, y = (output - y).to(self.sums.dtype), y.to(self.sums.dtype)
+            if self.scale is not None:
+                error, y = error * self.scale[1], y * self.scale[1] + self.scale[0]
             self.sums += torch.stack([error.abs().sum(), error.square().sum(), y.sum(), y.square().sum()])
             return
         if self.task == "binary":

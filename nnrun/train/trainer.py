@@ -197,7 +197,7 @@ class Trainer:
         model.train()
         part = history.partial or {}
         loss_sum = part["loss_sum"].to(device) if part else torch.zeros((), device=device)
-        tally = Tally(data.task, device, data.num_classes, state=part.get("tally"))
+        tally = Tally(data.task, device, data.num_classes, state=part.get("tally"), scale=data.target_scale)
         seen, lr, first = part.get("seen", 0), part.get("lr", optimizer.param_groups[0]["lr"]), history.step
         rates = part.get("rates", group_rates(optimizer))
         batches = data.train.num_batches(data.batch_size, settings.limit_batches)

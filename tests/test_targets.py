@@ -1,0 +1,123 @@
+"""Targets in any units (data.scale_target) and the input scalings (data.normalize), through the
+real CLI: a price in the hundreds of thousands learns with the defaults, and every number a user
+reads (metrics, predictions, eval, an exported model) is in the target's own units."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import FAST, clean_env, nnrun, one_line_error, summary, train
+
+
+def tool(name, *args, cwd):
+    return subprocess.run(
+        [str(Path(sys.executable).parent / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env()
+    )
+
+
+def houses(n: int, seed: int) -> pd.DataFrame:
+    """House prices (mean ~360,000, std ~150,000) from four numbers and a district, with noise."""
+    rng = np.random.default_rng(seed)
+    rooms, area = rng.uniform(2, 9, n), rng.uniform(40, 300, n)
+    age, dist = rng.uniform(0, 80, n), rng.uniform(1, 40, n)
+    hood = rng.choice(["north", "south", "east", "west"], n)
+    bonus = pd.Series(hood).map({"north": 40000, "south": -20000, "east": 10000, "west": 0}).to_numpy()
+    price = 50000 + 1800 * area + 15000 * rooms - 900 * age - 2500 * dist + bonus + rng.normal(0, 20000, n)
+    return pd.DataFrame({"rooms": rooms, "area": area, "age": age, "dist": dist, "hood": hood, "price": price.round()})
+
+
+@pytest.fixture
+def prices(tmp_path):
+    houses(500, 0).to_csv(tmp_path / "houses.csv", index=False)
+    return ["data=csv", "data.path=houses.csv", "data.target=price"]
+
+
+def test_a_price_in_the_hundreds_of_thousands_learns_with_the_defaults(tmp_path, prices):
+    result, run_dir = train(tmp_path, *prices)
+    info = summary(run_dir)
+    assert info["test_r2"] >= 0.90, info
+    assert 1000 < info["test_mae"] < 60000  # in dollars, not in standard deviations
+    assert "data.scale_target: the model learns the target standardized" in result.stdout
+    assert not info["warnings"]
+    prep = json.loads((run_dir / "preprocessing.json").read_text())
+    assert prep["target"]["mean"] > 100000 and prep["target"]["std"] > 50000
+
+    new = houses(200, 1)
+    new.drop(columns="price").to_csv(tmp_path / "new.csv", index=False)
+    predicted = tool("nnrun-predict", f"run={run_dir}", "input=new.csv", "output=p.csv", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    values = pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy()
+    truth = new["price"].to_numpy()
+    r2 = 1 - ((values - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
+    assert r2 >= 0.85 and abs(values.mean() - truth.mean()) < 30000  # prices, not z-scores
+
+    evaluated = tool("nnrun-eval", f"run={run_dir}", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    scores = json.loads((run_dir / "eval.json").read_text())
+    assert scores["test_mae"] == pytest.approx(info["test_mae"], rel=1e-6)
+    assert scores["test_r2"] == pytest.approx(info["test_r2"], rel=1e-6)
+
+    exported = tool("nnrun-export", f"run={run_dir}", "format=torchscript", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    import nnrun as api
+
+    run = api.load_run(run_dir)
+    x = run.prepare(new.drop(columns="price"))
+    with torch.no_grad():
+        scripted = torch.jit.load(str(run_dir / "model.ts"))(x).reshape(-1).double().numpy()
+    assert np.allclose(scripted, run.predict(new.drop(columns="price")), rtol=1e-5)  # the file gives prices too
+    assert np.allclose(run.predict(new.drop(columns="price")), values, rtol=1e-6)
+
+
+def test_an_unscaled_huge_target_is_warned_about_and_the_hint_names_the_key(tmp_path, prices):
+    result, run_dir = train(tmp_path, *prices, "data.scale_target=false", *FAST)
+    line = next(x for x in result.stdout.splitlines() if "check unscaled_target" in x)
+    assert "data.scale_target=true" in line and "e+05 in size" in line
+    info = summary(run_dir)
+    assert any("data.scale_target=true" in hint for hint in info["hints"]), info["hints"]
+    assert "target" not in json.loads((run_dir / "preprocessing.json").read_text())
+    assert info["test_mae"] > 100000  # it could not learn outputs that large in two short epochs
+
+
+def test_a_target_near_one_is_not_warned_about_unscaled(tmp_path):
+    frame = houses(300, 0)
+    frame["price"] = frame["price"] / 1e5
+    frame.to_csv(tmp_path / "small.csv", index=False)
+    result, _ = train(
+        tmp_path, "data=csv", "data.path=small.csv", "data.target=price", "data.scale_target=false", *FAST
+    )
+    assert "unscaled_target" not in result.stdout
+
+
+def test_normalize_minmax_maps_the_training_range_to_0_1(tmp_path, prices):
+    _, run_dir = train(tmp_path, *prices, "data.normalize=minmax", *FAST)
+    columns = {c["name"]: c for c in json.loads((run_dir / "preprocessing.json").read_text())["transform"]["columns"]}
+    frame = houses(500, 0)
+    area = frame["area"]
+    # the training rows are a subset: their range lies inside the file's, and close to it
+    assert area.min() <= columns["area"]["mean"] < area.min() + 2
+    assert area.max() - area.min() - 4 < columns["area"]["std"] <= area.max() - area.min()
+    assert "categories" in columns["hood"]  # text columns are still one-hot
+
+    _, digits = train(tmp_path, "data.normalize=minmax", *FAST, name="digits")
+    transform = json.loads((digits / "preprocessing.json").read_text())["transform"]
+    assert (transform["mean"], transform["std"]) == (0.0, 16.0)  # the digits' pixels run 0..16
+
+
+@pytest.mark.parametrize("value", ["none", "false"])
+def test_normalize_none_and_false_leave_the_values_as_they_are(tmp_path, value):
+    _, run_dir = train(tmp_path, f"data.normalize={value}", *FAST)
+    transform = json.loads((run_dir / "preprocessing.json").read_text())["transform"]
+    assert (transform["mean"], transform["std"]) == (0.0, 1.0)
+
+
+def test_an_unknown_normalize_value_is_one_line(tmp_path):
+    result = nnrun("data.normalize=zscore", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "data.normalize=zscore" in line and "minmax" in line
