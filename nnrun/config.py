@@ -31,7 +31,7 @@ class DataConf:
     target: Optional[str] = None  # csv: the column to predict
     features: Optional[List[str]] = None  # csv: input columns (default: all but the target)
     task: Optional[str] = None  # csv: auto | binary | multiclass | regression
-    test_path: Optional[str] = None  # csv: a separate test file (else data.test_split of data.path)
+    test_path: Any = None  # csv: a separate test file (else data.test_split of data.path); arrays: see val_path
     impute: Optional[str] = None  # csv: null (missing values are an error) | mean | median
     na_values: Optional[List[str]] = None  # csv: cell texts read as missing, e.g. ['?', 'n/a']
     max_categories: Optional[int] = None  # csv: most distinct values a text column may have (one-hot)
@@ -42,6 +42,15 @@ class DataConf:
     vocab_size: Optional[int] = None  # text_csv: words kept (most frequent in training) + 2
     max_len: Optional[int] = None  # text_csv: tokens per sample (padded / cut at the front)
     lowercase: Optional[bool] = None  # text_csv: fold case before splitting words
+    # validation data given, and Keras's hold-out rule (issue 18: arrays, val_path, val_split_from)
+    val_path: Any = None  # csv, text_csv: a validation file (Keras's validation_data); arrays: .npz or [x.npy, y.npy]
+    val_split_from: str = "random"  # random (stratified, seeded) | end: the last data.val_split of the rows, as Keras
+    x: Optional[str] = None  # arrays: an .npy of inputs (with data.y), instead of an .npz as data.path
+    y: Optional[str] = None  # arrays: an .npy of labels or targets, one per sample
+    x_key: Optional[str] = None  # arrays: the name of the inputs in the .npz files (default x)
+    y_key: Optional[str] = None  # arrays: the name of the labels in the .npz files (default y)
+    layout: Optional[str] = None  # arrays: auto | table | images | sequence (auto: by shape; 3-D: integers images)
+    data_format: Optional[str] = None  # arrays: auto | channels_last | channels_first, for 4-D images
     normalize: Any = True  # standard (true) | minmax | none (false): input scaling fitted on the training split
     scale_target: Optional[bool] = None  # regression: train on standardized targets (null: true); metrics in its units
     augment: AugmentConf = field(default_factory=AugmentConf)

@@ -59,6 +59,7 @@ class Run:
             from nnrun.data.tabular import check_description
 
             check_description(self.preprocessing, self.input_shape[0] if len(self.input_shape) == 1 else -1)
+        check_scaling(self.preprocessing, self.input_shape)
         vocab = len(self.preprocessing["vocabulary"]) + 2 if self.preprocessing["kind"] == "tokens" else 0
         outputs = len(self.classes) if self.task == "multiclass" else 1
         model_conf = {
@@ -129,12 +130,14 @@ class Run:
             texts = [str(t) for t in inputs]
             return TextTransform(texts, 0, 0, True).adopt(self.preprocessing)(torch.arange(len(texts)))
         x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+        given, wanted = tuple(x.shape), self.input_shape
+        if kind == "standardize" and self.preprocessing.get("data_format") == "channels_last":
+            wanted = (*wanted[1:], wanted[0])  # (H, W, C), as the run's training arrays were
+            x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x  # PyTorch's (N, C, H, W)
         if x.dim() == len(self.input_shape) and self.input_shape[0] == 1 and kind == "standardize":
             x = x.unsqueeze(1)  # (N, H, W) grey images
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ConfigError(
-                f"inputs of shape {tuple(x.shape)}: this model takes (N, {', '.join(map(str, self.input_shape))})"
-            )
+            raise ConfigError(f"inputs of shape {given}: this model takes (N, {', '.join(map(str, wanted))})")
         if kind == "standardize":
             from nnrun.data import Standardize
 
@@ -186,6 +189,33 @@ def sample_shape(folder: Path, prep: dict) -> tuple:
             f"run={folder}: preprocessing.json's input_shape {shape!r} is not a sample shape; the folder is damaged"
         )
     return tuple(shape)
+
+
+def check_scaling(transform: dict, input_shape: tuple) -> None:
+    """A standardize or standardize_features transform as preprocessing.json stores it is data from
+    whoever made the run folder: finite numbers, each std above 0, one per feature; else a ConfigError."""
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    kind = transform.get("kind") if isinstance(transform, dict) else None
+    if kind == "standardize":
+        means, stds = [transform.get("mean")], [transform.get("std")]
+        if transform.get("data_format", "channels_first") not in ("channels_first", "channels_last"):
+            raise ConfigError(f"preprocessing.json: data_format {transform.get('data_format')!r} is not known")
+    elif kind == "standardize_features":
+        means, stds = transform.get("mean"), transform.get("std")
+        if not (isinstance(means, list) and isinstance(stds, list) and len(means) == len(stds) == input_shape[-1]):
+            raise ConfigError(
+                f"preprocessing.json: the scaling needs a mean and a std for each of the {input_shape[-1]} "
+                f"features; the run folder is damaged"
+            )
+    else:
+        return
+    if not all(number(m) for m in means) or not all(number(s) and s > 0 for s in stds):
+        raise ConfigError(
+            "preprocessing.json: the scaling needs finite means and stds above 0; the run folder is damaged"
+        )
 
 
 def check_shapes(folder: Path, build, model_conf: dict, trust_code: bool = False) -> None:
@@ -257,11 +287,20 @@ def read_inputs(run: Run, path: Path):
     kind = run.preprocessing["kind"]
     if not path.is_file():
         raise ConfigError(f"input={path}: no such file")
-    if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
+    if path.suffix in (".npy", ".npz"):
+        from nnrun.data.arrays import load
+
+        data = run.config["data"]
+        keys = (data.get("x_key") or "x",) if path.suffix == ".npz" else None
+        array = load(str(path), "input", keys)
+        array = array[0] if keys else array
+        if array.ndim == 0:
+            raise ConfigError(f"input={path} holds a single value; give one sample per row")
         return array, list(range(len(array)))
     if path.suffix != ".csv":
-        raise ConfigError(f"input={path}: use a .csv file (tables, texts, series) or a .npy array")
+        raise ConfigError(f"input={path}: use a .csv file (tables, texts, series) or a .npy/.npz array")
+    if run.config["data"].get("name") == "arrays":
+        raise ConfigError(f"input={path}: this model was trained on arrays; give an .npy (or .npz) of inputs")
     from nnrun.data.tabular import read_csv
 
     frame = read_csv(str(path), "input", run.config["data"].get("na_values"))

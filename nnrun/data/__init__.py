@@ -1,6 +1,8 @@
 """Datasets by name. Each loader returns whole tensors; build_data splits, normalises and places
 them, and reports the shapes the model is built from."""
 
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -12,6 +14,7 @@ from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
 DATASETS = Registry("data")
+log = logging.getLogger(__name__)
 
 
 class Split:
@@ -145,6 +148,7 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
     true): train on the targets standardized with the training split's mean and std."""
     normalize = normalize_mode(normalize)
     root = options.pop("root", None) or "data"  # the folder the loader reads (data.root)
+    val_split_from = options.pop("val_split_from", None) or "random"  # or end: Keras's validation_split
     options = {k: v for k, v in options.items() if v is not None}
     if "val_split" in DATASETS.parameters(name):
         options["val_split"] = val_split
@@ -155,9 +159,14 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
             non_finite_data(part, Split(*loaded[part]))
     x_train, y_train = loaded["train"]
     x_val, y_val = loaded.get("val") or (None, None)
+    if val_split_from not in ("random", "end"):
+        raise ConfigError(f"data.val_split_from={val_split_from} is not one of random, end")
     if val_split > 0 and "val" not in loaded:  # a loader that splits by time gives its own
         hold_out = random_split if task == "regression" else stratified_split
-        train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
+        if val_split_from == "end":
+            train_idx, val_idx = end_split(len(y_train), val_split, key="data.val_split")
+        else:
+            train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
     transform = loaded.get("transform") or Standardize()
     if fitted is not None:
@@ -255,6 +264,22 @@ def random_split(y, fraction: float, seed: int, key: str):
     return torch.from_numpy(np.sort(order[n_held:])), torch.from_numpy(np.sort(order[:n_held]))
 
 
+def end_split(n: int, fraction: float, key: str):
+    """Indices (kept, held_out): the last rows, as Keras's validation_split takes them (its
+    train_validation_split: the first floor(n * (1 - fraction)) rows train)."""
+    split_at = math.floor(n * (1.0 - fraction))
+    if split_at in (0, n):
+        raise ConfigError(
+            f"{key}={fraction} of {n} rows leaves {'nothing to train on' if split_at == 0 else 'no validation rows'} "
+            f"(Keras's rule, data.val_split_from=end); use another {key} or more data"
+        )
+    log.info(
+        f"data.val_split_from=end: the last {n - split_at} of the {n} training rows (rows {split_at}..{n - 1} "
+        f"in their order) held out for validation, as Keras's validation_split"
+    )
+    return torch.arange(split_at), torch.arange(split_at, n)
+
+
 def stratified_split(y: torch.Tensor, fraction: float, seed: int, key: str):
     """Indices (kept, held_out): round(fraction * n) of each class held out, at least one; seeded."""
     labels = np.asarray(y)
@@ -285,4 +310,4 @@ def fits_on(device, data: Data) -> bool:
     return need < free // 2  # leave half the card to the model and activations
 
 
-from nnrun.data import cifar, digits, sequence, tabular, text, vision  # noqa: E402,F401  (registers the datasets)
+from nnrun.data import arrays, cifar, digits, sequence, tabular, text, vision  # noqa: E402,F401  (registers the datasets)

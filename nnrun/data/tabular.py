@@ -30,6 +30,7 @@ def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
     impute: str = None,
     na_values=None,
     max_categories: int = 50,
+    val_path: str = None,
 ):
     """Rows of a CSV file; data.target names the column to predict, the others are features."""
     if not path:
@@ -45,22 +46,32 @@ def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
     na_values = [na_values] if isinstance(na_values, str) else list(na_values or [])
     frame = read_csv(path, "data.path", na_values)
     features = pick_features(frame, target, features, path)
-    if test_path:
-        test_frame = read_csv(test_path, "data.test_path", na_values)
-        absent = [c for c in [target, *features] if c not in test_frame.columns]
+    frame_rows, test_rows, val_rows = len(frame), 0, 0
+    extra = []  # the test file's rows, then the validation file's, after data.path's
+    for key, file in (("data.test_path", test_path), ("data.val_path", val_path)):
+        if not file:
+            continue
+        other = read_csv(file, key, na_values)
+        absent = [c for c in [target, *features] if c not in other.columns]
         if absent:
             raise ConfigError(
-                f"data.test_path={test_path} lacks the column(s) {', '.join(absent)} that "
+                f"{key}={file} lacks the column(s) {', '.join(absent)} that "
                 f"data.path={path} has; give both files the same columns"
             )
-        frame_rows, test_rows = len(frame), len(test_frame)
+        if key == "data.val_path":
+            check_values(other, features, [], target, impute, file, None, len(other))
+            val_rows = len(other)
+        else:
+            test_rows = len(other)
+        extra.append(other)
+    if extra:
         import pandas as pd
 
-        frame = pd.concat([frame, test_frame], ignore_index=True)
+        frame = pd.concat([frame, *extra], ignore_index=True)
     categorical = [c for c in features if not is_numeric(frame[c])]
     check_categories(frame, categorical, max_categories, path)
     check_values(
-        frame, features, categorical, target, impute, path, test_path, len(frame) if not test_path else frame_rows
+        frame.iloc[: frame_rows + test_rows], features, categorical, target, impute, path, test_path, frame_rows
     )
     y, task, classes = encode_target(frame[target], task, target)
     x = torch.arange(len(frame))  # row numbers: TabularTransform reads the rows
@@ -68,9 +79,14 @@ def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
     if test_path:
         train_idx, test_idx = torch.arange(frame_rows), torch.arange(frame_rows, frame_rows + test_rows)
     elif task == "regression":
-        train_idx, test_idx = random_split(len(y), test_split, seed, key="data.test_split")
+        train_idx, test_idx = random_split(frame_rows, test_split, seed, key="data.test_split")
     else:
-        train_idx, test_idx = stratified_split(y, test_split, seed, key="data.test_split")
+        train_idx, test_idx = stratified_split(y[:frame_rows], test_split, seed, key="data.test_split")
+    out = {}
+    if val_path:
+        val_idx = torch.arange(frame_rows + test_rows, len(frame))
+        out["val"] = (x[val_idx], y[val_idx])
+        log.info(f"data.val_path={val_path}: {val_rows} validation rows (data.val_split does not apply)")
     log.info(
         f"data.path={path}: {len(frame)} rows, target {target!r} ({task}"
         + (f", classes {', '.join(classes)}" if classes else "")
@@ -78,6 +94,7 @@ def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
         + (f" ({len(categorical)} categorical: {', '.join(categorical)})" if categorical else "")
     )
     return {
+        **out,
         "train": (x[train_idx], y[train_idx]),
         "test": (x[test_idx], y[test_idx]),
         "classes": classes,
@@ -89,6 +106,8 @@ def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
 def read_csv(path: str, key: str, na_values=()):
     import pandas as pd
 
+    if not isinstance(path, str):
+        raise ConfigError(f"{key}={path}: give one CSV file")
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"{key}={path}: no such file (relative paths start from the folder you run nnrun in)")

@@ -36,6 +36,7 @@ def text_csv(  # noqa: PLR0913  (its parameters are the YAML schema)
     lowercase: bool = True,
     test_path: str = None,
     test_split: float = 0.2,
+    val_path: str = None,
 ):
     """Rows of a CSV file: data.text holds the text, data.target its class."""
     if not path:
@@ -44,8 +45,10 @@ def text_csv(  # noqa: PLR0913  (its parameters are the YAML schema)
         raise ConfigError(f"data.vocab_size={vocab_size}, data.max_len={max_len}: use vocab_size >= 3 and max_len >= 1")
     if task == "regression":
         raise ConfigError("data.task=regression: data=text_csv classifies texts; use auto, binary or multiclass")
-    frames = [read_csv(path, "data.path")] + ([read_csv(test_path, "data.test_path")] if test_path else [])
-    for frame, file in zip(frames, [path, test_path]):
+    files = [f for f in (path, test_path, val_path) if f]  # data.path's rows, then the test file's, then val's
+    keys = [k for k, f in (("data.path", path), ("data.test_path", test_path), ("data.val_path", val_path)) if f]
+    frames = [read_csv(f, k) for f, k in zip(files, keys)]
+    for frame, file in zip(frames, files):
         for key, column in (("data.text", text), ("data.target", target)):
             if column not in frame.columns:
                 raise ConfigError(
@@ -63,13 +66,20 @@ def text_csv(  # noqa: PLR0913  (its parameters are the YAML schema)
     y, task, classes = encode_target(frame[target], task, target)
     texts = frame[text].fillna("").astype(str).tolist()  # an empty text is all padding
     x, y = torch.arange(len(texts)), torch.from_numpy(y)  # row numbers: TextTransform turns them into ids
+    n, n_test = len(frames[0]), len(frames[1]) if test_path else 0
     if test_path:
-        n = len(frames[0])
-        train_idx, test_idx = torch.arange(n), torch.arange(n, len(texts))
+        train_idx, test_idx = torch.arange(n), torch.arange(n, n + n_test)
     else:
-        train_idx, test_idx = stratified_split(y, test_split, seed, key="data.test_split")
+        train_idx, test_idx = stratified_split(y[:n], test_split, seed, key="data.test_split")
+    out = {}
+    if val_path:
+        out["val"] = (x[n + n_test :], y[n + n_test :])
+        log.info(
+            f"data.val_path={val_path}: {len(texts) - n - n_test} validation texts (data.val_split does not apply)"
+        )
     log.info(f"data.path={path}: {len(texts)} texts, label {target!r} ({task}, classes {', '.join(classes)})")
     return {
+        **out,
         "train": (x[train_idx], y[train_idx]),
         "test": (x[test_idx], y[test_idx]),
         "classes": classes,
