@@ -42,6 +42,13 @@ class DataConf:
     vocab_size: Optional[int] = None  # text_csv: words kept (most frequent in training) + 2
     max_len: Optional[int] = None  # text_csv: tokens per sample (padded / cut at the front)
     lowercase: Optional[bool] = None  # text_csv: fold case before splitting words
+    # image_folder (data.path: the folder of class folders)
+    index: Optional[str] = None  # image_folder: a CSV of path,label[,split], paths relative to data.path
+    image_size: Any = None  # image_folder: int or [h, w]: resize + center-crop (null: the images' own size)
+    channels: Any = None  # image_folder: auto | 1 | 3 (auto: 1 when every file is grey)
+    cache: Any = None  # image_folder: auto | true | false (auto: decode once when the pixels fit 2 GB)
+    num_workers: Optional[int] = None  # image_folder: DataLoader processes when streamed (null: cores - 1)
+    skip_bad: Optional[bool] = None  # image_folder: skip files that cannot be decoded (else an error)
     normalize: bool = True  # standardise inputs with statistics of the training split
     augment: AugmentConf = field(default_factory=AugmentConf)
 
@@ -126,6 +133,7 @@ RANGES = {
     "data.stride": (1, None, True),
     "data.vocab_size": (3, None, True),
     "data.max_len": (1, None, True),
+    "data.num_workers": (0, None, True),
     "optimizer.lr": (0, None, False),
     "optimizer.weight_decay": (0, None, True),
     "optimizer.backbone_lr_scale": (0, None, False),

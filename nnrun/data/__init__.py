@@ -139,6 +139,8 @@ def build_data(
         hold_out = random_split if task == "regression" else stratified_split
         train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
+    files = x_train if getattr(x_train, "streamed", False) else None  # image_folder streamed from disk
+    x_train = files.sample(seed) if files is not None else x_train  # its statistics: from a seeded sample
     transform = loaded.get("transform") or Standardize()
     if fitted is not None:
         transform.adopt(fitted)
@@ -150,9 +152,11 @@ def build_data(
             transform.to_unit(x_train)
 
     def split(x, y):
+        if getattr(x, "streamed", False):  # files: decoded and scaled per batch
+            return x.split(transform, y.to(TARGET_DTYPES[task]))
         return Split(transform(x), y.to(TARGET_DTYPES[task]))
 
-    train = split(x_train, y_train)
+    train = split(files if files is not None else x_train, y_train)
     data = Data(
         train=train,
         val=split(x_val, y_val) if x_val is not None else None,
@@ -235,4 +239,4 @@ def fits_on(device, data: Data) -> bool:
     return need < free // 2  # leave half the card to the model and activations
 
 
-from nnrun.data import cifar, digits, sequence, tabular, text, vision  # noqa: E402,F401  (registers the datasets)
+from nnrun.data import cifar, digits, images, sequence, tabular, text, vision  # noqa: E402,F401  (registers the datasets)
