@@ -282,7 +282,7 @@ class Reader(torch.utils.data.Dataset):
                 pin_memory=pin,
                 persistent_workers=many,  # no start-up cost each epoch
                 prefetch_factor=4 if many else None,
-                worker_init_fn=one_thread if many else None,
+                worker_init_fn=worker_setup if many else None,
                 generator=torch.Generator(),  # its seeds for workers: not drawn from the model's (dropout) RNG
             )
         yield from self.loader
@@ -301,8 +301,15 @@ class Chunks:
         return len(self.reader.chunks)
 
 
-def one_thread(_) -> None:
-    torch.set_num_threads(1)  # workers decode; one thread each leaves the cores to them
+def worker_setup(_) -> None:
+    """In each DataLoader worker: one torch thread (the cores go to decoding), and no copy of the
+    run folder's lock (a forked worker would hold it until it exits)."""
+    from nnrun import runfolder
+
+    torch.set_num_threads(1)
+    for fd in runfolder._HELD.values():
+        os.close(fd)
+    runfolder._HELD.clear()
 
 
 def decode(path: Path, shape) -> np.ndarray:
