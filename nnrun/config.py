@@ -51,6 +51,13 @@ class DataConf:
     y_key: Optional[str] = None  # arrays: the name of the labels in the .npz files (default y)
     layout: Optional[str] = None  # arrays: auto | table | images | sequence (auto: by shape; 3-D: integers images)
     data_format: Optional[str] = None  # arrays: auto | channels_last | channels_first, for 4-D images
+    # image_folder (data.path: the folder of class folders)
+    index: Optional[str] = None  # image_folder: a CSV of path,label[,split], paths relative to data.path
+    image_size: Any = None  # image_folder: int or [h, w]: resize + center-crop (null: the images' own size)
+    channels: Any = None  # image_folder: auto | 1 | 3 (auto: 1 when every file is grey)
+    cache: Any = None  # image_folder: auto | true | false (auto: decode once when the pixels fit 2 GB)
+    num_workers: Optional[int] = None  # image_folder: DataLoader processes when streamed (null: cores - 1)
+    skip_bad: Optional[bool] = None  # image_folder: skip files that cannot be decoded (else an error)
     normalize: Any = True  # standard (true) | minmax | none (false): input scaling fitted on the training split
     scale_target: Optional[bool] = None  # regression: train on standardized targets (null: true); metrics in its units
     augment: AugmentConf = field(default_factory=AugmentConf)
@@ -137,6 +144,7 @@ RANGES = {
     "data.stride": (1, None, True),
     "data.vocab_size": (3, None, True),
     "data.max_len": (1, None, True),
+    "data.num_workers": (0, None, True),
     "optimizer.lr": (0, None, False),
     "optimizer.weight_decay": (0, None, True),
     "optimizer.backbone_lr_scale": (0, None, False),

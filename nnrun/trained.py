@@ -124,6 +124,11 @@ class Run:
         kind = self.preprocessing["kind"]
         if kind == "tabular":
             return table_input(inputs, self.preprocessing)
+        if kind == "standardize" and image_paths(inputs):  # image files or folders, decoded as in training
+            from nnrun.data.images import prediction_inputs
+
+            paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+            inputs = prediction_inputs(paths, self.input_shape, self.preprocessing)[0]
         if kind == "tokens":
             from nnrun.data.text import TextTransform
 
@@ -282,9 +287,20 @@ def table_input(frame, description: dict) -> torch.Tensor:
     return transform(torch.arange(len(frame)))
 
 
+def image_paths(inputs) -> bool:
+    """A path, or a list of paths, given to predict: image files or folders."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    return isinstance(items, (list, tuple)) and bool(items) and all(isinstance(i, (str, os.PathLike)) for i in items)
+
+
 def read_inputs(run: Run, path: Path):
-    """An input file in the form run.prepare() takes, and the row labels of the output."""
+    """An input file in the form run.prepare() takes, and the row labels of the output (an image
+    file or a folder of images: their paths)."""
     kind = run.preprocessing["kind"]
+    from nnrun.data.images import is_images, prediction_inputs
+
+    if is_images(path):
+        return prediction_inputs([path], run.input_shape, run.preprocessing)
     if not path.is_file():
         raise ConfigError(f"input={path}: no such file")
     if path.suffix in (".npy", ".npz"):
@@ -342,7 +358,7 @@ def parse_args(argv, prog: str, required: tuple) -> dict:
 
 
 def predict_main(argv=None) -> None:
-    """nnrun-predict run=<folder> input=<file> [output=<file.csv>]"""
+    """nnrun-predict run=<folder> input=<file, or an image folder> [output=<file.csv>]"""
 
     def job():
         import csv
@@ -353,18 +369,19 @@ def predict_main(argv=None) -> None:
         inputs, rows = read_inputs(run, path)
         p = run.predict(inputs)
         out = Path(args.get("output") or f"{path.stem}_predictions.csv")
+        label = "path" if rows and isinstance(rows[0], str) else "row"  # images: the file each row is about
         with open(out, "w", newline="") as f:
             w = csv.writer(f)
             if run.task == "multiclass":
-                w.writerow(["row", "prediction", *(f"probability_{c}" for c in run.classes)])
+                w.writerow([label, "prediction", *(f"probability_{c}" for c in run.classes)])
                 for r, probs in zip(rows, p):
                     w.writerow([r, run.classes[int(probs.argmax())], *(f"{v:.6g}" for v in probs)])
             elif run.task == "binary":
-                w.writerow(["row", "prediction", f"probability_{run.classes[1]}"])
+                w.writerow([label, "prediction", f"probability_{run.classes[1]}"])
                 for r, prob in zip(rows, p):
                     w.writerow([r, run.classes[int(prob > 0.5)], f"{prob:.6g}"])
             else:
-                w.writerow(["row", "prediction"])
+                w.writerow([label, "prediction"])
                 for r, value in zip(rows, p):
                     w.writerow([r, f"{value:.8g}"])
         print(f"nnrun-predict: {len(rows)} predictions ({run.task}) written to {out}")

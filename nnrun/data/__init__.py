@@ -168,6 +168,8 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
         else:
             train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
+    files = x_train if getattr(x_train, "streamed", False) else None  # image_folder streamed from disk
+    x_train = files.sample(seed) if files is not None else x_train  # its statistics: from a seeded sample
     transform = loaded.get("transform") or Standardize()
     if fitted is not None:
         transform.adopt(fitted)
@@ -187,9 +189,11 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
         y = y.to(TARGET_DTYPES[task])
         if target_scale is not None:
             y = (y.double() - target_scale[0]).div(target_scale[1]).float()
+        if getattr(x, "streamed", False):  # files: decoded and scaled per batch
+            return x.split(transform, y)
         return Split(transform(x), y)
 
-    train = split(x_train, y_train)
+    train = split(files if files is not None else x_train, y_train)
     data = Data(
         train=train,
         val=split(x_val, y_val) if x_val is not None else None,
@@ -310,4 +314,4 @@ def fits_on(device, data: Data) -> bool:
     return need < free // 2  # leave half the card to the model and activations
 
 
-from nnrun.data import arrays, cifar, digits, sequence, tabular, text, vision  # noqa: E402,F401  (registers the datasets)
+from nnrun.data import arrays, cifar, digits, images, sequence, tabular, text, vision  # noqa: E402,F401  (registers the datasets)

@@ -111,6 +111,11 @@ class Shard:
     global batch with fewer samples than ranks is dropped (a rank cannot step on nothing)."""
 
     def __init__(self, split, rank_: int, world: int):
+        if getattr(split, "streamed", False):  # image_folder read from disk per batch
+            raise ConfigError(
+                "trainer.strategy=ddp does not stream data=image_folder from disk yet: set data.cache=true "
+                "(the decoded pixels must fit in memory), or train in one process"
+            )
         self.split, self.rank, self.world = split, rank_, world
         self.x, self.y = split.x, split.y
         self.min_batch = 1  # per rank: a last global batch that gives a rank fewer is left out

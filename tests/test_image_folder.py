@@ -1,0 +1,161 @@
+"""data=image_folder: tiny PNG and JPEG class folders made here with Pillow, trained through the
+real CLI on the cached path and the streamed one (the same numbers), reused from the cache,
+predicted on by nnrun-predict; and the one-line errors for bad folders and files."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import nnrun
+from conftest import clean_env, metrics, nnrun as run_nnrun, one_line_error, summary, train
+
+BIN = Path(sys.executable).parent
+CLASSES = ("cat", "dog", "owl")
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    """The decoded-image cache of this test only (never ~/.cache)."""
+    monkeypatch.setenv("NNRUN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def images(folder: Path, n=10, size=(8, 8), mode="L", ext="png", seed=0, classes=CLASSES) -> Path:
+    """n images per class whose class is which vertical band is bright: learnable at once."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for k, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+            pixels[:, k * w // len(classes) : (k + 1) * w // len(classes)] = 255
+            Image.fromarray(pixels).convert(mode).save(folder / name / f"{i}.{ext}")
+    return folder
+
+
+def log_of(result) -> str:
+    return result.stdout + result.stderr
+
+
+def read(path) -> list:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tool(name, *args, cwd):
+    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env())
+
+
+def test_grey_pngs_cached_reused_streamed_alike_resumed_and_predicted(tmp_path, cache_dir):
+    images(tmp_path / "photos")
+    args = ["data=image_folder", "data.path=photos", "model=cnn", "trainer.epochs=2", "data.batch_size=8"]
+    first, cached = train(tmp_path, *args, name="cached")
+    assert "images decoded in" in log_of(first) and len(list((cache_dir / "images").glob("*.safetensors"))) == 1
+    assert "21 train, 3 val, 6 test, samples of shape (1, 8, 8), 3 classes" in log_of(first)
+    prep = __import__("json").loads((cached / "preprocessing.json").read_text())
+    assert prep["classes"] == list(CLASSES) and prep["input_shape"] == [1, 8, 8]
+    again, _ = train(tmp_path, *args, name="again")
+    assert "30 decoded images reused from" in log_of(again) and "decoded in" not in log_of(again)
+
+    # streamed from disk, one epoch, then resumed for the second: the cached run's numbers exactly
+    streamed_args = [*args[:-2], "data.batch_size=8", "data.cache=false", "data.num_workers=1"]
+    one, streamed = train(tmp_path, *streamed_args, "trainer.epochs=1", name="streamed")
+    assert "data.cache=false: 30 images streamed from disk by a DataLoader with 1 worker" in log_of(one)
+    assert "statistics from a seeded sample of 21 of the 21 training images" in log_of(one)
+    more = [*streamed_args, "trainer.epochs=2", f"trainer.resume={streamed}", "trainer.plots=false"]
+    result = run_nnrun(*more, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    columns = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[r[c] for c in columns] for r in metrics(streamed)] == [[r[c] for c in columns] for r in metrics(cached)]
+    assert summary(streamed)["test_accuracy"] == summary(cached)["test_accuracy"]
+
+    # nnrun-predict on a folder (recursively) and on one file: a row per image with its path first
+    result = tool("nnrun-predict", f"run={cached}", "input=photos", "output=all.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = read(tmp_path / "all.csv")
+    assert len(rows) == 30 and list(rows[0])[:2] == ["path", "prediction"] and rows[0]["path"] == "photos/cat/0.png"
+    probs = nnrun.load_run(cached).predict([str(tmp_path / "photos")])
+    assert [float(r["probability_dog"]) for r in rows] == pytest.approx(probs[:, 1].tolist(), rel=1e-5)
+    result = tool("nnrun-predict", f"run={cached}", "input=photos/owl/3.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [r["path"] for r in read(tmp_path / "3_predictions.csv")] == ["photos/owl/3.png"]
+
+
+def test_colour_jpegs_in_split_folders_and_an_index_csv(tmp_path):
+    for part, n, seed in (("train", 10, 0), ("valid", 3, 1), ("test", 4, 2)):
+        images(tmp_path / "shots" / part, n=n, size=(12, 12), mode="RGB", ext="JPG", seed=seed)
+    (tmp_path / "shots" / "train" / "readme.txt").write_text("not an image: ignored, as ImageFolder does")
+    result, run_dir = train(tmp_path, "data=image_folder", "data.path=shots", "model=cnn", *FAST_ARGS)
+    assert "30 train, 9 val, 12 test, samples of shape (3, 12, 12), 3 classes" in log_of(result)
+    assert summary(run_dir)["status"] == "completed"
+
+    # the same files listed in a CSV, with mixed sizes resized and center-cropped to data.image_size
+    Image.new("RGB", (20, 14), (200, 10, 10)).save(tmp_path / "shots" / "train" / "cat" / "wide.png")
+    rows = [("train/cat/wide.png", "cat", "train")]
+    rows += [
+        (p.relative_to(tmp_path / "shots").as_posix(), p.parent.name, p.parts[-3])
+        for p in sorted((tmp_path / "shots").rglob("*.JPG"))
+    ]
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    args = ["data=image_folder", "data.path=shots", "data.index=list.csv", "model=cnn", *FAST_ARGS]
+    refused = run_nnrun(*args, "hydra.run.dir=refused", cwd=tmp_path)
+    assert refused.returncode == 2
+    line = one_line_error(refused)
+    assert "different sizes" in line and "data.image_size=12" in line and "train/cat/wide.png" in line, line
+    result, run_dir = train(tmp_path, *args, "data.image_size=10", "data.channels=1", name="indexed")
+    assert "31 train, 9 val, 12 test, samples of shape (1, 10, 10)" in log_of(result)
+
+
+FAST_ARGS = ["trainer.epochs=1", "trainer.limit_batches=2", "data.batch_size=8"]
+
+
+def test_bad_files_are_one_line_errors_or_skipped(tmp_path):
+    images(tmp_path / "photos")
+    (tmp_path / "photos" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    args = ["data=image_folder", "data.path=photos", "model=mlp", *FAST_ARGS]
+    result = run_nnrun(*args, "hydra.run.dir=refused", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "dog/broken.png cannot be decoded" in line and "data.skip_bad=true" in line, line
+    result, _ = train(tmp_path, *args, "data.skip_bad=true")
+    assert "1 file(s) that cannot be decoded are skipped: dog/broken.png" in log_of(result)
+    assert "21 train, 3 val, 6 test" in log_of(result)
+
+
+def empty_class(d):
+    images(d / "photos", n=3)
+    (d / "photos" / "eel").mkdir()
+
+
+def val_class_train_lacks(d):
+    images(d / "photos" / "train", n=3)
+    images(d / "photos" / "val", n=2, classes=("cat", "eel"))
+
+
+def index_outside(d):
+    images(d / "photos", n=3)
+    (d / "list.csv").write_text("path,label\ncat/0.png,cat\n../list.csv,dog\n")
+
+
+@pytest.mark.parametrize(
+    "make, args, expected",
+    [
+        (empty_class, [], "the class folder photos/eel holds no images"),
+        (val_class_train_lacks, [], "the val images hold class(es) eel that train has no images of"),
+        (index_outside, ["data.index=list.csv"], "line 3: ../list.csv is outside data.path=photos"),
+        (lambda d: (d / "photos").mkdir(), [], "no class folders in photos"),
+        (empty_class, ["data.channels=2"], "data.channels=2 is not one of auto, 1, 3"),
+    ],
+)
+def test_bad_folders_are_one_line_errors(tmp_path, make, args, expected):
+    make(tmp_path)
+    result = run_nnrun("data=image_folder", "data.path=photos", *args, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert expected in line, line
