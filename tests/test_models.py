@@ -33,7 +33,17 @@ def test_the_installed_package_ships_every_config():
         "sequential",
         "torchvision",
     ]
-    assert options("data") == ["arrays", "cifar10", "csv", "digits", "fashion_mnist", "mnist", "text_csv", "timeseries"]
+    assert options("data") == [
+        "arrays",
+        "cifar10",
+        "csv",
+        "digits",
+        "fashion_mnist",
+        "image_folder",
+        "mnist",
+        "text_csv",
+        "timeseries",
+    ]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
     assert options("loss") == [
