@@ -50,20 +50,20 @@ def test_a_price_in_the_hundreds_of_thousands_learns_with_the_defaults(tmp_path,
     new = houses(200, 1)
     new.drop(columns="price").to_csv(tmp_path / "new.csv", index=False)
     predicted = tool("nnrun-predict", f"run={run_dir}", "input=new.csv", "output=p.csv", cwd=tmp_path)
-    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.returncode == 0, predicted.stderr  # the command itself; eval and export run in-process
     values = pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy()
     truth = new["price"].to_numpy()
     r2 = 1 - ((values - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
     assert r2 >= 0.85 and abs(values.mean() - truth.mean()) < 30000  # prices, not z-scores
 
-    evaluated = tool("nnrun-eval", f"run={run_dir}", cwd=tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr
+    from nnrun.trained import eval_main, export_main
+
+    eval_main([f"run={run_dir}", f"data.path={tmp_path / 'houses.csv'}"])  # (this process's folder is not tmp_path)
     scores = json.loads((run_dir / "eval.json").read_text())
     assert scores["test_mae"] == pytest.approx(info["test_mae"], rel=1e-6)
     assert scores["test_r2"] == pytest.approx(info["test_r2"], rel=1e-6)
 
-    exported = tool("nnrun-export", f"run={run_dir}", "format=torchscript", cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr
+    export_main([f"run={run_dir}", "format=torchscript"])
     import nnrun as api
 
     run = api.load_run(run_dir)
