@@ -49,7 +49,8 @@ def single_class_validation(data) -> None:
     if data.val is not None and data.task != "regression" and len(data.val.y.unique()) < 2:
         raise ConfigError(
             f"data.val_split: the validation split holds a single class "
-            f"({data.classes[int(data.val.y[0])]}); use more data or a larger data.val_split"
+            f"({data.classes[int(data.val.y[0])]}); use more data or a larger data.val_split (rows sorted by "
+            f"class with data.val_split_from=end: shuffle them, or use random), or a data.val_path of several classes"
         )
 
 

@@ -154,6 +154,8 @@ def load_data(job: Job):
             if normalize == "unit"
             else "data.normalize=none: images pass as they are; the pretrained backbone expects values in [0, 1]"
         )
+    if plain["data"].get("scale_target") and data.task != "regression":
+        log.info(f"data.scale_target=true does not apply: the task is {data.task}, not regression")
     if data.target_scale is not None:
         log.info(
             f"data.scale_target: the model learns the target standardized (mean {data.target_scale[0]:.6g}, "

@@ -55,6 +55,11 @@ class Run:
             from nnrun.data import target_scaling
 
             self.target_scale = target_scaling(None, prep["target"])
+        elif self.task == "regression" and self.config["data"].get("scale_target", False) is not False:
+            raise ConfigError(  # a run from before data.scale_target has no such key in its config
+                f"run={self.folder}: its config says data.scale_target was on, but preprocessing.json has no "
+                f"'target' scaling: predictions would be in the wrong units; the run folder is damaged"
+            )
         if isinstance(self.preprocessing, dict) and self.preprocessing.get("kind") == "tabular":
             from nnrun.data.tabular import check_description
 
@@ -312,6 +317,16 @@ def read_inputs(run: Run, path: Path):
         array = array[0] if keys else array
         if array.ndim == 0:
             raise ConfigError(f"input={path} holds a single value; give one sample per row")
+        if array.dtype.kind not in "biuf":
+            raise ConfigError(f"input={path} holds {array.dtype} values; inputs must be numbers, as in training")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = ~np.isfinite(array.reshape(len(array), -1)).all(1)
+            raise ConfigError(
+                f"input={path} has NaN or infinite values in {int(bad.sum())} sample(s), the first at index "
+                f"{int(bad.argmax())}; clean them first"
+            )
+        if array.ndim == 1 and tuple(run.input_shape) == (1,):  # one feature, as training read a 1-D x
+            array = array[:, None]
         return array, list(range(len(array)))
     if path.suffix != ".csv":
         raise ConfigError(f"input={path}: use a .csv file (tables, texts, series) or a .npy/.npz array")

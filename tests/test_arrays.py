@@ -173,3 +173,94 @@ def test_arrays_that_cannot_be_trusted_or_read_are_refused_in_one_line(tmp_path,
     result = run_nnrun("data=arrays", "data.x=x.npy", "data.y=y.npy", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2
     assert expected in one_line_error(result)
+
+
+def raw_member(folder):
+    """An .npz whose y member is not an .npy (NumPy hands back its bytes)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((5, 3)))
+    with zipfile.ZipFile(folder / "data.npz", "w") as archive:
+        archive.writestr("x.npy", buffer.getvalue())
+        archive.writestr("y.npy", b"just some bytes")
+
+
+def huge_header(folder):
+    """A 200-byte .npy whose header claims 10^12 rows (np.load would ask for 15 TB)."""
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    with open(folder / "x.npy", "wb") as f:
+        npformat.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)})
+        f.write(b"\0" * 64)
+    np.save(folder / "y.npy", np.arange(5))
+    with zipfile.ZipFile(folder / "data.npz", "w") as archive:
+        archive.write(folder / "x.npy", "x.npy")
+        archive.write(folder / "y.npy", "y.npy")
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (raw_member, "is not a NumPy array"),
+        (huge_header, "truncated or damaged"),
+        (
+            lambda d: (
+                np.savez(d / "data.npz", x=np.zeros((30, 2)), y=np.arange(30) % 2),
+                np.savez(d / "val.npz", x=np.zeros((6, 2)), y=np.arange(6) % 3),
+            ),
+            "data.val_path=val.npz holds class(es) '2' that the training data lacks",
+        ),
+    ],
+    ids=["raw-member", "huge-header", "class-only-in-val"],
+)
+def test_npz_files_that_would_crash_or_mislead_are_refused_in_one_line(tmp_path, make, expected):
+    make(tmp_path)
+    result = run_nnrun("data=arrays", "data.path=data.npz", "data.val_path=val.npz", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert expected in one_line_error(result)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_class_only_in_a_csv_val_path_is_refused_and_bad_cells_name_their_own_file(tmp_path):
+    rows = pd.DataFrame({"a": np.arange(40.0), "label": np.where(np.arange(40) % 2, "x", "y")})
+    rows.to_csv(tmp_path / "train.csv", index=False)
+    rows[:5].assign(label="z").to_csv(tmp_path / "val.csv", index=False)
+    result = run_nnrun("data=csv", "data.path=train.csv", "data.target=label", "data.val_path=val.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.val_path=val.csv holds class(es) 'z'" in one_line_error(result)
+
+    rows[:5].assign(a=["1", "2", "?", "4", "5"]).to_csv(tmp_path / "val.csv", index=False)
+    result = run_nnrun("data=csv", "data.path=train.csv", "data.target=label", "data.val_path=val.csv", cwd=tmp_path)
+    line = one_line_error(result)
+    assert "column 'a' of val.csv" in line and "'?' at row 4" in line  # its own file and row, not train.csv's
+
+
+def test_predict_refuses_nan_and_text_inputs_and_takes_a_1d_feature(tmp_path):
+    x = np.linspace(-1, 1, 60)
+    np.savez(tmp_path / "one.npz", x=x, y=(x > 0).astype(int))
+    _, run_dir = train(tmp_path, "data=arrays", "data.path=one.npz", *FAST)
+    np.save(tmp_path / "new.npy", np.array([-0.9, 0.9]))
+    assert len(predict(tmp_path, run_dir, "new.npy")) == 2  # (N,) as training read it: one feature
+    for name, array, expected in [
+        ("nan.npy", np.array([[0.5], [np.nan]]), "NaN or infinite values in 1 sample(s), the first at index 1"),
+        ("text.npy", np.array([["a"], ["b"]]), "inputs must be numbers"),
+    ]:
+        np.save(tmp_path / name, array)
+        result = run_nnrun_tool("nnrun-predict", f"run={run_dir}", f"input={name}", cwd=tmp_path)
+        assert result.returncode == 2 and expected in one_line_error(result)
+
+
+def run_nnrun_tool(name, *args, cwd):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import clean_env
+
+    return subprocess.run(
+        [str(Path(sys.executable).parent / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env()
+    )

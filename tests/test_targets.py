@@ -94,9 +94,12 @@ def test_a_target_near_one_is_not_warned_about_unscaled(tmp_path):
     assert "unscaled_target" not in result.stdout
 
 
-def test_normalize_minmax_maps_the_training_range_to_0_1(tmp_path, prices):
+def test_normalize_minmax_maps_the_training_range_to_0_1(tmp_path):
+    houses(500, 0).assign(floor=3.0).to_csv(tmp_path / "houses.csv", index=False)
+    prices = ["data=csv", "data.path=houses.csv", "data.target=price"]
     _, run_dir = train(tmp_path, *prices, "data.normalize=minmax", *FAST)
     columns = {c["name"]: c for c in json.loads((run_dir / "preprocessing.json").read_text())["transform"]["columns"]}
+    assert (columns["floor"]["mean"], columns["floor"]["std"]) == (3.0, 1.0)  # constant: shifted only, as scikit-learn
     frame = houses(500, 0)
     area = frame["area"]
     # the training rows are a subset: their range lies inside the file's, and close to it
@@ -121,3 +124,42 @@ def test_an_unknown_normalize_value_is_one_line(tmp_path):
     assert result.returncode == 2
     line = one_line_error(result)
     assert "data.normalize=zscore" in line and "minmax" in line
+
+
+def test_resume_refuses_another_target_or_input_scaling(tmp_path, prices):
+    _, run_dir = train(tmp_path, *prices, "trainer.epochs=1", "trainer.limit_batches=3")
+    for change, key in (("data.scale_target=false", "data.scale_target"), ("data.normalize=minmax", "data.normalize")):
+        result = nnrun(
+            f"hydra.run.dir={run_dir}", *prices, "trainer.epochs=2", f"trainer.resume={run_dir}", change, cwd=tmp_path
+        )
+        assert result.returncode == 2
+        assert key in one_line_error(result)
+    resumed = nnrun(
+        f"hydra.run.dir={run_dir}",
+        *prices,
+        "trainer.epochs=2",
+        f"trainer.resume={run_dir}",
+        "data.normalize=true",
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr  # true is the default's other name: the same scaling
+
+
+@pytest.mark.parametrize(
+    "target, expected",
+    [("abc", "needs a finite mean and std"), ({"mean": 0, "std": 1e-300}, "out of range"), (None, "no 'target'")],
+)
+def test_a_tampered_target_scaling_is_refused_in_one_line(tmp_path, prices, target, expected):
+    _, run_dir = train(tmp_path, *prices, *FAST)
+    path = run_dir / "preprocessing.json"
+    prep = json.loads(path.read_text())
+    if target is None:
+        del prep["target"]  # the config says scaling was on: predictions would be z-scores
+    else:
+        prep["target"] = target
+    path.write_text(json.dumps(prep))
+    houses(5, 1).drop(columns="price").to_csv(tmp_path / "new.csv", index=False)
+    result = tool("nnrun-predict", f"run={run_dir}", "input=new.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    assert expected in one_line_error(result)

@@ -97,7 +97,7 @@ class Standardize:
     def minmax(self, x: torch.Tensor) -> None:
         """data.normalize=minmax: the training split's range to [0, 1] (as scikit-learn's MinMaxScaler)."""
         low, high = float(x.min()), float(x.max())
-        self.mean, self.std = low, max(high - low, 1e-8)
+        self.mean, self.std = low, high - low if high > low else 1.0  # constant: only shifted, as scikit-learn
 
     def to_unit(self, x: torch.Tensor) -> None:
         """Pixels to [0, 1], for a model that normalizes them itself (a pretrained backbone): / 255
@@ -225,14 +225,15 @@ def target_scaling(y: torch.Tensor, fitted: dict = None) -> tuple:
     import math
 
     if fitted is not None:
-        mean, std = fitted.get("mean") if isinstance(fitted, dict) else None, (fitted or {}).get("std")
+        mean, std = (fitted.get("mean"), fitted.get("std")) if isinstance(fitted, dict) else (None, None)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (mean, std)):
             raise ConfigError(
                 "preprocessing.json: the target's scaling needs a finite mean and std; the run folder is damaged"
             )
-        if std <= 0:
+        if not (abs(mean) < 1e150 and 1e-150 < std < 1e150):  # beyond any real target: a tampered file
             raise ConfigError(
-                "preprocessing.json: the target's scaling has a std of 0 or less; the run folder is damaged"
+                f"preprocessing.json: the target's scaling (mean {mean:g}, std {std:g}) is out of range; "
+                f"the run folder is damaged"
             )
         return float(mean), float(std)
     y = y.double()
@@ -254,6 +255,21 @@ def image_augment(options, train: Split, transform):
         )
     augment.fill = float(transform(torch.zeros(1, *train.x.shape[1:]))[0].min())  # where a black pixel lands
     return augment
+
+
+def unseen_classes(y: torch.Tensor, train_rows: int, files: list, classes: list, task: str) -> None:
+    """A class that only a validation or test file holds (files: [(its key=file, row indices)])
+    would become an output the model never trains on: an error naming the file and the class."""
+    if task == "regression" or not classes:
+        return
+    seen = set(y[:train_rows].long().tolist())
+    for where, rows in files:
+        extra = sorted(set(y[rows].long().tolist()) - seen)
+        if extra:
+            raise ConfigError(
+                f"{where} holds class(es) {', '.join(repr(classes[i]) for i in extra[:3])} that the training "
+                f"data lacks; remove those rows, or add training examples of them"
+            )
 
 
 def random_split(y, fraction: float, seed: int, key: str):

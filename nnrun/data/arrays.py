@@ -3,13 +3,14 @@ of x says what a sample is: (N, features) a table, (N, H, W) / (N, H, W, C) / (N
 images, (N, T, F) sequences. Files are read without unpickling: an array file is data."""
 
 import logging
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Standardize, random_split, stratified_split
+from nnrun.data import DATASETS, Standardize, random_split, stratified_split, unseen_classes
 from nnrun.data.sequence import FeatureScale
 from nnrun.data.tabular import TASKS, encode_target
 from nnrun.errors import ConfigError
@@ -79,6 +80,13 @@ def arrays(  # noqa: PLR0913  (its parameters are the YAML schema)
         p: (shaped(x_, layout, data_format), torch.from_numpy(codes[bounds[i] : bounds[i + 1]]))
         for i, (p, (x_, _)) in enumerate(parts.items())
     }
+    sources = {"val": ("data.val_path", val_path), "test": ("data.test_path", test_path)}
+    files = [
+        (f"{sources[p][0]}={sources[p][1]}", torch.arange(bounds[i], bounds[i + 1]))
+        for i, p in enumerate(parts)
+        if p != "train"
+    ]
+    unseen_classes(torch.from_numpy(codes), counts["train"], files, classes, task)
     if "test" not in out:
         x_all, y_all = out["train"]
         split = random_split if task == "regression" else stratified_split
@@ -142,6 +150,7 @@ def load(file: str, key: str, keys):
     if not found.is_file():
         raise ConfigError(f"{key}: {file}: no such file (relative paths start from the folder you run nnrun in)")
     try:
+        check_sizes(found, key, keys)  # before np.load allocates what a header claims
         loaded = np.load(found, allow_pickle=False)  # an array file from someone else is data, not code
         if keys is None:
             if not isinstance(loaded, np.ndarray):
@@ -156,7 +165,10 @@ def load(file: str, key: str, keys):
                     f"{key}={file} holds no array named {missing[0]!r}; it holds {', '.join(loaded.files) or 'none'} "
                     f"(set data.x_key / data.y_key to pick them)"
                 )
-            return tuple(loaded[k] for k in keys)
+            arrays = tuple(loaded[k] for k in keys)
+            if not all(isinstance(a, np.ndarray) for a in arrays):  # a member that is not .npy: NumPy gives bytes
+                raise ConfigError(f"{key}={file}: the member {keys[0]!r} or {keys[1]!r} is not a NumPy array (.npy)")
+            return arrays
     except ConfigError:
         raise
     except ValueError as exc:
@@ -168,6 +180,52 @@ def load(file: str, key: str, keys):
         raise ConfigError(f"{key}: {file} is not a readable NumPy file ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"{key}: {file} is not a readable NumPy file ({exc})") from None
+
+
+def check_sizes(file: Path, key: str, keys) -> None:
+    """Each array's header (shape and dtype) against the bytes that hold it and this machine's
+    memory: a crafted header (or a zip bomb's member) must not make np.load allocate terabytes."""
+    from numpy.lib import format as npformat
+
+    def check(stream, stored: int, name: str) -> None:
+        version = npformat.read_magic(stream)
+        header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, _, dtype = header(stream, max_header_size=10_000)
+        if dtype.hasobject:
+            return  # refused by np.load as pickled objects, with its own message
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if need > stored - stream.tell():
+            raise ConfigError(
+                f"{key}: {file}{name}: its header says {need:,} bytes of data, the file holds "
+                f"{max(stored - stream.tell(), 0):,}: it is truncated or damaged"
+            )
+        if need > memory():
+            raise ConfigError(
+                f"{key}: {file}{name} holds {need / 1e9:,.1f} GB of values, more than this machine's memory"
+            )
+
+    try:
+        if zipfile.is_zipfile(file):
+            with zipfile.ZipFile(file) as archive:
+                for info in archive.infolist():
+                    if info.filename.endswith(".npy") and (keys is None or info.filename[:-4] in keys):
+                        with archive.open(info) as stream:
+                            check(stream, info.file_size, f" ({info.filename})")
+        else:
+            with open(file, "rb") as stream:
+                check(stream, file.stat().st_size, "")
+    except ConfigError:
+        raise
+    except ValueError:
+        return  # not an .npy header: np.load says so in its own words
+
+
+def memory() -> int:
+    """Bytes of physical memory (a limit no array may pass)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**62
 
 
 def pick_layout(x: np.ndarray, layout: str, data_format: str):
@@ -223,7 +281,10 @@ def as_labels(y: np.ndarray, key: str) -> np.ndarray:
     """One label per sample: one-hot rows to their class index, (N, 1) flattened, whole floats
     and booleans to integers (classes '0', '1' rather than '0.0', '1.0')."""
     if y.dtype.kind == "S":
-        y = y.astype(str)
+        try:
+            y = np.char.decode(y, "utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{key}: y holds bytes that are not UTF-8 text; save the labels as str") from None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     elif y.ndim == 2:

@@ -176,7 +176,8 @@ class FeatureScale:
         """data.normalize=minmax: each feature's training range to [0, 1]."""
         flat = x.double().reshape(-1, x.shape[-1])
         self.mean = flat.min(0).values
-        self.std = (flat.max(0).values - self.mean).clamp_min(1e-12)
+        spread = flat.max(0).values - self.mean
+        self.std = torch.where(spread > 0, spread, torch.ones_like(spread))  # constant: only shifted, as scikit-learn
 
     def describe(self) -> dict:
         return {

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, random_split, stratified_split
+from nnrun.data import DATASETS, random_split, stratified_split, unseen_classes
 from nnrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,24 @@ def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
 
         frame = pd.concat([frame, *extra], ignore_index=True)
     categorical = [c for c in features if not is_numeric(frame[c])]
-    check_categories(frame, categorical, max_categories, path)
+    start = 0  # each file's cells are checked, and named, by their own rows
+    for file, rows in ((path, frame_rows), (test_path, test_rows), (val_path, val_rows)):
+        if rows:
+            check_categories(frame.iloc[start : start + rows], categorical, None, file)
+            start += rows
+    check_categories(frame, categorical, max_categories, path, cells=False)  # distinct values over all files
     check_values(
         frame.iloc[: frame_rows + test_rows], features, categorical, target, impute, path, test_path, frame_rows
     )
     y, task, classes = encode_target(frame[target], task, target)
     x = torch.arange(len(frame))  # row numbers: TabularTransform reads the rows
     y = torch.from_numpy(y)
+    files = (
+        [("data.test_path=" + str(test_path), torch.arange(frame_rows, frame_rows + test_rows))] if test_rows else []
+    )
+    if val_rows:
+        files.append(("data.val_path=" + str(val_path), torch.arange(frame_rows + test_rows, len(frame))))
+    unseen_classes(y, frame_rows, files, classes, task)
     if test_path:
         train_idx, test_idx = torch.arange(frame_rows), torch.arange(frame_rows, frame_rows + test_rows)
     elif task == "regression":
@@ -146,7 +157,7 @@ def is_numeric(column) -> bool:
     return column.dtype.kind in "iuf"
 
 
-def check_categories(frame, categorical, max_categories: int, path: str) -> None:
+def check_categories(frame, categorical, max_categories: int, path: str, cells: bool = True) -> None:
     """A text column is one-hot encoded: refuse one that is numbers but for a few cells (a '?'
     would turn it into thousands of one-hot columns), and one with too many distinct values."""
     import pandas as pd
@@ -156,7 +167,7 @@ def check_categories(frame, categorical, max_categories: int, path: str) -> None
         present = values.notna()
         numbers = pd.to_numeric(values, errors="coerce")
         bad = present & numbers.isna()
-        if int(bad.sum()) and int((present & numbers.notna()).sum()) >= int(bad.sum()):
+        if cells and int(bad.sum()) and int((present & numbers.notna()).sum()) >= int(bad.sum()):
             rows = [int(i) for i in bad.to_numpy().nonzero()[0][:3]]
             cells = ", ".join(f"{values.iloc[i]!r} at row {i + 2}" for i in rows)
             texts = sorted({str(values.iloc[i]) for i in bad.to_numpy().nonzero()[0][:20]})
@@ -351,7 +362,8 @@ class TabularTransform:
             values = imputer.transform(values) if imputer is not None else values.to_numpy()
             low, high = float(np.nanmin(values)), float(np.nanmax(values))
             scaler = self.columns.named_transformers_[name][-1]
-            scaler.mean_, scaler.scale_ = np.array([low]), np.array([max(high - low, 1e-12)])
+            # a column constant in training is only shifted (range 1), as MinMaxScaler does
+            scaler.mean_, scaler.scale_ = np.array([low]), np.array([high - low if high > low else 1.0])
             scaler.var_ = scaler.scale_**2
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, stratified_split
+from nnrun.data import DATASETS, stratified_split, unseen_classes
 from nnrun.data.tabular import encode_target, read_csv
 from nnrun.errors import ConfigError
 
@@ -67,6 +67,9 @@ def text_csv(  # noqa: PLR0913  (its parameters are the YAML schema)
     texts = frame[text].fillna("").astype(str).tolist()  # an empty text is all padding
     x, y = torch.arange(len(texts)), torch.from_numpy(y)  # row numbers: TextTransform turns them into ids
     n, n_test = len(frames[0]), len(frames[1]) if test_path else 0
+    files = [(f"data.test_path={test_path}", torch.arange(n, n + n_test))] if test_path else []
+    files += [(f"data.val_path={val_path}", torch.arange(n + n_test, len(texts)))] if val_path else []
+    unseen_classes(y, n, files, classes, task)
     if test_path:
         train_idx, test_idx = torch.arange(n), torch.arange(n, n + n_test)
     else:

@@ -20,7 +20,19 @@ log = logging.getLogger("nnrun")
 # Hydra composes, and a config error must not wait for torch
 DONE = ("completed", "summary_only")
 # Keys that change what is trained: resuming with another value is refused.
-SAME = ("model", "data.name", "data.target", "data.features", "data.task")
+SAME = (
+    "model",
+    "data.name",
+    "data.target",
+    "data.features",
+    "data.task",
+    "data.normalize",  # the inputs' scale the weights learned
+    "data.scale_target",  # the target's scale: best scores and weights would mix two scales
+    "data.val_split_from",
+    "data.image_size",
+    "data.channels",
+)
+DEFAULTS = {"data.val_split_from": "random"}  # keys a checkpoint from before them lacks: their value then
 
 
 class AlreadyCompleted(Exception):
@@ -207,7 +219,11 @@ def check_same(saved: dict, plain: dict, path: Path) -> None:
         section, _, name = key.partition(".")
         a, b = saved.get(section, {}), plain.get(section, {})
         if name:
-            a, b = a.get(name), b.get(name)
+            a, b = a.get(name, DEFAULTS.get(key)), b.get(name, DEFAULTS.get(key))
+        if key == "data.normalize":  # true is standard, false none
+            from nnrun.data import NORMALIZE
+
+            a, b = NORMALIZE.get(a, a), NORMALIZE.get(b, b)
         if section == "model":
             differ += [
                 f"model.{k}={a.get(k)!r} there, {b.get(k)!r} here"
