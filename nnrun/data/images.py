@@ -339,6 +339,12 @@ def probe(path: Path):
         return img.size, grey
 
 
+def threads(reader: Reader) -> int:
+    """Decoding threads before training starts: every core (Pillow decodes without the GIL), or
+    data.num_workers when that is more."""
+    return max(1, reader.workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
 def probe_all(reader: Reader):
     """[(width, height, grey) or None] per file, and the indices of the ones that cannot be read."""
 
@@ -349,7 +355,7 @@ def probe_all(reader: Reader):
         except Exception:  # noqa: BLE001
             return None
 
-    with ThreadPoolExecutor(max(1, reader.workers)) as pool:
+    with ThreadPoolExecutor(threads(reader)) as pool:
         shapes = list(pool.map(one, range(len(reader)), chunksize=64))
     return shapes, [i for i, s in enumerate(shapes) if s is None]
 
@@ -385,12 +391,12 @@ def decode_all(reader: Reader, ok: np.ndarray, skip_bad: bool):
             ok[i] = False
 
     wanted = np.flatnonzero(ok).tolist()
-    with ThreadPoolExecutor(max(1, reader.workers)) as pool:
+    with ThreadPoolExecutor(threads(reader)) as pool:
         list(pool.map(one, wanted, chunksize=32))
     drop_bad(reader, [i for i in wanted if not ok[i]], skip_bad)
     log.info(
         f"data.cache: {len(wanted)} images decoded in {time.perf_counter() - start:.1f} s "
-        f"({max(1, reader.workers)} threads) to {'x'.join(map(str, reader.shape))} uint8"
+        f"({threads(reader)} thread{'s' if threads(reader) > 1 else ''}) to {'x'.join(map(str, reader.shape))} uint8"
     )
     return torch.from_numpy(images), ok
 
@@ -485,7 +491,7 @@ class ImageFiles:
         """The images at positions which, decoded in threads of this process (the DataLoader's
         workers start with training): (n, C, H, W) uint8."""
         wanted = self.index[torch.as_tensor(which, dtype=torch.long)].tolist()
-        with ThreadPoolExecutor(max(1, self.reader.workers)) as pool:
+        with ThreadPoolExecutor(threads(self.reader)) as pool:
             read = list(pool.map(self.reader.__getitem__, wanted))
         bad_files(self.reader, torch.tensor([b for _, b in read], dtype=torch.long))
         return torch.stack([x for x, _ in read]) if read else torch.zeros(0, *self.reader.shape, dtype=torch.uint8)
