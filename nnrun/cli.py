@@ -29,7 +29,7 @@ def run(
     placement: (device, threads) of a sweep job that shares the machine with others."""
     from nnrun import usercode
     from nnrun.callbacks import build_callbacks, run_end
-    from nnrun.models import build_model
+    from nnrun.models import build_model, check_size
     from nnrun.report.console import EpochProgress
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
     from nnrun.runfolder import write_pending
@@ -45,13 +45,15 @@ def run(
         write_pending()  # the resume is accepted: .hydra/ may now change
         data = load_data(job)
         write_preprocessing(run_dir, data)
-        model = build_model(
+        model_conf = {
             **plain["model"],
-            input_shape=data.input_shape,
-            num_classes=data.outputs,
-            vocab_size=data.vocab,
-            task=data.task,
-        ).to(job.device)
+            "input_shape": data.input_shape,
+            "num_classes": data.outputs,
+            "vocab_size": data.vocab,
+            "task": data.task,
+        }
+        check_size(model_conf)
+        model = build_model(**model_conf).to(job.device)
         if saved is None and hasattr(model, "load_pretrained"):  # model.weights; a resumed run has its own
             model.load_pretrained()
         usercode.record(run_dir, plain["model"], plain["imports"])  # model_source.json: a model of your code

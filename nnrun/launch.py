@@ -203,6 +203,11 @@ def interrupted(exc, run_dir: Path, helper: bool) -> StopSweep:
         },
     )
     where = f"after epoch {exc.epoch}" if not exc.step else f"at epoch {exc.epoch + 1}, step {exc.step}"
+    if getattr(exc, "reading", False):
+        return StopSweep(
+            128 + exc.signum,
+            "" if helper else f"stopped by {name} while reading the data, before training; run the command again",
+        )
     return StopSweep(
         128 + exc.signum,
         ""

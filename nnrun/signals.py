@@ -30,11 +30,21 @@ class StopRequest:
             print("nnrun: already stopping; saving the checkpoint", file=sys.stderr, flush=True)
 
 
+_ACTIVE = None  # the StopRequest of the run under way: long work before training (decoding) reads it
+
+
+def requested():
+    """The number of the signal asking the run under way to stop, or None."""
+    return _ACTIVE() if _ACTIVE is not None else None
+
+
 @contextmanager
 def stop_signals(requeue=None, quiet: bool = False):
     """Catch SIGINT, SIGTERM and the optional requeue signal (e.g. SIGUSR1 on SLURM) while inside;
     quiet: say nothing when one arrives."""
+    global _ACTIVE
     request = StopRequest(quiet)
+    _ACTIVE = request
     names = ["SIGINT", "SIGTERM"] + ([requeue] if requeue else [])
     previous = {}
     for name in names:
@@ -43,6 +53,7 @@ def stop_signals(requeue=None, quiet: bool = False):
     try:
         yield request
     finally:
+        _ACTIVE = None
         for number, handler in previous.items():
             # once stopping, a late second signal must not turn into a KeyboardInterrupt on the way out
             signal.signal(number, signal.SIG_IGN if request.signum is not None else handler)

@@ -48,6 +48,7 @@ class Run:
         own = restore_run(self.folder, self.config, trust_code)  # your modules, from your trust list
         check_targets(stored, stored=True, trusted=own)
         prep = json.loads((self.folder / "preprocessing.json").read_text())
+        check_preprocessing(prep)
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], sample_shape(self.folder, prep)
         self.preprocessing = prep["transform"]
         self.target_scale = None  # regression on standardized targets: (mean, std) to the target's units
@@ -108,6 +109,8 @@ class Run:
         from nnrun.losses import build_loss
         from nnrun.train.loop import evaluate
 
+        if data_conf.get("name") == "image_folder":  # other images are brought to the run's own size
+            data_conf = {**data_conf, "image_size": list(self.input_shape[1:]), "channels": self.input_shape[0]}
         data = build_data(
             **{**data_conf, "augment": None},
             seed=self.config["trainer"]["seed"],
@@ -180,6 +183,28 @@ class Run:
         p = self.predict(inputs)
         index = p.argmax(1) if self.task == "multiclass" else (p > 0.5).astype(int)
         return [self.classes[i] for i in index]
+
+
+KINDS = ("standardize", "standardize_features", "tabular", "tokens")
+TASKS = ("multiclass", "binary", "regression")
+
+
+def check_preprocessing(prep) -> None:
+    """preprocessing.json's outline (it is data from whoever made the run folder): a known task, a
+    list of class names, a transform of a known kind; its numbers are checked where they are used."""
+    transform = prep.get("transform") if isinstance(prep, dict) else None
+    classes = prep.get("classes") if isinstance(prep, dict) else None
+    if (
+        not isinstance(transform, dict)
+        or transform.get("kind") not in KINDS
+        or prep.get("task") not in TASKS
+        or not isinstance(classes, list)
+        or not all(isinstance(c, str) for c in classes)
+    ):
+        raise ConfigError(
+            "preprocessing.json: it needs a task, a list of class names and a transform of a known kind; "
+            "the run folder is damaged"
+        )
 
 
 MAX_SAMPLE = 2**26  # values in one sample (256 MB in float32): more is a damaged preprocessing.json

@@ -143,10 +143,34 @@ def index_outside(d):
     (d / "list.csv").write_text("path,label\ncat/0.png,cat\n../list.csv,dog\n")
 
 
+def split_folders_without_train(d):
+    images(d / "photos" / "val", n=3)
+    images(d / "photos" / "test", n=3)
+
+
+def huge_photos(d):
+    images(d / "photos", n=3, size=(1100, 1100))
+
+
+def conflicting_index(d):
+    images(d / "photos", n=3)
+    (d / "list.csv").write_text("path,label\ncat/0.png,cat\ndog/0.png,dog\ncat/0.png,dog\n")
+
+
+def latin1_index(d):
+    images(d / "photos", n=3)
+    (d / "list.csv").write_bytes("path,label\ncat/0.png,caf\xe9\n".encode("latin-1"))
+
+
 @pytest.mark.parametrize(
     "make, args, expected",
     [
         (empty_class, [], "the class folder photos/eel holds no images"),
+        (split_folders_without_train, [], "has test/, val/ but no train/"),  # not classes 'test' and 'val'
+        (huge_photos, [], "the training images are 1100x1100 pixels; set data.image_size"),
+        (conflicting_index, ["data.index=list.csv"], "line 4: cat/0.png is labelled 'dog', but line 2 labels it"),
+        (latin1_index, ["data.index=list.csv"], "data.index=list.csv is not a UTF-8 CSV file"),
+        (lambda d: images(d / "photos", n=3), ["data.image_size=4096", "model=cnn"], "parameters: training it needs"),
         (val_class_train_lacks, [], "the val images hold class(es) eel that train has no images of"),
         (index_outside, ["data.index=list.csv"], "line 3: ../list.csv is outside data.path=photos"),
         (lambda d: (d / "photos").mkdir(), [], "no class folders in photos"),
@@ -159,3 +183,56 @@ def test_bad_folders_are_one_line_errors(tmp_path, make, args, expected):
     assert result.returncode == 2
     line = one_line_error(result)
     assert expected in line, line
+
+
+def test_a_cache_that_does_not_match_the_files_is_rebuilt_and_hidden_files_are_ignored(tmp_path, cache_dir):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    images(tmp_path / "photos")
+    hidden = tmp_path / "photos" / "cat" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    Image.new("L", (8, 8)).save(hidden / "0-checkpoint.png")  # a notebook's copy: not a cat
+    args = ["data=image_folder", "data.path=photos", "trainer.epochs=1", "trainer.limit_batches=2"]
+    first, _ = train(tmp_path, *args, name="first")
+    assert "21 train, 3 val, 6 test" in log_of(first)
+    (file,) = (cache_dir / "images").glob("*.safetensors")
+    stored = load_file(str(file))
+    wrong_size = {**stored, "images": stored["images"][:, :, :4, :4].contiguous()}
+    all_bad = {**stored, "ok": torch.zeros(30, dtype=torch.bool)}  # good files said to be bad
+    for n, planted in enumerate((wrong_size, all_bad)):
+        save_file(planted, str(file))
+        result, _ = train(tmp_path, *args, name=f"again{n}")
+        assert "does not match the files; decoding the images again" in log_of(result)
+        assert "samples of shape (1, 8, 8)" in log_of(result)
+
+
+def test_sixteen_bit_grey_keeps_its_range():
+    from nnrun.data.images import decode
+
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024).astype(np.uint16)
+    path = Path(__import__("tempfile").mkdtemp()) / "ramp.png"
+    Image.fromarray(ramp).save(path)  # mode I;16
+    pixels = decode(path, (1, 8, 8))
+    assert len(np.unique(pixels)) == 64 and pixels.max() >= 250  # not clipped to black and white
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_streams_with_dataloader_workers(tmp_path):
+    images(tmp_path / "photos", n=6)
+    result = run_nnrun(
+        "--multirun",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "data=image_folder",
+        "data.path=photos",
+        "data.cache=false",
+        "data.num_workers=1",
+        "trainer.epochs=1",
+        "optimizer.lr=0.001,0.002",
+        "hydra.sweep.dir=sweep",
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, log_of(result)
+    assert len(list((tmp_path / "sweep").glob("*/summary.json"))) == 2

@@ -3,7 +3,6 @@ of x says what a sample is: (N, features) a table, (N, H, W) / (N, H, W, C) / (N
 images, (N, T, F) sequences. Files are read without unpickling: an array file is data."""
 
 import logging
-import os
 import zipfile
 from pathlib import Path
 
@@ -187,6 +186,8 @@ def check_sizes(file: Path, key: str, keys) -> None:
     memory: a crafted header (or a zip bomb's member) must not make np.load allocate terabytes."""
     from numpy.lib import format as npformat
 
+    from nnrun.train.device import physical_memory
+
     def check(stream, stored: int, name: str) -> None:
         version = npformat.read_magic(stream)
         header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
@@ -199,7 +200,7 @@ def check_sizes(file: Path, key: str, keys) -> None:
                 f"{key}: {file}{name}: its header says {need:,} bytes of data, the file holds "
                 f"{max(stored - stream.tell(), 0):,}: it is truncated or damaged"
             )
-        if need > memory():
+        if need > physical_memory():
             raise ConfigError(
                 f"{key}: {file}{name} holds {need / 1e9:,.1f} GB of values, more than this machine's memory"
             )
@@ -218,14 +219,6 @@ def check_sizes(file: Path, key: str, keys) -> None:
         raise
     except ValueError:
         return  # not an .npy header: np.load says so in its own words
-
-
-def memory() -> int:
-    """Bytes of physical memory (a limit no array may pass)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 2**62
 
 
 def pick_layout(x: np.ndarray, layout: str, data_format: str):

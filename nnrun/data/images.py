@@ -8,8 +8,10 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +31,7 @@ FORMAT = 1  # the cache file's layout: part of its key, so a new layout never re
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 SPLITS = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 NAMED = 3  # bad files named in a message
+MAX_NATIVE = 1024  # data.image_size=null takes the images' own size up to this many pixels a side
 
 
 @DATASETS.register("image_folder")
@@ -69,6 +72,9 @@ def image_folder(  # noqa: PLR0913  (its parameters are the YAML schema)
     key = cache_key(folder, entries, image_size, channels)
     cache_file = cache_dir() / f"{key}.safetensors"
     stored = read_cache(cache_file, len(entries), size, channels) if cache is not False else None
+    if stored is not None and not cache_agrees(reader, entries, stored, (size, channels), skip_bad):
+        log.warning(f"data.cache: {cache_file} does not match the files; decoding the images again")
+        stored = None
     if stored is not None:
         images, ok = stored
         log.info(f"data.cache: {len(entries)} decoded images reused from {cache_file}")
@@ -150,9 +156,12 @@ def parse_cache(value):
 
 def resolve_workers(value) -> int:
     """data.num_workers; null: one process per core but one (the training process's)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if value is not None and int(value) > 2 * cores:  # a preset's 1000 would fork 1000 processes
+        log.warning(f"data.num_workers={value}: this machine has {cores} cores; using {2 * cores} workers")
+        return 2 * cores
     if value is not None:
         return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, cores - 1)
 
 
@@ -168,6 +177,12 @@ def cache_dir() -> Path:
 def list_folders(folder: Path) -> dict:
     """{"train": [(relative name, class)], "val": ..., "test": ...} from the class folders."""
     subfolders = {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and p.name.lower() in SPLITS}
+    if "train" not in subfolders and subfolders:
+        names = ", ".join(f"{p.name}/" for p in subfolders.values())
+        raise ConfigError(
+            f"data.path={folder} has {names} but no train/: put the training images in train/<class>/, "
+            f"or (if these are classes) rename the folders"
+        )
     if "train" not in subfolders:
         return {"train": list_classes(folder, folder)}
     if "val" in subfolders and "valid" in subfolders:
@@ -184,7 +199,13 @@ def list_classes(where: Path, folder: Path) -> list:
             f"({where}/<class>/*.png)"
         )
     for sub in class_folders:
-        files = sorted(p for p in sub.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+        files = sorted(
+            p
+            for p in sub.rglob("*")
+            if p.suffix.lower() in EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(sub).parts)  # .ipynb_checkpoints, ._x.png
+            and p.is_file()
+        )
         if not files:
             raise ConfigError(
                 f"data.path={folder}: the class folder {sub} holds no images ({', '.join(EXTENSIONS)}); "
@@ -202,15 +223,21 @@ def read_index(folder: Path, index: str) -> dict:
         index_path = folder / index
     if not index_path.is_file():
         raise ConfigError(f"data.index={index}: no such file (looked in the working folder and in data.path)")
-    with open(index_path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-        columns = [c.strip() for c in (rows[0].keys() if rows else [])]
+    try:
+        with open(index_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [c.strip() for c in next(reader, [])]
+            # header names stripped; a row's fields past the header are ignored
+            rows = [dict(zip(header, (v.strip() for v in row))) for row in reader if row]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"data.index={index} is not a UTF-8 CSV file ({exc}); save it as UTF-8 CSV") from None
+    columns = header if rows else []
     if not {"path", "label"} <= set(columns):
         raise ConfigError(
             f"data.index={index}: needs the columns path,label (has {', '.join(columns) or 'none'}); "
             f"one row per image, path relative to data.path"
         )
-    parts, inside = {}, folder.resolve()
+    parts, inside, seen = {}, folder.resolve(), {}
     for number, row in enumerate(rows, start=2):
         name, label, part = (row.get("path") or "").strip(), (row.get("label") or "").strip(), "train"
         if "split" in columns:
@@ -228,7 +255,13 @@ def read_index(folder: Path, index: str) -> dict:
             )
         if not target.is_file():
             raise ConfigError(f"data.index={index}, line {number}: {name} does not exist in data.path={folder}")
-        parts.setdefault(part, []).append((Path(name).as_posix(), label))
+        key = Path(name).as_posix()
+        if seen.setdefault(key, (label, number))[0] != label:
+            raise ConfigError(
+                f"data.index={index}, line {number}: {name} is labelled {label!r}, but line {seen[key][1]} "
+                f"labels it {seen[key][0]!r}; give each image one label"
+            )
+        parts.setdefault(part, []).append((key, label))
     if not parts.get("train"):
         raise ConfigError(f"data.index={index} lists no training images")
     return parts
@@ -283,6 +316,9 @@ class Reader(torch.utils.data.Dataset):
                 persistent_workers=many,  # no start-up cost each epoch
                 prefetch_factor=4 if many else None,
                 worker_init_fn=worker_setup if many else None,
+                # named, not the process's default: inside a sweep's joblib (loky) worker that default
+                # is loky's, whose Popen cannot start a DataLoader worker
+                multiprocessing_context=(("fork" if sys.platform.startswith("linux") else "spawn") if many else None),
                 generator=torch.Generator(),  # its seeds for workers: not drawn from the model's (dropout) RNG
             )
         yield from self.loader
@@ -318,8 +354,14 @@ def decode(path: Path, shape) -> np.ndarray:
     from PIL import Image, ImageOps
 
     channels, h, w = shape
-    with Image.open(path) as img:
+    with warnings.catch_warnings(), Image.open(path) as img:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is bounded; its error stays
         img.draft("L" if channels == 1 else "RGB", (w, h))  # JPEG: decode at a reduced scale when far larger
+        if img.mode.startswith("I"):  # 16-bit grey (I;16) or 32-bit: to 8 bits, not clipped at 255
+            values = np.asarray(img, dtype=np.float64)
+            img = Image.fromarray(
+                (values * (255 / (65535 if values.max() <= 65535 else values.max()))).astype(np.uint8)
+            )
         img = img.convert("L" if channels == 1 else "RGB")
         if img.size != (w, h):
             img = ImageOps.fit(img, (w, h), Image.Resampling.BILINEAR)
@@ -339,6 +381,22 @@ def probe(path: Path):
         return img.size, grey
 
 
+def in_threads(fn, items: list, workers: int) -> list:
+    """[fn(item)] computed in threads, a chunk at a time: a stop signal (Ctrl-C, SIGTERM) ends
+    the decoding between chunks instead of after every file."""
+    from nnrun import signals
+    from nnrun.train.loop import Interrupted
+
+    out = []
+    with ThreadPoolExecutor(workers) as pool:
+        step = 8 * workers  # a few files per thread between looks at the stop request
+        for start in range(0, len(items), step):
+            out += pool.map(fn, items[start : start + step])
+            if signals.requested():
+                raise Interrupted(signals.requested(), 0, 0, reading=True)
+    return out
+
+
 def threads(reader: Reader) -> int:
     """Decoding threads before training starts: every core (Pillow decodes without the GIL), or
     data.num_workers when that is more."""
@@ -355,8 +413,7 @@ def probe_all(reader: Reader):
         except Exception:  # noqa: BLE001
             return None
 
-    with ThreadPoolExecutor(threads(reader)) as pool:
-        shapes = list(pool.map(one, range(len(reader)), chunksize=64))
+    shapes = in_threads(one, list(range(len(reader))), threads(reader))
     return shapes, [i for i, s in enumerate(shapes) if s is None]
 
 
@@ -364,7 +421,13 @@ def common_size(reader: Reader, shapes: list, train_shapes: list) -> tuple:
     """(h, w) the training images all have; else an error asking for data.image_size."""
     sizes = {(s[1], s[0]) for s in train_shapes}
     if len(sizes) == 1:
-        return sizes.pop()
+        h, w = sizes.pop()
+        if max(h, w) > MAX_NATIVE:  # photos at full resolution: nobody trains on 8000x8000 by default
+            raise ConfigError(
+                f"data.path={reader.folder}: the training images are {h}x{w} pixels; set data.image_size "
+                f"(e.g. 224, or [h, w]) to resize them, or up to {MAX_NATIVE} to use them as they are"
+            )
+        return h, w
     examples = {}
     for s, name in zip(shapes, reader.names):
         if s is not None and (s[1], s[0]) not in examples:
@@ -391,8 +454,7 @@ def decode_all(reader: Reader, ok: np.ndarray, skip_bad: bool):
             ok[i] = False
 
     wanted = np.flatnonzero(ok).tolist()
-    with ThreadPoolExecutor(threads(reader)) as pool:
-        list(pool.map(one, wanted, chunksize=32))
+    in_threads(one, wanted, threads(reader))
     drop_bad(reader, [i for i in wanted if not ok[i]], skip_bad)
     log.info(
         f"data.cache: {len(wanted)} images decoded in {time.perf_counter() - start:.1f} s "
@@ -446,6 +508,25 @@ def read_cache(path: Path, n: int, size, channels):
     return images, ok.numpy()
 
 
+def cache_agrees(reader: Reader, entries: list, stored, settings: tuple, skip_bad: bool) -> bool:
+    """A cache file is checked against the files, cheaply: the first training image's header gives
+    the size (when data.image_size is not set) and whether a grey cache may hold it; a cache that
+    marks files bad is not believed unless data.skip_bad would skip them anyway (a rebuild says
+    afresh which ones are)."""
+    (images, ok), (size, channels) = stored, settings
+    if not ok.all() and not skip_bad:
+        return False
+    first = next((i for i, (_, _, part) in enumerate(entries) if part == "train" and ok[i]), None)
+    if first is None:
+        return False
+    try:
+        (w, h), grey = probe(reader.folder / reader.names[first])
+    except Exception:  # noqa: BLE001  (the file changed since: its mtime would have changed the key)
+        return False
+    same_size = size is not None or tuple(images.shape[2:]) == (h, w)  # a set size was checked by read_cache
+    return same_size and (channels is not None or grey or images.shape[1] == 3)
+
+
 def write_cache(path: Path, images: torch.Tensor, ok: np.ndarray) -> None:
     """Written to a temporary file and renamed into place: two runs meeting here both end with a
     whole file. A cache that cannot be written is a warning, not a failed run."""
@@ -453,10 +534,16 @@ def write_cache(path: Path, images: torch.Tensor, ok: np.ndarray) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(".*.tmp"):  # left by a run killed while writing, over a day ago
+            if time.time() - stale.stat().st_mtime > 86400:
+                stale.unlink(missing_ok=True)
         descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         os.close(descriptor)
         try:
             save_file({"images": images.contiguous(), "ok": torch.from_numpy(ok)}, tmp)
+            from nnrun.train.checkpoint import default_mode
+
+            os.chmod(tmp, default_mode())  # mkstemp makes 0600; others sharing the cache folder may read it
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -491,8 +578,7 @@ class ImageFiles:
         """The images at positions which, decoded in threads of this process (the DataLoader's
         workers start with training): (n, C, H, W) uint8."""
         wanted = self.index[torch.as_tensor(which, dtype=torch.long)].tolist()
-        with ThreadPoolExecutor(threads(self.reader)) as pool:
-            read = list(pool.map(self.reader.__getitem__, wanted))
+        read = in_threads(self.reader.__getitem__, wanted, threads(self.reader))
         bad_files(self.reader, torch.tensor([b for _, b in read], dtype=torch.long))
         return torch.stack([x for x, _ in read]) if read else torch.zeros(0, *self.reader.shape, dtype=torch.uint8)
 

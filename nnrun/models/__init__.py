@@ -57,6 +57,34 @@ def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: b
     return layers
 
 
+TRAINING_BYTES = 16  # per parameter trained with Adam in float32: weights, gradients, two moments
+
+
+def check_size(model_conf: dict) -> None:
+    """The model conf describes, built first on the meta device (no memory): one line when training
+    it could not fit in this machine's memory (a 4096x4096 image into a CNN's dense head), instead
+    of an allocator's traceback. A model the meta device cannot build is not checked here."""
+    import torch
+
+    from nnrun.train.device import physical_memory
+
+    if model_conf.get("name") == "custom":  # your constructor: not run twice for a check
+        return
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in build_model(**model_conf).parameters())
+    except Exception:  # noqa: BLE001  (the real build reports it)
+        return
+    need, have = count * TRAINING_BYTES, physical_memory()
+    if need > have:
+        shape = "x".join(map(str, model_conf["input_shape"]))
+        raise ConfigError(
+            f"model={model_conf.get('name')} on samples of shape {shape} has {count:,} parameters: training "
+            f"it needs about {need / 1e9:,.0f} GB, more than this machine's {have / 1e9:,.0f} GB; use smaller "
+            f"inputs (e.g. data.image_size=224) or a smaller model"
+        )
+
+
 def build_model(
     name: str,
     input_shape,

@@ -110,6 +110,14 @@ def device_facts(device) -> dict:
     return facts
 
 
+def physical_memory() -> int:
+    """Bytes of this machine's memory (a bound no array or model may pass)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**62
+
+
 def cpu_name() -> str:
     """The CPU's model name on Linux ('' elsewhere)."""
     try:

@@ -31,9 +31,10 @@ class History:
 class Interrupted(Exception):
     """A stop signal arrived; the state was saved after epoch epochs and step steps of the next."""
 
-    def __init__(self, signum: int, epoch: int, step: int):
+    def __init__(self, signum: int, epoch: int, step: int, reading: bool = False):
         super().__init__(f"signal {signum} at epoch {epoch}, step {step}")
         self.signum, self.epoch, self.step = signum, epoch, step
+        self.reading = reading  # it came while the data was read, before any training: nothing saved
 
 
 class NonFiniteLoss(RuntimeError):
