@@ -123,7 +123,7 @@ def test_python_dash_m_and_help(tmp_path):
     )
     assert result.returncode == 0
     for group in (
-        "data: cifar10, csv, digits, fashion_mnist, mnist, text_csv, timeseries",
+        "data: arrays, cifar10, csv, digits, fashion_mnist, image_folder, mnist, text_csv, timeseries",
         "model: cnn, course_cnn, course_dense, course_dense_l2, course_lstm, course_text, custom, lstm, mlp, sequential, torchvision",
         "optimizer: adam, adamw, rmsprop, sgd",
     ):
