@@ -11,6 +11,7 @@ Prints medians and ratios.
 
     python benchmarks/image_folder.py                       # 20,000 images
     python benchmarks/image_folder.py --images 2000 --repeats 2 --batches 50
+    python benchmarks/image_folder.py --model mlp --no-rss    # a small model: the data path's own speed
 """
 
 import argparse
@@ -59,9 +60,9 @@ def index_of(folder: Path, n: int) -> Path:
     return path
 
 
-def model_and_step(input_shape, device):
+def model_and_step(input_shape, device, name="cnn"):
     torch.manual_seed(0)
-    model = build_model("cnn", input_shape=input_shape, num_classes=CLASSES).to(device)
+    model = build_model(name, input_shape=input_shape, num_classes=CLASSES).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -89,7 +90,7 @@ def nnrun_epoch(folder: Path, cache: bool, args, index=None, keep=None) -> float
         seed=0,
         device=args.device,
     )
-    step = model_and_step(data.input_shape, args.device)
+    step = model_and_step(data.input_shape, args.device, args.model)
     seen, start = 0, time.perf_counter()
     for x, y in data.train.batches(args.batch_size, torch.Generator().manual_seed(1), limit=args.batches):
         step(x.to(args.device, non_blocking=True), y.to(args.device, non_blocking=True))
@@ -114,7 +115,7 @@ def hand_epoch(folder: Path, args) -> float:
         pin_memory=args.device.startswith("cuda"),
         persistent_workers=args.workers > 0,
     )
-    step = model_and_step((1, 28, 28), args.device)
+    step = model_and_step((1, 28, 28), args.device, args.model)
     seen, start = 0, time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if args.batches and i >= args.batches:
@@ -127,12 +128,13 @@ def hand_epoch(folder: Path, args) -> float:
 
 
 def peak_rss(folder: Path, n: int, args) -> tuple:
-    """(MB of the training process, MB of its largest worker) streaming one epoch of n images."""
+    """(MB the training process holds at the end, its peak MB, its largest worker's peak MB)
+    streaming one epoch of n images."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, __file__, "--rss-child", str(index_of(folder, n)), "--images", str(n)]
     cmd += ["--workers", str(args.workers), "--batch-size", str(args.batch_size), "--device", args.device]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout.split()
-    return float(out[-2]), float(out[-1])
+    return float(out[-3]), float(out[-2]), float(out[-1])
 
 
 def rss_child(args) -> None:
@@ -141,7 +143,9 @@ def rss_child(args) -> None:
     kept[0].train.files.reader.loader._iterator._shutdown_workers()  # RUSAGE_CHILDREN counts ended workers
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"{own:.1f} {children:.1f}")
+    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
+    now = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS")), own)
+    print(f"{now:.1f} {own:.1f} {children:.1f}")
 
 
 def main() -> None:
@@ -152,6 +156,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=max(0, (os.cpu_count() or 1) - 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="cnn", help="nnrun's model (mlp: the data path's own speed shows)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the memory test (and the 4x images it needs)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batches = args.batches or None
@@ -159,8 +165,8 @@ def main() -> None:
         return rss_child(args)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("NNRUN_CACHE_DIR", str(Path(tmp) / "cache"))  # never the user's cache
-        big, folder = 4 * args.images, Path(tmp) / "images"
-        print(f"generating {big} PNGs (4x, for the memory test) in {folder} ...", flush=True)
+        big, folder = (1 if args.no_rss else 4) * args.images, Path(tmp) / "images"
+        print(f"generating {big} PNGs in {folder} ...", flush=True)
         generate(folder, big)
         index = index_of(folder, args.images)
         speed = {"cached": [], "streamed": [], "hand": []}
@@ -171,7 +177,10 @@ def main() -> None:
             speed["streamed"].append(nnrun_epoch(folder, False, args, index=index))
             print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in speed.items()), flush=True)
         hand = statistics.median(speed["hand"])
-        print(f"\n{args.images} 28x28 PNGs, batch {args.batch_size}, {args.workers} workers, {args.device}")
+        print(
+            f"\n{args.images} 28x28 PNGs, model {args.model}, batch {args.batch_size}, {args.workers} workers, "
+            f"{args.device}"
+        )
         print(f"{'path':<28}{'samples/s (median)':>20}{'vs hand loop':>14}")
         for name, label in (
             ("cached", "nnrun cached"),
@@ -180,10 +189,12 @@ def main() -> None:
         ):
             value = statistics.median(speed[name])
             print(f"{label:<28}{value:>20,.0f}{value / hand:>13.2f}x")
-        print(f"\n{'streamed, images':<28}{'peak RSS MB':>20}{'worker MB':>14}")
+        if args.no_rss:
+            return
+        print(f"\n{'streamed, images':<24}{'RSS at the end MB':>20}{'peak RSS MB':>14}{'worker peak MB':>16}")
         for scale in (1, 2, 4):
-            own, worker = peak_rss(folder, scale * args.images, args)
-            print(f"{scale}x = {scale * args.images:<22}{own:>20.0f}{worker:>14.0f}")
+            now, own, worker = peak_rss(folder, scale * args.images, args)
+            print(f"{scale}x = {scale * args.images:<18}{now:>20.0f}{own:>14.0f}{worker:>16.0f}")
 
 
 if __name__ == "__main__":
