@@ -202,10 +202,25 @@ def huge_header(folder):
         archive.write(folder / "y.npy", "y.npy")
 
 
+def raw_first_member(folder):
+    """A first member that is not .npy, then one whose header claims 8 TB: neither is read whole."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    buffer = io.BytesIO()
+    npformat.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    with zipfile.ZipFile(folder / "data.npz", "w") as archive:
+        archive.writestr("x.npy", b"not an npy file at all")
+        archive.writestr("y.npy", buffer.getvalue() + b"\0" * 64)
+
+
 @pytest.mark.parametrize(
     "make, expected",
     [
         (raw_member, "is not a NumPy array"),
+        (raw_first_member, "the member x.npy is not a NumPy array"),
         (huge_header, "truncated or damaged"),
         (
             lambda d: (
@@ -215,7 +230,7 @@ def huge_header(folder):
             "data.val_path=val.npz holds class(es) '2' that the training data lacks",
         ),
     ],
-    ids=["raw-member", "huge-header", "class-only-in-val"],
+    ids=["raw-member", "raw-first-member", "huge-header", "class-only-in-val"],
 )
 def test_npz_files_that_would_crash_or_mislead_are_refused_in_one_line(tmp_path, make, expected):
     make(tmp_path)

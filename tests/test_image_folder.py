@@ -157,6 +157,11 @@ def conflicting_index(d):
     (d / "list.csv").write_text("path,label\ncat/0.png,cat\ndog/0.png,dog\ncat/0.png,dog\n")
 
 
+def leaking_index(d):
+    images(d / "photos", n=3)
+    (d / "list.csv").write_text("path,label,split\n\ncat/0.png,cat,train\ndog/0.png,dog,train\n\ncat/0.png,cat,test\n")
+
+
 def latin1_index(d):
     images(d / "photos", n=3)
     (d / "list.csv").write_bytes("path,label\ncat/0.png,caf\xe9\n".encode("latin-1"))
@@ -170,6 +175,7 @@ def latin1_index(d):
         (huge_photos, [], "the training images are 1100x1100 pixels; set data.image_size"),
         (conflicting_index, ["data.index=list.csv"], "line 4: cat/0.png is labelled 'dog', but line 2 labels it"),
         (latin1_index, ["data.index=list.csv"], "data.index=list.csv is not a UTF-8 CSV file"),
+        (leaking_index, ["data.index=list.csv"], "line 6: cat/0.png is in test, but line 3 puts it in train"),
         (lambda d: images(d / "photos", n=3), ["data.image_size=4096", "model=cnn"], "parameters: training it needs"),
         (val_class_train_lacks, [], "the val images hold class(es) eel that train has no images of"),
         (index_outside, ["data.index=list.csv"], "line 3: ../list.csv is outside data.path=photos"),
@@ -200,21 +206,25 @@ def test_a_cache_that_does_not_match_the_files_is_rebuilt_and_hidden_files_are_i
     stored = load_file(str(file))
     wrong_size = {**stored, "images": stored["images"][:, :, :4, :4].contiguous()}
     all_bad = {**stored, "ok": torch.zeros(30, dtype=torch.bool)}  # good files said to be bad
-    for n, planted in enumerate((wrong_size, all_bad)):
+    for n, (planted, said) in enumerate(
+        ((wrong_size, "does not match the files"), (all_bad, "marks 30 file(s) as bad; decoding again to check them"))
+    ):
         save_file(planted, str(file))
         result, _ = train(tmp_path, *args, name=f"again{n}")
-        assert "does not match the files; decoding the images again" in log_of(result)
+        assert said in log_of(result)
         assert "samples of shape (1, 8, 8)" in log_of(result)
 
 
-def test_sixteen_bit_grey_keeps_its_range():
+def test_sixteen_bit_grey_keeps_its_range(tmp_path):
     from nnrun.data.images import decode
 
-    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024).astype(np.uint16)
-    path = Path(__import__("tempfile").mkdtemp()) / "ramp.png"
-    Image.fromarray(ramp).save(path)  # mode I;16
-    pixels = decode(path, (1, 8, 8))
-    assert len(np.unique(pixels)) == 64 and pixels.max() >= 250  # not clipped to black and white
+    for name, ramp, expected in [
+        ("wide.png", np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024, np.arange(64) * 1024 / 257),
+        ("narrow.png", np.arange(64, dtype=np.uint16).reshape(8, 8) * 4, np.arange(64) * 4),  # 8-bit values kept
+    ]:
+        Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / name)  # mode I;16
+        pixels = decode(tmp_path / name, (1, 8, 8)).reshape(-1)
+        assert np.array_equal(pixels, np.rint(expected).astype(np.uint8)), name  # not clipped, not black
 
 
 @pytest.mark.slow

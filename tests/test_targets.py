@@ -143,7 +143,17 @@ def test_resume_refuses_another_target_or_input_scaling(tmp_path, prices):
         "trainer.plots=false",
         cwd=tmp_path,
     )
-    assert resumed.returncode == 0, resumed.stderr  # true is the default's other name: the same scaling
+    assert resumed.returncode == 0, resumed.stderr  # true is standard's other name: the same scaling
+    again = nnrun(
+        f"hydra.run.dir={run_dir}",
+        *prices,
+        "trainer.epochs=3",
+        f"trainer.resume={run_dir}",
+        "data.scale_target=true",  # null (the default) means true for regression
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
 
 
 @pytest.mark.parametrize(

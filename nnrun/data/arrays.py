@@ -205,16 +205,34 @@ def check_sizes(file: Path, key: str, keys) -> None:
                 f"{key}: {file}{name} holds {need / 1e9:,.1f} GB of values, more than this machine's memory"
             )
 
+    def member(archive, info) -> None:
+        """One .npz member: its unpacked size first (nothing is read yet), then its header."""
+        if info.file_size > physical_memory():
+            raise ConfigError(
+                f"{key}: {file} ({info.filename}) unpacks to {info.file_size / 1e9:,.1f} GB, more than this "
+                f"machine's memory"
+            )
+        with archive.open(info) as stream:
+            if stream.read(6) != npformat.MAGIC_PREFIX:  # NumPy would read it whole, as bytes
+                raise ConfigError(f"{key}={file}: the member {info.filename} is not a NumPy array (.npy)")
+            stream.seek(0)
+            try:
+                check(stream, info.file_size, f" ({info.filename})")
+            except ValueError as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"{key}: {file} ({info.filename}) is not a readable NumPy array ({exc})") from None
+
+    if zipfile.is_zipfile(file):
+        with zipfile.ZipFile(file) as archive:
+            for info in archive.infolist():  # the members np.load will read: the keys asked for
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if keys is None or name in keys:
+                    member(archive, info)
+        return
     try:
-        if zipfile.is_zipfile(file):
-            with zipfile.ZipFile(file) as archive:
-                for info in archive.infolist():
-                    if info.filename.endswith(".npy") and (keys is None or info.filename[:-4] in keys):
-                        with archive.open(info) as stream:
-                            check(stream, info.file_size, f" ({info.filename})")
-        else:
-            with open(file, "rb") as stream:
-                check(stream, file.stat().st_size, "")
+        with open(file, "rb") as stream:
+            check(stream, file.stat().st_size, "")
     except ConfigError:
         raise
     except ValueError:

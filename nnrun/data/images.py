@@ -73,7 +73,12 @@ def image_folder(  # noqa: PLR0913  (its parameters are the YAML schema)
     cache_file = cache_dir() / f"{key}.safetensors"
     stored = read_cache(cache_file, len(entries), size, channels) if cache is not False else None
     if stored is not None and not cache_agrees(reader, entries, stored, (size, channels), skip_bad):
-        log.warning(f"data.cache: {cache_file} does not match the files; decoding the images again")
+        bad = int((~stored[1]).sum())
+        log.warning(
+            f"data.cache: {cache_file} marks {bad} file(s) as bad; decoding again to check them"
+            if bad and not skip_bad
+            else f"data.cache: {cache_file} does not match the files; decoding the images again"
+        )
         stored = None
     if stored is not None:
         images, ok = stored
@@ -157,9 +162,9 @@ def parse_cache(value):
 def resolve_workers(value) -> int:
     """data.num_workers; null: one process per core but one (the training process's)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if value is not None and int(value) > 2 * cores:  # a preset's 1000 would fork 1000 processes
-        log.warning(f"data.num_workers={value}: this machine has {cores} cores; using {2 * cores} workers")
-        return 2 * cores
+    if value is not None and int(value) > cores:  # a preset's 1000 would fork 1000 processes
+        log.warning(f"data.num_workers={value}: this machine has {cores} cores; using {cores} workers")
+        return cores
     if value is not None:
         return int(value)
     return max(0, cores - 1)
@@ -227,8 +232,8 @@ def read_index(folder: Path, index: str) -> dict:
         with open(index_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = [c.strip() for c in next(reader, [])]
-            # header names stripped; a row's fields past the header are ignored
-            rows = [dict(zip(header, (v.strip() for v in row))) for row in reader if row]
+            # header names stripped; a row's fields past the header are ignored; blank rows skipped
+            rows = [(reader.line_num, dict(zip(header, (v.strip() for v in row)))) for row in reader if row]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"data.index={index} is not a UTF-8 CSV file ({exc}); save it as UTF-8 CSV") from None
     columns = header if rows else []
@@ -238,7 +243,7 @@ def read_index(folder: Path, index: str) -> dict:
             f"one row per image, path relative to data.path"
         )
     parts, inside, seen = {}, folder.resolve(), {}
-    for number, row in enumerate(rows, start=2):
+    for number, row in rows:
         name, label, part = (row.get("path") or "").strip(), (row.get("label") or "").strip(), "train"
         if "split" in columns:
             part = SPLITS.get((row.get("split") or "").strip().lower())
@@ -256,10 +261,16 @@ def read_index(folder: Path, index: str) -> dict:
         if not target.is_file():
             raise ConfigError(f"data.index={index}, line {number}: {name} does not exist in data.path={folder}")
         key = Path(name).as_posix()
-        if seen.setdefault(key, (label, number))[0] != label:
+        first_label, first_line, first_part = seen.setdefault(key, (label, number, part))
+        if first_label != label:
             raise ConfigError(
-                f"data.index={index}, line {number}: {name} is labelled {label!r}, but line {seen[key][1]} "
-                f"labels it {seen[key][0]!r}; give each image one label"
+                f"data.index={index}, line {number}: {name} is labelled {label!r}, but line {first_line} "
+                f"labels it {first_label!r}; give each image one label"
+            )
+        if first_part != part:  # the model would be tested (or validated) on an image it trained on
+            raise ConfigError(
+                f"data.index={index}, line {number}: {name} is in {part}, but line {first_line} puts it in "
+                f"{first_part}; give each image one split"
             )
         parts.setdefault(part, []).append((key, label))
     if not parts.get("train"):
@@ -357,16 +368,25 @@ def decode(path: Path, shape) -> np.ndarray:
     with warnings.catch_warnings(), Image.open(path) as img:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is bounded; its error stays
         img.draft("L" if channels == 1 else "RGB", (w, h))  # JPEG: decode at a reduced scale when far larger
-        if img.mode.startswith("I"):  # 16-bit grey (I;16) or 32-bit: to 8 bits, not clipped at 255
-            values = np.asarray(img, dtype=np.float64)
-            img = Image.fromarray(
-                (values * (255 / (65535 if values.max() <= 65535 else values.max()))).astype(np.uint8)
-            )
+        if img.mode.startswith("I") or img.mode == "F":
+            img = Image.fromarray(eight_bits(np.asarray(img, dtype=np.float64), img.mode))
         img = img.convert("L" if channels == 1 else "RGB")
         if img.size != (w, h):
             img = ImageOps.fit(img, (w, h), Image.Resampling.BILINEAR)
         array = np.array(img)  # writable: torch shares it
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def eight_bits(values: np.ndarray, mode: str) -> np.ndarray:
+    """Grey values of more than 8 bits to 0..255, alike for every file: 16-bit (I;16, or I within
+    0..65535) divided by 257; values that already fit 0..255 (8-bit data in a wider file) kept;
+    floats in [0, 1] (F) times 255; negatives clipped to 0, never wrapped."""
+    top = float(values.max()) if values.size else 0.0
+    if mode == "F" and top <= 1.0:
+        values = values * 255.0
+    elif top > 255:
+        values = values / 257.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def probe(path: Path):

@@ -57,7 +57,7 @@ def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: b
     return layers
 
 
-TRAINING_BYTES = 16  # per parameter trained with Adam in float32: weights, gradients, two moments
+TRAINING_BYTES = 8  # per parameter trained in float32, at the least: its weight and its gradient
 
 
 def check_size(model_conf: dict) -> None:
@@ -68,7 +68,7 @@ def check_size(model_conf: dict) -> None:
 
     from nnrun.train.device import physical_memory
 
-    if model_conf.get("name") == "custom":  # your constructor: not run twice for a check
+    if model_conf.get("name") == "custom" or "_target_" in model_conf:  # your constructor: not run twice
         return
     try:
         with torch.device("meta"):
@@ -80,8 +80,8 @@ def check_size(model_conf: dict) -> None:
         shape = "x".join(map(str, model_conf["input_shape"]))
         raise ConfigError(
             f"model={model_conf.get('name')} on samples of shape {shape} has {count:,} parameters: training "
-            f"it needs about {need / 1e9:,.0f} GB, more than this machine's {have / 1e9:,.0f} GB; use smaller "
-            f"inputs (e.g. data.image_size=224) or a smaller model"
+            f"it needs at least {need / 1e9:,.0f} GB (weights and gradients), more than this machine's "
+            f"{have / 1e9:,.0f} GB; use a smaller model (model.*) or smaller inputs (for images data.image_size)"
         )
 
 

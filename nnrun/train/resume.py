@@ -212,6 +212,24 @@ def load_resume_state(path: Path) -> dict:
     return state
 
 
+def same_meaning(key: str, value):
+    """One spelling per meaning: normalize true is standard; scale_target null is true (its default);
+    image_size 12 is [12, 12]; channels auto is null."""
+    if key == "data.normalize":
+        from nnrun.data import NORMALIZE
+
+        return NORMALIZE.get(value, value)
+    if key == "data.scale_target":
+        return value is not False
+    if key == "data.image_size" and isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    if key == "data.image_size" and isinstance(value, (list, tuple)):
+        return list(value)
+    if key == "data.channels" and value == "auto":
+        return None
+    return value
+
+
 def check_same(saved: dict, plain: dict, path: Path) -> None:
     """Refuse a checkpoint whose model or data differ from this config, naming the keys."""
     differ = []
@@ -220,10 +238,9 @@ def check_same(saved: dict, plain: dict, path: Path) -> None:
         a, b = saved.get(section, {}), plain.get(section, {})
         if name:
             a, b = a.get(name, DEFAULTS.get(key)), b.get(name, DEFAULTS.get(key))
-        if key == "data.normalize":  # true is standard, false none
-            from nnrun.data import NORMALIZE
-
-            a, b = NORMALIZE.get(a, a), NORMALIZE.get(b, b)
+        a, b = same_meaning(key, a), same_meaning(key, b)
+        if key == "data.channels" and None in (a, b):  # auto: whatever the files gave, which the weights check
+            continue
         if section == "model":
             differ += [
                 f"model.{k}={a.get(k)!r} there, {b.get(k)!r} here"
