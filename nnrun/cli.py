@@ -29,6 +29,7 @@ def run(
     placement: (device, threads) of a sweep job that shares the machine with others."""
     from nnrun import usercode
     from nnrun.callbacks import build_callbacks, run_end
+    from nnrun.data import fingerprint, fingerprint_changes
     from nnrun.models import build_model, check_size
     from nnrun.report.console import EpochProgress
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
@@ -65,7 +66,14 @@ def run(
 
         outputs = Outputs(run_dir, plain, EpochProgress(console), stop or (lambda: None))
         fitter, summary["warnings"] = make_trainer(job, model, data, callbacks, outputs, resumed=saved is not None)
+        fitter.data_fingerprint = fingerprint(data)
         if saved is not None:
+            changed = fingerprint_changes(saved.get("data") or fitter.data_fingerprint, fitter.data_fingerprint)
+            if changed:  # a checkpoint from before fingerprints has none: nothing to compare
+                raise ConfigError(
+                    f"trainer.resume={resume_from}: the data is not what the run trained on ({changed}); "
+                    f"resume on the same data, or start a new run"
+                )
             fitter.load_state_dict(saved)
         history = fitter.fit(data)
         summary.update(fitter.test_weights(trainer["test_weights"]))  # best (by default) or last

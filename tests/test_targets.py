@@ -154,6 +154,11 @@ def test_resume_refuses_another_target_or_input_scaling(tmp_path, prices):
         cwd=tmp_path,
     )
     assert again.returncode == 0, again.stderr
+    pd.concat([houses(500, 0), houses(50, 7)]).to_csv(tmp_path / "houses.csv", index=False)  # the file grew
+    grown = nnrun(f"hydra.run.dir={run_dir}", *prices, "trainer.epochs=4", f"trainer.resume={run_dir}", cwd=tmp_path)
+    assert grown.returncode == 2
+    line = one_line_error(grown)
+    assert "the data is not what the run trained on (train: 360 -> 396 samples" in line, line
 
 
 @pytest.mark.parametrize(

@@ -257,6 +257,31 @@ def image_augment(options, train: Split, transform):
     return augment
 
 
+def fingerprint(data: Data) -> dict:
+    """What a resumed run must find again: each split's size and a digest of its labels (targets),
+    which change when rows or files are added, removed or relabelled, or the splits drawn otherwise."""
+    import hashlib
+
+    out = {}
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if split is not None:
+            y = getattr(split, "split", split).y.detach().cpu().contiguous()  # a DDP shard: its whole split
+            out[name] = [len(y), hashlib.blake2b(y.numpy().tobytes(), digest_size=8).hexdigest()]
+    return out
+
+
+def fingerprint_changes(saved: dict, now: dict) -> str:
+    """The differences between two fingerprints, in words ('' when none)."""
+    changes = []
+    for name in ("train", "val", "test"):
+        a, b = saved.get(name), now.get(name)
+        if a != b:
+            before, after = (a or [0])[0], (b or [0])[0]
+            changes.append(f"{name}: {before} -> {after} samples" if before != after else f"{name}: other labels")
+    return ", ".join(changes)
+
+
 def unseen_classes(y: torch.Tensor, train_rows: int, files: list, classes: list, task: str) -> None:
     """A class that only a validation or test file holds (files: [(its key=file, row indices)])
     would become an output the model never trains on: an error naming the file and the class."""

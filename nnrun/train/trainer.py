@@ -111,6 +111,7 @@ class Trainer:
         self.history = History()
         self.kept = KeptWeights(self.model)
         self.continued = False  # a completed run resumed for more epochs (load_state_dict)
+        self.data_fingerprint = None  # nnrun.data.fingerprint of the data trained on: a resume checks it
         # last.pt after every epoch when a callback asks for it (model_checkpoint's save_last)
         self.save_last = any(cb.save_last for cb in self.callbacks)
         for cb in self.callbacks:
@@ -353,6 +354,8 @@ class Trainer:
             kept=self.kept.state_dict(),
             callbacks={cb.name: cb.state_dict() for cb in self.callbacks if cb.name},
         )
+        if self.data_fingerprint is not None:
+            state["data"] = self.data_fingerprint
         return state
 
     def load_state_dict(self, state: dict) -> None:
