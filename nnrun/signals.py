@@ -20,9 +20,9 @@ class StopRequest:
             self.signum = self.signum or signum
         elif self.signum is None:
             self.signum = signum
+            doing = "stopping the data reading" if reading else "finishing this step and saving"
             print(
-                f"nnrun: {signal.Signals(signum).name} received: finishing this step and saving "
-                f"(a second signal changes nothing)",
+                f"nnrun: {signal.Signals(signum).name} received: {doing} (a second signal changes nothing)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -31,6 +31,7 @@ class StopRequest:
 
 
 _ACTIVE = None  # the StopRequest of the run under way: long work before training (decoding) reads it
+reading = False  # true while the data is read (decoding images): a stop then has nothing to save
 
 
 def requested():

@@ -178,3 +178,10 @@ def test_a_tampered_target_scaling_is_refused_in_one_line(tmp_path, prices, targ
     result = tool("nnrun-predict", f"run={run_dir}", "input=new.csv", cwd=tmp_path)
     assert result.returncode == 2
     assert expected in one_line_error(result)
+
+
+def test_a_target_beyond_float32_is_one_line_naming_the_column(tmp_path):
+    houses(60, 0).assign(price=lambda f: f["price"] * 1e300).to_csv(tmp_path / "huge.csv", index=False)
+    result = nnrun("data=csv", "data.path=huge.csv", "data.target=price", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "column 'price' holds values up to" in one_line_error(result) and "float32" in one_line_error(result)

@@ -408,12 +408,16 @@ def in_threads(fn, items: list, workers: int) -> list:
     from nnrun.train.loop import Interrupted
 
     out = []
-    with ThreadPoolExecutor(workers) as pool:
-        step = 8 * workers  # a few files per thread between looks at the stop request
-        for start in range(0, len(items), step):
-            out += pool.map(fn, items[start : start + step])
-            if signals.requested():
-                raise Interrupted(signals.requested(), 0, 0, reading=True)
+    signals.reading = True
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            step = 8 * workers  # a few files per thread between looks at the stop request
+            for start in range(0, len(items), step):
+                out += pool.map(fn, items[start : start + step])
+                if signals.requested():
+                    raise Interrupted(signals.requested(), 0, 0, reading=True)
+    finally:
+        signals.reading = False
     return out
 
 

@@ -237,6 +237,12 @@ def encode_target(column, task: str, name: str):
                 f"data.task=regression, but column {name!r} holds text (e.g. {values[0]!r}); "
                 f"use data.task=multiclass or binary"
             )
+        big = np.abs(values.astype(np.float64)).max() if len(values) else 0.0
+        if big > np.finfo(np.float32).max:  # float32 would make them infinite
+            raise ConfigError(
+                f"column {name!r} holds values up to {big:.3g}, beyond float32's range (3.4e38); "
+                f"rescale the target (e.g. its logarithm) first"
+            )
         return values.astype(np.float32), task, []
     if len(distinct) < 2:
         raise ConfigError(f"column {name!r} has a single value ({distinct[0]}): nothing to classify")
