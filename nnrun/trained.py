@@ -61,7 +61,7 @@ class Run:
                 f"run={self.folder}: its config says data.scale_target was on, but preprocessing.json has no "
                 f"'target' scaling: predictions would be in the wrong units; the run folder is damaged"
             )
-        if isinstance(self.preprocessing, dict) and self.preprocessing.get("kind") == "tabular":
+        if self.preprocessing["kind"] == "tabular":  # (check_preprocessing: a dict of a known kind)
             from nnrun.data.tabular import check_description
 
             check_description(self.preprocessing, self.input_shape[0] if len(self.input_shape) == 1 else -1)

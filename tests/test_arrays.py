@@ -25,6 +25,13 @@ def predict(tmp_path, run_dir, file: str) -> list:
         return list(csv.DictReader(f))
 
 
+def predicts_as_load_run(tmp_path, run_dir, x: np.ndarray, column: str) -> None:
+    """nnrun-predict on x saved as .npy gives, in column, what load_run(...).predict(x) gives."""
+    np.save(tmp_path / "new.npy", x)
+    rows = predict(tmp_path, run_dir, "new.npy")
+    assert [float(r[column]) for r in rows] == pytest.approx(nnrun.load_run(run_dir).predict(x).tolist(), rel=1e-5)
+
+
 def counts(stdout: str) -> tuple:
     """(train, val, test) sample counts from the run's data line."""
     return tuple(int(n) for n in re.search(r"(\d+) train, (\d+) val, (\d+) test", stdout).groups())
@@ -97,11 +104,7 @@ def test_3d_integers_are_grey_images_and_3d_floats_sequences(tmp_path):
     stored = prep(run_dir)
     assert stored["input_shape"] == [8, 8] and stored["task"] == "binary"
     assert stored["transform"]["kind"] == "standardize_features" and len(stored["transform"]["mean"]) == 8
-    np.save(tmp_path / "new.npy", steps[:4])
-    rows = predict(tmp_path, run_dir, "new.npy")
-    assert [float(r["probability_dog"]) for r in rows] == pytest.approx(
-        nnrun.load_run(run_dir).predict(steps[:4]).tolist(), rel=1e-5
-    )
+    predicts_as_load_run(tmp_path, run_dir, steps[:4], "probability_dog")
 
 
 def test_a_table_regression_holds_out_keras_validation_split_rows(tmp_path):
@@ -130,11 +133,7 @@ def test_a_table_regression_holds_out_keras_validation_split_rows(tmp_path):
     assert stored["kind"] == "standardize_features" and stored["layout"] == "table"
     assert stored["mean"] == pytest.approx(x[:7].mean(0).tolist())  # fitted on the 7 training rows only
     assert stored["std"][2] == 1.0  # a constant column is centred, not divided by 0
-    np.save(tmp_path / "new.npy", x[:4])
-    rows = predict(tmp_path, run_dir, "new.npy")
-    assert [float(r["prediction"]) for r in rows] == pytest.approx(
-        nnrun.load_run(run_dir).predict(x[:4]).tolist(), rel=1e-5
-    )
+    predicts_as_load_run(tmp_path, run_dir, x[:4], "prediction")
 
 
 def test_val_path_gives_the_validation_rows_of_csv_and_text_csv(tmp_path):

@@ -99,6 +99,47 @@ def build_callbacks(conf: dict, extra=()) -> list:
     return callbacks + list(extra)
 
 
+# ---- what the experiment trackers (mlflow, wandb) read from the run folder ----
+
+RUN_FILES = ("curves.png", "confusion_matrix.png", "summary.json", "preprocessing.json", "model.safetensors")
+
+
+def run_config(run_dir: Path) -> dict:
+    """The config nnrun saved in the run folder before training, resolved where it can be."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():  # a run started without Hydra's files
+        return {}
+    conf = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(conf, resolve=True)
+    except Exception:  # noqa: BLE001  (an interpolation only Hydra's runtime knows: kept as written)
+        return OmegaConf.to_container(conf, resolve=False)
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"model": {"name": "mlp"}} -> {"model.name": "mlp"}, as the CLI overrides name them."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def git_commit():
+    """The commit of the working folder's git checkout, or None."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 # registers the built-in callbacks
 from nnrun.callbacks import csv_logger, early_stopping, lr_monitor, model_checkpoint  # noqa: E402,F401
 from nnrun.callbacks import reduce_lr_on_plateau, tensorboard, terminate_on_nan  # noqa: E402,F401

@@ -8,14 +8,12 @@ import json
 import logging
 import os
 import re
-import subprocess
 from pathlib import Path
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
 from nnrun.errors import ConfigError
 
 log = logging.getLogger("nnrun")
-ARTIFACTS = ("curves.png", "confusion_matrix.png", "summary.json", "preprocessing.json", "model.safetensors")
 PARENT = "mlflow_parent.json"  # in a sweep's folder: the parent run every job's run hangs under
 # MLflow retries a request 7 times over minutes by default; a run should not wait on a dead server
 QUICK = {
@@ -140,7 +138,10 @@ class MLflowLogger(Callback):
         """The resolved config, flattened (model.hidden, optimizer.lr...), as the run's params."""
         from mlflow.entities import Param
 
-        params = [Param(safe_name(k), redact(v)[:6000]) for k, v in flat_config(self.run_dir).items()]
+        params = [
+            Param(safe_name(k), redact(json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000])
+            for k, v in flat(run_config(self.run_dir)).items()
+        ]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a request
             client.log_batch(self.run_id, params=params[i : i + 100])
 
@@ -163,7 +164,7 @@ class MLflowLogger(Callback):
         if summary.get("command"):
             tags.append(RunTag("nnrun.command", redact(str(summary["command"]))[:5000]))
         client.log_batch(self.run_id, metrics=tests, tags=tags)
-        files = [self.run_dir / name for name in ARTIFACTS if (self.run_dir / name).is_file()]
+        files = [self.run_dir / name for name in RUN_FILES if (self.run_dir / name).is_file()]
         for path in files:
             client.log_artifact(self.run_id, str(path))
         if self.log_checkpoints and (self.run_dir / "checkpoints").is_dir():
@@ -186,40 +187,6 @@ def now() -> int:
     import time
 
     return int(time.time() * 1000)
-
-
-def flat_config(run_dir: Path) -> dict:
-    """The run's .hydra/config.yaml, resolved where it can be, as {"a.b": "text"}."""
-    from omegaconf import OmegaConf
-
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return {}
-    conf = OmegaConf.load(path)
-    try:
-        plain = OmegaConf.to_container(conf, resolve=True)
-    except Exception:  # noqa: BLE001  (an interpolation only Hydra's runtime knows: keep it as written)
-        plain = OmegaConf.to_container(conf, resolve=False)
-    flat = {}
-
-    def walk(prefix, value):
-        if isinstance(value, dict) and value:
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
-            flat[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-    walk("", plain)
-    return flat
-
-
-def git_commit():
-    """The commit of the working folder's git checkout, or None."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def sweep_folder():

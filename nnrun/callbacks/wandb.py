@@ -4,15 +4,13 @@ install 'nnrun[wandb]'). Offline without an API key: written into the run folder
 import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
 from nnrun.errors import ConfigError
 
 log = logging.getLogger("nnrun")
 MODES = (None, "online", "offline", "disabled")
-FILES = ("curves.png", "confusion_matrix.png", "summary.json", "preprocessing.json", "model.safetensors")
 
 
 @CALLBACKS.register("wandb")
@@ -109,7 +107,7 @@ class WandB(Callback):
         self.call(setattr, self.run, "tags", (state,))
         if summary.get("command"):
             self.call(setattr, self.run, "notes", f"{notes(self.run_dir)}\ncommand: {summary['command']}")
-        names = list(FILES)
+        names = list(RUN_FILES)
         if self.log_checkpoints:
             names += [f"checkpoints/{p.name}" for p in sorted((self.run_dir / "checkpoints").glob("*.pt"))]
         for name in names:
@@ -167,42 +165,10 @@ def default_mode() -> str:
         return "offline"
 
 
-def run_config(run_dir: Path) -> dict:
-    """The resolved config nnrun saved in the run folder before training."""
-    from omegaconf import OmegaConf
-
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():  # a run started without Hydra's files
-        return {}
-    conf = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(conf, resolve=True)
-    except Exception:  # an interpolation that needs Hydra's context: the text as written
-        return OmegaConf.to_container(conf, resolve=False)
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    """{"model": {"name": "mlp"}} -> {"model.name": "mlp"}, as the CLI overrides name them."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def notes(run_dir: Path) -> str:
     """The run folder and the git commit of the working folder, when it is a git checkout."""
-    lines = [f"run folder: {run_dir.resolve()}"]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        lines.append(f"git commit: {commit}")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "\n".join(lines)
+    commit = git_commit()
+    return f"run folder: {run_dir.resolve()}" + (f"\ngit commit: {commit}" if commit else "")
 
 
 def sweep_group() -> dict:

@@ -169,7 +169,8 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
             train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
         x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
     files = x_train if getattr(x_train, "streamed", False) else None  # image_folder streamed from disk
-    x_train = files.sample(seed) if files is not None else x_train  # its statistics: from a seeded sample
+    if files is not None and fitted is None:  # its statistics: from a seeded sample (a run's own: none needed)
+        x_train = files.sample(seed)
     transform = loaded.get("transform") or Standardize()
     if fitted is not None:
         transform.adopt(fitted)

@@ -326,20 +326,12 @@ class ImageScale(Standardize):
 
 
 class ColumnScale(FeatureScale):
-    """Each feature (a table's column, a sequence's last axis) standardised over the training rows;
-    a feature constant there is only centred, as scikit-learn's StandardScaler does (a std of 0
-    would blow up any other value it takes later)."""
+    """FeatureScale over each feature (a table's column, a sequence's last axis), recording the
+    layout so that predictions read new arrays as training did."""
 
     def __init__(self, features, layout: str):
         super().__init__(features)
         self.layout = layout
-
-    def fit(self, x: torch.Tensor) -> "ColumnScale":
-        super().fit(x)
-        flat = x.reshape(-1, x.shape[-1])
-        constant = (flat.max(0).values == flat.min(0).values).cpu()
-        self.std = torch.where(constant, torch.ones_like(self.std), self.std)
-        return self
 
     def describe(self) -> dict:
         return {**super().describe(), "layout": self.layout}

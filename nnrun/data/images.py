@@ -161,7 +161,9 @@ def parse_cache(value):
 
 def resolve_workers(value) -> int:
     """data.num_workers; null: one process per core but one (the training process's)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from nnrun.train.device import available_cores
+
+    cores = available_cores()
     if value is not None and int(value) > cores:  # a preset's 1000 would fork 1000 processes
         log.warning(f"data.num_workers={value}: this machine has {cores} cores; using {cores} workers")
         return cores
@@ -401,12 +403,14 @@ def probe(path: Path):
         return img.size, grey
 
 
-def in_threads(fn, items: list, workers: int) -> list:
+def in_threads(fn, items: list) -> list:
     """[fn(item)] computed in threads, a chunk at a time: a stop signal (Ctrl-C, SIGTERM) ends
     the decoding between chunks instead of after every file."""
     from nnrun import signals
+    from nnrun.train.device import available_cores
     from nnrun.train.loop import Interrupted
 
+    workers = available_cores()  # every core: Pillow decodes without the GIL, and training has not begun
     out = []
     signals.reading = True
     try:
@@ -421,12 +425,6 @@ def in_threads(fn, items: list, workers: int) -> list:
     return out
 
 
-def threads(reader: Reader) -> int:
-    """Decoding threads before training starts: every core (Pillow decodes without the GIL), or
-    data.num_workers when that is more."""
-    return max(1, reader.workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-
-
 def probe_all(reader: Reader):
     """[(width, height, grey) or None] per file, and the indices of the ones that cannot be read."""
 
@@ -437,7 +435,7 @@ def probe_all(reader: Reader):
         except Exception:  # noqa: BLE001
             return None
 
-    shapes = in_threads(one, list(range(len(reader))), threads(reader))
+    shapes = in_threads(one, list(range(len(reader))))
     return shapes, [i for i, s in enumerate(shapes) if s is None]
 
 
@@ -478,11 +476,11 @@ def decode_all(reader: Reader, ok: np.ndarray, skip_bad: bool):
             ok[i] = False
 
     wanted = np.flatnonzero(ok).tolist()
-    in_threads(one, wanted, threads(reader))
+    in_threads(one, wanted)
     drop_bad(reader, [i for i in wanted if not ok[i]], skip_bad)
     log.info(
         f"data.cache: {len(wanted)} images decoded in {time.perf_counter() - start:.1f} s "
-        f"({threads(reader)} thread{'s' if threads(reader) > 1 else ''}) to {'x'.join(map(str, reader.shape))} uint8"
+        f"(a thread per core) to {'x'.join(map(str, reader.shape))} uint8"
     )
     return torch.from_numpy(images), ok
 
@@ -602,7 +600,7 @@ class ImageFiles:
         """The images at positions which, decoded in threads of this process (the DataLoader's
         workers start with training): (n, C, H, W) uint8."""
         wanted = self.index[torch.as_tensor(which, dtype=torch.long)].tolist()
-        read = in_threads(self.reader.__getitem__, wanted, threads(self.reader))
+        read = in_threads(self.reader.__getitem__, wanted)
         bad_files(self.reader, torch.tensor([b for _, b in read], dtype=torch.long))
         return torch.stack([x for x, _ in read]) if read else torch.zeros(0, *self.reader.shape, dtype=torch.uint8)
 
@@ -677,19 +675,13 @@ def is_images(path) -> bool:
 
 def prediction_inputs(paths, input_shape: tuple, description: dict, where: str = "input"):
     """Image files (or folders of them, read recursively) decoded as a run's images were:
-    ((N, C, H, W) uint8, the file names). The run's preprocessing.json is data: its numbers are
-    checked before they are used."""
-    import math
-
+    ((N, C, H, W) uint8, the file names). The run's mean and std were checked when it loaded
+    (trained.check_scaling)."""
     if len(input_shape) != 3 or input_shape[0] not in (1, 3) or description.get("kind") != "standardize":
         raise ConfigError(
             f"{where}: this run's model does not take images of shape (channels 1 or 3, height, width) scaled by "
             f"mean and std (its samples: {tuple(input_shape)}); give it the input kind it was trained on"
         )
-    if not all(isinstance(description.get(k), (int, float)) and math.isfinite(description[k]) for k in ("mean", "std")):
-        raise ConfigError(f"{where}: the run's preprocessing.json has no finite mean and std; the folder is damaged")
-    if description["std"] <= 0:
-        raise ConfigError(f"{where}: the run's preprocessing.json has std <= 0; the folder is damaged")
     files = []
     for path in [Path(p).expanduser() for p in paths]:
         if path.is_dir():

@@ -150,7 +150,9 @@ def labelled_series(path, columns, values, target, features, task, test_split, s
 
 
 class FeatureScale:
-    """Each feature standardised with its mean and std over the training windows."""
+    """Each feature standardised with its mean and std over the training windows; a feature constant
+    there is only centred, as scikit-learn's StandardScaler does (a std of 0 would blow up any other
+    value it takes later)."""
 
     def __init__(self, features, **windows):
         self.features, self.windows = features, windows
@@ -158,7 +160,8 @@ class FeatureScale:
     def fit(self, x: torch.Tensor) -> "FeatureScale":
         flat = x.double().reshape(-1, x.shape[-1])
         self.mean = flat.mean(0)
-        self.std = flat.std(0).nan_to_num(1.0).clamp_min(1e-12)
+        constant = flat.max(0).values == flat.min(0).values
+        self.std = torch.where(constant, 1.0, flat.std(0).nan_to_num(1.0).clamp_min(1e-12))
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def share_machine(launcher, job_num: int, device: str, threads):
     n_jobs = launcher.get("n_jobs") if launcher is not None else None
     if not isinstance(n_jobs, int) or n_jobs in (0, 1):
         return device, threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     if n_jobs < 0:  # joblib's convention: -1 = one job per core, -2 = all but one...
         n_jobs = max(1, cores + 1 + n_jobs)
     if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
@@ -108,6 +108,11 @@ def device_facts(device) -> dict:
         facts["device_name"] = torch.cuda.get_device_name(device)
         torch.cuda.reset_peak_memory_stats(device)
     return facts
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a Slurm or taskset limit included)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def physical_memory() -> int:

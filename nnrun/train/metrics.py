@@ -35,7 +35,7 @@ class Tally:
         self, task: str, device, num_classes: int = 0, every_prediction: bool = False, state: dict = None, scale=None
     ):
         self.task, self.num_classes, self.n = task, num_classes, 0
-        self.scale = scale  # regression on standardized targets: (mean, std) back to the target's units
+        self.scale = scale  # regression on standardized targets: (mean, std); result() reports the target's units
         wide = torch.float32 if torch.device(device).type == "mps" else torch.float64
         if task == "regression":  # sum |e|, sum e^2, sum y, sum y^2
             self.sums = torch.zeros(4, device=device, dtype=wide)
@@ -65,8 +65,6 @@ class Tally:
         self.n += len(y)
         if self.task == "regression":
             error, y = (output - y).to(self.sums.dtype), y.to(self.sums.dtype)
-            if self.scale is not None:
-                error, y = error * self.scale[1], y * self.scale[1] + self.scale[0]
             self.sums += torch.stack([error.abs().sum(), error.square().sum(), y.sum(), y.square().sum()])
             return
         if self.task == "binary":
@@ -90,10 +88,11 @@ class Tally:
         if self.task == "regression":
             abs_sum, sq_sum, y_sum, y_sq = self.sums.tolist()
             spread = y_sq - y_sum * y_sum / n  # sum (y - mean)^2
+            unit = self.scale[1] if self.scale is not None else 1.0  # errors back to the target's units, once
             return {
-                "mae": abs_sum / n,
-                "rmse": math.sqrt(sq_sum / n),
-                "r2": 1 - sq_sum / spread if spread > 0 else float("nan"),
+                "mae": abs_sum / n * unit,
+                "rmse": math.sqrt(sq_sum / n) * unit,
+                "r2": 1 - sq_sum / spread if spread > 0 else float("nan"),  # the same on either scale
             }
         counts = self.confusion()
         scores = {"accuracy": float(counts.diag().sum()) / n}
