@@ -24,11 +24,12 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
 
     import hydra._internal.hydra as hydra_main
     from nnrun import launch
-    from nnrun.argv import register_resolvers, unique_run_dir
+    from nnrun.argv import check_searchpath, register_resolvers, unique_run_dir
     from nnrun.errors import ConfigError, describe
     from nnrun.trained import load_run
 
     words = shlex.split(overrides) if isinstance(overrides, str) else [str(w) for w in overrides or []]
+    check_searchpath(words)  # config_dir below is yours, named in Python
     if run_dir is not None:
         words.append(f"hydra.run.dir={Path(run_dir).expanduser()}")
     if config_dir is not None:

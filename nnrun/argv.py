@@ -52,6 +52,66 @@ def refuse_used_run_dir(args) -> None:
                 )
 
 
+def check_searchpath(args: list) -> None:
+    """hydra.searchpath, typed or set by the primary config of --config-dir, names only folders inside
+    the working folder or nnrun's own configs: Hydra imports a pkg:// module (and reads any folder)
+    to look for configs in it, before any other check could run."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cwd = Path.cwd().resolve()
+    entries = []
+    for arg in args:
+        if arg.lstrip("+~").startswith("hydra.searchpath"):
+            try:
+                value = OverridesParser.create().parse_override(arg).value()
+            except Exception:  # noqa: BLE001  (Hydra's parser raises its own types; it reports them later)
+                value = arg.split("=", 1)[-1]
+            entries += value if isinstance(value, list) else [value]
+    entries += primary_searchpath(args) + flag_values(args, "--config-path", "-cp")
+    for entry in entries:
+        text = str(entry).strip()
+        if text == "pkg://nnrun.conf" or text.startswith("pkg://nnrun.conf."):
+            continue
+        folder = Path(text.removeprefix("file://")).expanduser()
+        if "://" not in text.removeprefix("file://") and (cwd / folder).resolve().is_relative_to(cwd):
+            continue
+        raise ConfigError(
+            f"hydra.searchpath (or --config-path): {text} is not allowed: a config search path names folders "
+            f"inside {cwd} (e.g. hydra.searchpath=[file://conf]) or nnrun's own configs; Hydra would import or "
+            f"read it first"
+        )
+
+
+def primary_searchpath(args: list) -> list:
+    """hydra.searchpath of the primary config in --config-dir (Hydra honours it there only), as text."""
+    import yaml
+
+    folders, names = flag_values(args, "--config-dir", "-cd"), flag_values(args, "--config-name", "-cn")
+    if not folders:
+        return []
+    folder, name = folders[-1], (names or ["config"])[-1]
+    path = Path(folder).expanduser() / (name if name.endswith(".yaml") else f"{name}.yaml")
+    try:
+        if path.stat().st_size > 1 << 20:
+            raise ConfigError(f"--config-dir: {path} is over 1 MB; a config file is a few lines of YAML")
+        text = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeError, yaml.YAMLError):
+        return []  # Hydra says what is wrong with it
+    found = ((text or {}).get("hydra") or {}).get("searchpath") if isinstance(text, dict) else None
+    return [str(e) for e in found] if isinstance(found, list) else [] if found is None else [str(found)]
+
+
+def flag_values(args: list, long: str, short: str) -> list:
+    """The values given to a Hydra flag (--flag value, --flag=value, -f value), in order."""
+    found = []
+    for flag, value in zip(args, [*args[1:], ""]):
+        if flag in (long, short):
+            found.append(value)
+        elif flag.startswith(long + "="):
+            found.append(flag.split("=", 1)[1])
+    return found
+
+
 HYDRA_FLAGS_WITH_VALUE = (
     "--config-dir",
     "-cd",

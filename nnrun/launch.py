@@ -16,7 +16,14 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from nnrun import config  # noqa: F401  (registers the schema, nnrun_schema, with Hydra)
-from nnrun.argv import continue_sweep, ddp_setup, refuse_used_run_dir, register_resolvers, unique_run_dir
+from nnrun.argv import (
+    check_searchpath,
+    continue_sweep,
+    ddp_setup,
+    refuse_used_run_dir,
+    register_resolvers,
+    unique_run_dir,
+)
 from nnrun.errors import describe
 from nnrun.runfolder import claim, install_hydra_checks, release, write_pending
 
@@ -327,6 +334,7 @@ def main(argv: list) -> int:
         # before any job starts cuBLAS: a sweep's deterministic job may follow one that is not
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
+        check_searchpath(argv)  # before Hydra looks anything up
         argv = ddp_setup(argv)
         refuse_used_run_dir(argv)
         sys.argv[1:] = continue_sweep(argv)

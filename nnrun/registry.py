@@ -1,6 +1,5 @@
 """Registry: a name -> constructor table whose build() checks names and options up front."""
 
-import importlib
 import inspect
 
 from nnrun.errors import ConfigError, suggest
@@ -98,12 +97,12 @@ def kind_name(default) -> str:
 
 def import_modules(names) -> None:
     """Import the user's modules (imports=[...]) so their @REGISTRY.register(...) entries exist;
-    only the user's own modules (nnrun.safety.check_imports), found in the current folder too."""
-    from nnrun.safety import check_imports
+    only the user's own modules (nnrun.safety.check_imports), yours from their files by path."""
+    from nnrun.safety import check_imports, import_own
 
     for name in check_imports(names):
         try:
-            importlib.import_module(name)
+            import_own(name, "imports")
         except ImportError as exc:
             raise ConfigError(
                 f"imports: cannot import {name} ({exc}); give a module importable from "

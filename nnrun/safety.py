@@ -4,12 +4,13 @@ modules (`imports`), checked before anything is imported; Hydra's own settings (
 logging, job name, output subdir) are checked the same way before Hydra acts on them."""
 
 import importlib
-import importlib.util
+import importlib.machinery
 import inspect
 import re
 import sys
 from pathlib import Path
 
+from nnrun import sources
 from nnrun.errors import ConfigError
 
 ALLOWED = ("nnrun", "torch.nn", "torch.optim")
@@ -25,13 +26,12 @@ DOTTED = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def check_imports(names) -> list:
-    """imports=[...] may name the user's own modules: a file under the working folder (outside any
-    site-packages), or an installed package that depends on nnrun. Never the standard library or
-    another third-party package: naming one must not make its callables reachable by `_target_`."""
+    """imports=[...] may name the user's own modules: a file under the working folder or PYTHONPATH
+    (outside any site-packages), or an installed package that depends on nnrun. Never the standard
+    library or another third-party package: naming one must not make its callables reachable by
+    `_target_`. Nothing is imported here, and the working folder never joins sys.path."""
     names, vetted = list(names or []), []
     cwd = Path.cwd().resolve()
-    if str(cwd) not in sys.path:  # last: a file here never shadows an installed package
-        sys.path.append(str(cwd))
     for name in names:
         if not isinstance(name, str) or not DOTTED.match(name):
             raise ConfigError(f"imports: {name!r} is not a module name; e.g. imports=[my_models]")
@@ -45,49 +45,52 @@ def check_imports(names) -> list:
     return vetted
 
 
-def own_spec(name: str, key: str, cwd: Path, first=None):
-    """The spec (found without running anything) of the top-level module of name, which must be
-    the user's own: first (a spec already found, e.g. in the working folder), else the Python
-    path's. The standard library, a module not found, or another installed package (one that
-    does not depend on nnrun) is refused, for imports=[...] and model.target alike."""
+def own_spec(name: str, key: str, cwd: Path):
+    """Where the user's own module name comes from, found without running anything: (its top-level
+    source file, the folder it is in) under the working folder or PYTHONPATH, or None for an
+    installed package that depends on nnrun. The standard library, a module not found, a file named
+    like an installed module (it would hide it), or another installed package is refused, for
+    imports=[...] and model.target alike."""
     top = name.split(".")[0]
     if top in sys.stdlib_module_names or top in sys.builtin_module_names:
         raise ConfigError(
             f"{key}: {top} is a standard-library module; name your own modules (files under {cwd} or on "
             f"PYTHONPATH, or packages that depend on nnrun), nothing else"
         )
+    found = sources.locate(name)
+    elsewhere = [p for p in sys.path if p and (found is None or Path(p).resolve() != found[1])]
     try:
-        spec = first or importlib.util.find_spec(top)
+        spec = importlib.machinery.PathFinder.find_spec(top, elsewhere)  # finds files, runs nothing
     except (ImportError, ValueError):
         spec = None
+    if found is not None:
+        if spec is not None and spec.origin and Path(spec.origin).resolve() != found[0]:
+            raise ConfigError(
+                f"{key}: {found[0]} has the name of another module ({spec.origin}), which it would hide "
+                f"from every library that imports {top}; rename your file"
+            )
+        return found
     if spec is None:
         raise ConfigError(
             f"{key}: cannot find module {name} in {cwd} or on the Python path; put {top}.py in this folder, "
             f"or its folder on PYTHONPATH"
         )
-    if not (own_file(spec, cwd) or depends_on_nnrun(top)):
+    if not depends_on_nnrun(top):
         raise ConfigError(
             f"{key}: {name} ({spec.origin}) is not your own module: neither a file under {cwd} or PYTHONPATH "
             f"nor a package that depends on nnrun, so nnrun will not import it or reach its callables"
         )
-    return spec
+    return None
 
 
-def own_file(spec, cwd: Path) -> bool:
-    """The module's file lies under the working folder or a PYTHONPATH entry (both the user's
-    choice), outside any site-packages."""
-    import os
-
-    roots = [cwd, *(Path(p).resolve() for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
-    places = [spec.origin] if spec.origin not in (None, "namespace", "built-in", "frozen") else []
-    places += list(spec.submodule_search_locations or [])
-    for place in places:
-        path = Path(place).resolve()
-        if {"site-packages", "dist-packages"} & set(path.parts):
-            continue
-        if any(path.is_relative_to(root) for root in roots):
-            return True
-    return False
+def import_own(name: str, key: str):
+    """Import a module the config names: nnrun's own and a run's restored ones as they are, yours
+    from its source file by path (nnrun.sources), an installed package that depends on nnrun as usual."""
+    if name.split(".")[0] == "nnrun" or name in RESTORED:
+        return importlib.import_module(name)
+    if own_spec(name, key, Path.cwd().resolve()) is None:
+        return importlib.import_module(name)
+    return sources.import_own(name, key)
 
 
 def depends_on_nnrun(top: str) -> bool:

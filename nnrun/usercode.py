@@ -4,13 +4,13 @@ run folder, which is data, names them (trusted_code.json in $NNRUN_STATE_DIR or 
 
 import fcntl
 import hashlib
-import importlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from nnrun import sources
 from nnrun.errors import ConfigError
 
 log = logging.getLogger("nnrun")
@@ -75,8 +75,11 @@ def sha256(path: Path) -> str:
 
 def root_of(name: str, file: Path):
     """The import-path folder from which `import name` loads file (a .py), or None when file is not
-    where that name would be."""
+    where that name would be. A top-level module may have another file name: the file a link
+    (my_models.py -> elsewhere/net.py) leads to, recorded as resolved."""
     parts = name.split(".")
+    if len(parts) == 1 and file.suffix == ".py" and file.name != "__init__.py":
+        return file.parent
     tail = "/".join(parts) + ("/__init__.py" if file.name == "__init__.py" else ".py")
     text = file.as_posix()
     if file.suffix != ".py" or not text.endswith("/" + tail):
@@ -169,49 +172,18 @@ def restore(entries: list, trust_code: bool, key: str) -> list:
                 f"({state_dir() / TRUST_LIST}: the files you trained with); read it, and if you trust it add "
                 f"trust_code=true {how}"
             )
-        if sha256(file) != entry["sha256"] and str(file) not in WARNED:
+        data = file.read_bytes()  # digested and compiled alike: no other bytes can run
+        if hashlib.sha256(data).hexdigest() != entry["sha256"] and str(file) not in WARNED:
             WARNED.add(str(file))
             log.warning(
                 f"module {name} ({file}) changed since the run was trained (its sha256 differs from {RECORD}'s); "
                 f"the model is built from today's code"
             )
-        import_from(name, file, Path(entry["folder"]), key)
+        sources.load(name, file, Path(entry["folder"]), key, data)
         RESTORED[name] = str(file)
         VETTED.add(name)
         names.append(name)
     return names
-
-
-def import_from(name: str, file: Path, folder: Path, key: str) -> None:
-    """Import name from folder, which must give file: a module of the same name imported already
-    from elsewhere, or found first elsewhere, is an error (never silently used)."""
-    from nnrun.models.custom import source
-
-    parts = name.split(".")
-    for prefix in (".".join(parts[: i + 1]) for i in range(len(parts))):  # pkg, then pkg.mod
-        loaded = sys.modules.get(prefix)
-        places = [getattr(loaded, "__file__", None), *(getattr(loaded, "__path__", None) or [])]
-        if loaded is not None and not any(p and Path(p).resolve().is_relative_to(folder) for p in places):
-            raise ConfigError(
-                f"{key}: module {prefix} is imported already from {places[0] or places[1:]}, not from {folder} where "
-                f"the run's model came from; rename one of them, or load the run in a fresh Python"
-            )
-    module = sys.modules.get(name)
-    if module is None:
-        sys.path.insert(0, str(folder))  # first for this import only: no other file may answer for name
-        try:
-            module = importlib.import_module(name)
-        except (ImportError, SyntaxError) as exc:
-            raise ConfigError(f"{key}: importing {name} from {file} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            sys.path.remove(str(folder))
-        if str(folder) not in sys.path:  # last: its own later imports (siblings) still work
-            sys.path.append(str(folder))
-    if source(module) != file:
-        raise ConfigError(
-            f"{key}: module {name} comes from {source(module)}, not from {file} where the run's model came "
-            f"from; rename one of them, or run from another folder"
-        )
 
 
 def needs_code(config: dict) -> bool:

@@ -1,11 +1,7 @@
 """model=custom: your own nn.Module by its import path (model.target=my_models.SmallNet), built
 with model.kwargs plus the data's input_shape, num_classes and vocab_size when it takes them."""
 
-import importlib
-import importlib.machinery
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 
 from torch import nn
@@ -97,40 +93,11 @@ def user_class(target) -> type:
 
 def user_module(name: str, key: str):
     """The module of your model: one a run's model_source.json restored (nnrun.usercode: trusted),
-    nnrun's own, or yours, found in the working folder first, then on the Python path. Never the
+    nnrun's own, or yours from its file under the working folder or PYTHONPATH, by path. Never the
     standard library, nor an installed package unless it depends on nnrun."""
-    from nnrun.safety import RESTORED, own_spec
+    from nnrun.safety import import_own
 
-    top = name.split(".")[0]
-    if name in RESTORED or top == "nnrun":
-        return importlib.import_module(name)
-    cwd = Path.cwd().resolve()
-    here = importlib.machinery.PathFinder.find_spec(top, [str(cwd)])  # the working folder first; runs nothing
-    own_spec(name, key, cwd, first=here)
-    loaded = sys.modules.get(top)
-    if loaded is not None and here is not None and here.origin and source(loaded) != Path(here.origin).resolve():
-        raise ConfigError(
-            f"{key}: another module {top} is imported already ({source(loaded)}), not {here.origin}; rename one of them"
-        )
-    if here is not None and top not in sys.modules:
-        elsewhere = [p for p in sys.path if p and Path(p).resolve() != cwd]
-        other = importlib.machinery.PathFinder.find_spec(top, elsewhere)  # finds files, runs nothing
-        if other is not None and other.origin and Path(other.origin).resolve() != Path(here.origin).resolve():
-            raise ConfigError(
-                f"{key}: {here.origin} has the name of another module ({other.origin}), which it would hide "
-                f"from every library that imports {top}; rename your file"
-            )
-    if here is not None:
-        sys.path.insert(0, str(cwd))  # this import only: a file here must not shadow others later
-    try:
-        return importlib.import_module(name)
-    except (ImportError, SyntaxError) as exc:
-        raise ConfigError(f"{key}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if here is not None:
-            sys.path.remove(str(cwd))
-            if str(cwd) not in sys.path:  # last, as for imports=[...]: its later imports still work
-                sys.path.append(str(cwd))
+    return import_own(name, key)
 
 
 def source(module):
