@@ -22,11 +22,17 @@ import json, os, sys
 import torch, torch._dynamo, torch.optim                    # what every run imports anyway
 import hydra, omegaconf, rich, sklearn.datasets, safetensors.torch
 import nnrun.cli, nnrun.data, nnrun.models, nnrun.train.loop, nnrun.callbacks, nnrun.report.console
+print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)
     pid = os.fork()
     if pid == 0:
         try:
+            try:  # the command dies with the helper: a test that gave up on it starts it cold
+                import ctypes, signal
+                ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            except (OSError, AttributeError):
+                pass
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["env"])
@@ -48,9 +54,9 @@ for line in sys.stdin:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
-    print(json.dumps({"pid": pid}), flush=True)
+    print(json.dumps({"id": request["id"], "pid": pid}), flush=True)
     _, status = os.waitpid(pid, 0)
-    print(json.dumps({"status": os.waitstatus_to_exitcode(status)}), flush=True)
+    print(json.dumps({"id": request["id"], "status": os.waitstatus_to_exitcode(status)}), flush=True)
 """
 
 
@@ -67,6 +73,8 @@ class Warm:
             cwd=tempfile.gettempdir(),
         )
         self.replies = self.proc.stdout
+        self.ready = False
+        self.requests = 0
 
     @staticmethod
     def server_env() -> dict:
@@ -75,21 +83,44 @@ class Warm:
             env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
-    def reply(self, timeout: float) -> dict:
-        ready, _, _ = select.select([self.replies], [], [], timeout)
-        if not ready:
-            raise TimeoutError
-        line = self.replies.readline()
-        if not line:
-            raise RuntimeError("the warm nnrun helper died")
-        return json.loads(line)
+    def reply(self, timeout: float, key: str, request=None) -> dict:
+        """The next reply holding key (and the request's id); TimeoutError when none comes in time."""
+        while True:
+            ready, _, _ = select.select([self.replies], [], [], timeout)
+            if not ready:
+                raise TimeoutError
+            line = self.replies.readline()
+            if not line:
+                raise TimeoutError  # the helper died: the caller starts the command cold
+            message = json.loads(line)
+            if key in message and message.get("id") == request:
+                return message
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
     def run(self, args, cwd, env, timeout) -> subprocess.CompletedProcess:
+        """The command forked from the helper; None when the helper is not there to do it (it did not
+        finish its imports in READY seconds, or died): the caller then starts the command cold."""
+        try:
+            if not self.ready:
+                self.reply(READY, "ready")  # importing torch: minutes on a loaded machine
+                self.ready = True
+            return self.forked(args, cwd, env, timeout)
+        except TimeoutError:
+            self.close()
+            return None
+
+    def forked(self, args, cwd, env, timeout) -> subprocess.CompletedProcess:
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            self.requests += 1
+            request = self.requests
             self.proc.stdin.write(
                 json.dumps(
                     {
+                        "id": request,
                         "args": [str(a) for a in args],
                         "cwd": str(cwd),
                         "env": env,
@@ -100,17 +131,18 @@ class Warm:
                 + "\n"
             )
             self.proc.stdin.flush()
-            pid = self.reply(30)["pid"]
+            pid = self.reply(READY, "pid", request)["pid"]  # a fork: at once, unless the machine is swamped
             try:
-                code = self.reply(timeout)["status"]
+                code = self.reply(timeout, "status", request)["status"]
             except TimeoutError:
                 os.kill(pid, signal.SIGKILL)
-                self.reply(30)
+                self.close()  # never reused: its replies could be out of step
                 raise subprocess.TimeoutExpired(["nnrun", *args], timeout) from None
             return subprocess.CompletedProcess(["nnrun", *args], code, out.read_text(), err.read_text())
 
 
 _WARM = []
+READY = 900  # seconds the helper may take to import torch and Hydra (or to fork) before a cold start
 
 
 def warm_run(args, cwd, env, timeout):
@@ -119,4 +151,4 @@ def warm_run(args, cwd, env, timeout):
         return None
     if not _WARM or _WARM[0].proc.poll() is not None:
         _WARM[:] = [Warm()]
-    return _WARM[0].run(args, cwd, env, timeout)
+    return _WARM[0].run(args, cwd, env, timeout)  # None: the caller starts it cold
