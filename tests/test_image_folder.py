@@ -206,13 +206,39 @@ def test_a_cache_that_does_not_match_the_files_is_rebuilt_and_hidden_files_are_i
     stored = load_file(str(file))
     wrong_size = {**stored, "images": stored["images"][:, :, :4, :4].contiguous()}
     all_bad = {**stored, "ok": torch.zeros(30, dtype=torch.bool)}  # good files said to be bad
-    for n, (planted, said) in enumerate(
-        ((wrong_size, "does not match the files"), (all_bad, "marks 30 file(s) as bad; decoding again to check them"))
-    ):
+    for n, (planted, said) in enumerate(((wrong_size, "fails its digest check"), (all_bad, "fails its digest check"))):
         save_file(planted, str(file))
         result, _ = train(tmp_path, *args, name=f"again{n}")
         assert said in log_of(result)
         assert "samples of shape (1, 8, 8)" in log_of(result)
+
+
+def test_a_cache_changed_after_it_was_written_is_rebuilt(tmp_path, cache_dir):
+    """A cache file replaced by one of the same shape with zeroed pixels (without a digest, with the
+    one it carried, or with a plain one recomputed) is not reused: one warning, the images decoded again."""
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    images(tmp_path / "photos")
+    args = ["data=image_folder", "data.path=photos", *FAST_ARGS]
+    train(tmp_path, *args, name="first")
+    (file,) = (cache_dir / "images").glob("*.safetensors")
+    with safe_open(str(file), framework="pt") as f:
+        carried, stored = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    zeroed = {**stored, "images": torch.zeros_like(stored["images"])}
+    plain = {"digest": hashlib.blake2b(zeroed["images"].numpy().tobytes(), digest_size=32).hexdigest()}
+    for n, metadata in enumerate((None, carried, plain)):
+        save_file(zeroed, str(file), metadata=metadata)
+        result, _ = train(tmp_path, *args, name=f"again{n}")
+        assert "reused" not in log_of(result) and "images decoded in" in log_of(result), log_of(result)
+        assert log_of(result).count("fails its digest check (it changed after nnrun wrote it)") == 1, log_of(result)
+        with safe_open(str(file), framework="pt") as f:
+            assert torch.equal(f.get_tensor("images"), stored["images"])  # rebuilt
+    reused, _ = train(tmp_path, *args, name="reused")
+    assert "30 decoded images reused" in log_of(reused)
 
 
 def test_sixteen_bit_grey_keeps_its_range(tmp_path):
