@@ -143,6 +143,20 @@ def index_outside(d):
     (d / "list.csv").write_text("path,label\ncat/0.png,cat\n../list.csv,dog\n")
 
 
+def bomb(d):
+    """A PNG whose header says 20000x10000 pixels (no pixels follow): over Pillow's pixel limit."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    images(d / "photos", n=3)
+    header = struct.pack(">IIBBBBB", 20000, 10000, 8, 0, 0, 0, 0)  # 8-bit grey
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    (d / "photos" / "cat" / "huge.png").write_bytes(png)
+
+
 def split_folders_without_train(d):
     images(d / "photos" / "val", n=3)
     images(d / "photos" / "test", n=3)
@@ -173,6 +187,7 @@ def latin1_index(d):
         (empty_class, [], "the class folder photos/eel holds no images"),
         (split_folders_without_train, [], "has test/, val/ but no train/"),  # not classes 'test' and 'val'
         (huge_photos, [], "the training images are 1100x1100 pixels; set data.image_size"),
+        (bomb, [], "cat/huge.png is larger than Pillow's decompression-bomb limit of 178,956,970 pixels"),
         (conflicting_index, ["data.index=list.csv"], "line 4: cat/0.png is labelled 'dog', but line 2 labels it"),
         (latin1_index, ["data.index=list.csv"], "data.index=list.csv is not a UTF-8 CSV file"),
         (leaking_index, ["data.index=list.csv"], "line 6: cat/0.png is in test, but line 3 puts it in train"),

@@ -308,6 +308,7 @@ class Reader(torch.utils.data.Dataset):
         self.shape = None  # (C, H, W) every image is brought to
         self.chunks = []  # the index batches the DataLoader reads next
         self.loader = None
+        self.why = {}  # file index -> why it cannot be decoded, when that is not damage (Pillow's pixel limit)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -373,8 +374,10 @@ def decode(path: Path, shape) -> np.ndarray:
     from PIL import Image, ImageOps
 
     channels, h, w = shape
-    with warnings.catch_warnings(), Image.open(path) as img:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is bounded; its error stays
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open warns; over twice the limit raises
+        img = Image.open(path)
+    with img:
         img.draft("L" if channels == 1 else "RGB", (w, h))  # JPEG: decode at a reduced scale when far larger
         if img.mode.startswith("I") or img.mode == "F":
             img = Image.fromarray(eight_bits(np.asarray(img, dtype=np.float64), img.mode))
@@ -401,12 +404,26 @@ def probe(path: Path):
     """((width, height), grey) from the file's header, without decoding the pixels."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        grey = img.mode in GREY_MODES
-        if img.mode in ("P", "PA"):  # a palette of greys is grey
-            palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
-            grey = bool((palette == palette[:, :1]).all())
-        return img.size, grey
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open warns; over twice the limit raises
+        with Image.open(path) as img:
+            grey = img.mode in GREY_MODES
+            if img.mode in ("P", "PA"):  # a palette of greys is grey
+                palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+                grey = bool((palette == palette[:, :1]).all())
+            return img.size, grey
+
+
+def too_large(exc: Exception) -> str:
+    """Pillow's pixel limit in words when exc is its refusal of a file; '' for any other error."""
+    from PIL import Image
+
+    if not isinstance(exc, Image.DecompressionBombError):
+        return ""
+    return (
+        f"is larger than Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} pixels "
+        f"(twice PIL.Image.MAX_IMAGE_PIXELS); shrink it below that or remove it"
+    )
 
 
 def in_threads(fn, items: list) -> list:
@@ -438,7 +455,9 @@ def probe_all(reader: Reader):
         try:
             size, grey = probe(reader.folder / reader.names[i])
             return (size[0], size[1], grey)
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
+            if too_large(exc):
+                reader.why[i] = too_large(exc)
             return None
 
     shapes = in_threads(one, list(range(len(reader))))
@@ -496,6 +515,11 @@ def drop_bad(reader: Reader, bad: list, skip_bad: bool, how: str = "") -> None:
     if not bad:
         return
     names = ", ".join(reader.names[i] for i in bad[:NAMED]) + (", ..." if len(bad) > NAMED else "")
+    if not skip_bad and bad[0] in reader.why:
+        raise ConfigError(
+            f"data.path={reader.folder}: {reader.names[bad[0]]} {reader.why[bad[0]]}, or set data.skip_bad=true "
+            f"to skip such files"
+        )
     if not skip_bad:
         raise ConfigError(
             f"data.path={reader.folder}: {reader.names[bad[0]]} cannot be decoded as an image"
@@ -761,5 +785,6 @@ def prediction_inputs(paths, input_shape: tuple, description: dict, where: str =
         try:
             images[i] = decode(path, input_shape)
         except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"{where}: {path} cannot be decoded as an image ({type(exc).__name__})") from None
+            why = too_large(exc) or f"cannot be decoded as an image ({type(exc).__name__})"
+            raise ConfigError(f"{where}: {path} {why}") from None
     return images, [str(p) for p in files]
