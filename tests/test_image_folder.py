@@ -157,6 +157,24 @@ def bomb(d):
     (d / "photos" / "cat" / "huge.png").write_bytes(png)
 
 
+def link_outside(d):
+    """A link in a class folder to a file outside data.path."""
+    images(d / "photos", n=3)
+    images(d / "elsewhere", n=1, classes=("eel",))
+    (d / "photos" / "dog" / "out.png").symlink_to(d / "elsewhere" / "eel" / "0.png")
+
+
+def index_link_outside(d):
+    link_outside(d)
+    (d / "list.csv").write_text("path,label\ncat/0.png,cat\ndog/out.png,dog\n")
+
+
+def class_link_outside(d):
+    images(d / "photos", n=3)
+    images(d / "elsewhere", n=3, classes=("eel",))
+    (d / "photos" / "eel").symlink_to(d / "elsewhere" / "eel")
+
+
 def split_folders_without_train(d):
     images(d / "photos" / "val", n=3)
     images(d / "photos" / "test", n=3)
@@ -193,7 +211,10 @@ def latin1_index(d):
         (leaking_index, ["data.index=list.csv"], "line 6: cat/0.png is in test, but line 3 puts it in train"),
         (lambda d: images(d / "photos", n=3), ["data.image_size=4096", "model=cnn"], "parameters: training it needs"),
         (val_class_train_lacks, [], "the val images hold class(es) eel that train has no images of"),
-        (index_outside, ["data.index=list.csv"], "line 3: ../list.csv is outside data.path=photos"),
+        (index_outside, ["data.index=list.csv"], "line 3: ../list.csv leads to "),
+        (index_link_outside, ["data.index=list.csv"], "line 3: dog/out.png leads to "),
+        (link_outside, [], "data.path=photos: dog/out.png leads to "),
+        (class_link_outside, [], "data.path=photos: eel leads to "),
         (lambda d: (d / "photos").mkdir(), [], "no class folders in photos"),
         (empty_class, ["data.channels=2"], "data.channels=2 is not one of auto, 1, 3"),
     ],
@@ -204,6 +225,19 @@ def test_bad_folders_are_one_line_errors(tmp_path, make, args, expected):
     assert result.returncode == 2
     line = one_line_error(result)
     assert expected in line, line
+
+
+def test_links_that_stay_inside_data_path_are_followed(tmp_path):
+    images(tmp_path / "photos")
+    (tmp_path / "photos" / "dog" / "alias.png").symlink_to(tmp_path / "photos" / "cat" / "0.png")
+    (tmp_path / "photos" / "owls").symlink_to("owl")  # the same folder under two names: a fourth class
+    result, _ = train(tmp_path, "data=image_folder", "data.path=photos", *FAST_ARGS)
+    assert "29 train, 4 val, 8 test, samples of shape (1, 8, 8), 4 classes" in log_of(result), log_of(result)
+    with open(tmp_path / "list.csv", "w") as f:
+        f.write("path,label\n" + "".join(f"{c}/{i}.png,{c}\n" for c in ("cat", "owl") for i in range(10)))
+        f.write("dog/alias.png,dog\n" + "".join(f"owls/{i}.png,dog\n" for i in range(9)))
+    result, _ = train(tmp_path, "data=image_folder", "data.path=photos", "data.index=list.csv", *FAST_ARGS, name="ix")
+    assert "3 classes" in log_of(result), log_of(result)
 
 
 def test_a_cache_that_does_not_match_the_files_is_rebuilt_and_hidden_files_are_ignored(tmp_path, cache_dir):

@@ -209,7 +209,9 @@ def list_classes(where: Path, folder: Path) -> list:
             f"data.path={folder}: no class folders in {where}; put each class's images in a folder named after it "
             f"({where}/<class>/*.png)"
         )
+    inside = folder.resolve()
     for sub in class_folders:
+        stays_inside(sub, folder, inside, f"data.path={folder}")  # a class (or split) folder that is a link
         files = sorted(
             p
             for p in sub.rglob("*")
@@ -222,8 +224,23 @@ def list_classes(where: Path, folder: Path) -> list:
                 f"data.path={folder}: the class folder {sub} holds no images ({', '.join(EXTENSIONS)}); "
                 f"add images or remove the folder"
             )
+        for p in files:
+            if p.is_symlink():
+                stays_inside(p, folder, inside, f"data.path={folder}")
         found += [(p.relative_to(folder).as_posix(), sub.name) for p in files]
     return found
+
+
+def stays_inside(path: Path, folder: Path, inside: Path, where: str) -> None:
+    """A file or folder listed under data.path must stay inside it once '..' and symbolic links are
+    resolved: a link (or index path) out of it would train on files nobody listed. inside: data.path resolved."""
+    target = path.resolve()
+    if not target.is_relative_to(inside):
+        name = os.path.relpath(path, folder)
+        raise ConfigError(
+            f"{where}: {name} leads to {target}, outside data.path={folder}; links and paths must stay inside "
+            f"it: copy the file in instead"
+        )
 
 
 def read_index(folder: Path, index: str) -> dict:
@@ -259,12 +276,12 @@ def read_index(folder: Path, index: str) -> dict:
                 )
         if not name or not label:
             raise ConfigError(f"data.index={index}, line {number}: an empty path or label")
-        target = (folder / name).resolve()
-        if Path(name).is_absolute() or not target.is_relative_to(inside):
+        if Path(name).is_absolute():
             raise ConfigError(
                 f"data.index={index}, line {number}: {name} is outside data.path={folder}; give paths relative to it"
             )
-        if not target.is_file():
+        stays_inside(folder / name, folder, inside, f"data.index={index}, line {number}")
+        if not (folder / name).is_file():
             raise ConfigError(f"data.index={index}, line {number}: {name} does not exist in data.path={folder}")
         key = Path(name).as_posix()
         first_label, first_line, first_part = seen.setdefault(key, (label, number, part))
