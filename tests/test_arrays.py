@@ -278,3 +278,40 @@ def run_nnrun_tool(name, *args, cwd):
     return subprocess.run(
         [str(Path(sys.executable).parent / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env()
     )
+
+
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [((600, 5), np.float32), ((600, 2, 6, 6), np.float32), ((600, 6, 6), np.uint8), ((600, 4, 3), np.float64)],
+)
+def test_splits_hold_their_own_rows_scaled_by_the_training_rows_without_a_second_copy(tmp_path, shape, dtype):
+    """Each split holds the rows the seeded splits pick, with their labels, scaled by statistics of
+    the training rows, as indexing and scaling the whole array gave; float arrays are split in place,
+    so train, val and test share the loaded array's memory (a 2.4 GB .npz peaked at 6.8 GB; see
+    benchmarks/arrays_memory.py)."""
+    from nnrun.data import build_data, stratified_split
+
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, shape) if dtype == np.uint8 else rng.normal(3.0, 2.0, shape)).astype(dtype)
+    y = rng.integers(0, 3, shape[0])
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    data = build_data("arrays", batch_size=32, val_split=0.1, seed=0, path=str(tmp_path / "a.npz"))
+    train_idx, test_idx = stratified_split(torch.from_numpy(y), 0.2, 0, "data.test_split")
+    kept, val_idx = stratified_split(torch.from_numpy(y)[train_idx], 0.1, 0, "data.val_split")
+    rows = {"train": train_idx[kept], "val": train_idx[val_idx], "test": test_idx}
+    raw = torch.from_numpy(x.astype(np.float32) if dtype == np.float64 else x)
+    raw = raw.unsqueeze(1) if len(shape) == 3 and dtype == np.uint8 else raw  # grey images: (N, 1, H, W)
+    for part, picked in rows.items():
+        split = getattr(data, part)
+        assert torch.equal(split.y, torch.from_numpy(y)[picked]), part
+        assert torch.equal(split.x, data.transform(raw[picked])), part
+    fitted = raw[rows["train"]].double().numpy()
+    described = data.transform.describe()
+    if described["kind"] == "standardize":
+        assert described["mean"] == pytest.approx(fitted.mean(), rel=1e-6)
+    else:
+        flat = fitted.reshape(-1, fitted.shape[-1])
+        assert described["mean"] == pytest.approx(flat.mean(0).tolist(), rel=1e-12)
+        assert described["std"] == pytest.approx(flat.std(0, ddof=1).tolist(), rel=1e-12)
+    buffers = {s.x.untyped_storage().data_ptr() for s in (data.train, data.val, data.test)}
+    assert len(buffers) == (3 if dtype == np.uint8 else 1)  # float32 scaled in place; uint8 becomes float32

@@ -143,6 +143,38 @@ def index_outside(d):
     (d / "list.csv").write_text("path,label\ncat/0.png,cat\n../list.csv,dog\n")
 
 
+def bomb(d):
+    """A PNG whose header says 20000x10000 pixels (no pixels follow): over Pillow's pixel limit."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    images(d / "photos", n=3)
+    header = struct.pack(">IIBBBBB", 20000, 10000, 8, 0, 0, 0, 0)  # 8-bit grey
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    (d / "photos" / "cat" / "huge.png").write_bytes(png)
+
+
+def link_outside(d):
+    """A link in a class folder to a file outside data.path."""
+    images(d / "photos", n=3)
+    images(d / "elsewhere", n=1, classes=("eel",))
+    (d / "photos" / "dog" / "out.png").symlink_to(d / "elsewhere" / "eel" / "0.png")
+
+
+def index_link_outside(d):
+    link_outside(d)
+    (d / "list.csv").write_text("path,label\ncat/0.png,cat\ndog/out.png,dog\n")
+
+
+def class_link_outside(d):
+    images(d / "photos", n=3)
+    images(d / "elsewhere", n=3, classes=("eel",))
+    (d / "photos" / "eel").symlink_to(d / "elsewhere" / "eel")
+
+
 def split_folders_without_train(d):
     images(d / "photos" / "val", n=3)
     images(d / "photos" / "test", n=3)
@@ -173,12 +205,16 @@ def latin1_index(d):
         (empty_class, [], "the class folder photos/eel holds no images"),
         (split_folders_without_train, [], "has test/, val/ but no train/"),  # not classes 'test' and 'val'
         (huge_photos, [], "the training images are 1100x1100 pixels; set data.image_size"),
+        (bomb, [], "cat/huge.png is larger than Pillow's decompression-bomb limit of 178,956,970 pixels"),
         (conflicting_index, ["data.index=list.csv"], "line 4: cat/0.png is labelled 'dog', but line 2 labels it"),
         (latin1_index, ["data.index=list.csv"], "data.index=list.csv is not a UTF-8 CSV file"),
         (leaking_index, ["data.index=list.csv"], "line 6: cat/0.png is in test, but line 3 puts it in train"),
         (lambda d: images(d / "photos", n=3), ["data.image_size=4096", "model=cnn"], "parameters: training it needs"),
         (val_class_train_lacks, [], "the val images hold class(es) eel that train has no images of"),
-        (index_outside, ["data.index=list.csv"], "line 3: ../list.csv is outside data.path=photos"),
+        (index_outside, ["data.index=list.csv"], "line 3: ../list.csv leads to "),
+        (index_link_outside, ["data.index=list.csv"], "line 3: dog/out.png leads to "),
+        (link_outside, [], "data.path=photos: dog/out.png leads to "),
+        (class_link_outside, [], "data.path=photos: eel leads to "),
         (lambda d: (d / "photos").mkdir(), [], "no class folders in photos"),
         (empty_class, ["data.channels=2"], "data.channels=2 is not one of auto, 1, 3"),
     ],
@@ -189,6 +225,19 @@ def test_bad_folders_are_one_line_errors(tmp_path, make, args, expected):
     assert result.returncode == 2
     line = one_line_error(result)
     assert expected in line, line
+
+
+def test_links_that_stay_inside_data_path_are_followed(tmp_path):
+    images(tmp_path / "photos")
+    (tmp_path / "photos" / "dog" / "alias.png").symlink_to(tmp_path / "photos" / "cat" / "0.png")
+    (tmp_path / "photos" / "owls").symlink_to("owl")  # the same folder under two names: a fourth class
+    result, _ = train(tmp_path, "data=image_folder", "data.path=photos", *FAST_ARGS)
+    assert "29 train, 4 val, 8 test, samples of shape (1, 8, 8), 4 classes" in log_of(result), log_of(result)
+    with open(tmp_path / "list.csv", "w") as f:
+        f.write("path,label\n" + "".join(f"{c}/{i}.png,{c}\n" for c in ("cat", "owl") for i in range(10)))
+        f.write("dog/alias.png,dog\n" + "".join(f"owls/{i}.png,dog\n" for i in range(9)))
+    result, _ = train(tmp_path, "data=image_folder", "data.path=photos", "data.index=list.csv", *FAST_ARGS, name="ix")
+    assert "3 classes" in log_of(result), log_of(result)
 
 
 def test_a_cache_that_does_not_match_the_files_is_rebuilt_and_hidden_files_are_ignored(tmp_path, cache_dir):
@@ -206,13 +255,39 @@ def test_a_cache_that_does_not_match_the_files_is_rebuilt_and_hidden_files_are_i
     stored = load_file(str(file))
     wrong_size = {**stored, "images": stored["images"][:, :, :4, :4].contiguous()}
     all_bad = {**stored, "ok": torch.zeros(30, dtype=torch.bool)}  # good files said to be bad
-    for n, (planted, said) in enumerate(
-        ((wrong_size, "does not match the files"), (all_bad, "marks 30 file(s) as bad; decoding again to check them"))
-    ):
+    for n, (planted, said) in enumerate(((wrong_size, "fails its digest check"), (all_bad, "fails its digest check"))):
         save_file(planted, str(file))
         result, _ = train(tmp_path, *args, name=f"again{n}")
         assert said in log_of(result)
         assert "samples of shape (1, 8, 8)" in log_of(result)
+
+
+def test_a_cache_changed_after_it_was_written_is_rebuilt(tmp_path, cache_dir):
+    """A cache file replaced by one of the same shape with zeroed pixels (without a digest, with the
+    one it carried, or with a plain one recomputed) is not reused: one warning, the images decoded again."""
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    images(tmp_path / "photos")
+    args = ["data=image_folder", "data.path=photos", *FAST_ARGS]
+    train(tmp_path, *args, name="first")
+    (file,) = (cache_dir / "images").glob("*.safetensors")
+    with safe_open(str(file), framework="pt") as f:
+        carried, stored = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    zeroed = {**stored, "images": torch.zeros_like(stored["images"])}
+    plain = {"digest": hashlib.blake2b(zeroed["images"].numpy().tobytes(), digest_size=32).hexdigest()}
+    for n, metadata in enumerate((None, carried, plain)):
+        save_file(zeroed, str(file), metadata=metadata)
+        result, _ = train(tmp_path, *args, name=f"again{n}")
+        assert "reused" not in log_of(result) and "images decoded in" in log_of(result), log_of(result)
+        assert log_of(result).count("fails its digest check (it changed after nnrun wrote it)") == 1, log_of(result)
+        with safe_open(str(file), framework="pt") as f:
+            assert torch.equal(f.get_tensor("images"), stored["images"])  # rebuilt
+    reused, _ = train(tmp_path, *args, name="reused")
+    assert "30 decoded images reused" in log_of(reused)
 
 
 def test_sixteen_bit_grey_keeps_its_range(tmp_path):

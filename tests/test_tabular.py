@@ -297,3 +297,17 @@ def test_table_mistakes_are_one_line_errors(tmp_path, args, message):
     )
     assert result.returncode == 2, result.stderr
     assert message in one_line_error(result)
+
+
+def test_a_column_of_mixed_types_is_said_once_in_nnrun_words(tmp_path):
+    """A column of numbers with text after pandas's first chunk (~260,000 rows): pandas's DtypeWarning
+    (with its source path) never reaches the console; nnrun names the column and cell, once."""
+    rows = 300_000
+    codes = np.arange(rows).astype(str)
+    codes[-1] = "x"
+    frame = pd.DataFrame({"code": codes, "size": np.arange(rows) % 7, "outcome": np.arange(rows) % 2})
+    path = write(tmp_path, "big.csv", frame)
+    result = nnrun("data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_line_error(result)  # no DtypeWarning line before it
+    assert "column 'code' of" in line and f"'x' at row {rows + 1}" in line, line

@@ -167,7 +167,7 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
             train_idx, val_idx = end_split(len(y_train), val_split, key="data.val_split")
         else:
             train_idx, val_idx = hold_out(y_train, val_split, seed, key="data.val_split")
-        x_train, y_train, x_val, y_val = x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx]
+        (x_train, x_val), y_train, y_val = split_rows(x_train, train_idx, val_idx), y_train[train_idx], y_train[val_idx]
     files = x_train if getattr(x_train, "streamed", False) else None  # image_folder streamed from disk
     if files is not None and fitted is None:  # its statistics: from a seeded sample (a run's own: none needed)
         x_train = files.sample(seed)
@@ -192,7 +192,7 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
             y = (y.double() - target_scale[0]).div(target_scale[1]).float()
         if getattr(x, "streamed", False):  # files: decoded and scaled per batch
             return x.split(transform, y)
-        return Split(transform(x), y)
+        return Split(scaled(transform, x), y)
 
     train = split(files if files is not None else x_train, y_train)
     data = Data(
@@ -218,6 +218,43 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
             if s is not None:
                 s.pin = True
     return data
+
+
+BLOCK = 8 * 1024**2  # bytes of rows moved or scaled at a time (float64 temporaries: a few times that)
+
+
+def rows_per_block(x: torch.Tensor) -> int:
+    return max(1, BLOCK // max(1, x[:1].numel() * x.element_size()))
+
+
+def split_rows(x, kept: torch.Tensor, held: torch.Tensor) -> tuple:
+    """(x[kept], x[held]) for sorted index sets that share no row and cover x, without a second
+    copy of x: the held rows are copied out, the kept ones moved up in x, a block at a time, and
+    the held ones put back after them, so both are views of x's memory (x's row order changes:
+    it is the loader's own). Anything but a tensor (image files, streamed) is indexed."""
+    if not isinstance(x, torch.Tensor) or len(kept) + len(held) != len(x):
+        return x[kept], x[held]
+    held_rows = x[held]
+    step = rows_per_block(x)
+    for start in range(0, len(kept), step):
+        block = kept[start : start + step]  # each at or after start: kept is sorted, so no row is read once overwritten
+        x[start : start + len(block)] = x[block]
+    x[len(kept) :] = held_rows
+    return x[: len(kept)], x[len(kept) :]
+
+
+def scaled(transform, x: torch.Tensor) -> torch.Tensor:
+    """transform(x) a block of rows at a time (every transform treats rows alone), written into x
+    itself when x holds float32 (the loader's own copy): its temporaries are a block's, not the
+    array's. Transforms that change a row's shape (row numbers to a table's features) run whole."""
+    first = transform(x[:1]) if isinstance(x, torch.Tensor) and len(x) > 1 else None
+    if first is None or first.dtype != torch.float32 or first.shape[1:] != x.shape[1:]:
+        return transform(x)
+    out = x if x.dtype == torch.float32 else torch.empty(x.shape, dtype=torch.float32)
+    step = rows_per_block(out)
+    for start in range(0, len(x), step):
+        out[start : start + step] = transform(x[start : start + step])
+    return out
 
 
 def target_scaling(y: torch.Tensor, fitted: dict = None) -> tuple:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Standardize, random_split, stratified_split, unseen_classes
+from nnrun.data import DATASETS, Standardize, random_split, split_rows, stratified_split, unseen_classes
 from nnrun.data.sequence import FeatureScale
 from nnrun.data.tabular import TASKS, encode_target
 from nnrun.errors import ConfigError
@@ -90,7 +90,9 @@ def arrays(  # noqa: PLR0913  (its parameters are the YAML schema)
         x_all, y_all = out["train"]
         split = random_split if task == "regression" else stratified_split
         train_idx, test_idx = split(y_all if task != "regression" else len(y_all), test_split, seed, "data.test_split")
-        out["train"], out["test"] = (x_all[train_idx], y_all[train_idx]), (x_all[test_idx], y_all[test_idx])
+        (x_train, x_test) = split_rows(x_all, train_idx, test_idx)
+        out["train"], out["test"] = (x_train, y_all[train_idx]), (x_test, y_all[test_idx])
+        del x_all, x_train, x_test  # the views in out hold the memory
     if "val" in out:
         log.info(f"data.val_path={val_path}: {counts['val']} validation samples (data.val_split does not apply)")
     sample = tuple(out["train"][0].shape[1:])
@@ -134,7 +136,9 @@ def read_pair(source, key: str, keys: tuple):
         )
     for name, values in (("x", x), ("y", y)):
         if values.dtype.kind == "f":
-            bad = ~np.isfinite(values.reshape(len(values), -1)).all(1)
+            rows = values.reshape(len(values), -1)
+            step = max(1, 2**23 // max(1, rows.shape[1]))  # a block of rows at a time: no mask the size of x
+            bad = np.concatenate([~np.isfinite(rows[i : i + step]).all(1) for i in range(0, len(rows), step)])
             if bad.any():
                 raise ConfigError(
                     f"{where}: {name} has NaN or infinite values in {int(bad.sum())} sample(s), the first "
@@ -279,7 +283,7 @@ def pick_layout(x: np.ndarray, layout: str, data_format: str):
 def shaped(x: np.ndarray, layout: str, data_format: str) -> torch.Tensor:
     """x as the model takes it: (N, F) floats, (N, C, H, W) images (uint8 kept: scaled later), (N, T, F)."""
     if layout == "images":
-        images = torch.from_numpy(x if x.dtype == np.uint8 else x.astype(np.float32))
+        images = torch.from_numpy(x if x.dtype == np.uint8 else x.astype(np.float32, copy=False))  # no copy of float32
         if x.ndim == 3:
             return images.unsqueeze(1)  # grey: (N, 1, H, W)
         if data_format == "channels_last":

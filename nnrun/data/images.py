@@ -5,9 +5,11 @@ a torch DataLoader, so memory stays flat whatever the set's size."""
 
 import csv
 import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -27,7 +29,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BUDGET = 2 * 1024**3  # bytes of uint8 pixels data.cache=auto holds in memory
 FIT_SAMPLE = 2000  # streamed: training images the normalization statistics come from
 CHECK_SAMPLE = 256  # streamed: images decoded for the pre-flight checks and the model summary
-FORMAT = 1  # the cache file's layout: part of its key, so a new layout never reads an old file
+FORMAT = 2  # the cache file's layout: part of its key, so a new layout never reads an old file
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 SPLITS = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 NAMED = 3  # bad files named in a message
@@ -69,9 +71,11 @@ def image_folder(  # noqa: PLR0913  (its parameters are the YAML schema)
     entries = [(name, label, part) for part in ("train", "val", "test") for name, label in parts.get(part, ())]
     reader = Reader(folder, [name for name, _, _ in entries], workers)
     labels = torch.tensor([classes.index(label) for _, label, _ in entries], dtype=torch.long)
-    key = cache_key(folder, entries, image_size, channels)
+    secret = cache_secret() if cache is not False else None
+    key = cache_key(folder, entries, image_size, channels, secret)
     cache_file = cache_dir() / f"{key}.safetensors"
-    stored = read_cache(cache_file, len(entries), size, channels) if cache is not False else None
+    seal = Seal(secret, key, labels)
+    stored = read_cache(cache_file, len(entries), size, channels, seal) if secret is not None else None
     if stored is not None and not cache_agrees(reader, entries, stored, (size, channels), skip_bad):
         bad = int((~stored[1]).sum())
         log.warning(
@@ -97,7 +101,7 @@ def image_folder(  # noqa: PLR0913  (its parameters are the YAML schema)
         nbytes = int(ok.sum()) * channels * size[0] * size[1]
         if cache is True or (cache == "auto" and nbytes <= BUDGET):
             images, ok = decode_all(reader, ok, skip_bad)
-            write_cache(cache_file, images, ok)
+            write_cache(cache_file, images, ok, seal)
         else:
             why = "=false" if cache is False else f"=auto: {nbytes / 1e9:.1f} GB of pixels is over the 2 GB budget"
             log.info(
@@ -205,7 +209,9 @@ def list_classes(where: Path, folder: Path) -> list:
             f"data.path={folder}: no class folders in {where}; put each class's images in a folder named after it "
             f"({where}/<class>/*.png)"
         )
+    inside = folder.resolve()
     for sub in class_folders:
+        stays_inside(sub, folder, inside, f"data.path={folder}")  # a class (or split) folder that is a link
         files = sorted(
             p
             for p in sub.rglob("*")
@@ -218,8 +224,23 @@ def list_classes(where: Path, folder: Path) -> list:
                 f"data.path={folder}: the class folder {sub} holds no images ({', '.join(EXTENSIONS)}); "
                 f"add images or remove the folder"
             )
+        for p in files:
+            if p.is_symlink():
+                stays_inside(p, folder, inside, f"data.path={folder}")
         found += [(p.relative_to(folder).as_posix(), sub.name) for p in files]
     return found
+
+
+def stays_inside(path: Path, folder: Path, inside: Path, where: str) -> None:
+    """A file or folder listed under data.path must stay inside it once '..' and symbolic links are
+    resolved: a link (or index path) out of it would train on files nobody listed. inside: data.path resolved."""
+    target = path.resolve()
+    if not target.is_relative_to(inside):
+        name = os.path.relpath(path, folder)
+        raise ConfigError(
+            f"{where}: {name} leads to {target}, outside data.path={folder}; links and paths must stay inside "
+            f"it: copy the file in instead"
+        )
 
 
 def read_index(folder: Path, index: str) -> dict:
@@ -255,12 +276,12 @@ def read_index(folder: Path, index: str) -> dict:
                 )
         if not name or not label:
             raise ConfigError(f"data.index={index}, line {number}: an empty path or label")
-        target = (folder / name).resolve()
-        if Path(name).is_absolute() or not target.is_relative_to(inside):
+        if Path(name).is_absolute():
             raise ConfigError(
                 f"data.index={index}, line {number}: {name} is outside data.path={folder}; give paths relative to it"
             )
-        if not target.is_file():
+        stays_inside(folder / name, folder, inside, f"data.index={index}, line {number}")
+        if not (folder / name).is_file():
             raise ConfigError(f"data.index={index}, line {number}: {name} does not exist in data.path={folder}")
         key = Path(name).as_posix()
         first_label, first_line, first_part = seen.setdefault(key, (label, number, part))
@@ -280,10 +301,12 @@ def read_index(folder: Path, index: str) -> dict:
     return parts
 
 
-def cache_key(folder: Path, entries: list, image_size, channels) -> str:
+def cache_key(folder: Path, entries: list, image_size, channels, secret) -> str:
     """sha256 of everything the decoded pixels depend on: the files (names, sizes, mtimes, labels
-    and splits), the size and channel settings, and the cache format."""
-    digest = hashlib.sha256(json.dumps([FORMAT, str(folder.resolve()), image_size, channels]).encode())
+    and splits), the size and channel settings, the cache format, and whose key seals the file
+    (users sharing a cache folder each get their own files)."""
+    owner = hashlib.sha256(secret or b"").hexdigest()
+    digest = hashlib.sha256(json.dumps([FORMAT, str(folder.resolve()), image_size, channels, owner]).encode())
     for name, label, part in entries:
         stat = (folder / name).stat()
         digest.update(json.dumps([name, label, part, stat.st_size, stat.st_mtime_ns]).encode())
@@ -302,6 +325,7 @@ class Reader(torch.utils.data.Dataset):
         self.shape = None  # (C, H, W) every image is brought to
         self.chunks = []  # the index batches the DataLoader reads next
         self.loader = None
+        self.why = {}  # file index -> why it cannot be decoded, when that is not damage (Pillow's pixel limit)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -367,8 +391,10 @@ def decode(path: Path, shape) -> np.ndarray:
     from PIL import Image, ImageOps
 
     channels, h, w = shape
-    with warnings.catch_warnings(), Image.open(path) as img:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is bounded; its error stays
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open warns; over twice the limit raises
+        img = Image.open(path)
+    with img:
         img.draft("L" if channels == 1 else "RGB", (w, h))  # JPEG: decode at a reduced scale when far larger
         if img.mode.startswith("I") or img.mode == "F":
             img = Image.fromarray(eight_bits(np.asarray(img, dtype=np.float64), img.mode))
@@ -395,12 +421,26 @@ def probe(path: Path):
     """((width, height), grey) from the file's header, without decoding the pixels."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        grey = img.mode in GREY_MODES
-        if img.mode in ("P", "PA"):  # a palette of greys is grey
-            palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
-            grey = bool((palette == palette[:, :1]).all())
-        return img.size, grey
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open warns; over twice the limit raises
+        with Image.open(path) as img:
+            grey = img.mode in GREY_MODES
+            if img.mode in ("P", "PA"):  # a palette of greys is grey
+                palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+                grey = bool((palette == palette[:, :1]).all())
+            return img.size, grey
+
+
+def too_large(exc: Exception) -> str:
+    """Pillow's pixel limit in words when exc is its refusal of a file; '' for any other error."""
+    from PIL import Image
+
+    if not isinstance(exc, Image.DecompressionBombError):
+        return ""
+    return (
+        f"is larger than Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} pixels "
+        f"(twice PIL.Image.MAX_IMAGE_PIXELS); shrink it below that or remove it"
+    )
 
 
 def in_threads(fn, items: list) -> list:
@@ -432,7 +472,9 @@ def probe_all(reader: Reader):
         try:
             size, grey = probe(reader.folder / reader.names[i])
             return (size[0], size[1], grey)
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
+            if too_large(exc):
+                reader.why[i] = too_large(exc)
             return None
 
     shapes = in_threads(one, list(range(len(reader))))
@@ -490,6 +532,11 @@ def drop_bad(reader: Reader, bad: list, skip_bad: bool, how: str = "") -> None:
     if not bad:
         return
     names = ", ".join(reader.names[i] for i in bad[:NAMED]) + (", ..." if len(bad) > NAMED else "")
+    if not skip_bad and bad[0] in reader.why:
+        raise ConfigError(
+            f"data.path={reader.folder}: {reader.names[bad[0]]} {reader.why[bad[0]]}, or set data.skip_bad=true "
+            f"to skip such files"
+        )
     if not skip_bad:
         raise ConfigError(
             f"data.path={reader.folder}: {reader.names[bad[0]]} cannot be decoded as an image"
@@ -502,16 +549,65 @@ def drop_bad(reader: Reader, bad: list, skip_bad: bool, how: str = "") -> None:
 # ---- the cache file ------------------------------------------------------------------------
 
 
-def read_cache(path: Path, n: int, size, channels):
-    """(images, ok flags) from a cache file that is whole and of the expected shape; None (it is
-    rebuilt) otherwise. safetensors holds only tensors: nothing in it can run."""
+def cache_secret():
+    """32 random bytes of this user's (cache.key in $NNRUN_STATE_DIR or ~/.local/state/nnrun, mode
+    0600) that key the cache's digest: anyone who can write to the cache folder can write a file
+    whose plain digest matches, only its owner one whose keyed digest does. None (no cache) when
+    the key cannot be kept."""
+    from nnrun.usercode import state_dir
+
+    path = state_dir() / "cache.key"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():  # written whole, then linked into place: two runs meeting here agree on one key
+            descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=".cache.key.")  # mode 0600
+            try:
+                with os.fdopen(descriptor, "wb") as f:
+                    f.write(secrets.token_bytes(32))
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        secret = path.read_bytes()
+    except OSError as exc:
+        log.warning(
+            f"data.cache: cannot keep the cache's key in {path} ({exc.strerror or exc}); the images are decoded "
+            f"every run (set NNRUN_STATE_DIR to a folder you can write)"
+        )
+        return None
+    if len(secret) != 32:  # a run killed while writing it, or another file
+        log.warning(f"data.cache: {path} is not a key of 32 bytes; remove it (nnrun makes a new one)")
+        return None
+    return secret
+
+
+class Seal:
+    """The keyed digest (HMAC-SHA256) a cache file carries: of its name, the labels, the ok flags and
+    every pixel, so a file changed since this user's nnrun wrote it is never reused."""
+
+    def __init__(self, secret: bytes, key: str, labels: torch.Tensor):
+        self.secret, self.key, self.labels = secret, key, labels
+
+    def of(self, images: torch.Tensor, ok: np.ndarray) -> str:
+        digest = hmac.new(self.secret, self.key.encode(), "sha256")  # SHA-256: twice BLAKE2b's speed with SHA-NI
+        for part in (self.labels.numpy(), np.ascontiguousarray(ok), images.contiguous().numpy()):
+            digest.update(memoryview(part).cast("B"))  # no copy: hashlib reads the buffer
+        return digest.hexdigest()
+
+
+def read_cache(path: Path, n: int, size, channels, seal: Seal):
+    """(images, ok flags) from a cache file that is whole, of the expected shape and carries this
+    user's digest of its contents; None (it is rebuilt) otherwise. safetensors holds only tensors:
+    nothing in it can run."""
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     try:
-        stored = load_file(str(path))
-        images, ok = stored["images"], stored["ok"]
+        with safe_open(str(path), framework="pt") as f:
+            digest = (f.metadata() or {}).get("digest")
+            images, ok = f.get_tensor("images"), f.get_tensor("ok")
         sound = (
             images.dtype == torch.uint8
             and images.dim() == 4
@@ -526,6 +622,11 @@ def read_cache(path: Path, n: int, size, channels):
         sound = False
     if not sound:
         log.warning(f"data.cache: {path} is damaged or of another shape; decoding the images again")
+        return None
+    if not hmac.compare_digest(digest or "", seal.of(images, ok.numpy())):
+        log.warning(
+            f"data.cache: {path} fails its digest check (it changed after nnrun wrote it); decoding the images again"
+        )
         return None
     return images, ok.numpy()
 
@@ -549,11 +650,13 @@ def cache_agrees(reader: Reader, entries: list, stored, settings: tuple, skip_ba
     return same_size and (channels is not None or grey or images.shape[1] == 3)
 
 
-def write_cache(path: Path, images: torch.Tensor, ok: np.ndarray) -> None:
+def write_cache(path: Path, images: torch.Tensor, ok: np.ndarray, seal: Seal) -> None:
     """Written to a temporary file and renamed into place: two runs meeting here both end with a
     whole file. A cache that cannot be written is a warning, not a failed run."""
     from safetensors.torch import save_file
 
+    if seal.secret is None:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(".*.tmp"):  # left by a run killed while writing, over a day ago
@@ -562,7 +665,8 @@ def write_cache(path: Path, images: torch.Tensor, ok: np.ndarray) -> None:
         descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         os.close(descriptor)
         try:
-            save_file({"images": images.contiguous(), "ok": torch.from_numpy(ok)}, tmp)
+            tensors = {"images": images.contiguous(), "ok": torch.from_numpy(ok)}
+            save_file(tensors, tmp, metadata={"digest": seal.of(images, ok)})
             from nnrun.train.checkpoint import default_mode
 
             os.chmod(tmp, default_mode())  # mkstemp makes 0600; others sharing the cache folder may read it
@@ -698,5 +802,6 @@ def prediction_inputs(paths, input_shape: tuple, description: dict, where: str =
         try:
             images[i] = decode(path, input_shape)
         except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"{where}: {path} cannot be decoded as an image ({type(exc).__name__})") from None
+            why = too_large(exc) or f"cannot be decoded as an image ({type(exc).__name__})"
+            raise ConfigError(f"{where}: {path} {why}") from None
     return images, [str(p) for p in files]

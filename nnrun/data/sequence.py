@@ -7,12 +7,13 @@
   one label, for sequence classification (or regression), like ECG beats."""
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, random_split, stratified_split
+from nnrun.data import DATASETS, random_split, rows_per_block, stratified_split
 from nnrun.data.tabular import encode_target, read_csv
 from nnrun.errors import ConfigError
 
@@ -149,6 +150,24 @@ def labelled_series(path, columns, values, target, features, task, test_split, s
     return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]), "classes": classes, "task": task}
 
 
+def blocks(flat: torch.Tensor):
+    """flat's rows a block at a time: statistics in float64 without a float64 copy of the whole."""
+    step = rows_per_block(flat)
+    return (flat[i : i + step] for i in range(0, len(flat), step))
+
+
+def column_range(x: torch.Tensor) -> tuple:
+    """(mean, min, max) of each feature (x's last axis), in float64."""
+    flat = x.reshape(-1, x.shape[-1])
+    total, low, high = torch.zeros(flat.shape[1], dtype=torch.float64), None, None
+    for block in blocks(flat):
+        block = block.double()
+        total += block.sum(0)
+        low = block.min(0).values if low is None else torch.minimum(low, block.min(0).values)
+        high = block.max(0).values if high is None else torch.maximum(high, block.max(0).values)
+    return total / len(flat), low, high
+
+
 class FeatureScale:
     """Each feature standardised with its mean and std over the training windows; a feature constant
     there is only centred, as scikit-learn's StandardScaler does (a std of 0 would blow up any other
@@ -158,10 +177,11 @@ class FeatureScale:
         self.features, self.windows = features, windows
 
     def fit(self, x: torch.Tensor) -> "FeatureScale":
-        flat = x.double().reshape(-1, x.shape[-1])
-        self.mean = flat.mean(0)
-        constant = flat.max(0).values == flat.min(0).values
-        self.std = torch.where(constant, 1.0, flat.std(0).nan_to_num(1.0).clamp_min(1e-12))
+        mean, low, high = column_range(x)
+        flat = x.reshape(-1, x.shape[-1])
+        squares = sum((block.double() - mean).square().sum(0) for block in blocks(flat))  # the second pass of two
+        std = (squares / (len(flat) - 1)).sqrt() if len(flat) > 1 else torch.full_like(mean, math.nan)
+        self.mean, self.std = mean, torch.where(high == low, 1.0, std.nan_to_num(1.0).clamp_min(1e-12))
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,9 +197,8 @@ class FeatureScale:
 
     def minmax(self, x: torch.Tensor) -> None:
         """data.normalize=minmax: each feature's training range to [0, 1]."""
-        flat = x.double().reshape(-1, x.shape[-1])
-        self.mean = flat.min(0).values
-        spread = flat.max(0).values - self.mean
+        _, self.mean, high = column_range(x)
+        spread = high - self.mean
         self.std = torch.where(spread > 0, spread, torch.ones_like(spread))  # constant: only shifted, as scikit-learn
 
     def describe(self) -> dict:

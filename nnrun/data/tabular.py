@@ -3,6 +3,7 @@ is read and checked here; scaling and one-hot encoding are fitted on the trainin
 (TabularTransform), so nothing about validation or test rows leaks into training."""
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +124,15 @@ def read_csv(path: str, key: str, na_values=()):
     if not file.is_file():
         raise ConfigError(f"{key}={path}: no such file (relative paths start from the folder you run nnrun in)")
     try:
-        frame = pd.read_csv(file, skipinitialspace=True, na_values=list(na_values or []) or None)
+        with warnings.catch_warnings(record=True) as caught:  # pandas's warnings are said below, nnrun's way
+            warnings.simplefilter("always")
+            # low_memory=False: each column typed from all its rows at once, not per chunk of ~260,000 rows
+            # (a DtypeWarning, and a column of numbers and strings mixed, when the chunks disagree)
+            frame = pd.read_csv(file, skipinitialspace=True, na_values=list(na_values or []) or None, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{key}={path} is not a readable CSV file: {str(exc).strip().splitlines()[0]}") from None
+    for said in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()):
+        log.warning(f"{key}={path}: {said}")
     if len(frame) == 0:
         raise ConfigError(f"{key}={path} has a header but no rows")
     return frame
