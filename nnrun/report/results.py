@@ -317,8 +317,11 @@ def planned_jobs(folder: Path) -> list:
     import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    path = folder / "multirun.yaml"
     try:
-        hydra = yaml.safe_load((folder / "multirun.yaml").read_text())["hydra"]
+        if path.is_symlink() or path.stat().st_size > 2**20:  # a link is not followed; a config is small
+            return []
+        hydra = yaml.safe_load(path.read_text())["hydra"]
         if not str(hydra["sweeper"]["_target_"]).endswith(".BasicSweeper"):
             return []
         params = [f"{k}={v}" for k, v in (hydra["sweeper"].get("params") or {}).items()]
