@@ -90,7 +90,6 @@ def job(conf) -> Outcome:
     hydra_conf = HydraConfig.get()
     run_dir = Path(hydra_conf.runtime.output_dir)
     sweep = hydra_conf.mode == RunMode.MULTIRUN
-    placement = sweep_placement(conf, hydra_conf) if sweep else None
     helper = distributed.launched() and distributed.rank() != 0  # (torch is imported by now)
     worker = sweep and in_worker_process()
     if worker:
@@ -103,6 +102,7 @@ def job(conf) -> Outcome:
     try:
         if sweep and sweep_stopped() is not None:  # asked to start after the sweep was stopped
             return not_started(run_dir, sweep_stopped(), worker)
+        placement = sweep_placement(conf, hydra_conf) if sweep else None  # after: an unstarted job takes no GPU
         with stop_signals(signal_number(conf.trainer.get("requeue_signal")), quiet=helper or worker) as stop:
             run_dir, resume_from = find_resume(conf, run_dir, sweep, helper)
             if resume_from is False:  # rank 0 ended it (the run was completed, or the request refused)
