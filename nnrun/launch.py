@@ -93,7 +93,7 @@ def job(conf) -> Outcome:
     helper = distributed.launched() and distributed.rank() != 0  # (torch is imported by now)
     worker = sweep and in_worker_process()
     if worker:
-        serve_sweep()  # a stop signal between this process's jobs is remembered
+        serve_sweep(str(hydra_conf.sweep.dir))  # a stop signal between this process's jobs is remembered
     if helper:  # a DDP rank other than 0 trains alike but writes into a folder of its own, then deletes it
         import tempfile
 

@@ -14,9 +14,9 @@ STOPS = ("SIGINT", "SIGTERM")
 
 
 class StopRequest:
-    def __init__(self, quiet: bool = False, chained=None):
+    def __init__(self, quiet: bool = False):
         self.signum, self.quiet = None, quiet  # quiet: a DDP rank other than 0, or a sweep's worker (the parent tells)
-        self.chained = chained or {}  # signal number -> the handler that was there before, to call too
+        self.chained = {}  # signal number -> the handler that was there before, to call too
 
     def __call__(self):
         """The number of the signal asking to stop, or None."""
@@ -84,6 +84,7 @@ class SweepStop:
 
     def __init__(self, forward: bool):
         self.signum, self.forward = None, forward
+        self.folder = None  # a worker's: the sweep it serves
         self.sent = set()  # pids the signal was passed on to
         self.done = threading.Event()
 
@@ -164,11 +165,13 @@ def sweep_signals():
             signal.signal(number, handler)
 
 
-def serve_sweep() -> None:
-    """A launcher's worker process, at its first job: a stop signal between its jobs is remembered."""
+def serve_sweep(folder: str) -> None:
+    """A launcher's worker process, at each job of the sweep in folder: a stop signal between its
+    jobs is remembered (until it serves another sweep: joblib reuses its workers)."""
     global _SWEEP
-    if _SWEEP is None:
+    if _SWEEP is None or _SWEEP.folder != folder:
         _SWEEP = SweepStop(forward=False)
+        _SWEEP.folder = folder
         for name in STOPS:
             signal.signal(getattr(signal, name), _SWEEP.handle)
 
