@@ -4,6 +4,7 @@ Run that nnrun.load_run() gives."""
 
 import logging
 import shlex
+import signal
 from pathlib import Path
 
 
@@ -15,8 +16,9 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     (as --config-dir); run_dir: the run folder (default outputs/<date>/<time>).
     A config error raises nnrun.ConfigError with the one line the command prints; a failure while
     training raises its exception (summary.json and nnrun.log in the run folder have it too); a
-    stop signal (Ctrl-C, the notebook's interrupt) saves and raises KeyboardInterrupt. With
-    trainer.epochs=0 (the model summary only) it returns None."""
+    stop signal (Ctrl-C, the notebook's interrupt, SIGTERM) saves and raises KeyboardInterrupt; a
+    SIGINT or SIGTERM handler of yours is called too when it arrives, and is in place again when fit
+    returns (whichever way). With trainer.epochs=0 (the model summary only) it returns None."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.utils import run_job
@@ -40,6 +42,7 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     GlobalHydra.instance().clear()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level  # Hydra's logging setup replaces them
+    caught = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}  # the caller's
     try:
         with initialize_config_module("nnrun.conf", version_base="1.3", job_name="nnrun"):
             try:
@@ -69,6 +72,9 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
             if handler not in root.handlers:
                 root.addHandler(handler)
         root.setLevel(level)
+        for number, handler in caught.items():  # a stopped run leaves them ignored; the caller gets its own back
+            if handler is not None:  # None: installed outside Python, which Python cannot put back
+                signal.signal(number, handler)
     if not outcome:
         raise RuntimeError("nnrun.fit: the job did not run")
     done = outcome[0]

@@ -2,6 +2,7 @@
 (resume, signals, cli.run, the failure written into the run folder) and keeps how each job
 ended; main() then prints one line per failure and exits with the command's code."""
 
+import contextlib
 import logging
 import os
 import shlex
@@ -87,7 +88,7 @@ def job(conf) -> Outcome:
     """One Hydra job, from its config: resume, signals, the run, its failure recorded in the run folder."""
     from nnrun import cli
     from nnrun.report.console import open_console
-    from nnrun.signals import signal_number, stop_signals
+    from nnrun.signals import serve_sweep, signal_number, stop_signals, sweep_stopped
     from nnrun.train import distributed
     from nnrun.train.loop import Interrupted
     from nnrun.train.resume import AlreadyCompleted, move_to, status_of
@@ -96,15 +97,20 @@ def job(conf) -> Outcome:
     hydra_conf = HydraConfig.get()
     run_dir = Path(hydra_conf.runtime.output_dir)
     sweep = hydra_conf.mode == RunMode.MULTIRUN
-    placement = sweep_placement(conf, hydra_conf) if sweep else None
     helper = distributed.launched() and distributed.rank() != 0  # (torch is imported by now)
+    worker = sweep and in_worker_process()
+    if worker:
+        serve_sweep(str(hydra_conf.sweep.dir))  # a stop signal between this process's jobs is remembered
     if helper:  # a DDP rank other than 0 trains alike but writes into a folder of its own, then deletes it
         import tempfile
 
         run_dir = Path(tempfile.mkdtemp(prefix=f"nnrun-rank{distributed.rank()}-"))
     console, handler = open_console(quiet=helper)
     try:
-        with stop_signals(signal_number(conf.trainer.get("requeue_signal")), quiet=helper) as stop:
+        if sweep and sweep_stopped() is not None:  # asked to start after the sweep was stopped
+            return not_started(run_dir, sweep_stopped(), worker)
+        placement = sweep_placement(conf, hydra_conf) if sweep else None  # after: an unstarted job takes no GPU
+        with stop_signals(signal_number(conf.trainer.get("requeue_signal")), quiet=helper or worker) as stop:
             run_dir, resume_from = find_resume(conf, run_dir, sweep, helper)
             if resume_from is False:  # rank 0 ended it (the run was completed, or the request refused)
                 return Outcome(run_dir)
@@ -123,7 +129,13 @@ def job(conf) -> Outcome:
         log.info(str(done))
         return Outcome(done.run_dir, finite(status_of(done.run_dir).get("best_score")))  # a sweeper still gets it
     except Interrupted as exc:
-        raise interrupted(exc, run_dir, helper) from None
+        stopped = interrupted(exc, run_dir, helper)
+        if not worker:
+            raise stopped from None
+        # a worker's exception would make joblib kill the other workers while they save: the parent
+        # knows of the stop (it passed the signal on) and ends the sweep when every job has returned
+        log.info(str(stopped), extra={"file_only": True})
+        return Outcome(run_dir)
     except Exception as exc:
         record_failure(exc, run_dir, helper)
         if os.environ.get("NNRUN_DEBUG", "") in ("", "0"):
@@ -144,6 +156,26 @@ def job(conf) -> Outcome:
             import shutil
 
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def in_worker_process() -> bool:
+    """This job runs in a launcher's worker process (joblib's), not in the nnrun command's own."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+def not_started(run_dir: Path, signum: int, worker: bool) -> Outcome:
+    """A sweep job that Hydra had set up when the sweep was stopped: its summary says so (the table
+    lists it; trainer.resume=auto starts it afresh). In the command's own process it ends the sweep."""
+    from nnrun.report.summary import write_summary
+
+    if not (run_dir / "summary.json").exists():  # a continued sweep's earlier attempt keeps its own
+        name = signal.Signals(signum).name
+        write_summary(run_dir, {"status": "not_started", "signal": name, "run_dir": str(run_dir)})
+    if not worker:
+        raise StopSweep(128 + signum, "")
+    return Outcome(run_dir)
 
 
 def sweep_placement(conf, hydra_conf):
@@ -322,6 +354,7 @@ def main(argv: list) -> int:
     import hydra
 
     from nnrun.report.results import SweepFailures, finish_sweep
+    from nnrun.signals import sweep_signals
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we print one line instead
     debug = os.environ.get("NNRUN_DEBUG", "") not in ("", "0")
@@ -333,17 +366,21 @@ def main(argv: list) -> int:
     if any(a.lstrip("+").startswith("trainer.deterministic=") and "true" in a.lower() for a in argv):
         # before any job starts cuBLAS: a sweep's deterministic job may follow one that is not
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    sweep = {"--multirun", "-m"} & set(argv)
     try:
         check_searchpath(argv)  # before Hydra looks anything up
-        argv = ddp_setup(argv)
-        refuse_used_run_dir(argv)
-        sys.argv[1:] = continue_sweep(argv)
-        entry()
+        with sweep_signals() if sweep else contextlib.nullcontext() as sweep_stop:
+            argv = ddp_setup(argv)
+            refuse_used_run_dir(argv)
+            sys.argv[1:] = continue_sweep(argv)
+            entry()
     except KeyboardInterrupt:
         print("nnrun: interrupted", file=sys.stderr)
         return EXIT_SIGINT
     except StopSweep as exc:
         stopped = exc
+        if command.sweep_dir is not None:  # its jobs ran here: the table, with the jobs that did not start
+            failures = finish_sweep(command.sweep_dir)
     except SweepFailures as exc:  # read from the run folders, for jobs that ran elsewhere
         failures = exc.failures
     except Exception as exc:  # composition errors before any job, or a sweeper's own
@@ -357,9 +394,18 @@ def main(argv: list) -> int:
     for overrides, code, message in failures:
         where = f"job [{overrides}] " if overrides else ""
         print(f"nnrun: {where}{'error' if code == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
+    if stopped is None and sweep_stop is not None and sweep_stop.signum is not None:  # jobs in worker processes
+        stopped = StopSweep(128 + sweep_stop.signum, "")
     if stopped is not None:
         if (stopped.code > 128 or not failures) and str(stopped):  # no failures: the job ran in a worker process
             print(f"nnrun: {stopped}", file=sys.stderr)
+        elif stopped.code > 128:
+            print(
+                f"nnrun: the sweep stopped for {signal.Signals(stopped.code - 128).name}: its running jobs saved "
+                "(status interrupted), the others did not start (not_started); continue it with the same "
+                "command and trainer.resume=auto",
+                file=sys.stderr,
+            )
         return stopped.code
     codes = [code for _, code, _ in failures]
     return (EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_USAGE) if codes else 0

@@ -65,3 +65,25 @@ def test_fit_leaves_the_notebooks_logging_as_it_was(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "True" in lines and lines[-1] == "None"
+
+
+def test_a_stopped_fit_calls_the_callers_handler_and_gives_its_handlers_back(tmp_path):
+    result = python(
+        "import os, pathlib, signal, threading, time, nnrun\n"
+        "called = []\n"
+        "def mine(signum, frame):\n    called.append(signum)\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
+        "def stop():\n"
+        "    while not pathlib.Path('run/metrics.csv').exists():\n        time.sleep(0.02)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "threading.Thread(target=stop, daemon=True).start()\n"
+        "try:\n"
+        "    nnrun.fit(['trainer.epochs=400', '~callbacks.early_stopping', 'trainer.plots=false'], run_dir='run')\n"
+        "except KeyboardInterrupt:\n    print('stopped')\n"
+        "print(called == [signal.SIGTERM], signal.getsignal(signal.SIGTERM) is mine,\n"
+        "      signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["stopped", "True True True"], result.stdout[-2000:]
+    assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "interrupted"

@@ -168,6 +168,80 @@ def test_an_interrupted_sweep_continues_in_its_folder_running_only_the_rest(tmp_
     assert changed.returncode == 2 and "the swept config changed" in changed.stderr
 
 
+LONG = ["~callbacks.early_stopping", "trainer.plots=false"]  # with 400 epochs, minutes: a signal stops it
+
+
+def stopped_sweep(tmp_path, args, ready, sig) -> tuple:
+    """Start `nnrun --multirun args` in a session of its own, send sig to it once ready(sweep) holds,
+    and return (its exit code, its stderr, the sweep folder). Whatever it leaves running is killed."""
+    import signal
+    import time
+
+    from conftest import NNRUN
+
+    sweep = tmp_path / "sweep"
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen(
+            [*NNRUN, "--multirun", *args, *LONG, f"hydra.sweep.dir={sweep}"],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not ready(sweep):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=180)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # workers a stop left behind
+        except ProcessLookupError:
+            pass
+    return code, (tmp_path / "stderr").read_text(), sweep
+
+
+@pytest.mark.parametrize(
+    "sig,code", [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+)
+def test_a_stop_signal_stops_a_parallel_sweep_and_its_workers_save(tmp_path, sig, code):
+    import signal
+
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    exit_code, err, sweep = stopped_sweep(
+        tmp_path,
+        ["trainer.seed=0,1,2,3", "trainer.epochs=400", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2"],
+        lambda sweep: all((sweep / str(k) / "metrics.csv").exists() for k in (0, 1)),  # both workers training
+        getattr(signal, sig),
+    )
+    assert exit_code == code, err
+    assert f"the sweep stopped for {sig}" in err and "Traceback" not in err
+    rows = {r["trainer.seed"]: r["status"] for r in results(sweep)}
+    assert rows == {"0": "interrupted", "1": "interrupted", "2": "not_started", "3": "not_started"}
+    for job in (0, 1):  # each worker finished its step and saved
+        assert summary(sweep / str(job))["signal"] == sig and (sweep / str(job) / "checkpoints/last.pt").exists()
+
+
+def test_ctrl_c_in_a_sweep_lists_the_jobs_that_did_not_start(tmp_path):
+    import signal
+
+    code, err, sweep = stopped_sweep(
+        tmp_path,
+        ["trainer.epochs=1,400,2"],
+        lambda sweep: (sweep / "1/metrics.csv").exists(),
+        signal.SIGINT,
+    )
+    assert code == 130, err
+    rows = [(r["trainer.epochs"], r["status"]) for r in results(sweep)]
+    assert rows == [("1", "completed"), ("400", "interrupted"), ("2", "not_started")]
+    assert not (sweep / "2").exists()  # it never started
+    report = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
+    assert report.returncode == 0 and [(r["trainer.epochs"], r["status"]) for r in results(sweep)] == rows
+
+
 def test_parallel_jobs_share_the_cores_and_their_failures_set_the_exit_code(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"

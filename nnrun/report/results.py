@@ -207,6 +207,7 @@ def report(folder: Path, console=None) -> list:
     is the same whichever way the folder was given."""
     folder = Path(folder).resolve()
     rows = [read_run(run) for run in find_runs(folder)]
+    rows += not_started(folder, rows)
     if not rows:
         return []
     columns, lines = table(rows)
@@ -307,6 +308,48 @@ class SweepFailures(BaseException):
         self.failures = failures
 
 
+def planned_jobs(folder: Path) -> list:
+    """The overrides ({key: value}) of each job of the sweep in folder, from its multirun.yaml, as
+    Hydra's basic sweeper makes them (every combination of the swept values); [] for another
+    sweeper (Optuna decides its trials as it goes) or no readable multirun.yaml."""
+    import itertools
+
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = folder / "multirun.yaml"
+    try:
+        if path.is_symlink() or path.stat().st_size > 2**20:  # a link is not followed; a config is small
+            return []
+        hydra = yaml.safe_load(path.read_text())["hydra"]
+        if not str(hydra["sweeper"]["_target_"]).endswith(".BasicSweeper"):
+            return []
+        params = [f"{k}={v}" for k, v in (hydra["sweeper"].get("params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides(params + list(hydra["overrides"]["task"]))
+        choices = {}  # key -> its values, the last override of a key winning as in Hydra
+        for override in parsed:
+            key = override.get_key_element().lstrip("+~")
+            if override.is_sweep_override():
+                choices[key] = list(override.sweep_string_iterator())
+            else:
+                choices[key] = [override.get_value_element_as_str()]
+        return [dict(zip(choices, values)) for values in itertools.product(*choices.values())]
+    except Exception:  # noqa: BLE001  (a folder from elsewhere: no planned jobs rather than no table)
+        return []
+
+
+def not_started(folder: Path, rows: list) -> list:
+    """Rows for the planned jobs of a sweep that have no run folder: a stopped sweep never started them."""
+    planned = planned_jobs(folder)
+    swept = [k for k in (planned[0] if planned else {}) if len({job[k] for job in planned}) > 1]
+    seen = {tuple(row["overrides"].get(k) for k in swept) for row in rows}
+    return [
+        {"run_dir": "", "overrides": job, "status": "not_started", "curve": []}
+        for job in planned
+        if tuple(job[k] for k in swept) not in seen
+    ]
+
+
 def finish_sweep(folder: Path) -> list:
     """Write the results table of the sweep in folder; return its failed jobs as (overrides, exit code, message)."""
     try:
@@ -315,7 +358,9 @@ def finish_sweep(folder: Path) -> list:
         print(f"nnrun: could not write the results table: {exc}", file=sys.stderr)
     rows = [read_run(run) for run in find_runs(folder.resolve())]
     keys = swept_keys(rows)
-    return [failure(row, keys) for row in rows if row.get("status") not in ("completed", "summary_only")]
+    # a stopped sweep's interrupted and unstarted jobs are not failures: the command's exit code says it stopped
+    ended = ("completed", "summary_only", "interrupted", "not_started")
+    return [failure(row, keys) for row in rows if row.get("status") not in ended]
 
 
 def failure(row: dict, keys: list) -> tuple:
