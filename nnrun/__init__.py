@@ -1,5 +1,14 @@
 """nnrun: train PyTorch models from Hydra configs with an explicit loop."""
 
+import os as _os
+import sys as _sys
+
+# Run as a command (nnrun, the nnrun-* tools, python -m nnrun, torchrun's ranks), the working folder
+# leaves sys.path before anything else is imported: `python -m` puts it first, and an empty
+# PYTHONPATH entry means it; a planted difflib.py or dill.py there would run. A notebook's is left alone.
+if _sys.argv[:1] == ["-m"] or _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("nnrun"):
+    _sys.path[:] = [_p for _p in _sys.path if _p not in ("", _os.getcwd())]
+
 from nnrun.errors import ConfigError  # noqa: F401  (nnrun.ConfigError: what a bad config raises)
 
 __version__ = "0.1.0"

@@ -52,13 +52,40 @@ def refuse_used_run_dir(args) -> None:
                 )
 
 
+def hydra_flags(args: list):
+    """Hydra's own flags as Hydra's argparse parser reads them (abbreviations and -cd=x included)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags in (["--config-path", "-cp"], ["--config-name", "-cn"], ["--config-dir", "-cd"], ["--package", "-p"]):
+        parser.add_argument(*flags)
+    parser.add_argument("--experimental-rerun")
+    parser.add_argument("--info", "-i", nargs="?")
+    parser.add_argument("--cfg", "-c")
+    for flags in (["--help", "-h"], ["--hydra-help"], ["--resolve"], ["--run", "-r"], ["--multirun", "-m"]):
+        parser.add_argument(*flags, action="store_true")
+    parser.add_argument("--shell-completion", "-sc", action="store_true")
+    return parser.parse_known_args(args)[0]
+
+
 def check_searchpath(args: list) -> None:
-    """hydra.searchpath, typed or set by the primary config of --config-dir, names only folders inside
-    the working folder or nnrun's own configs: Hydra imports a pkg:// module (and reads any folder)
-    to look for configs in it, before any other check could run."""
+    """Where Hydra looks for configs, checked before it looks: hydra.searchpath (typed, or set by a
+    primary config it would read), --config-path and --config-dir name only folders inside the
+    working folder or nnrun's own configs; Hydra imports a pkg:// module (and reads any folder) to
+    look in it. --experimental-rerun (it unpickles a file) is refused."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    cwd = Path.cwd().resolve()
+    flags = hydra_flags(args)
+    if flags.experimental_rerun is not None:
+        raise ConfigError(
+            "--experimental-rerun is not allowed: it unpickles a file (pickle runs code); rerun with the "
+            "command in the run's summary.json"
+        )
+    if flags.config_path is not None and flags.config_path != "pkg://nnrun.conf":
+        raise ConfigError(
+            f"--config-path={flags.config_path} is not allowed: it replaces nnrun's configs; give a folder of "
+            f"your own with --config-dir"
+        )
     entries = []
     for arg in args:
         if arg.lstrip("+~").startswith("hydra.searchpath"):
@@ -67,48 +94,53 @@ def check_searchpath(args: list) -> None:
             except Exception:  # noqa: BLE001  (Hydra's parser raises its own types; it reports them later)
                 value = arg.split("=", 1)[-1]
             entries += value if isinstance(value, list) else [value]
-    entries += primary_searchpath(args) + flag_values(args, "--config-path", "-cp")
-    for entry in entries:
-        text = str(entry).strip()
-        if text == "pkg://nnrun.conf" or text.startswith("pkg://nnrun.conf."):
-            continue
-        folder = Path(text.removeprefix("file://")).expanduser()
-        if "://" not in text.removeprefix("file://") and (cwd / folder).resolve().is_relative_to(cwd):
-            continue
-        raise ConfigError(
-            f"hydra.searchpath (or --config-path): {text} is not allowed: a config search path names folders "
-            f"inside {cwd} (e.g. hydra.searchpath=[file://conf]) or nnrun's own configs; Hydra would import or "
-            f"read it first"
-        )
+    folders = [] if flags.config_dir is None else [flags.config_dir]
+    seen = set()
+    while entries or folders:
+        for entry in entries:
+            folder = allowed_search_folder(str(entry))
+            if folder is not None:
+                folders.append(folder)
+        entries = []
+        for folder in folders:  # a primary config Hydra may find there can set hydra.searchpath
+            path = Path(folder) / f"{flags.config_name or 'config'}.yaml"
+            if path not in seen:
+                seen.add(path)
+                entries += primary_searchpath(path)
+        folders = []
 
 
-def primary_searchpath(args: list) -> list:
-    """hydra.searchpath of the primary config in --config-dir (Hydra honours it there only), as text."""
+def allowed_search_folder(entry: str):
+    """The folder a search path entry names inside the working folder (None for nnrun's own
+    configs), or a ConfigError."""
+    cwd = Path.cwd().resolve()
+    text = entry.strip()
+    if text == "pkg://nnrun.conf" or text.startswith("pkg://nnrun.conf."):
+        return None
+    folder = text.removeprefix("file://")
+    if "://" not in folder and "${" not in folder and (cwd / folder).resolve().is_relative_to(cwd):
+        return folder
+    raise ConfigError(
+        f"hydra.searchpath: {text} is not allowed: a config search path names folders inside {cwd} "
+        f"(e.g. hydra.searchpath=[file://conf]) or nnrun's own configs; Hydra would import or read it first"
+    )
+
+
+def primary_searchpath(path: Path) -> list:
+    """hydra.searchpath of a primary config file, as text: [] when there is none (or Hydra will
+    not read it: it says what is wrong). An interpolation there is refused: Hydra would resolve it."""
     import yaml
 
-    folders, names = flag_values(args, "--config-dir", "-cd"), flag_values(args, "--config-name", "-cn")
-    if not folders:
-        return []
-    folder, name = folders[-1], (names or ["config"])[-1]
-    path = Path(folder).expanduser() / (name if name.endswith(".yaml") else f"{name}.yaml")
     try:
         if path.stat().st_size > 1 << 20:
-            raise ConfigError(f"--config-dir: {path} is over 1 MB; a config file is a few lines of YAML")
+            raise ConfigError(f"{path} is over 1 MB; a config file is a few lines of YAML")
         text = yaml.safe_load(path.read_text())
     except (OSError, UnicodeError, yaml.YAMLError):
-        return []  # Hydra says what is wrong with it
+        return []
     found = ((text or {}).get("hydra") or {}).get("searchpath") if isinstance(text, dict) else None
-    return [str(e) for e in found] if isinstance(found, list) else [] if found is None else [str(found)]
-
-
-def flag_values(args: list, long: str, short: str) -> list:
-    """The values given to a Hydra flag (--flag value, --flag=value, -f value), in order."""
-    found = []
-    for flag, value in zip(args, [*args[1:], ""]):
-        if flag in (long, short):
-            found.append(value)
-        elif flag.startswith(long + "="):
-            found.append(flag.split("=", 1)[1])
+    found = [] if found is None else found if isinstance(found, list) else [found]
+    if any("${" in str(e) for e in found) or (found and not all(isinstance(e, str) for e in found)):
+        raise ConfigError(f"hydra.searchpath in {path}: write the folders out, without interpolations")
     return found
 
 

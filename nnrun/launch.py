@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from nnrun import config  # noqa: F401  (registers the schema, nnrun_schema, with Hydra)
+from nnrun import sources
 from nnrun.argv import (
     check_searchpath,
     continue_sweep,
@@ -362,14 +363,14 @@ def main(argv: list) -> int:
     unique_run_dir.cache_clear()  # a new command: new run folders
     command = Command()
     entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(command.task)
-    stopped, failures = None, []
+    stopped, failures, sweep_stop = None, [], None
     if any(a.lstrip("+").startswith("trainer.deterministic=") and "true" in a.lower() for a in argv):
         # before any job starts cuBLAS: a sweep's deterministic job may follow one that is not
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     sweep = {"--multirun", "-m"} & set(argv)
     try:
-        check_searchpath(argv)  # before Hydra looks anything up
-        with sweep_signals() if sweep else contextlib.nullcontext() as sweep_stop:
+        with sources.sealed(), sweep_signals() if sweep else contextlib.nullcontext() as sweep_stop:
+            check_searchpath(argv)  # before Hydra looks anything up
             argv = ddp_setup(argv)
             refuse_used_run_dir(argv)
             sys.argv[1:] = continue_sweep(argv)

@@ -75,11 +75,8 @@ def sha256(path: Path) -> str:
 
 def root_of(name: str, file: Path):
     """The import-path folder from which `import name` loads file (a .py), or None when file is not
-    where that name would be. A top-level module may have another file name: the file a link
-    (my_models.py -> elsewhere/net.py) leads to, recorded as resolved."""
+    where that name would be."""
     parts = name.split(".")
-    if len(parts) == 1 and file.suffix == ".py" and file.name != "__init__.py":
-        return file.parent
     tail = "/".join(parts) + ("/__init__.py" if file.name == "__init__.py" else ".py")
     text = file.as_posix()
     if file.suffix != ".py" or not text.endswith("/" + tail):
@@ -88,8 +85,10 @@ def root_of(name: str, file: Path):
 
 
 def describe(name: str):
-    """{module, file, folder, sha256} of an imported module of yours; None for nnrun's own or one
-    without a Python file (a namespace package)."""
+    """{module, file, folder, sha256} of an imported module of yours (for one nnrun compiled, the
+    digest of the bytes it compiled); None for nnrun's own or one without a Python file."""
+    if name in sources.FINDER.loaded:
+        return dict(sources.FINDER.loaded[name])
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
     if name.split(".")[0] == "nnrun" or not path:
@@ -111,6 +110,10 @@ def record(run_dir: Path, model: dict, imports) -> None:
     entries = [e for e in map(describe, imports or []) if e is not None]
     if main is None and not entries:
         return
+    named = {e["module"] for e in [main, *entries] if e is not None}
+    folders = {e["folder"] for e in [main, *entries] if e is not None}
+    # the files those modules brought in (their packages' __init__.py, the siblings they import)
+    entries += [dict(e) for n, e in sorted(sources.FINDER.loaded.items()) if n not in named and e["folder"] in folders]
     trust([e for e in [main, *entries] if e is not None])
     text = {"model": model.get("name"), "target": target, "kwargs": model.get("kwargs") if target else None}
     text.update(main or {"module": None, "file": None, "folder": None, "sha256": None})
@@ -142,9 +145,17 @@ def read_record(folder: Path, key: str):
         top = name.split(".")[0]
         if top == "nnrun" or top in sys.stdlib_module_names or top in sys.builtin_module_names:
             raise ConfigError(f"{damaged}: it names {name}, which is not your own module")
-        if not Path(file).is_absolute() or root_of(name, Path(file)) != Path(entry["folder"]):
+        if not Path(file).is_absolute() or not found_from(name, Path(file), Path(entry["folder"])):
             raise ConfigError(f"{damaged}: {file} is not where module {name} would be found from {entry['folder']}")
     return entries
+
+
+def found_from(name: str, file: Path, folder: Path) -> bool:
+    """`import name` from folder loads file: where the name's path would be, or, for a top-level
+    module, through a link there (my_models.py -> ../lib/net_v2.py, recorded as the file it leads to)."""
+    if root_of(name, file) == folder:
+        return True
+    return "." not in name and (folder / f"{name}.py").resolve() == file
 
 
 def restore(entries: list, trust_code: bool, key: str) -> list:
@@ -156,10 +167,10 @@ def restore(entries: list, trust_code: bool, key: str) -> list:
     how = (
         "to the command" if key.startswith("trainer.resume") else "(in Python: nnrun.load_run(folder, trust_code=True))"
     )
-    names = []
-    for entry in entries:
+    checked = []
+    for entry in entries:  # every file checked (and its bytes read) before any of them runs
         name, file = entry["module"], Path(entry["file"])
-        if name in names:
+        if any(name == n for n, _, _ in checked):
             continue
         if not file.is_file():
             raise ConfigError(
@@ -179,7 +190,11 @@ def restore(entries: list, trust_code: bool, key: str) -> list:
                 f"module {name} ({file}) changed since the run was trained (its sha256 differs from {RECORD}'s); "
                 f"the model is built from today's code"
             )
-        sources.load(name, file, Path(entry["folder"]), key, data)
+        sources.register(name, file, Path(entry["folder"]), key, data)
+        checked.append((name, file, entry["folder"]))
+    names = []
+    for name, file, folder in checked:
+        sources.load(name, file, Path(folder), key, sources.FINDER.files[name][1])
         RESTORED[name] = str(file)
         VETTED.add(name)
         names.append(name)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 SERVER = r"""
 import json, os, sys
+sys.path[:] = [p for p in sys.path if p != ""]  # as the console script's: `-c` put the working folder first
 import torch, torch._dynamo, torch.optim                    # what every run imports anyway
 import hydra, omegaconf, rich, sklearn.datasets, safetensors.torch
 import nnrun.cli, nnrun.data, nnrun.models, nnrun.train.loop, nnrun.callbacks, nnrun.report.console
