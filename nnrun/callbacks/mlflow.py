@@ -38,7 +38,7 @@ class MLflowLogger(Callback):
         self.client_class, self.uri = MlflowClient, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self.experiment_name, self.run_name, self.log_checkpoints = experiment_name, run_name, log_checkpoints
         self.run_id = self.parent_id = self.client = None
-        self.sender = Sender("mlflow", bounded=remote(self.uri))
+        self.sender = Sender("mlflow", bounded=remote(self.uri), server=redact(self.uri or "MLflow's default store"))
         self.quickened = quicken()
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry lines: ours says it once
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its "creating tables", "view run" lines
@@ -75,10 +75,9 @@ class MLflowLogger(Callback):
         self.sender.send(lambda: self.log_epoch(epoch, metrics), metrics=True)
 
     def on_run_end(self, summary, error) -> None:
-        where = redact(self.uri or "MLflow's default store")
         late = (
-            f"callbacks.mlflow: {where} did not answer in {GRACE:.0f} s; the run ends without waiting for it, "
-            f"and metrics.csv has every number"
+            f"callbacks.mlflow: {self.sender.server} did not answer in {GRACE:.0f} s; the run ends without waiting "
+            f"for it, and metrics.csv has every number"
         )
         try:
             self.sender.close(late, last=lambda: self.end(summary, error))
@@ -127,9 +126,8 @@ class MLflowLogger(Callback):
         try:
             action()
         except Exception as exc:  # noqa: BLE001  (MlflowException, requests' errors, sqlite's: all mean "not there")
-            where = redact(self.uri or "MLflow's default store")
             self.sender.warn(
-                f"callbacks.mlflow: could not {what} at {where} ({short_reason(exc)}); training goes on "
+                f"callbacks.mlflow: could not {what} at {self.sender.server} ({short_reason(exc)}); training goes on "
                 f"without MLflow, and metrics.csv has every number"
             )
             self.client = None
@@ -274,7 +272,7 @@ def end_sweep(config, failed: bool) -> None:
     if known is None or options == "absent":
         return
     uri = (options or {}).get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    sender = Sender("mlflow", bounded=remote(uri))
+    sender = Sender("mlflow", bounded=remote(uri), server=redact(uri or "MLflow's default store"))
 
     def close() -> None:
         try:
@@ -289,7 +287,7 @@ def end_sweep(config, failed: bool) -> None:
     quickened = quicken()
     try:
         sender.send(close)
-        sender.close(f"callbacks.mlflow: {redact(uri)} did not answer in {GRACE:.0f} s; the sweep's parent run "
+        sender.close(f"callbacks.mlflow: {sender.server} did not answer in {GRACE:.0f} s; the sweep's parent run "
                      f"stays RUNNING there")  # fmt: skip
     finally:
         unquicken(quickened)

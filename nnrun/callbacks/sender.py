@@ -17,8 +17,9 @@ class Sender:
     """One worker thread and its queue. bounded=False for a store on this machine (sqlite, files,
     W&B offline): nothing there waits on a network, so the end waits for it as long as it takes."""
 
-    def __init__(self, name: str, bounded: bool):
-        self.name, self.bounded = name, bounded
+    def __init__(self, name: str, bounded: bool, server: str):
+        """name: the callback's; server: what the calls go to, for messages."""
+        self.name, self.bounded, self.server = name, bounded, server
         self.queue = queue.Queue()
         self.thread = None
         self.deadline = None  # when the end of the run stops waiting for the call under way
@@ -35,7 +36,7 @@ class Sender:
             self.thread = threading.Thread(target=self.work, name=f"nnrun-{self.name}", daemon=True)
             self.thread.start()
         if metrics and self.queue.qsize() >= BEHIND:
-            self.warn(f"callbacks.{self.name}: {BEHIND} calls wait for the server; epochs are dropped until it "
+            self.warn(f"callbacks.{self.name}: {BEHIND} calls wait for {self.server}; epochs are not sent until it "
                       f"catches up (metrics.csv has every number)")  # fmt: skip
             return
         self.queue.put(action)

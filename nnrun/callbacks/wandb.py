@@ -33,7 +33,7 @@ class WandB(Callback):
         self.mode, self.log_checkpoints = mode, log_checkpoints
         self.run, self.run_id = None, None
         # offline and disabled write on this machine: the end of a run waits for them as long as it takes
-        self.sender = Sender("wandb", bounded=(mode or default_mode()) == "online")
+        self.sender = Sender("wandb", bounded=(mode or default_mode()) == "online", server="W&B")
 
     def on_train_begin(self, logs):
         self.begin(None)
