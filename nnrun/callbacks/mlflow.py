@@ -287,8 +287,9 @@ def end_sweep(config, failed: bool) -> None:
     quickened = quicken()
     try:
         sender.send(close)
-        sender.close(f"callbacks.mlflow: {sender.server} did not answer in {GRACE:.0f} s; the sweep's parent run "
-                     f"stays RUNNING there")  # fmt: skip
+        sender.close(
+            f"callbacks.mlflow: {sender.server} did not answer in {GRACE:.0f} s; the sweep's parent run stays RUNNING"
+        )
     finally:
         unquicken(quickened)
 

@@ -36,8 +36,10 @@ class Sender:
             self.thread = threading.Thread(target=self.work, name=f"nnrun-{self.name}", daemon=True)
             self.thread.start()
         if metrics and self.queue.qsize() >= BEHIND:
-            self.warn(f"callbacks.{self.name}: {BEHIND} calls wait for {self.server}; epochs are not sent until it "
-                      f"catches up (metrics.csv has every number)")  # fmt: skip
+            self.warn(
+                f"callbacks.{self.name}: {BEHIND} calls wait for {self.server}; epochs are not sent until it "
+                f"catches up (metrics.csv has every number)"
+            )
             return
         self.queue.put(action)
 
