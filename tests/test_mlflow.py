@@ -1,6 +1,7 @@
 """callbacks.mlflow against a real `mlflow server` (sqlite store, artifacts on disk) on 127.0.0.1:
 a run's params, metrics and files read back with MlflowClient; a sweep's parent and children; a
-run stopped and resumed keeps one MLflow run; an MLflow that does not answer is one warning."""
+run stopped and resumed keeps one MLflow run; an MLflow that refuses or never answers is one warning,
+and a stop signal is honoured while it hangs."""
 
 import csv
 import json
@@ -8,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +23,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 BIN = Path(sys.executable).parent
 QUICK = ["data=digits", "trainer.epochs=2", "~callbacks.early_stopping"]
+# MLflow's own defaults, set by a user (nnrun keeps them): 120 s a request, 7 retries
+PATIENT = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "120", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"}
 
 
 def free_port() -> int:
@@ -63,6 +67,33 @@ def server(tmp_path_factory):
     yield uri
     proc.terminate()
     proc.wait(30)
+
+
+@pytest.fixture
+def hung():
+    """A server that accepts connections and never answers: the URI of a tracking server that hangs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    held, done = [], threading.Event()
+
+    def accept():
+        while not done.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    done.set()
+    thread.join(10)
+    for connection in [listener, *held]:
+        connection.close()
+
+
+def warnings_in(result) -> list:
+    return [line for line in (result.stdout + result.stderr).splitlines() if "warning" in line.lower()]
 
 
 def runs_of(uri, experiment: str) -> list:
@@ -148,10 +179,41 @@ def test_an_mlflow_that_does_not_answer_is_one_warning_and_the_run_completes(tmp
     start = time.monotonic()
     result, run_dir = train(tmp_path, *QUICK, f"+callbacks.mlflow.tracking_uri={dead}")
     assert time.monotonic() - start < 90
-    warnings = [line for line in (result.stdout + result.stderr).splitlines() if "warning" in line.lower()]
+    warnings = warnings_in(result)
     assert len(warnings) == 1 and "callbacks.mlflow: could not start the run" in warnings[0], warnings
     assert "(connection refused); training goes on" in warnings[0]
     assert summary(run_dir)["status"] == "completed" and len(read_metrics(run_dir)) == 2
+
+
+def test_a_server_that_never_answers_costs_one_warning_and_the_run_completes(tmp_path, hung):
+    # the old synchronous calls waited 8 x 120 s here; nothing may wait on the server now
+    args = ["hydra.run.dir=run", *QUICK, "trainer.plots=false", f"+callbacks.mlflow.tracking_uri={hung}"]
+    result = nnrun(*args, cwd=tmp_path, env=clean_env(**PATIENT), timeout=240)
+    assert result.returncode == 0, result.stderr
+    [warning] = warnings_in(result)
+    assert f"callbacks.mlflow: {hung}" in warning and "metrics.csv has every number" in warning
+    run_dir = tmp_path / "run"
+    assert summary(run_dir)["status"] == "completed" and len(read_metrics(run_dir)) == 2
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_stop_signal_is_honoured_while_the_server_hangs(tmp_path, hung):
+    args = ["hydra.run.dir=run", "data=digits", "trainer.epochs=500", "~callbacks.early_stopping",
+            "trainer.plots=false", f"+callbacks.mlflow.tracking_uri={hung}"]  # fmt: skip
+    proc = subprocess.Popen([*NNRUN, *args], cwd=tmp_path, env=clean_env(**PATIENT), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    run_dir, deadline = tmp_path / "run", time.monotonic() + 120
+    try:
+        while not ((run_dir / "metrics.csv").exists() and len(read_metrics(run_dir)) >= 1):  # training, not waiting
+            assert proc.poll() is None and time.monotonic() < deadline, "no epoch in 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert [line for line in (out + err).splitlines() if "warning" in line.lower() and "callbacks.mlflow" in line]
+    assert summary(run_dir)["status"] == "interrupted" and (run_dir / "checkpoints" / "last.pt").is_file()
 
 
 def test_without_a_uri_it_uses_mlflows_default_store_in_the_working_folder(tmp_path):

@@ -1,7 +1,8 @@
 """MLflow tracking (pip install 'nnrun[mlflow]'): each run becomes an MLflow run with the config as
 params, every metrics.csv column per epoch, the test metrics, tags and the run folder's files; a
-sweep is a parent run with a child per job; a resumed run continues its MLflow run. MLflow that
-does not answer is one warning: training goes on, and metrics.csv has everything."""
+sweep is a parent run with a child per job; a resumed run continues its MLflow run. The calls run on
+a thread of their own (callbacks.sender): MLflow that fails or hangs is one warning, training goes
+on, and metrics.csv has everything."""
 
 import fcntl
 import json
@@ -9,8 +10,10 @@ import logging
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
+from nnrun.callbacks.sender import GRACE, Sender, Timed, upload_seconds
 from nnrun.errors import ConfigError
 
 log = logging.getLogger("nnrun")
@@ -35,8 +38,8 @@ class MLflowLogger(Callback):
         self.client_class, self.uri = MlflowClient, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self.experiment_name, self.run_name, self.log_checkpoints = experiment_name, run_name, log_checkpoints
         self.run_id = self.parent_id = self.client = None
-        for key, value in QUICK.items():
-            os.environ.setdefault(key, value)
+        self.sender = Sender("mlflow", bounded=remote(self.uri), server=redact(self.uri or "MLflow's default store"))
+        self.quickened = quicken()
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry lines: ours says it once
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its "creating tables", "view run" lines
 
@@ -45,7 +48,8 @@ class MLflowLogger(Callback):
     def on_train_begin(self, logs):
         if not self.speaks():
             return
-        self.attempt("start the run", self.start)
+        sweep = sweep_folder()
+        self.sender.send(lambda: self.attempt("start the run", lambda: self.start(sweep)))
 
     def state_dict(self) -> dict:
         return {"run_id": self.run_id, "parent_id": self.parent_id}
@@ -55,22 +59,43 @@ class MLflowLogger(Callback):
         self.run_id, self.parent_id = state.get("run_id"), state.get("parent_id")
         if not self.speaks():
             return
+        sweep = sweep_folder()
         if self.run_id is None:  # it did not reach MLflow before: start now
-            self.attempt("start the run", self.start)
-            return
-        self.attempt("continue the run", lambda: self.connect().update_run(self.run_id, status="RUNNING"))
-        if self.client is not None:
-            log.info(f"callbacks.mlflow: continuing MLflow run {self.run_id}")
+            self.sender.send(lambda: self.attempt("start the run", lambda: self.start(sweep)))
+        else:
+            self.sender.send(self.carry_on)
 
     def on_epoch_end(self, epoch, logs):
-        if self.run_id is not None and self.client is not None:
-            from mlflow.entities import Metric
+        if not self.sender.started:  # another DDP rank
+            return
+        from mlflow.entities import Metric
 
-            stamp = now()
-            metrics = [Metric(safe_name(k), float(v), stamp, epoch) for k, v in logs.items() if number(v)]
-            self.attempt(f"log epoch {epoch}", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+        stamp = now()
+        metrics = [Metric(safe_name(k), float(v), stamp, epoch) for k, v in logs.items() if number(v)]
+        self.sender.send(lambda: self.log_epoch(epoch, metrics), metrics=True)
 
     def on_run_end(self, summary, error) -> None:
+        late = (
+            f"callbacks.mlflow: {self.sender.server} did not answer in {GRACE:.0f} s; the run ends without waiting "
+            f"for it, and metrics.csv has every number"
+        )
+        try:
+            self.sender.close(late, last=lambda: self.end(summary, error))
+        finally:
+            unquicken(self.quickened)
+
+    # ---- on the sender's thread ----
+
+    def carry_on(self) -> None:
+        self.attempt("continue the run", lambda: self.connect().update_run(self.run_id, status="RUNNING"))
+        if self.client is not None:
+            self.sender.info(f"callbacks.mlflow: continuing MLflow run {self.run_id}")
+
+    def log_epoch(self, epoch: int, metrics: list) -> None:
+        if self.run_id is not None and self.client is not None:
+            self.attempt(f"log epoch {epoch}", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+
+    def end(self, summary, error) -> None:
         if self.run_id is None or self.client is None:
             return
         from nnrun.train.loop import Interrupted
@@ -93,7 +118,7 @@ class MLflowLogger(Callback):
 
     def connect(self):
         if self.client is None:
-            self.client = self.client_class(tracking_uri=self.uri)
+            self.client = Timed(self.client_class(tracking_uri=self.uri), self.sender)
         return self.client
 
     def attempt(self, what: str, action) -> None:
@@ -101,15 +126,14 @@ class MLflowLogger(Callback):
         try:
             action()
         except Exception as exc:  # noqa: BLE001  (MlflowException, requests' errors, sqlite's: all mean "not there")
-            where = self.uri or "MLflow's default store"
-            log.warning(
-                f"callbacks.mlflow: could not {what} at {where} ({short_reason(exc)}); training goes on "
+            self.sender.warn(
+                f"callbacks.mlflow: could not {what} at {self.sender.server} ({short_reason(exc)}); training goes on "
                 f"without MLflow, and metrics.csv has every number"
             )
             self.client = None
 
-    def start(self) -> None:
-        sweep = sweep_folder()
+    def start(self, sweep) -> None:
+        """sweep: the sweep's folder when this run is a job of one (read on the training thread)."""
         if sweep is None:
             self.open_run(None)
             return
@@ -132,7 +156,8 @@ class MLflowLogger(Callback):
         run = client.create_run(experiment_id, tags=tags, run_name=self.run_name or self.run_dir.name)
         self.run_id = run.info.run_id
         self.attempt("log the config", lambda: self.log_config(client))
-        log.info(f"callbacks.mlflow: run {self.run_id} in experiment {self.experiment_name} at {client.tracking_uri}")
+        where = redact(client.tracking_uri)
+        self.sender.info(f"callbacks.mlflow: run {self.run_id} in experiment {self.experiment_name} at {where}")
 
     def log_config(self, client) -> None:
         """The resolved config, flattened (model.hidden, optimizer.lr...), as the run's params."""
@@ -166,9 +191,17 @@ class MLflowLogger(Callback):
         client.log_batch(self.run_id, metrics=tests, tags=tags)
         files = [self.run_dir / name for name in RUN_FILES if (self.run_dir / name).is_file()]
         for path in files:
-            client.log_artifact(self.run_id, str(path))
-        if self.log_checkpoints and (self.run_dir / "checkpoints").is_dir():
-            client.log_artifacts(self.run_id, str(self.run_dir / "checkpoints"), artifact_path="checkpoints")
+            client.log_artifact(self.run_id, str(path), seconds=upload_seconds(path))
+        folder = self.run_dir / "checkpoints"
+        if self.log_checkpoints and folder.is_dir():
+            client.log_artifacts(self.run_id, str(folder), artifact_path="checkpoints", seconds=upload_seconds(folder))
+
+
+def remote(uri) -> bool:
+    """Whether MLflow reaches the store over a network (a server, a database server): the end of a run
+    waits for one only while it answers. A store on this machine (MLflow's default sqlite file, a
+    folder) is waited for as long as it takes."""
+    return uri is not None and urlparse(uri).scheme not in ("", "file", "sqlite")
 
 
 def short_reason(exc) -> str:
@@ -238,17 +271,41 @@ def end_sweep(config, failed: bool) -> None:
     options = (config.get("callbacks") or {}).get("mlflow", "absent")
     if known is None or options == "absent":
         return
-    try:
-        from mlflow.tracking import MlflowClient
+    uri = (options or {}).get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    sender = Sender("mlflow", bounded=remote(uri), server=redact(uri or "MLflow's default store"))
 
-        for key, value in QUICK.items():
-            os.environ.setdefault(key, value)
-        uri = (options or {}).get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-        client = MlflowClient(tracking_uri=uri)
-        if known.get("tracking_uri") == redact(client.tracking_uri) and ours(client, known["run_id"], sweep):
-            client.set_terminated(known["run_id"], "FAILED" if failed else "FINISHED")
-    except Exception as exc:  # noqa: BLE001
-        log.warning(f"callbacks.mlflow: could not close the sweep's parent run ({short_reason(exc)})")
+    def close() -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = Timed(MlflowClient(tracking_uri=uri), sender)
+            if known.get("tracking_uri") == redact(client.tracking_uri) and ours(client, known["run_id"], sweep):
+                client.set_terminated(known["run_id"], "FAILED" if failed else "FINISHED")
+        except Exception as exc:  # noqa: BLE001
+            sender.warn(f"callbacks.mlflow: could not close the sweep's parent run ({short_reason(exc)})")
+
+    quickened = quicken()
+    try:
+        sender.send(close)
+        sender.close(
+            f"callbacks.mlflow: {sender.server} did not answer in {GRACE:.0f} s; the sweep's parent run stays RUNNING"
+        )
+    finally:
+        unquicken(quickened)
+
+
+def quicken() -> list:
+    """QUICK's settings for nnrun's own calls, where the user set none; the names of those set."""
+    added = [key for key in QUICK if key not in os.environ]
+    os.environ.update((key, QUICK[key]) for key in added)
+    return added
+
+
+def unquicken(added: list) -> None:
+    """The process's settings as they were before quicken (the caller's own MLflow calls keep theirs)."""
+    for key in added:
+        if os.environ.get(key) == QUICK[key]:
+            del os.environ[key]
 
 
 SAFE = re.compile(r"[^\w\-. /]")  # the characters MLflow takes in a param or metric name

@@ -1,15 +1,16 @@
 """Weights & Biases: the run's config, metrics, test scores and files in a W&B run (optional: pip
-install 'nnrun[wandb]'). Offline without an API key: written into the run folder, `wandb sync` later."""
+install 'nnrun[wandb]'). Offline without an API key: written into the run folder, `wandb sync` later.
+The calls run on a thread of their own (callbacks.sender): W&B never holds up training."""
 
-import logging
 import os
+import secrets
 import shutil
 from pathlib import Path
 
 from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
+from nnrun.callbacks.sender import GRACE, Sender, upload_seconds
 from nnrun.errors import ConfigError
 
-log = logging.getLogger("nnrun")
 MODES = (None, "online", "offline", "disabled")
 
 
@@ -31,24 +32,30 @@ class WandB(Callback):
         self.dir = relative_name(dir, "callbacks.wandb.dir") if dir is not None else None
         self.mode, self.log_checkpoints = mode, log_checkpoints
         self.run, self.run_id = None, None
+        # offline and disabled write on this machine: the end of a run waits for them as long as it takes
+        self.sender = Sender("wandb", bounded=(mode or default_mode()) == "online", server="W&B")
 
     def on_train_begin(self, logs):
-        self.run_id = None
-        self.start()
+        self.begin(None)
 
     def state_dict(self) -> dict:
         return {"run_id": self.run_id}  # a resumed run continues this W&B run
 
     def load_state_dict(self, state: dict) -> None:
-        self.run_id = state.get("run_id")
-        self.start()
+        self.begin(state.get("run_id"))
 
-    def start(self) -> None:
+    def begin(self, run_id) -> None:
+        """Start the W&B run (run_id: the one a resumed run continues) off the training thread; its id
+        is chosen here, so a checkpoint saved before W&B answers still names it."""
         from nnrun.train import distributed
 
-        self.run = None
         if distributed.launched() and distributed.rank() != 0:  # DDP: rank 0 logs for all
             return
+        self.run_id = run_id or secrets.token_hex(4)
+        group = sweep_group()  # Hydra's state, read on the training thread
+        self.sender.send(lambda: self.start(resume=run_id is not None, group=group))
+
+    def start(self, resume: bool, group: dict) -> None:
         folder = self.run_dir / self.dir if self.dir else self.run_dir
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -60,14 +67,13 @@ class WandB(Callback):
                 mode=self.mode or default_mode(),
                 dir=str(folder),
                 id=self.run_id,
-                resume="allow" if self.run_id else None,
+                resume="allow" if resume else None,
                 config=flat(run_config(self.run_dir)),
                 notes=notes(self.run_dir),
-                **sweep_group(),
+                **group,
                 # no console capture, no banner: nnrun's console stays as it is
                 settings=self.wandb.Settings(silent=True, console="off", init_timeout=30),
             )
-            self.run_id = self.run.id
         except Exception as exc:
             self.failed(exc)
         finally:  # a failed init leaves its links too: a run folder with links cannot be resumed
@@ -84,13 +90,22 @@ class WandB(Callback):
                         os.unlink(os.path.join(parent, name))
 
     def on_epoch_end(self, epoch, logs):
+        if self.sender.started:
+            row = {"epoch": epoch, **logs}  # metrics.csv's row
+            self.sender.send(lambda: self.log_epoch(epoch, row), metrics=True)
+
+    def log_epoch(self, epoch: int, row: dict) -> None:
         if self.run is not None:
-            self.call(self.run.log, {"epoch": epoch, **logs}, step=epoch)  # metrics.csv's row
+            self.call(self.run.log, row, step=epoch)
 
     def on_run_end(self, summary, error) -> None:
-        if self.run is None:  # never started (failed before training, a DDP helper) or W&B failed
-            if self.run_id is not None or getattr(self, "run_dir", None) is not None:
-                self.call(self.unlink)
+        late = f"callbacks.wandb: W&B did not answer in {GRACE:.0f} s; the run ends without waiting for it"
+        self.sender.close(late, last=lambda: self.end(summary, error))
+        if getattr(self, "run_dir", None) is not None:  # setup() was called
+            self.call(self.unlink)  # also when W&B failed, or is left behind
+
+    def end(self, summary, error) -> None:
+        if self.run is None:  # W&B failed
             return
         from nnrun.train.loop import Interrupted
 
@@ -110,14 +125,16 @@ class WandB(Callback):
         names = list(RUN_FILES)
         if self.log_checkpoints:
             names += [f"checkpoints/{p.name}" for p in sorted((self.run_dir / "checkpoints").glob("*.pt"))]
-        for name in names:
-            if self.run is not None and (self.run_dir / name).is_file():
+        files = [name for name in names if (self.run_dir / name).is_file()]
+        for name in files:
+            if self.run is not None:
                 self.call(self.attach, name)
         if self.run is not None:
+            self.sender.allow(upload_seconds(*(self.run_dir / name for name in files)))  # finish uploads them
             self.call(self.run.finish, exit_code=code)  # W&B's state: finished (0) or failed
         self.run = None
-        self.call(self.wandb.teardown)
-        self.call(self.unlink)  # its service process ends with the run, not at exit
+        self.sender.allow()
+        self.call(self.wandb.teardown)  # its service process ends with the run, not at exit
 
     def attach(self, name: str) -> None:
         """A run file into the W&B run's files/ (a hard link, else a copy: an offline run stays whole
@@ -142,10 +159,9 @@ class WandB(Callback):
             self.failed(exc)
 
     def failed(self, exc) -> None:
-        if not getattr(self, "warned", False):
-            first = (str(exc).strip().splitlines() or [""])[0]
-            log.warning(f"callbacks.wandb: W&B failed ({type(exc).__name__}: {first}); training goes on without it")
-        self.warned, self.run = True, None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        self.sender.warn(f"callbacks.wandb: W&B failed ({type(exc).__name__}: {first}); training goes on without it")
+        self.run = None
 
 
 def default_mode() -> str:
