@@ -1,0 +1,71 @@
+"""torch.load with weights_only=True, and its refusals in nnrun's words: a file holding code is
+"would run code", a file whose bytes are no checkpoint is "damaged". torch's own text is never
+passed on: it advises re-running with weights_only=False, which would run that code."""
+
+import io
+import pickle
+import pickletools
+import re
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from nnrun.errors import ConfigError
+
+
+class CheckpointError(ConfigError):
+    """A file that is not a checkpoint nnrun can load: damaged, or holding more than data."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A file holding Python objects that would run code when loaded: never a fallback, always an error."""
+
+
+# pickle opcodes that import a name or call one: a pickle holding any of them runs code when loaded
+CODE = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def load_tensors(path: Path, label: str, fix: str):
+    """torch.load(path, weights_only=True) on the CPU; label names the file in messages
+    ("trainer.resume=run/checkpoints/last.pt"), fix says what to do when it is damaged."""
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
+        text = str(exc).strip()
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+            named = re.search(r"GLOBAL ([\w.]+)", text)  # torch's text names the callable it refused
+            if named or holds_code(path):
+                what = f" ({named.group(1)})" if named else ""
+                raise UnsafeCheckpoint(
+                    f"{label} was refused because loading it would run code: it holds Python "
+                    f"objects, not only tensors{what}; nothing in it was loaded or run"
+                ) from None
+            text = ""  # torch's text here is its advice to load unsafely, not a reason
+        first = text.splitlines()[0][:200] if text else "its bytes are not a checkpoint's"
+        raise CheckpointError(f"{label} is damaged or not a checkpoint ({first}); {fix}") from None
+
+
+def holds_code(path: Path) -> bool:
+    """Whether the file is a well-formed pickle (or torch zip of one) that imports or calls a name.
+    Garbage is not: its bytes may read as a few opcodes, but not as pickles ending in STOP."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(name) if name else b""
+        else:
+            data = Path(path).read_bytes()
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return False
+    stream, code = io.BytesIO(data), False
+    while stream.tell() < len(data):  # torch's legacy format: several pickles in a row
+        try:
+            ops = [op.name for op, _, _ in pickletools.genops(stream)]
+        except Exception:  # noqa: BLE001  (not a pickle from here on: damage)
+            return False
+        code = code or bool(CODE.intersection(ops))
+    return code
