@@ -2,6 +2,7 @@
 finishes, the state is saved and the run exits as 128 + the signal's number (130 for Ctrl-C,
 143 for SIGTERM). A second signal while stopping is only acknowledged: nothing is cut short."""
 
+import logging
 import signal
 import sys
 from contextlib import contextmanager
@@ -10,9 +11,13 @@ from contextlib import contextmanager
 class StopRequest:
     def __init__(self, quiet: bool = False):
         self.signum, self.quiet = None, quiet  # quiet: a DDP rank other than 0 (rank 0 tells)
+        self.note = None  # what handle() told the console, for nnrun.log
 
     def __call__(self):
         """The number of the signal asking to stop, or None."""
+        if self.note is not None:  # logged here, not in the handler: logging takes locks a handler may interrupt
+            logging.getLogger("nnrun").warning(self.note, extra={"file_only": True})
+            self.note = None
         return self.signum
 
     def handle(self, signum, frame):
@@ -21,11 +26,8 @@ class StopRequest:
         elif self.signum is None:
             self.signum = signum
             doing = "stopping the data reading" if reading else "finishing this step and saving"
-            print(
-                f"nnrun: {signal.Signals(signum).name} received: {doing} (a second signal changes nothing)",
-                file=sys.stderr,
-                flush=True,
-            )
+            self.note = f"{signal.Signals(signum).name} received: {doing} (a second signal changes nothing)"
+            print(f"nnrun: {self.note}", file=sys.stderr, flush=True)
         else:
             print("nnrun: already stopping; saving the checkpoint", file=sys.stderr, flush=True)
 
