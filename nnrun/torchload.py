@@ -25,6 +25,7 @@ class UnsafeCheckpoint(CheckpointError):
 
 # pickle opcodes that import a name or call one: a pickle holding any of them runs code when loaded
 CODE = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+LIMIT = 64 << 20  # bytes of pickle read to tell code from damage (torch names most code itself)
 
 
 def load_tensors(path: Path, label: str, fix: str):
@@ -34,6 +35,8 @@ def load_tensors(path: Path, label: str, fix: str):
         with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"{label} cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
         text = str(exc).strip()
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
@@ -44,8 +47,10 @@ def load_tensors(path: Path, label: str, fix: str):
                     f"{label} was refused because loading it would run code: it holds Python "
                     f"objects, not only tensors{what}; nothing in it was loaded or run"
                 ) from None
-            text = ""  # torch's text here is its advice to load unsafely, not a reason
-        first = text.splitlines()[0][:200] if text else "its bytes are not a checkpoint's"
+        # a pickle's own errors say nothing a user can act on; torch's weights-only text is its advice
+        # to load unsafely, never passed on
+        plain = not isinstance(exc, (KeyError, EOFError, pickle.UnpicklingError)) and text
+        first = text.splitlines()[0][:200] if plain else "its bytes do not read as one"
         raise CheckpointError(f"{label} is damaged or not a checkpoint ({first}); {fix}") from None
 
 
@@ -55,10 +60,11 @@ def holds_code(path: Path) -> bool:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-                data = archive.read(name) if name else b""
+                entry = next((e for e in archive.infolist() if e.filename.endswith("data.pkl")), None)
+                data = archive.read(entry) if entry and entry.file_size <= LIMIT else b""
         else:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(LIMIT)  # a pickle cut here does not end in STOP: read as damage
     except (OSError, zipfile.BadZipFile, RuntimeError):
         return False
     stream, code = io.BytesIO(data), False
