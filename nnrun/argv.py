@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nnrun.errors import ConfigError
+from nnrun.runfolder import MADE
 
 
 def under_torchrun() -> bool:
@@ -37,7 +38,13 @@ def ddp_setup(argv: list) -> list:
 
 
 def refuse_used_run_dir(args) -> None:
-    """hydra.run.dir=<a folder that holds a run> would overwrite it: refused, unless resuming."""
+    """hydra.run.dir=<a folder that holds a run> would overwrite it: refused, unless resuming. One
+    that does not exist yet is this command's to make (and to remove after an error before training)."""
+    for arg in args:
+        if arg.startswith("hydra.run.dir=") and "$" not in arg:
+            folder = Path(arg.split("=", 1)[1]).expanduser()
+            if not folder.exists() and not folder.is_symlink():
+                MADE.add(str(folder.resolve()))
     if any(a.startswith("trainer.resume=") for a in args) or "--multirun" in args or "-m" in args:
         return
     for arg in args:
@@ -242,6 +249,7 @@ def make_run_dir(folder: str, name=None) -> str:
         candidate = path if n == 0 else path.with_name(f"{path.name}-{n}")
         try:
             candidate.mkdir()  # atomic: of two processes, one gets each name
+            MADE.add(str(candidate.resolve()))  # an error before training may remove it
             return str(candidate)
         except FileExistsError:
             n += 1

@@ -43,8 +43,16 @@ def run(
     callbacks = build_callbacks(plain["callbacks"], extra_callbacks)  # before the data: config errors fail fast
     with run_end(callbacks) as ended:  # on_run_end: how it ended, once the run folder holds everything
         saved = resume_state(resume_from, plain)
-        write_pending()  # the resume is accepted: .hydra/ may now change
         data = load_data(job)
+        trained_on = fingerprint(data)
+        if saved is not None:  # the same data, checked before anything of that run changes
+            changed = fingerprint_changes(saved.get("data") or trained_on, trained_on)
+            if changed:  # a checkpoint from before fingerprints has none: nothing to compare
+                raise ConfigError(
+                    f"trainer.resume={resume_from}: the data is not what the run trained on ({changed}); "
+                    f"resume on the same data, or start a new run"
+                )
+        write_pending()  # the resume is accepted: .hydra/ and the log may now change
         write_preprocessing(run_dir, data)
         model_conf = {
             **plain["model"],
@@ -66,14 +74,8 @@ def run(
 
         outputs = Outputs(run_dir, plain, EpochProgress(console), stop or (lambda: None))
         fitter, summary["warnings"] = make_trainer(job, model, data, callbacks, outputs, resumed=saved is not None)
-        fitter.data_fingerprint = fingerprint(data)
+        fitter.data_fingerprint = trained_on
         if saved is not None:
-            changed = fingerprint_changes(saved.get("data") or fitter.data_fingerprint, fitter.data_fingerprint)
-            if changed:  # a checkpoint from before fingerprints has none: nothing to compare
-                raise ConfigError(
-                    f"trainer.resume={resume_from}: the data is not what the run trained on ({changed}); "
-                    f"resume on the same data, or start a new run"
-                )
             fitter.load_state_dict(saved)
         history = fitter.fit(data)
         summary.update(fitter.test_weights(trainer["test_weights"]))  # best (by default) or last

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from nnrun.errors import ConfigError, suggest
 
@@ -153,7 +153,25 @@ MODES = ("auto", "min", "max")
 
 
 def check(conf) -> None:
-    """Raise ConfigError for keys added past the schema (+key=...) and values out of range."""
+    """Raise ConfigError for required keys left unset (???), all named at once, keys added past the
+    schema (+key=...) and values out of range."""
+    missing = {key: "" for key in OmegaConf.missing_keys(conf) if not key.startswith("hydra.")}
+    for group in ("data", "model"):
+        for key, meaning in required(group, conf[group].get("name")).items():
+            if OmegaConf.select(conf, f"{group}.{key}", throw_on_missing=False) in (None, "???"):
+                missing[f"{group}.{key}"] = meaning
+    if len(missing) == 1:
+        ((key, meaning),) = missing.items()
+        raise ConfigError(
+            f"{key} is required{f' ({meaning})' if meaning else ''}; set it on the command line: {key}=..."
+        )
+    if missing:
+        keys = sorted(missing)
+        named = [f"{key} ({missing[key]})" if missing[key] else key for key in keys]
+        raise ConfigError(
+            f"{', '.join(named[:-1])} and {named[-1]} are required; set them on the command line: "
+            f"{' '.join(f'{key}=...' for key in keys)}"
+        )
     for section, schema in (("trainer", TrainerConf), ("data", DataConf), ("optimizer", OptimizerConf)):
         known = [f.name for f in fields(schema)]
         for key in conf[section]:
@@ -180,6 +198,20 @@ def check(conf) -> None:
         raise ConfigError(f"trainer.mode={conf.trainer.mode} is not one of {', '.join(MODES)}")
     if conf.trainer.test_weights not in ("best", "last"):
         raise ConfigError(f"trainer.test_weights={conf.trainer.test_weights} is not one of best, last")
+
+
+def required(group: str, option) -> dict:
+    """The keys an option's YAML marks ??? (conf/data/csv.yaml: path, target), each with its
+    comment's first words. Merged over the schema's defaults (None), a ??? keeps the default, so
+    the composed config no longer says which keys are required."""
+    import re
+    from importlib.resources import files
+
+    path = files("nnrun.conf").joinpath(group, f"{option}.yaml")
+    if not isinstance(option, str) or not path.is_file():
+        return {}
+    found = re.findall(r"^(\w+):\s*\?\?\?[ \t]*(?:#[ \t]*(.*))?$", path.read_text(), flags=re.MULTILINE)
+    return {key: comment.split(" (")[0].split(",")[0].strip() for key, comment in found}
 
 
 def _describe_range(low, high, inclusive) -> str:

@@ -39,6 +39,8 @@ def describe(exc: BaseException):
         return _wrong_type(cause.full_key, _first_line(cause.msg))
     if isinstance(cause, MissingMandatoryValue) and cause.full_key:
         return f"{cause.full_key} is required (it is ???); set it on the command line: {cause.full_key}=..."
+    if isinstance(exc, OverrideParseException) and exc.override and _syntax_error(exc.override):
+        return _syntax_error(exc.override)  # Hydra's text says neither where nor what it expected
     if isinstance(exc, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         lines = [_first_line(str(exc))]
         if exc.__cause__ is not None:
@@ -79,3 +81,45 @@ def _unknown_key(cause) -> str:
 
 def _first_line(text: str) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def _syntax_error(override: str):
+    """Where the override grammar stops reading override, and what it wanted there, in one line;
+    None when it reads (the error was not a syntax error)."""
+    from antlr4.error.ErrorListener import ErrorListener
+    from hydra.grammar.gen.OverrideLexer import CommonTokenStream, InputStream, OverrideLexer
+    from hydra.grammar.gen.OverrideParser import OverrideParser
+
+    class First(ErrorListener):
+        found = None
+
+        def syntaxError(self, recognizer, symbol, line, column, msg, e):
+            if self.found is None:
+                self.found = (column, getattr(symbol, "text", None), msg)
+
+    listener = First()
+    lexer = OverrideLexer(InputStream(override))
+    parser = OverrideParser(CommonTokenStream(lexer))
+    for part in (lexer, parser):
+        part.removeErrorListeners()
+        part.addErrorListener(listener)
+    parser.override()
+    if listener.found is None:
+        return None
+    column, text, msg = listener.found
+    what = "the end of the override" if text in (None, "<EOF>") else repr(text)
+    if msg.startswith("no viable alternative") and text in (None, "<EOF>"):
+        return f"{override}: it ends at character {column + 1} with a bracket, parenthesis or quote left open"
+    expected = "a value" if "FLOAT" in msg else _expected(msg)
+    hint = " (a sweep separates values by single commas, e.g. optimizer.lr=0.1,0.01)" if text == "," else ""
+    return f"{override}: cannot read {what} at character {column + 1}; expected {expected} there{hint}"
+
+
+def _expected(msg: str) -> str:
+    found = re.search(r"expecting (.*)$", msg)
+    if not found:
+        return "something else"
+    words = re.findall(r"'([^']+)'|(<EOF>)|([A-Z_]+)", found.group(1))
+    named = {"<EOF>": "the end of the override"}
+    out = [w[0] and repr(w[0]) or named.get(w[1]) or w[2].lower().replace("_", " ") for w in words]
+    return " or ".join(dict.fromkeys(out))

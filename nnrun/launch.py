@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from nnrun import config  # noqa: F401  (registers the schema, nnrun_schema, with Hydra)
+import nnrun.config  # noqa: F401  (registers the schema, nnrun_schema, with Hydra)
 from nnrun import sources
 from nnrun.argv import (
     check_searchpath,
@@ -27,7 +28,7 @@ from nnrun.argv import (
     unique_run_dir,
 )
 from nnrun.errors import describe
-from nnrun.runfolder import claim, install_hydra_checks, release, write_pending
+from nnrun.runfolder import MADE, claim, install_hydra_checks, release, remove_if_early, resume_pending, write_pending
 
 log = logging.getLogger("nnrun")
 EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
@@ -47,6 +48,16 @@ class StopSweep(BaseException):
 
     def __reduce__(self):  # crosses from a launcher's worker process to main()
         return StopSweep, (self.code, str(self))
+
+
+class ReleaseJob(Callback):
+    """Hydra keeps each job's JobReturn until the sweep ends, holding the job's config and a deep copy
+    of Hydra's (about 0.2 MB a job: a 200-job sweep grew by 40 MB); sweepers read only its
+    return_value, so the configs go as each job ends."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:
+            job_return.cfg = job_return.hydra_cfg = None
 
 
 @dataclass
@@ -138,7 +149,10 @@ def job(conf) -> Outcome:
         log.info(str(stopped), extra={"file_only": True})
         return Outcome(run_dir)
     except Exception as exc:
-        record_failure(exc, run_dir, helper)
+        if resume_pending():
+            pass  # a refused resume: the run it named stays as it was (this attempt's folder goes, below)
+        elif sweep or helper or failure(exc)[0] != EXIT_USAGE or not remove_if_early(run_dir):
+            record_failure(exc, run_dir, helper)  # an error before training in a single run leaves no folder
         if os.environ.get("NNRUN_DEBUG", "") in ("", "0"):
             # its traceback holds this job's frames (model, data, activations: GPU memory); the next
             # job of a sweep needs that memory, and the log has the traceback already
@@ -194,7 +208,8 @@ def find_resume(conf, run_dir: Path, sweep: bool, helper: bool):
     """(the folder to run in, the checkpoint to resume from: None for a fresh start, False when
     rank 0 ended the run). Ranks agree: rank 0 finds the checkpoint and tells the others."""
     from nnrun.train import distributed
-    from nnrun.train.resume import DONE, check_continue, locate, move_to, resume_job, status
+    from nnrun.runfolder import MOVES
+    from nnrun.train.resume import DONE, check_continue, locate, resume_job, status
 
     resume = conf.trainer.get("resume")
     if not resume:
@@ -219,8 +234,7 @@ def find_resume(conf, run_dir: Path, sweep: bool, helper: bool):
             except BaseException:
                 release(folder)
                 raise
-        move_to(run_dir, folder)
-        release(run_dir)
+        MOVES.append((run_dir, folder))  # the log moves there once the resume is accepted (cli.run)
     if resume_from:
         log.info(f"resuming {folder} from {resume_from}")
     return folder, resume_from
@@ -243,19 +257,18 @@ def interrupted(exc, run_dir: Path, helper: bool) -> StopSweep:
         },
     )
     where = f"after epoch {exc.epoch}" if not exc.step else f"at epoch {exc.epoch + 1}, step {exc.step}"
-    if getattr(exc, "reading", False):
-        return StopSweep(
-            128 + exc.signum,
-            "" if helper else f"stopped by {name} while reading the data, before training; run the command again",
+    if helper:  # rank 0 tells; the others' folders go
+        message = ""
+    elif getattr(exc, "reading", False):
+        message = f"stopped by {name} while reading the data, before training; run the command again"
+    else:
+        message = (
+            f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
+            f"continue with trainer.resume=auto (or trainer.resume={run_dir})"
         )
-    return StopSweep(
-        128 + exc.signum,
-        ""
-        if helper
-        # rank 0 tells; the others' folders go
-        else f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
-        f"continue with trainer.resume=auto (or trainer.resume={run_dir})",
-    )
+    if message:
+        log.warning(message, extra={"file_only": True})  # the console gets it from main()
+    return StopSweep(128 + exc.signum, message)
 
 
 def record_failure(exc, run_dir: Path, helper: bool) -> None:
@@ -282,6 +295,8 @@ def record_failure(exc, run_dir: Path, helper: bool) -> None:
         record.update(status="nan_loss", epoch=exc.epoch, step=exc.step)
     elif out_of_memory(exc):
         record["status"] = "oom"
+    if hasattr(exc, "epoch") and isinstance(exc, OSError):  # a full disk: where the run stopped (Trainer.save)
+        record.update(epoch=exc.epoch, step=exc.step)
     write_summary(run_dir, {**record, "run_dir": str(run_dir)}, last_resort=True)
 
 
@@ -361,6 +376,7 @@ def main(argv: list) -> int:
     debug = os.environ.get("NNRUN_DEBUG", "") not in ("", "0")
     register_resolvers()
     unique_run_dir.cache_clear()  # a new command: new run folders
+    MADE.clear()
     command = Command()
     entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(command.task)
     stopped, failures, sweep_stop = None, [], None
@@ -388,6 +404,8 @@ def main(argv: list) -> int:
         command.failed.append(Outcome(Path("."), error=exc))
         if command.sweep_dir is not None:  # a sweeper that raised (Optuna: no trial completed) skipped the table
             finish_sweep(command.sweep_dir)
+        for folder in sorted(MADE):  # a sweep that failed before its first job: its multirun.yaml goes
+            remove_if_early(folder)
     if debug and command.failed:
         raise command.failed[0].error
     if command.failed:  # this process's own, with their exceptions

@@ -16,6 +16,9 @@ log = logging.getLogger("nnrun")
 
 LOCK = ".lock"
 _HELD = {}  # resolved run folder -> open lock file descriptor
+MADE = set()  # resolved run folders this process made (argv.make_run_dir, a new hydra.run.dir)
+# what nnrun writes before training: a run's first files, and a sweep's multirun.yaml
+EARLY = {".hydra", LOCK, "nnrun.log", "preprocessing.json", "model_source.json", "multirun.yaml"}
 
 
 def claim(run_dir) -> Path:
@@ -151,6 +154,7 @@ def install_hydra_checks() -> None:
         def __init__(self, config=None):
             if config is not None:
                 check_composed(config)
+                note_sweep_dir(config)
             super().__init__(config)
 
     def configure_log(log_config, verbose_config=False):
@@ -201,14 +205,86 @@ def install_hydra_checks() -> None:
 PENDING = []  # .hydra/ files Hydra would have rewritten in a folder that holds a run
 
 
+MOVES = []  # (the folder Hydra made for this attempt, the run it resumes): the log moves on acceptance
+
+
 def write_pending(accepted: bool = True) -> None:
-    """Write (accepted) or drop the .hydra/ files held back by save_config."""
+    """The resume is accepted (or, accepted=False, refused): write (or drop) the .hydra/ files held
+    back by save_config, and continue (or drop) this attempt's log in the resumed run's folder."""
     import hydra.core.utils as hydra_utils
 
     while PENDING:
         cfg, filename, output_dir = PENDING.pop(0)
         if accepted:
             hydra_utils._save_config.__wrapped__(cfg, filename, output_dir)
+    while MOVES:
+        old, new = MOVES.pop(0)
+        log_to(old, new if accepted else None)
+        remove_if_early(old)
+        release(old)
+
+
+def resume_pending() -> bool:
+    """A resume is under way and not yet accepted: the run it resumes must not change."""
+    return bool(PENDING or MOVES)
+
+
+def log_to(old: Path, new) -> None:
+    """The log file handlers writing into old continue in new's log, this attempt's lines first
+    (new None: they stop; nothing more is written into old)."""
+    for handler in list(logging.getLogger().handlers):
+        if not isinstance(handler, logging.FileHandler) or Path(handler.baseFilename).parent != Path(old):
+            continue
+        handler.close()
+        if new is None:
+            logging.getLogger().removeHandler(handler)
+            continue
+        target = Path(new) / Path(handler.baseFilename).name
+        try:
+            lines = Path(handler.baseFilename).read_bytes()
+        except OSError:
+            lines = b""
+        with open_file(target, "a") as f:
+            f.write(lines.decode(errors="replace"))
+        handler.baseFilename, handler.mode = str(target), "a"
+
+
+def remove_if_early(run_dir) -> bool:
+    """Remove a run folder that this process made and that holds only what nnrun writes before
+    training (an error before training leaves no folder); a folder that held anything before
+    stays. Then its parents inside outputs/, when they are empty now."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+    except OSError:
+        return False
+    if str(run_dir.resolve()) not in MADE or not names <= EARLY:
+        return False
+    log_to(run_dir, None)
+    release(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    outputs, parent = Path("outputs").resolve(), run_dir.resolve().parent
+    while parent != outputs and parent.is_relative_to(outputs):  # outputs/<date>, outputs/multirun/<date>
+        try:
+            parent.rmdir()  # only when nothing else is in it
+        except OSError:
+            break
+        parent = parent.parent
+    return True
+
+
+def note_sweep_dir(config) -> None:
+    """A --multirun's folder that does not exist yet is this command's (MADE): a sweep that fails
+    before its first job (an unknown key among the swept ones) leaves no multirun.yaml behind."""
+    from omegaconf import OmegaConf
+
+    if str(OmegaConf.select(config, "hydra.mode", default="")) != "RunMode.MULTIRUN":
+        return
+    folder = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+    if folder and not Path(str(folder)).exists():
+        MADE.add(str(Path(str(folder)).resolve()))
 
 
 def check_composed(config) -> None:

@@ -4,6 +4,7 @@ finishes, the state is saved and the run exits as 128 + the signal's number (130
 A handler the caller had installed (nnrun.fit in a script) is called after the request is noted.
 A sweep's stop lives outside its jobs (SweepStop): jobs not started yet do not start."""
 
+import logging
 import os
 import signal
 import sys
@@ -17,9 +18,13 @@ class StopRequest:
     def __init__(self, quiet: bool = False):
         self.signum, self.quiet = None, quiet  # quiet: a DDP rank other than 0, or a sweep's worker (the parent tells)
         self.chained = {}  # signal number -> the handler that was there before, to call too
+        self.note = None  # what handle() told the console, for nnrun.log
 
     def __call__(self):
         """The number of the signal asking to stop, or None."""
+        if self.note is not None:  # logged here, not in the handler: logging takes locks a handler may interrupt
+            logging.getLogger("nnrun").warning(self.note, extra={"file_only": True})
+            self.note = None
         return self.signum
 
     def handle(self, signum, frame):
@@ -28,11 +33,8 @@ class StopRequest:
         elif self.signum is None:
             self.signum = signum
             doing = "stopping the data reading" if reading else "finishing this step and saving"
-            print(
-                f"nnrun: {signal.Signals(signum).name} received: {doing} (a second signal changes nothing)",
-                file=sys.stderr,
-                flush=True,
-            )
+            self.note = f"{signal.Signals(signum).name} received: {doing} (a second signal changes nothing)"
+            print(f"nnrun: {self.note}", file=sys.stderr, flush=True)
         else:
             print("nnrun: already stopping; saving the checkpoint", file=sys.stderr, flush=True)
         if signum in self.chained:

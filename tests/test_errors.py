@@ -97,9 +97,8 @@ def test_debug_switch_shows_the_traceback(tmp_path):
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
-def test_error_after_the_run_folder_exists_is_logged_there(tmp_path):
+def test_a_config_error_found_after_the_run_folder_was_made_removes_it(tmp_path):
+    # issue 27: the one line says everything; an empty run folder with a traceback helped nobody
     result = nnrun(f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=-1", cwd=tmp_path)
-    assert result.returncode == 2
-    log = (tmp_path / "run" / "nnrun.log").read_text()
-    assert "Traceback" in log and "trainer.epochs" in log
-    assert '"status": "failed"' in (tmp_path / "run" / "summary.json").read_text()
+    assert result.returncode == 2 and "trainer.epochs" in result.stderr
+    assert not (tmp_path / "run").exists()

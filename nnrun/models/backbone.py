@@ -12,6 +12,7 @@ from torch import nn
 
 from nnrun.errors import ConfigError, suggest
 from nnrun.models import MODELS
+from nnrun.torchload import load_tensors
 
 log = logging.getLogger("nnrun")
 
@@ -305,16 +306,16 @@ def read_state_dict(path: Path, key: str) -> dict:
     or "model" (Lightning, nnrun's own) gives that one."""
     if path.suffix not in FILE_SUFFIXES:
         raise ConfigError(f"{key}: use a {', '.join(FILE_SUFFIXES)} file of a state_dict")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix != ".safetensors":  # torch's refusal in nnrun's words, never its advice to load unsafely
+        state = load_tensors(path, key, "give a state_dict file saved with torch.save(model.state_dict(), path)")
+    else:
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (pickle, zip and safetensors raise their own types)
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise ConfigError(f"{key}: the file cannot be read as a state_dict ({reason})") from None
+        except Exception as exc:  # noqa: BLE001  (safetensors raises its own types)
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ConfigError(f"{key}: the file cannot be read as a state_dict ({reason})") from None
     if isinstance(state, dict):
         for inner in ("state_dict", "model"):
             if isinstance(state.get(inner), dict):

@@ -5,23 +5,12 @@ found before anything is loaded from it."""
 import errno
 import hashlib
 import os
-import pickle
-import re
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
-from nnrun.errors import ConfigError
-
-
-class CheckpointError(ConfigError):
-    """A file that is not a checkpoint nnrun can load: damaged, or holding more than data."""
-
-
-class UnsafeCheckpoint(CheckpointError):
-    """A file holding Python objects that would run code when loaded: never a fallback, always an error."""
+from nnrun.torchload import CheckpointError, UnsafeCheckpoint, load_tensors  # noqa: F401  (raised here)
 
 
 class NonFiniteWeights(RuntimeError):
@@ -142,11 +131,33 @@ def keep_as_previous(path: Path) -> None:
     """path's file becomes previous_path(path), by a rename, and its digest goes with it. A rename,
     not a hard link: two names of one file would share its damage. Until the new file is renamed
     in (two renames apart), path is missing; loading falls back to the previous file
-    (load_resume_state). The digest goes first, so that window is not an fsync long."""
+    (load_resume_state). The digest goes first, so that window is not an fsync long; it keeps the
+    old previous file's digest on a second line, so a kill before the rename leaves that file
+    verifiable too (a digest file lists every content it vouches for)."""
     previous = previous_path(path)
     if digest_path(path).exists():
-        write_atomic(digest_path(previous), digest_path(path).read_text())
+        kept = digest_path(previous).read_text().split()[:1] if digest_path(previous).exists() else []
+        write_atomic(digest_path(previous), "\n".join([digest_path(path).read_text().strip(), *kept]) + "\n")
     os.replace(path, previous)
+
+
+def restore_previous(path: Path) -> None:
+    """Undo save_checkpoint(path, keep_previous=True): the previous file and its digest back at
+    path, or no file when there was none before."""
+    previous = previous_path(path)
+    if previous.exists():
+        os.replace(previous, path)
+        if digest_path(previous).exists():
+            os.replace(digest_path(previous), digest_path(path))
+    else:
+        path.unlink(missing_ok=True)
+        digest_path(path).unlink(missing_ok=True)
+
+
+def drop_previous(path: Path) -> None:
+    """The previous file kept by save_checkpoint(path, keep_previous=True) is no longer needed."""
+    previous_path(path).unlink(missing_ok=True)
+    digest_path(previous_path(path)).unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, text: str, sync: bool = True) -> None:
@@ -191,25 +202,17 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
     # A kept previous file may be checked against the newest file's digest too: a process killed
     # between moving a file to last.prev.pt and copying its digest leaves the digest there.
     digests = [d for d in (digest, *([digest_path(newest_path(path))] if is_previous(path) else [])) if d.exists()]
-    if digests and sha256(path) not in {d.read_text().strip() for d in digests}:
+    if digests and sha256(path) not in {line for d in digests for line in d.read_text().split()}:
         raise CheckpointError(
             f"{key}={path} is damaged: its contents do not match {digest.name} (a truncated or interrupted write)"
         )
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
-        text = str(exc).strip()
-        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
-            named = re.search(r"GLOBAL ([\w.]+)", text)  # torch's text names the callable it refused
-            what = f" ({named.group(1)})" if named else ""
-            raise UnsafeCheckpoint(
-                f"{key}={path} was refused because loading it would run code: it holds Python "
-                f"objects, not only tensors{what}; nothing in it was loaded or run"
-            ) from None
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise CheckpointError(f"{key}={path} is not a readable checkpoint: {first[:200]}") from None
+    previous = previous_path(path)
+    fix = (
+        f"use {previous.name} next to it, or start a new run"
+        if previous.is_file()
+        else "put back an intact copy, or start a new run"
+    )
+    state = load_tensors(path, f"{key}={path}", fix)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{key}={path} is not an nnrun checkpoint (no 'model' weights in it)")
     return state

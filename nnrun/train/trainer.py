@@ -114,6 +114,7 @@ class Trainer:
         self.data_fingerprint = None  # nnrun.data.fingerprint of the data trained on: a resume checks it
         # last.pt after every epoch when a callback asks for it (model_checkpoint's save_last)
         self.save_last = any(cb.save_last for cb in self.callbacks)
+        self.unsaved = []  # callbacks' checkpoints written since last.pt was: their previous files are kept
         for cb in self.callbacks:
             cb.setup(self.model, self.outputs.run_dir or Path("."), self.save_weights, optimizer, self.kept)
 
@@ -314,18 +315,38 @@ class Trainer:
 
     # --- state ----------------------------------------------------------------------------------
     def save_weights(self, path, epoch: int, logs: dict) -> None:
-        """A checkpoint of the weights (and optimizer) at path, for callbacks (best checkpoints)."""
+        """A checkpoint of the weights (and optimizer) at path, for callbacks (best checkpoints).
+        When last.pt follows, the file replaced is kept until it is saved: a failed last.pt (a full
+        disk) puts it back, so best.pt never runs ahead of the run that last.pt resumes."""
         from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
 
-        save_checkpoint(
-            path, checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, logs, self.outputs.config)
-        )
+        state = checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, logs, self.outputs.config)
+        try:
+            save_checkpoint(path, state, keep_previous=self.save_last)
+        except OSError as exc:
+            raise where(exc, epoch, 0)
+        if self.save_last and path not in self.unsaved:
+            self.unsaved.append(path)
 
     def save(self) -> None:
-        """The resumable state as checkpoints/last.pt (the previous one kept as last.prev.pt)."""
-        from nnrun.train.checkpoint import save_checkpoint
+        """The resumable state as checkpoints/last.pt (the previous one kept as last.prev.pt); the
+        callbacks' files written since go back to their previous state when it cannot be saved."""
+        from nnrun.train.checkpoint import drop_previous, restore_previous, save_checkpoint
 
-        save_checkpoint(Path(self.outputs.run_dir) / "checkpoints" / "last.pt", self.state_dict(), keep_previous=True)
+        history = self.history
+        try:
+            save_checkpoint(
+                Path(self.outputs.run_dir) / "checkpoints" / "last.pt", self.state_dict(), keep_previous=True
+            )
+        except OSError as exc:
+            for path in self.unsaved:
+                restore_previous(path)
+            self.unsaved = []
+            # as for a stop signal: the epoch running (from 1) and its steps done, 0 = at its end
+            raise where(exc, history.epoch + (1 if history.step else 0), history.step)
+        for path in self.unsaved:
+            drop_previous(path)
+        self.unsaved = []
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue bit for bit: the weights, optimizer and
@@ -423,3 +444,9 @@ def older_kept(history: dict, callbacks: dict) -> dict:
         epochs["early_stopping"] = stopping["best_epoch"]
         weights.setdefault(stopping["best_epoch"], stopping["best_weights"])
     return {"epochs": epochs, "weights": weights}
+
+
+def where(exc: OSError, epoch: int, step: int) -> OSError:
+    """exc with the epoch and step it stopped the run at, for summary.json (a full disk)."""
+    exc.epoch, exc.step = epoch, step
+    return exc
