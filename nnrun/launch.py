@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from nnrun import config  # noqa: F401  (registers the schema, nnrun_schema, with Hydra)
 from nnrun.argv import continue_sweep, ddp_setup, refuse_used_run_dir, register_resolvers, unique_run_dir
-from nnrun.errors import describe
+from nnrun.errors import describe, printable
 from nnrun.runfolder import claim, install_hydra_checks, release, write_pending
 
 log = logging.getLogger("nnrun")
@@ -348,7 +348,8 @@ def main(argv: list) -> int:
         failures = [(outcome.overrides, *failure(outcome.error)) for outcome in command.failed]
     for overrides, code, message in failures:
         where = f"job [{overrides}] " if overrides else ""
-        print(f"nnrun: {where}{'error' if code == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
+        text = printable(f"{where}{'error' if code == EXIT_USAGE else 'failed'}: {message}")  # may quote a file
+        print(f"nnrun: {text}", file=sys.stderr)
     if stopped is not None:
         if (stopped.code > 128 or not failures) and str(stopped):  # no failures: the job ran in a worker process
             print(f"nnrun: {stopped}", file=sys.stderr)
