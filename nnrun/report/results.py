@@ -51,6 +51,8 @@ def sort_key(path: Path):
 
 
 NUMBER = (int, float)
+MAX_COLUMNS = 200  # overrides or test_ keys of one run: more is not a run nnrun wrote
+MAX_TEXT = 500  # characters of a text cell (a status, an error) read from summary.json
 
 
 def read_run(run: Path, root: Path = None) -> dict:
@@ -72,8 +74,8 @@ def read_files(run: Path, root: Path) -> dict:
     overrides = run / ".hydra" / "overrides.yaml"
     if (run / ".hydra").is_symlink() or overrides.exists() or overrides.is_symlink():
         items = read_yaml(overrides, root=root) or []
-        if not isinstance(items, list):
-            raise Unreadable(f"{overrides} is not a list of overrides; the folder is damaged")
+        if not isinstance(items, list) or len(items) > MAX_COLUMNS:
+            raise Unreadable(f"{overrides} is not a list of at most {MAX_COLUMNS} overrides; the folder is damaged")
         for item in items:
             key, _, value = printable(item).partition("=")
             row["overrides"][key.lstrip("+~")] = value
@@ -82,7 +84,9 @@ def read_files(run: Path, root: Path) -> dict:
         info = read_json(summary, root=root)
         if not isinstance(info, dict):
             raise Unreadable(f"{summary} is not a JSON object; the folder is damaged")
-        plain = {printable(k): printable(v) if isinstance(v, str) else v for k, v in info.items() if plain_value(v)}
+        plain = {printable(k): clip(v) for k, v in info.items() if plain_value(v)}
+        if sum(k.startswith("test_") for k in plain) > MAX_COLUMNS:  # each is a column of the table
+            raise Unreadable(f"{summary} has more than {MAX_COLUMNS} test_ keys; the folder is damaged")
         row.update({k: v for k, v in plain.items() if k in FIXED + TAIL or k.startswith("test_")})
         row["run_dir"] = printable(run)  # where it is now, not where it was written
         row["mode"] = plain.get("mode")
@@ -96,6 +100,13 @@ def read_files(run: Path, root: Path) -> dict:
         row["status"] = "running" if metrics.exists() or metrics.is_symlink() else "started"
     row["curve"] = read_curve(run / "metrics.csv", row.get("monitor"), root)
     return row
+
+
+def clip(value):
+    """A value for a table cell: text printable and at most MAX_TEXT characters."""
+    if not isinstance(value, str):
+        return value
+    return printable(value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + "...")
 
 
 def plain_value(value) -> bool:
