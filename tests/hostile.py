@@ -124,6 +124,12 @@ def huge_metrics(run: Path) -> None:
         f.write(",1.0\n")
 
 
+def wide_summary(run: Path) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update({f"test_{i}": 1.0 for i in range(10_000)}, status="x" * 2**20)
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
 def escapes(run: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     summary.update(status=f"failed{ESC}", error=f"boom{ESC}", **{f"test_{ESC}": 1.0})
@@ -141,12 +147,14 @@ CASES = {
     "fifo_summary": (lambda run, t, o: fifo(run / "summary.json"), "summary.json"),
     "deep_summary": (lambda run, t, o: (run / "summary.json").write_text(nested_json(200_000)), "summary.json"),
     "huge_summary": (lambda run, t, o: (run / "summary.json").write_text(f'"{"x" * (40 * 2**20)}"'), "summary.json"),
+    "wide_summary": (lambda run, t, o: wide_summary(run), "summary.json"),  # 10,000 columns, a 1 MB status
     "huge_metrics": (lambda run, t, o: huge_metrics(run), "metrics.csv"),
     "deep_preprocessing": (
         lambda run, t, o: (run / "preprocessing.json").write_text(nested_json(200_000)),
         "preprocessing.json",
     ),
     "escapes": (lambda run, t, o: escapes(run), "model.name"),
+    "escape_name": (lambda run, t, o: None, "run"),  # the folder's own name: see NAMES
     "garbage_last_pt": (lambda run, t, o: garbage(run / "checkpoints" / "last.pt", checkpoint=True), "last.pt"),
     "pickle_last_pt": (lambda run, t, o: evil_pickle(run / "checkpoints" / "last.pt", t), "last.pt"),
     "garbage_safetensors": (lambda run, t, o: garbage(run / "model.safetensors"), "model.safetensors"),
@@ -164,6 +172,7 @@ CASES = {
     "planted_module": (lambda run, t, o: plant_module(run, t), "my_models"),
     "planted_torch_extras": (lambda run, t, o: plant_torch_extras(run, t), "dill.py"),
 }
+NAMES = {"escape_name": f"run{ESC}"}  # the run folder's name, when not the case's
 # cases whose code would run only through a module import (issue 27, item 1: modules loaded by path)
 PLANTED = ("planted_module", "planted_torch_extras")
 
@@ -204,7 +213,7 @@ def build(case: str, finished: Path, tmp_path: Path) -> Path:
     sweep.mkdir(exist_ok=True)
     if not (sweep / "good").exists():
         shutil.copytree(finished, sweep / "good")
-    run = sweep / case
+    run = sweep / NAMES.get(case, case)
     plant, _ = CASES[case]
     if plant is None:
         run.symlink_to(out / "run")

@@ -25,6 +25,7 @@ UNREADABLE = (
     "fifo_summary",
     "deep_summary",
     "huge_summary",
+    "wide_summary",
     "huge_metrics",
     "overrides_nested",
 )
