@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from nnrun.errors import ConfigError
 from nnrun.runfolder import MADE
+from nnrun.stored import Unreadable, read_yaml
 
 
 def under_torchrun() -> bool:
@@ -180,12 +181,10 @@ def swept(args) -> list:
 
 def saved_sweep(folder: Path):
     """The sorted task overrides of the sweep in folder (its multirun.yaml), or None."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load((folder / "multirun.yaml").read_text())
+    try:  # no links, FIFOs, huge or deep files (nnrun.stored)
+        saved = read_yaml(folder / "multirun.yaml", root=folder)
         return sorted(o for o in saved["hydra"]["overrides"]["task"] if not o.startswith("trainer.resume="))
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+    except (Unreadable, KeyError, TypeError, AttributeError):
         return None
 
 

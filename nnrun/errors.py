@@ -123,3 +123,22 @@ def _expected(msg: str) -> str:
     named = {"<EOF>": "the end of the override"}
     out = [w[0] and repr(w[0]) or named.get(w[1]) or w[2].lower().replace("_", " ") for w in words]
     return " or ".join(dict.fromkeys(out))
+
+
+# C0 and C1 control characters (ESC starts terminal commands: a window title, a cleared screen),
+# DEL, and the bidirectional overrides that make text read other than it is
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text, newlines: bool = False) -> str:
+    """text as it may reach a terminal: control characters shown as escapes (ESC as \\x1b), never
+    sent; newlines kept only when asked (a message of several lines), else shown as \\n too. Every
+    value nnrun prints that it read from a file passes through here."""
+
+    def show(match) -> str:
+        char = match.group()
+        if newlines and char == "\n":
+            return char
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+    return CONTROL.sub(show, str(text))

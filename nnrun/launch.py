@@ -27,7 +27,7 @@ from nnrun.argv import (
     register_resolvers,
     unique_run_dir,
 )
-from nnrun.errors import describe
+from nnrun.errors import describe, printable
 from nnrun.runfolder import MADE, claim, install_hydra_checks, release, remove_if_early, resume_pending, write_pending
 
 log = logging.getLogger("nnrun")
@@ -412,7 +412,8 @@ def main(argv: list) -> int:
         failures = [(outcome.overrides, *failure(outcome.error)) for outcome in command.failed]
     for overrides, code, message in failures:
         where = f"job [{overrides}] " if overrides else ""
-        print(f"nnrun: {where}{'error' if code == EXIT_USAGE else 'failed'}: {message}", file=sys.stderr)
+        text = printable(f"{where}{'error' if code == EXIT_USAGE else 'failed'}: {message}")  # may quote a file
+        print(f"nnrun: {text}", file=sys.stderr)
     if stopped is None and sweep_stop is not None and sweep_stop.signum is not None:  # jobs in worker processes
         stopped = StopSweep(128 + sweep_stop.signum, "")
     if stopped is not None:

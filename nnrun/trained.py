@@ -4,6 +4,7 @@ files that hold no code are read: model.safetensors, preprocessing.json, .hydra/
 model_source.json (your modules it names are imported only from your trust list: nnrun.usercode)."""
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -13,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, printable
 from nnrun.safety import check_stored, check_targets
+from nnrun.stored import MAX_CSV, read_bytes, read_json, read_yaml
 
 
 class Run:
@@ -25,6 +27,10 @@ class Run:
 
     def __init__(self, folder, trust_code: bool = False):
         self.folder = Path(folder).expanduser()
+        if self.folder.is_symlink():  # the tools write into it: through a link, that is elsewhere
+            raise ConfigError(
+                f"run={self.folder} is a symbolic link; give the run folder it points to, {self.folder.resolve()}"
+            )
         for name in ("model.safetensors", "preprocessing.json", ".hydra/config.yaml"):
             if not (self.folder / name).is_file():
                 raise ConfigError(f"run={self.folder}: no {name} there; give the folder of a completed nnrun run")
@@ -36,7 +42,8 @@ class Run:
 
         from nnrun.models import build_model
 
-        stored = OmegaConf.to_container(OmegaConf.load(self.folder / ".hydra/config.yaml"), resolve=False)
+        # read without following links, within a size and depth (nnrun.stored)
+        stored = read_yaml(self.folder / ".hydra/config.yaml", root=self.folder)
         if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
             raise ConfigError(f"run={self.folder}: .hydra/config.yaml is not an nnrun config (no model section)")
         # the stored config is data from whoever made the folder: nnrun's allowlist, without its
@@ -47,7 +54,7 @@ class Run:
 
         own = restore_run(self.folder, self.config, trust_code)  # your modules, from your trust list
         check_targets(stored, stored=True, trusted=own)
-        prep = json.loads((self.folder / "preprocessing.json").read_text())
+        prep = read_json(self.folder / "preprocessing.json", root=self.folder)
         check_preprocessing(prep)
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], sample_shape(self.folder, prep)
         self.preprocessing = prep["transform"]
@@ -88,14 +95,14 @@ class Run:
     @property
     def summary(self) -> dict:
         """summary.json as a dict: status, best epoch, test metrics, speed, hints..."""
-        return json.loads((self.folder / "summary.json").read_text())
+        return read_json(self.folder / "summary.json", root=self.folder)
 
     @property
     def history(self):
         """metrics.csv as a pandas DataFrame: one row per epoch (Keras's History.history, as a table)."""
         import pandas as pd
 
-        return pd.read_csv(self.folder / "metrics.csv")
+        return pd.read_csv(io.BytesIO(read_bytes(self.folder / "metrics.csv", MAX_CSV, root=self.folder)))
 
     def evaluate(self, **data) -> dict:
         """The tested weights on the test split of the run's own data, or of data.<key> changes
@@ -303,7 +310,10 @@ def load_run(folder, trust_code: bool = False) -> Run:
     """The trained model of a run folder with its preprocessing; .predict(x) as Keras's.
     trust_code: import the code of your own model that the run records even when it is not in
     your trust list (read it first: it runs)."""
-    return Run(folder, trust_code)
+    try:
+        return Run(folder, trust_code)
+    except ConfigError as exc:  # its message may quote the folder's files: printable, wherever it is shown
+        raise ConfigError(printable(exc)) from None
 
 
 def table_input(frame, description: dict) -> torch.Tensor:
@@ -424,7 +434,7 @@ def predict_main(argv=None) -> None:
                 w.writerow([label, "prediction"])
                 for r, value in zip(rows, p):
                     w.writerow([r, f"{value:.8g}"])
-        print(f"nnrun-predict: {len(rows)} predictions ({run.task}) written to {out}")
+        print(printable(f"nnrun-predict: {len(rows)} predictions ({run.task}) written to {out}"))
 
     guarded(job, "nnrun-predict")
 
@@ -455,8 +465,8 @@ def eval_main(argv=None) -> None:
             json.dumps({"data": data_conf, **result}, indent=2, default=str) + "\n",
             sync=False,
         )
-        print(f"nnrun-eval: {count} test samples: " + " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
-        print(f"written to {run.folder / 'eval.json'}")
+        print(printable(f"nnrun-eval: {count} test samples: " + " - ".join(f"{k}: {v:.4f}" for k, v in result.items())))
+        print(printable(f"written to {run.folder / 'eval.json'}"))
 
     guarded(job, "nnrun-eval")
 
@@ -473,9 +483,8 @@ def guarded(job, prog: str) -> None:
         if os.environ.get("NNRUN_DEBUG", "") not in ("", "0"):
             raise
         message = describe(exc)
-        print(
-            f"{prog}: {'error' if message else 'failed'}: {message or f'{type(exc).__name__}: {exc}'}", file=sys.stderr
-        )
+        text = message or f"{type(exc).__name__}: {exc}"
+        print(f"{prog}: {'error' if message else 'failed'}: {printable(text)}", file=sys.stderr)
         sys.exit(2 if message else 1)
 
 
@@ -528,8 +537,10 @@ def export_main(argv=None) -> None:
             os.replace(tmp, out)
         tmp.unlink(missing_ok=True)
         print(
-            f"nnrun-export: {fmt} written to {out} (inputs: the model input of shape (N, "
-            f"{', '.join(map(str, run.input_shape))}), prepared as {run.folder / 'preprocessing.json'} says)"
+            printable(
+                f"nnrun-export: {fmt} written to {out} (inputs: the model input of shape (N, "
+                f"{', '.join(map(str, run.input_shape))}), prepared as {run.folder / 'preprocessing.json'} says)"
+            )
         )
 
     guarded(job, "nnrun-export")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nnrun import sources
 from nnrun.errors import ConfigError
+from nnrun.stored import read_json
 
 log = logging.getLogger("nnrun")
 RECORD = "model_source.json"
@@ -131,9 +132,9 @@ def read_record(folder: Path, key: str):
         return None
     damaged = f"{key}: {path} is damaged"
     try:
-        text = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{damaged} ({exc})") from None
+        text = read_json(path, root=Path(folder))  # no link, bounded in size and depth
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
     if not isinstance(text, dict) or not isinstance(text.get("imports", []), list):
         raise ConfigError(f"{damaged} (not a mapping with a list of imports)")
     entries = ([text] if text.get("module") is not None else []) + list(text.get("imports", []))

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from nnrun.errors import printable
+
 log = logging.getLogger("nnrun")
 
 
@@ -30,7 +32,8 @@ class ConsoleHandler(logging.Handler):
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
             text = f"{record.levelname.lower()}: {text}"
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        # messages quote values read from files (a resumed run's, a sweep's): no terminal commands
+        self.console.print(printable(text, newlines=True), markup=False, highlight=False, soft_wrap=True)
 
 
 def open_console(quiet: bool = False) -> tuple:

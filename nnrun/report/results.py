@@ -6,27 +6,43 @@ results.md and compare.png into the folder and prints the table."""
 import argparse
 import csv
 import logging
+import io
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
+
+from nnrun.errors import printable
+from nnrun.stored import MAX_CSV, Unreadable, read_json, read_text, read_yaml
 
 log = logging.getLogger("nnrun")
 FIXED = ["status", "best_epoch", "monitor", "best_score"]
 TAIL = ["epochs", "wall_time", "params", "run_dir"]
 
 
+# a logger's copies (W&B's wandb/offline-run-*/files/summary.json) are not runs
+SKIP = {"checkpoints", "wandb", "mlruns"}
+
+
 def find_runs(folder: Path) -> list:
     """Run folders under folder (itself included): those with a summary.json, or a metrics.csv
-    (a run still going), or a .hydra folder (a job that has not logged an epoch yet)."""
+    (a run still going), or a .hydra folder (a job that has not logged an epoch yet). A symbolic
+    link to a folder is not followed, but listed (read_run makes it an unreadable row)."""
     found = set()
-    for marker in ("summary.json", "metrics.csv", ".hydra/overrides.yaml"):
-        for path in folder.rglob(marker):
-            run = path.parent.parent if marker.startswith(".hydra") else path.parent
-            # a logger's copies (W&B's wandb/offline-run-*/files/summary.json) are not runs
-            if not {"checkpoints", "wandb", "mlruns"} & set(run.relative_to(folder).parts):
-                found.add(run)
+    for root, dirs, files in os.walk(folder):  # os.walk does not follow links into folders
+        root = Path(root)
+        dirs[:] = [d for d in dirs if d not in SKIP]
+        names = set(dirs) | set(files)
+        if {"summary.json", "metrics.csv"} & names or (".hydra" in names and has_overrides(root)):
+            found.add(root)
+        found.update(root / d for d in dirs if (root / d).is_symlink() and d != ".hydra")
     return sorted(found, key=sort_key)
+
+
+def has_overrides(run: Path) -> bool:
+    hydra = run / ".hydra"
+    return hydra.is_symlink() or (hydra / "overrides.yaml").exists() or (hydra / "overrides.yaml").is_symlink()
 
 
 def sort_key(path: Path):
@@ -34,38 +50,79 @@ def sort_key(path: Path):
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts)
 
 
-def read_run(run: Path) -> dict:
-    import json
+NUMBER = (int, float)
+MAX_COLUMNS = 200  # overrides or test_ keys of one run: more is not a run nnrun wrote
+MAX_TEXT = 500  # characters of a text cell (a status, an error) read from summary.json
 
-    import yaml
 
-    row = {"run_dir": str(run), "overrides": {}}
+def read_run(run: Path, root: Path = None) -> dict:
+    """A table row of the run folder run (inside root, the folder the table is of): its overrides,
+    summary.json's numbers and its metrics.csv curve, every file read without following a link,
+    within a size and depth, every text made printable. A folder that cannot be read so is a row
+    of status unreadable, whose error names the file."""
+    try:
+        return read_files(run, root or run)
+    except Unreadable as exc:
+        error = printable(exc)
+        return {"run_dir": printable(run), "overrides": {}, "status": "unreadable", "error": error, "curve": []}
+
+
+def read_files(run: Path, root: Path) -> dict:
+    if run.is_symlink():
+        raise Unreadable(f"{run} is a symbolic link to a folder; nnrun-report follows no links (not read)")
+    row = {"run_dir": printable(run), "overrides": {}}
     overrides = run / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        for item in yaml.safe_load(overrides.read_text()) or []:
-            key, _, value = str(item).partition("=")
+    if (run / ".hydra").is_symlink() or overrides.exists() or overrides.is_symlink():
+        items = read_yaml(overrides, root=root) or []
+        if not isinstance(items, list) or len(items) > MAX_COLUMNS:
+            raise Unreadable(f"{overrides} is not a list of at most {MAX_COLUMNS} overrides; the folder is damaged")
+        for item in items:
+            key, _, value = printable(item).partition("=")
             row["overrides"][key.lstrip("+~")] = value
     summary = run / "summary.json"
-    if summary.is_file():
-        info = json.loads(summary.read_text())
-        row.update({k: v for k, v in info.items() if k in FIXED + TAIL or k.startswith("test_")})
-        row["run_dir"] = str(run)  # where it is now, not where it was written
-        row["mode"] = info.get("mode")
-        if info.get("status") != "completed" and info.get("error"):
-            row["error"] = info["error"]
-            row["exit_code"] = info.get("exit_code", 1)
+    if summary.exists() or summary.is_symlink():
+        info = read_json(summary, root=root)
+        if not isinstance(info, dict):
+            raise Unreadable(f"{summary} is not a JSON object; the folder is damaged")
+        plain = {printable(k): clip(v) for k, v in info.items() if plain_value(v)}
+        if sum(k.startswith("test_") for k in plain) > MAX_COLUMNS:  # each is a column of the table
+            raise Unreadable(f"{summary} has more than {MAX_COLUMNS} test_ keys; the folder is damaged")
+        row.update({k: v for k, v in plain.items() if k in FIXED + TAIL or k.startswith("test_")})
+        row["run_dir"] = printable(run)  # where it is now, not where it was written
+        row["mode"] = plain.get("mode")
+        if not isinstance(row.get("best_score"), NUMBER + (type(None),)):
+            raise Unreadable(f"{summary}: best_score is not a number; the folder is damaged")
+        if plain.get("status") != "completed" and plain.get("error"):
+            row["error"] = plain["error"]
+            row["exit_code"] = plain.get("exit_code", 1)
     else:
-        row["status"] = "running" if (run / "metrics.csv").is_file() else "started"
-    row["curve"] = read_curve(run / "metrics.csv", row.get("monitor"))
+        metrics = run / "metrics.csv"
+        row["status"] = "running" if metrics.exists() or metrics.is_symlink() else "started"
+    row["curve"] = read_curve(run / "metrics.csv", row.get("monitor"), root)
     return row
 
 
-def read_curve(path: Path, monitor) -> list:
+def clip(value):
+    """A value for a table cell: text printable and at most MAX_TEXT characters."""
+    if not isinstance(value, str):
+        return value
+    return printable(value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + "...")
+
+
+def plain_value(value) -> bool:
+    """A value for a table cell: text, a number, true/false or null (no lists or mappings)."""
+    return value is None or isinstance(value, (str, bool) + NUMBER)
+
+
+def read_curve(path: Path, monitor, root: Path) -> list:
     """(epoch, value) of the monitored name (or val_loss, then loss) from metrics.csv."""
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    text = read_text(path, MAX_CSV, root)
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))  # a cell over csv's limit (128 KB) is an error
+    except csv.Error as exc:
+        raise Unreadable(f"{path} is not a readable CSV file ({exc}); the folder is damaged") from None
     if not rows:
         return []
     name = next((n for n in (monitor, "val_loss", "loss") if n and n in rows[0]), None)
@@ -160,11 +217,34 @@ def short(value) -> str:
 
 
 def write_csv(path: Path, columns: list, lines: list) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for line in lines:
-            writer.writerow({k: line.get(k, "") for k in columns})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for line in lines:
+        writer.writerow({k: line.get(k, "") for k in columns})
+    write_new(path, text.getvalue())
+
+
+def write_new(path: Path, text: str) -> None:
+    """A new file renamed into place: a link (or hard link) planted at path is replaced, never
+    written through. (nnrun.train.checkpoint.write_atomic would import torch into nnrun-report.)"""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def markdown(columns: list, lines: list, best: bool = True) -> str:
@@ -201,22 +281,25 @@ def plot_compare(path: Path, rows: list, keys: list) -> bool:
     return True
 
 
-def report(folder: Path, console=None) -> list:
+def report(folder: Path, console=None, prog: str = "nnrun") -> list:
     """Write results.csv, results.md and compare.png for the runs under folder; print the table.
     Returns the table's lines (best first). Run folders are named by absolute path, so the table
     is the same whichever way the folder was given."""
     folder = Path(folder).resolve()
-    rows = [read_run(run) for run in find_runs(folder)]
+    rows = [read_run(run, folder) for run in find_runs(folder)]
     rows += not_started(folder, rows)
     if not rows:
         return []
+    for row in rows:
+        if row["status"] == "unreadable":
+            print(f"{prog}: warning: {row['error']}; listed as unreadable", file=sys.stderr)
     columns, lines = table(rows)
     write_csv(folder / "results.csv", columns, lines)
     group_columns, groups = seed_groups(rows)
     text = f"# Results: {folder}\n\n{len(rows)} runs, best first by the monitored score.\n\n" + markdown(columns, lines)
     if groups:
         text += "\n## Over seeds (mean ± std)\n\n" + markdown(group_columns, groups, best=False)
-    (folder / "results.md").write_text(text)
+    write_new(folder / "results.md", text)
     (folder / "compare.png").unlink(missing_ok=True)  # a plot of an earlier state would mislead
     try:
         plot_compare(folder / "compare.png", rows, swept_keys(rows))
@@ -241,7 +324,7 @@ def print_table(console, folder, columns, lines, group_columns, groups) -> None:
     monitors = {line.get("monitor") for line in lines if line.get("monitor")}
     score = monitors.pop() if len(monitors) == 1 else "best_score"
     shown = [c for c in columns if c not in ("monitor", "epochs", "params", "run_dir")]
-    t = Table(title=f"{len(lines)} runs in {folder} (best first)", box=box.SIMPLE_HEAD, title_justify="left")
+    t = Table(title=f"{len(lines)} runs in {printable(folder)} (best first)", box=box.SIMPLE_HEAD, title_justify="left")
     for c in shown + ["run"]:
         t.add_column(score if c == "best_score" else c, no_wrap=True)
     for i, line in enumerate(lines):
@@ -261,7 +344,7 @@ def print_table(console, folder, columns, lines, group_columns, groups) -> None:
             g.add_row(*[escape(cell(line.get(c, ""))) for c in group_columns])
         console.print(g)
     files = [folder / name for name in ("results.csv", "results.md", "compare.png") if (folder / name).is_file()]
-    console.print("results: " + ", ".join(map(str, files)))
+    console.print("results: " + ", ".join(map(printable, files)), markup=False)
 
 
 try:
@@ -314,14 +397,10 @@ def planned_jobs(folder: Path) -> list:
     sweeper (Optuna decides its trials as it goes) or no readable multirun.yaml."""
     import itertools
 
-    import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    path = folder / "multirun.yaml"
     try:
-        if path.is_symlink() or path.stat().st_size > 2**20:  # a link is not followed; a config is small
-            return []
-        hydra = yaml.safe_load(path.read_text())["hydra"]
+        hydra = read_yaml(folder / "multirun.yaml", 2**20)["hydra"]  # no links, small, no aliases
         if not str(hydra["sweeper"]["_target_"]).endswith(".BasicSweeper"):
             return []
         params = [f"{k}={v}" for k, v in (hydra["sweeper"].get("params") or {}).items()]
@@ -356,7 +435,7 @@ def finish_sweep(folder: Path) -> list:
         report(folder)
     except Exception as exc:  # noqa: BLE001  (the jobs' own results are already written)
         print(f"nnrun: could not write the results table: {exc}", file=sys.stderr)
-    rows = [read_run(run) for run in find_runs(folder.resolve())]
+    rows = [read_run(run, folder.resolve()) for run in find_runs(folder.resolve())]
     keys = swept_keys(rows)
     # a stopped sweep's interrupted and unstarted jobs are not failures: the command's exit code says it stopped
     ended = ("completed", "summary_only", "interrupted", "not_started")
@@ -380,7 +459,7 @@ def main(argv=None) -> None:
     if not args.folder.is_dir():
         print(f"nnrun-report: {args.folder}: no such folder", file=sys.stderr)
         sys.exit(2)
-    if not report(args.folder):
+    if not report(args.folder, prog="nnrun-report"):
         print(
             f"nnrun-report: no run folders under {args.folder} (a run folder holds summary.json or metrics.csv)",
             file=sys.stderr,

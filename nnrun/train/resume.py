@@ -11,9 +11,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 from nnrun.errors import ConfigError
+from nnrun.stored import Unreadable, read_json, read_yaml
 
 log = logging.getLogger("nnrun")
 # nnrun.train.checkpoint (torch) is imported where it is used: main() asks holds_run() before
@@ -86,6 +86,8 @@ def locate(spec: str, run_dir: Path, config: dict):
         folder = found
     else:
         path = Path(spec).expanduser().absolute()  # printed and stored as every run folder is
+        if path.is_symlink():  # the run continues in its folder: through a link, that is elsewhere
+            raise ConfigError(f"trainer.resume={spec} is a symbolic link; give what it points to, {path.resolve()}")
         if not path.exists():
             raise ConfigError(
                 f"trainer.resume={spec}: no such run folder or checkpoint; use auto, a run folder or a .pt file"
@@ -113,7 +115,7 @@ def locate(spec: str, run_dir: Path, config: dict):
 def planned_epochs(folder: Path, default: int) -> int:
     """The trainer.epochs a run folder's stored config asked for (default when unreadable)."""
     try:
-        epochs = (OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml")) or {})["trainer"]["epochs"]
+        epochs = (read_yaml(folder / ".hydra" / "config.yaml", root=folder) or {})["trainer"]["epochs"]
     except Exception:  # noqa: BLE001  (a missing or odd config: fall back)
         return default
     return epochs if isinstance(epochs, int) else default
@@ -128,8 +130,6 @@ def newest_same_run(run_dir: Path, config: dict):
     """The newest other run folder under ./outputs (outputs/<date>/<time>) whose saved config is
     this one; none when this run's folder is elsewhere (hydra.run.dir=...): auto never reaches
     into folders it was not started among."""
-    import stat
-
     root = Path("outputs").resolve()
     if not run_dir.resolve().is_relative_to(root):
         return None
@@ -139,13 +139,8 @@ def newest_same_run(run_dir: Path, config: dict):
         if folder.resolve() == run_dir.resolve():
             continue
         try:
-            if not stat.S_ISREG(saved.lstat().st_mode):  # a FIFO would hang the read; a link, lead elsewhere
-                continue
-        except OSError:
-            continue
-        try:
-            theirs = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-        except Exception:  # noqa: BLE001  (an unreadable config is simply not a match)
+            theirs = read_yaml(saved, root=root)  # no links, FIFOs, huge or deep files (nnrun.stored)
+        except Unreadable:  # an unreadable config is simply not a match
             continue
         if comparable(theirs) == mine:
             return folder
@@ -160,12 +155,17 @@ def comparable(config: dict) -> dict:
 
 
 def status_of(folder: Path) -> dict:
-    import json
-
-    try:
-        return json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
+    """summary.json of a run folder; {} when there is none, or (with a warning) when it is not
+    readable as a plain JSON object: a link, a FIFO, too big or too deep (nnrun.stored)."""
+    path = Path(folder) / "summary.json"
+    if not (path.exists() or path.is_symlink()):
         return {}
+    try:
+        summary = read_json(path, root=folder)
+    except Unreadable as exc:
+        log.warning(f"{exc}; taken as a run without a summary")
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def status(folder: Path):
