@@ -76,7 +76,10 @@ def run_tool(tool, run, tmp_path, capsys, cold: bool) -> tuple:
     if tool == "load_run":
         if cold:
             # (from tmp_path: `python -c` itself puts its working folder first on sys.path, before nnrun runs)
-            code = f"import nnrun\nnnrun.load_run({str(run)!r}, trust_code=True)\n"
+            code = (  # the API's refusal as the tools give it: one line, exit 2
+                f"import sys, nnrun\ntry:\n    nnrun.load_run({str(run)!r}, trust_code=True)\n"
+                "except nnrun.ConfigError as exc:\n    print(exc, file=sys.stderr)\n    sys.exit(2)\n"
+            )
             result = subprocess.run(
                 [sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300
             )
