@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from nnrun.errors import ConfigError
@@ -121,3 +122,27 @@ def check_depth(path, value) -> None:
                 if depth >= MAX_DEPTH:
                     raise Unreadable(f"{path} is nested deeper than {MAX_DEPTH} levels; the folder is damaged")
                 stack.append((child, depth + 1))
+
+
+def write_atomic(path: Path, text: str, sync: bool = True) -> None:
+    """A reader sees the old file or the new one, never half of one; sync also survives a power
+    cut (checkpoint digests need it; summaries do without, and keep writing on a full disk)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_mode() -> int:
+    """The permissions a plain open() would give a new file: 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

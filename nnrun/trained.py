@@ -457,7 +457,7 @@ def eval_main(argv=None) -> None:
             data_conf[key[5:]] = OmegaConf.create({"v": value})["v"] if value else None  # YAML types, as Hydra
         count, result = run.score(data_conf)
         data_conf["augment"] = None
-        from nnrun.train.checkpoint import write_atomic
+        from nnrun.stored import write_atomic
 
         # a new file renamed into place: a link planted at eval.json is replaced, never written through
         write_atomic(

@@ -50,7 +50,7 @@ def trust(entries) -> None:
     together keep both), written to a new file renamed into place (a reader never sees half of
     one). A state folder nnrun cannot write is a warning: the run trains, and reloading it from
     a run folder then needs trust_code=true."""
-    from nnrun.train.checkpoint import write_atomic
+    from nnrun.stored import write_atomic
 
     folder = state_dir()
     new = {tuple(e[k] for k in KEYS) for e in entries}
@@ -104,7 +104,7 @@ def describe(name: str):
 def record(run_dir: Path, model: dict, imports) -> None:
     """model_source.json for a run whose model (or data) comes from your code; its files join your
     trust list. Nothing for a run of nnrun's own models."""
-    from nnrun.train.checkpoint import write_atomic
+    from nnrun.stored import write_atomic
 
     target = model.get("target") if model.get("name") == "custom" else None
     main = describe(target.rpartition(".")[0]) if isinstance(target, str) else None

@@ -667,7 +667,7 @@ def write_cache(path: Path, images: torch.Tensor, ok: np.ndarray, seal: Seal) ->
         try:
             tensors = {"images": images.contiguous(), "ok": torch.from_numpy(ok)}
             save_file(tensors, tmp, metadata={"digest": seal.of(images, ok)})
-            from nnrun.train.checkpoint import default_mode
+            from nnrun.stored import default_mode
 
             os.chmod(tmp, default_mode())  # mkstemp makes 0600; others sharing the cache folder may read it
             os.replace(tmp, path)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from nnrun.errors import printable
-from nnrun.stored import MAX_CSV, Unreadable, read_json, read_text, read_yaml
+from nnrun.stored import MAX_CSV, Unreadable, read_json, read_text, read_yaml, write_atomic
 
 log = logging.getLogger("nnrun")
 FIXED = ["status", "best_epoch", "monitor", "best_score"]
@@ -222,29 +222,7 @@ def write_csv(path: Path, columns: list, lines: list) -> None:
     writer.writeheader()
     for line in lines:
         writer.writerow({k: line.get(k, "") for k in columns})
-    write_new(path, text.getvalue())
-
-
-def write_new(path: Path, text: str) -> None:
-    """A new file renamed into place: a link (or hard link) planted at path is replaced, never
-    written through. (nnrun.train.checkpoint.write_atomic would import torch into nnrun-report.)"""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomic(path, text.getvalue())
 
 
 def markdown(columns: list, lines: list, best: bool = True) -> str:
@@ -299,7 +277,7 @@ def report(folder: Path, console=None, prog: str = "nnrun") -> list:
     text = f"# Results: {folder}\n\n{len(rows)} runs, best first by the monitored score.\n\n" + markdown(columns, lines)
     if groups:
         text += "\n## Over seeds (mean ± std)\n\n" + markdown(group_columns, groups, best=False)
-    write_new(folder / "results.md", text)
+    write_atomic(folder / "results.md", text)
     (folder / "compare.png").unlink(missing_ok=True)  # a plot of an earlier state would mislead
     try:
         plot_compare(folder / "compare.png", rows, swept_keys(rows))

@@ -10,7 +10,7 @@ log = logging.getLogger("nnrun")
 
 
 def write_json(path: Path, content: dict) -> Path:
-    from nnrun.train.checkpoint import write_atomic
+    from nnrun.stored import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(content, indent=2, default=float) + "\n", sync=False)
@@ -116,7 +116,7 @@ def export_weights(run_dir, model) -> Path:
     loading anywhere without pickle."""
     from safetensors.torch import save_file
 
-    from nnrun.train.checkpoint import default_mode
+    from nnrun.stored import default_mode
 
     path = Path(run_dir) / "model.safetensors"
     tmp = path.with_name(f".{path.name}.tmp")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from nnrun.stored import default_mode, write_atomic
 from nnrun.torchload import CheckpointError, UnsafeCheckpoint, load_tensors  # noqa: F401  (raised here)
 
 
@@ -158,30 +159,6 @@ def drop_previous(path: Path) -> None:
     """The previous file kept by save_checkpoint(path, keep_previous=True) is no longer needed."""
     previous_path(path).unlink(missing_ok=True)
     digest_path(previous_path(path)).unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, text: str, sync: bool = True) -> None:
-    """A reader sees the old file or the new one, never half of one; sync also survives a power
-    cut (checkpoint digests need it; summaries do without, and keep writing on a full disk)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_mode() -> int:
-    """The permissions a plain open() would give a new file: 0666 less the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def sha256(path: Path) -> str:
