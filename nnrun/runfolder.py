@@ -250,9 +250,11 @@ def log_to(old: Path, new) -> None:
 
 
 def remove_if_early(run_dir) -> bool:
-    """Remove a run folder that this process made and that holds only what nnrun writes before
-    training (an error before training leaves no folder); a folder that held anything before
-    stays. Then its parents inside outputs/, when they are empty now."""
+    """Remove a run folder that this process made, holds the lock of, and that holds only what nnrun
+    writes before training (an error before training leaves no folder); a folder that held anything
+    before, or that another nnrun won (it holds the lock: this process's claim failed), stays. A
+    sweep folder (no lock) goes only while it holds nothing but multirun.yaml. Then its parents
+    inside outputs/, when they are empty now."""
     import shutil
 
     run_dir = Path(run_dir)
@@ -260,7 +262,8 @@ def remove_if_early(run_dir) -> bool:
         names = {p.name for p in run_dir.iterdir()}
     except OSError:
         return False
-    if str(run_dir.resolve()) not in MADE or not names <= EARLY:
+    key = str(run_dir.resolve())
+    if key not in MADE or not names <= EARLY or not (key in _HELD or names <= {"multirun.yaml"}):
         return False
     log_to(run_dir, None)
     release(run_dir)

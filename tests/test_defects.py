@@ -7,11 +7,13 @@ import os
 import pickle
 import random
 import signal
+import subprocess
+import time
 
 import pytest
 import torch
 
-from conftest import FAST, nnrun, one_line_error, summary, train, tree, with_hook
+from conftest import FAST, NNRUN, clean_env, nnrun, one_line_error, summary, train, tree, with_hook
 from test_backbone import IMAGES, SMALL, write_images
 from test_trust import LONG, epochs_logged, start, wait_until
 
@@ -199,3 +201,37 @@ def test_a_sweep_syntax_error_says_where(tmp_path):
     assert result.returncode == 2
     line = one_line_error(result)
     assert "optimizer.lr=0.1,,0.2" in line and "character 18" in line and "expected a value" in line, line
+
+
+WAIT_FOR_THE_OTHER = (
+    "import pathlib, time\nimport nnrun.argv as argv\n_refuse = argv.refuse_used_run_dir\n"
+    "def refuse_used_run_dir(args):\n"
+    "    _refuse(args)  # the folder did not exist yet: this command would make it\n"
+    "    deadline = time.time() + 240\n"
+    "    while not pathlib.Path('run/.lock').exists() and time.time() < deadline:\n"
+    "        time.sleep(0.05)  # until the other nnrun has made and claimed it\n"
+    "argv.refuse_used_run_dir = refuse_used_run_dir\n"
+)
+
+
+def test_the_loser_of_a_race_for_a_new_run_folder_removes_nothing(tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(WAIT_FOR_THE_OTHER)
+    args = [*NNRUN, "hydra.run.dir=run", "trainer.epochs=2", "trainer.plots=false"]
+    loser = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=clean_env(PYTHONPATH=str(hook)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # (either order ends alike: the loser waits for the winner's lock)
+    winner = subprocess.run(args, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=600)
+    _, err = loser.communicate(timeout=600)
+    assert loser.returncode == 2 and "in use" in err, err
+    assert winner.returncode == 0, winner.stderr
+    run = tmp_path / "run"
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "nnrun.log").is_file()
+    assert summary(run)["status"] == "completed"
