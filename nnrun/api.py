@@ -7,6 +7,8 @@ import shlex
 import signal
 from pathlib import Path
 
+from nnrun import signals
+
 
 def fit(overrides=None, *, config_dir=None, run_dir=None):
     """Train as `nnrun <overrides>` would and return the Run.
@@ -75,6 +77,9 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
         for number, handler in caught.items():  # a stopped run leaves them ignored; the caller gets its own back
             if handler is not None:  # None: installed outside Python, which Python cannot put back
                 signal.signal(number, handler)
+        for number in signals.owed():  # the caller's handlers, now that the run has saved and ended
+            if signals.chainable(caught.get(number)):
+                caught[number](number, None)
     if not outcome:
         raise RuntimeError("nnrun.fit: the job did not run")
     done = outcome[0]

@@ -28,7 +28,16 @@ from nnrun.argv import (
     unique_run_dir,
 )
 from nnrun.errors import describe, printable
-from nnrun.runfolder import MADE, claim, install_hydra_checks, release, remove_if_early, resume_pending, write_pending
+from nnrun.runfolder import (
+    MADE,
+    SWEEPS,
+    claim,
+    install_hydra_checks,
+    release,
+    remove_if_early,
+    resume_pending,
+    write_pending,
+)
 
 log = logging.getLogger("nnrun")
 EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
@@ -82,10 +91,10 @@ class Command:
     def task(self, conf):
         """Hydra's task function: one job; returns its best score, for sweepers. A failure is kept
         for main() (a sweep runs its other jobs) unless fail_fast stops the sweep."""
-        outcome = job(conf)
         hydra_conf = HydraConfig.get()
-        if hydra_conf.mode == RunMode.MULTIRUN:
+        if hydra_conf.mode == RunMode.MULTIRUN:  # before the job: a stop raised out of it still gets the table
             self.sweep_dir = Path(hydra_conf.sweep.dir)
+        outcome = job(conf)
         if outcome.error is not None:
             self.failed.append(outcome)
             if hydra_conf.mode == RunMode.MULTIRUN and conf.get("fail_fast"):
@@ -377,6 +386,7 @@ def main(argv: list) -> int:
     register_resolvers()
     unique_run_dir.cache_clear()  # a new command: new run folders
     MADE.clear()
+    SWEEPS.clear()
     command = Command()
     entry = hydra.main(version_base="1.3", config_path="pkg://nnrun.conf", config_name="config")(command.task)
     stopped, failures, sweep_stop = None, [], None
@@ -391,9 +401,11 @@ def main(argv: list) -> int:
             refuse_used_run_dir(argv)
             sys.argv[1:] = continue_sweep(argv)
             entry()
-    except KeyboardInterrupt:
-        print("nnrun: interrupted", file=sys.stderr)
-        return EXIT_SIGINT
+    except KeyboardInterrupt:  # a sweep's worker still starting caught Ctrl-C before nnrun's handler
+        if not (sweep_stop and sweep_stop.signum and SWEEPS):
+            print("nnrun: interrupted", file=sys.stderr)
+            return EXIT_SIGINT
+        stopped = StopSweep(128 + sweep_stop.signum, "")
     except StopSweep as exc:
         stopped = exc
         if command.sweep_dir is not None:  # its jobs ran here: the table, with the jobs that did not start
@@ -401,7 +413,10 @@ def main(argv: list) -> int:
     except SweepFailures as exc:  # read from the run folders, for jobs that ran elsewhere
         failures = exc.failures
     except Exception as exc:  # composition errors before any job, or a sweeper's own
-        command.failed.append(Outcome(Path("."), error=exc))
+        if sweep_stop and sweep_stop.signum:  # a worker the stop signal reached before nnrun's handler died of it
+            stopped = StopSweep(128 + sweep_stop.signum, "")
+        else:
+            command.failed.append(Outcome(Path("."), error=exc))
         if command.sweep_dir is not None:  # a sweeper that raised (Optuna: no trial completed) skipped the table
             finish_sweep(command.sweep_dir)
         for folder in sorted(MADE):  # a sweep that failed before its first job: its multirun.yaml goes
@@ -416,14 +431,19 @@ def main(argv: list) -> int:
         print(f"nnrun: {text}", file=sys.stderr)
     if stopped is None and sweep_stop is not None and sweep_stop.signum is not None:  # jobs in worker processes
         stopped = StopSweep(128 + sweep_stop.signum, "")
+    if stopped is not None and stopped.code > 128 and command.sweep_dir is None and SWEEPS:
+        failures = finish_sweep(SWEEPS[-1])  # the jobs ran in worker processes: the table from their folders
     if stopped is not None:
         if (stopped.code > 128 or not failures) and str(stopped):  # no failures: the job ran in a worker process
             print(f"nnrun: {stopped}", file=sys.stderr)
         elif stopped.code > 128:
+            name = signal.Signals(stopped.code - 128).name
+            table = [d / "results.md" for d in [command.sweep_dir, *SWEEPS] if d is not None]
             print(
-                f"nnrun: the sweep stopped for {signal.Signals(stopped.code - 128).name}: its running jobs saved "
-                "(status interrupted), the others did not start (not_started); continue it with the same "
-                "command and trainer.resume=auto",
+                f"nnrun: the sweep stopped for {name}: its results table says how each job ended (interrupted: "
+                "saved; not_started); continue it with the same command and trainer.resume=auto"
+                if any(t.is_file() for t in table)
+                else f"nnrun: the sweep stopped for {name} before any job started; nothing was trained",
                 file=sys.stderr,
             )
         return stopped.code

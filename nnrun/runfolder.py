@@ -17,6 +17,7 @@ log = logging.getLogger("nnrun")
 LOCK = ".lock"
 _HELD = {}  # resolved run folder -> open lock file descriptor
 MADE = set()  # resolved run folders this process made (argv.make_run_dir, a new hydra.run.dir)
+SWEEPS = []  # the folder of the sweep this command composed (its table, when its workers were stopped)
 # what nnrun writes before training: a run's first files, and a sweep's multirun.yaml
 EARLY = {".hydra", LOCK, "nnrun.log", "preprocessing.json", "model_source.json", "multirun.yaml"}
 
@@ -286,6 +287,8 @@ def note_sweep_dir(config) -> None:
     if str(OmegaConf.select(config, "hydra.mode", default="")) != "RunMode.MULTIRUN":
         return
     folder = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+    if folder:
+        SWEEPS[:] = [Path(str(folder))]
     if folder and not Path(str(folder)).exists():
         MADE.add(str(Path(str(folder)).resolve()))
 

@@ -37,8 +37,17 @@ class StopRequest:
             print(f"nnrun: {self.note}", file=sys.stderr, flush=True)
         else:
             print("nnrun: already stopping; saving the checkpoint", file=sys.stderr, flush=True)
-        if signum in self.chained:
-            self.chained[signum](signum, frame)
+        if signum in self.chained:  # called once the run has saved (nnrun.fit): not mid-step, where a
+            OWED.append(signum)  # handler that exits would cut the step and the save short
+
+
+OWED = []  # signals that reached a run while a caller's own handler was installed (see owed)
+
+
+def owed() -> list:
+    """The signals whose caller's handler is still to be called, in order; the list is emptied."""
+    found, OWED[:] = list(OWED), []
+    return found
 
 
 def chainable(handler) -> bool:

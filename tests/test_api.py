@@ -87,3 +87,21 @@ def test_a_stopped_fit_calls_the_callers_handler_and_gives_its_handlers_back(tmp
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-2:] == ["stopped", "True True True"], result.stdout[-2000:]
     assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "interrupted"
+
+
+def test_a_callers_handler_that_exits_is_called_after_the_run_saved(tmp_path):
+    result = python(
+        "import os, pathlib, signal, sys, threading, time, nnrun\n"
+        "signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(3))\n"
+        "def stop():\n"
+        "    while not pathlib.Path('run/metrics.csv').exists():\n        time.sleep(0.02)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "threading.Thread(target=stop, daemon=True).start()\n"
+        "nnrun.fit(['trainer.epochs=400', '~callbacks.early_stopping', 'trainer.plots=false'], run_dir='run')\n",
+        tmp_path,
+    )
+    assert result.returncode == 3, result.stderr
+    record = json.loads((tmp_path / "run/summary.json").read_text())
+    assert record["status"] == "interrupted", record
+    assert (tmp_path / "run/checkpoints/last.pt").is_file()
+    assert "stopped by SIGTERM" in (tmp_path / "run/nnrun.log").read_text()

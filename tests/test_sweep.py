@@ -225,21 +225,33 @@ def test_a_stop_signal_stops_a_parallel_sweep_and_its_workers_save(tmp_path, sig
         assert summary(sweep / str(job))["signal"] == sig and (sweep / str(job) / "checkpoints/last.pt").exists()
 
 
-def test_ctrl_c_in_a_sweep_lists_the_jobs_that_did_not_start(tmp_path):
+@pytest.mark.parametrize(
+    "epochs, running, rows",
+    [
+        ("1,400,2", "1", [("1", "completed"), ("400", "interrupted"), ("2", "not_started")]),
+        ("400,1,2", "0", [("400", "interrupted"), ("1", "not_started"), ("2", "not_started")]),  # the first job
+    ],
+    ids=["second_job", "first_job"],
+)
+def test_ctrl_c_in_a_sweep_lists_the_jobs_that_did_not_start(tmp_path, epochs, running, rows):
     import signal
 
     code, err, sweep = stopped_sweep(
         tmp_path,
-        ["trainer.epochs=1,400,2"],
-        lambda sweep: (sweep / "1/metrics.csv").exists(),
+        [f"trainer.epochs={epochs}"],
+        lambda sweep: (sweep / running / "metrics.csv").exists(),
         signal.SIGINT,
     )
     assert code == 130, err
-    rows = [(r["trainer.epochs"], r["status"]) for r in results(sweep)]
-    assert rows == [("1", "completed"), ("400", "interrupted"), ("2", "not_started")]
+    assert [(r["trainer.epochs"], r["status"]) for r in results(sweep)] == rows
     assert not (sweep / "2").exists()  # it never started
     report = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
     assert report.returncode == 0 and [(r["trainer.epochs"], r["status"]) for r in results(sweep)] == rows
+    (sweep / "0" / "summary.json").unlink()  # a job folder that cannot be read is one row, not two
+    (sweep / "0" / "summary.json").symlink_to(tmp_path / "elsewhere.json")
+    report = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
+    assert report.returncode == 0 and len(results(sweep)) == len(rows), results(sweep)
+    assert sum(r["status"] == "unreadable" for r in results(sweep)) == 1
 
 
 def test_parallel_jobs_share_the_cores_and_their_failures_set_the_exit_code(tmp_path):

@@ -400,10 +400,11 @@ def not_started(folder: Path, rows: list) -> list:
     planned = planned_jobs(folder)
     swept = [k for k in (planned[0] if planned else {}) if len({job[k] for job in planned}) > 1]
     seen = {tuple(row["overrides"].get(k) for k in swept) for row in rows}
+    folders = {Path(str(row.get("run_dir") or "")).name for row in rows}  # an unreadable job has no overrides
     return [
         {"run_dir": "", "overrides": job, "status": "not_started", "curve": []}
-        for job in planned
-        if tuple(job[k] for k in swept) not in seen
+        for number, job in enumerate(planned)
+        if tuple(job[k] for k in swept) not in seen and str(number) not in folders  # Hydra's folder: the job's number
     ]
 
 
