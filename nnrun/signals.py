@@ -37,8 +37,11 @@ class StopRequest:
             print(f"nnrun: {self.note}", file=sys.stderr, flush=True)
         else:
             print("nnrun: already stopping; saving the checkpoint", file=sys.stderr, flush=True)
-        if signum in self.chained:  # called once the run has saved (nnrun.fit): not mid-step, where a
-            OWED.append(signum)  # handler that exits would cut the step and the save short
+        handler = self.chained.get(signum)
+        if isinstance(getattr(handler, "__self__", None), SweepStop):
+            handler(signum, frame)  # nnrun's own (a sweep worker's): it only notes the stop
+        elif handler is not None:  # a caller's: called once the run has saved (nnrun.fit), not mid-step,
+            OWED.append(signum)  # where one that exits would cut the step and the save short
 
 
 OWED = []  # signals that reached a run while a caller's own handler was installed (see owed)
