@@ -39,8 +39,9 @@ def describe(exc: BaseException):
         return _wrong_type(cause.full_key, _first_line(cause.msg))
     if isinstance(cause, MissingMandatoryValue) and cause.full_key:
         return f"{cause.full_key} is required (it is ???); set it on the command line: {cause.full_key}=..."
-    if isinstance(exc, OverrideParseException) and exc.override and _syntax_error(exc.override):
-        return _syntax_error(exc.override)  # Hydra's text says neither where nor what it expected
+    where = _syntax_error(exc.override) if isinstance(exc, OverrideParseException) and exc.override else None
+    if where:
+        return where  # Hydra's text says neither where nor what it expected
     if isinstance(exc, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         lines = [_first_line(str(exc))]
         if exc.__cause__ is not None:

@@ -2,7 +2,6 @@
 with model.kwargs plus the data's input_shape, num_classes and vocab_size when it takes them."""
 
 import inspect
-from pathlib import Path
 
 from torch import nn
 
@@ -98,9 +97,3 @@ def user_module(name: str, key: str):
     from nnrun.safety import import_own
 
     return import_own(name, key)
-
-
-def source(module):
-    """The resolved file a module was loaded from, or None (a namespace package, a built-in)."""
-    path = getattr(module, "__file__", None)
-    return Path(path).resolve() if path else None
