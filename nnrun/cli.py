@@ -152,6 +152,7 @@ def resume_state(resume_from, plain: dict):
 def load_data(job: Job):
     """The data splits on their device; under DDP, this rank's slice of every global batch."""
     from nnrun.data import build_data, normalize_mode
+    from nnrun.data.described import Standardization
     from nnrun.models.backbone import unit_pixels
     from nnrun.train import distributed
 
@@ -160,7 +161,7 @@ def load_data(job: Job):
     normalize = normalize_mode(plain["data"]["normalize"])
     normalize = "unit" if unit and normalize != "none" else normalize
     data = build_data(**{**plain["data"], "normalize": normalize}, seed=plain["trainer"]["seed"], device=job.device)
-    if unit and data.transform.describe()["kind"] == "standardize":  # images (a table is refused by the model)
+    if unit and isinstance(data.transform.describe(), Standardization):  # images (a table is refused by the model)
         log.info(
             f"data.normalize: images scaled to [0, 1] (divided by {data.transform.std:g}) for the pretrained backbone"
             if normalize == "unit"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnrun.data.described import KINDS, FeatureStandardization, Standardization, TabularEncoding, Vocabulary, from_json
 from nnrun.errors import ConfigError, printable
 from nnrun.safety import check_stored, check_targets
 from nnrun.stored import MAX_CSV, read_bytes, read_json, read_yaml
@@ -57,7 +58,6 @@ class Run:
         prep = read_json(self.folder / "preprocessing.json", root=self.folder)
         check_preprocessing(prep)
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], sample_shape(self.folder, prep)
-        self.preprocessing = prep["transform"]
         self.target_scale = None  # regression on standardized targets: (mean, std) to the target's units
         if self.task == "regression" and prep.get("target") is not None:
             from nnrun.data import target_scaling
@@ -68,12 +68,14 @@ class Run:
                 f"run={self.folder}: its config says data.scale_target was on, but preprocessing.json has no "
                 f"'target' scaling: predictions would be in the wrong units; the run folder is damaged"
             )
-        if self.preprocessing["kind"] == "tabular":  # (check_preprocessing: a dict of a known kind)
+        stored_transform = prep["transform"]  # (check_preprocessing: a dict of a known kind)
+        if stored_transform["kind"] == TabularEncoding.kind:
             from nnrun.data.tabular import check_description
 
-            check_description(self.preprocessing, self.input_shape[0] if len(self.input_shape) == 1 else -1)
-        check_scaling(self.preprocessing, self.input_shape)
-        vocab = len(self.preprocessing["vocabulary"]) + 2 if self.preprocessing["kind"] == "tokens" else 0
+            check_description(stored_transform, self.input_shape[0] if len(self.input_shape) == 1 else -1)
+        check_scaling(stored_transform, self.input_shape)
+        self.preprocessing = from_json(stored_transform)  # the fitted transform's description, typed
+        vocab = len(self.preprocessing.vocabulary) + 2 if isinstance(self.preprocessing, Vocabulary) else 0
         outputs = len(self.classes) if self.task == "multiclass" else 1
         model_conf = {
             **self.config["model"],
@@ -136,35 +138,35 @@ class Run:
     def prepare(self, inputs) -> torch.Tensor:
         """Raw inputs -> the model's input, with the run's fitted transform: images (N, H, W) or
         (N, C, H, W); windows (N, steps, features); a pandas DataFrame of table rows; a list of texts."""
-        kind = self.preprocessing["kind"]
-        if kind == "tabular":
-            return table_input(inputs, self.preprocessing)
-        if kind == "standardize" and image_paths(inputs):  # image files or folders, decoded as in training
+        described = self.preprocessing
+        if isinstance(described, TabularEncoding):
+            return table_input(inputs, described)
+        if isinstance(described, Standardization) and image_paths(inputs):  # image files or folders, decoded as trained
             from nnrun.data.images import prediction_inputs
 
             paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
             inputs = prediction_inputs(paths, self.input_shape, self.preprocessing)[0]
-        if kind == "tokens":
+        if isinstance(described, Vocabulary):
             from nnrun.data.text import TextTransform
 
             texts = [str(t) for t in inputs]
-            return TextTransform(texts, 0, 0, True).adopt(self.preprocessing)(torch.arange(len(texts)))
+            return TextTransform(texts, 0, 0, True).adopt(described)(torch.arange(len(texts)))
         x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
         given, wanted = tuple(x.shape), self.input_shape
-        if kind == "standardize" and self.preprocessing.get("data_format") == "channels_last":
+        if isinstance(described, Standardization) and described.data_format == "channels_last":
             wanted = (*wanted[1:], wanted[0])  # (H, W, C), as the run's training arrays were
             x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x  # PyTorch's (N, C, H, W)
-        if x.dim() == len(self.input_shape) and self.input_shape[0] == 1 and kind == "standardize":
+        if x.dim() == len(self.input_shape) and self.input_shape[0] == 1 and isinstance(described, Standardization):
             x = x.unsqueeze(1)  # (N, H, W) grey images
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"inputs of shape {given}: this model takes (N, {', '.join(map(str, wanted))})")
-        if kind == "standardize":
+        if isinstance(described, Standardization):
             from nnrun.data import Standardize
 
-            return Standardize().adopt(self.preprocessing)(x)
+            return Standardize().adopt(described)(x)
         from nnrun.data.sequence import FeatureScale
 
-        return FeatureScale(self.preprocessing["features"]).adopt(self.preprocessing)(x)
+        return FeatureScale(described.features).adopt(described)(x)
 
     @torch.no_grad()
     def predict(self, inputs, batch_size: int = 512) -> np.ndarray:
@@ -192,7 +194,6 @@ class Run:
         return [self.classes[i] for i in index]
 
 
-KINDS = ("standardize", "standardize_features", "tabular", "tokens")
 TASKS = ("multiclass", "binary", "regression")
 
 
@@ -241,11 +242,11 @@ def check_scaling(transform: dict, input_shape: tuple) -> None:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
     kind = transform.get("kind") if isinstance(transform, dict) else None
-    if kind == "standardize":
+    if kind == Standardization.kind:
         means, stds = [transform.get("mean")], [transform.get("std")]
         if transform.get("data_format", "channels_first") not in ("channels_first", "channels_last"):
             raise ConfigError(f"preprocessing.json: data_format {transform.get('data_format')!r} is not known")
-    elif kind == "standardize_features":
+    elif kind == FeatureStandardization.kind:
         means, stds = transform.get("mean"), transform.get("std")
         if not (isinstance(means, list) and isinstance(stds, list) and len(means) == len(stds) == input_shape[-1]):
             raise ConfigError(
@@ -316,14 +317,14 @@ def load_run(folder, trust_code: bool = False) -> Run:
         raise ConfigError(printable(exc)) from None
 
 
-def table_input(frame, description: dict) -> torch.Tensor:
+def table_input(frame, description: TabularEncoding) -> torch.Tensor:
     """Rows of a DataFrame -> the model's input columns, by the run's own TabularTransform."""
     import pandas as pd
 
     from nnrun.data.tabular import TabularTransform
 
     frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
-    transform = TabularTransform(frame, (), None, description.get("target")).adopt(description)
+    transform = TabularTransform(frame, (), None, description.target).adopt(description)
     return transform(torch.arange(len(frame)))
 
 
@@ -336,7 +337,7 @@ def image_paths(inputs) -> bool:
 def read_inputs(run: Run, path: Path):
     """An input file in the form run.prepare() takes, and the row labels of the output (an image
     file or a folder of images: their paths)."""
-    kind = run.preprocessing["kind"]
+    described = run.preprocessing
     from nnrun.data.images import is_images, prediction_inputs
 
     if is_images(path):
@@ -370,15 +371,15 @@ def read_inputs(run: Run, path: Path):
     from nnrun.data.tabular import read_csv
 
     frame = read_csv(str(path), "input", run.config["data"].get("na_values"))
-    if kind == "tabular":
+    if isinstance(described, TabularEncoding):
         return frame, list(range(len(frame)))
-    if kind == "tokens":
+    if isinstance(described, Vocabulary):
         column = run.config["data"].get("text") or "text"
         if column not in frame.columns:
             raise ConfigError(f"input={path} has no column {column!r} (data.text of the run)")
         return frame[column].fillna("").astype(str).tolist(), list(range(len(frame)))
-    if kind == "standardize_features":  # a series: every window of it, labelled by its last step
-        window, features = run.input_shape[0], run.preprocessing["features"]
+    if isinstance(described, FeatureStandardization):  # a series: every window of it, labelled by its last step
+        window, features = run.input_shape[0], described.features
         lacking = [f for f in features if f not in frame.columns]
         if lacking:
             raise ConfigError(f"input={path} lacks the column(s) {', '.join(lacking)}")
@@ -601,6 +602,6 @@ def quiet_stdout():
 
 
 def example_input(run: Run) -> torch.Tensor:
-    if run.preprocessing["kind"] == "tokens":
+    if isinstance(run.preprocessing, Vocabulary):
         return torch.ones(2, *run.input_shape, dtype=torch.long)
     return torch.zeros(2, *run.input_shape)

@@ -306,7 +306,7 @@ def test_splits_hold_their_own_rows_scaled_by_the_training_rows_without_a_second
         assert torch.equal(split.y, torch.from_numpy(y)[picked]), part
         assert torch.equal(split.x, data.transform(raw[picked])), part
     fitted = raw[rows["train"]].double().numpy()
-    described = data.transform.describe()
+    described = data.transform.describe().as_json()
     if described["kind"] == "standardize":
         assert described["mean"] == pytest.approx(fitted.mean(), rel=1e-6)
     else:

@@ -81,19 +81,19 @@ def test_a_first_loss_far_above_chance_warns(tmp_path):
 
 DATASETS = """
 import torch
-from nnrun.data import DATASETS
+from nnrun.data import DATASETS, Loaded
 
 @DATASETS.register("nan_rows")
 def nan_rows(root, seed, **options):
     x, y = torch.randn(100, 4), torch.arange(100) % 2
     x[17, 2] = float("nan")
-    return {"train": (x, y), "test": (torch.randn(20, 4), y[:20]), "classes": ["a", "b"]}
+    return Loaded(train=(x, y), test=(torch.randn(20, 4), y[:20]), classes=["a", "b"])
 
 @DATASETS.register("one_class_val")
 def one_class_val(root, seed, **options):
     x, y = torch.randn(100, 4), torch.arange(100) % 3
-    return {"train": (x, y), "val": (x[:10], torch.zeros(10, dtype=torch.long)), "test": (x[:20], y[:20]),
-            "classes": ["a", "b", "c"]}
+    return Loaded(train=(x, y), val=(x[:10], torch.zeros(10, dtype=torch.long)), test=(x[:20], y[:20]),
+                  classes=["a", "b", "c"])
 """
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from nnrun.checks import data_errors, non_finite_data
+from nnrun.data.described import Described, Standardization
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
@@ -58,6 +59,20 @@ class Split:
         return count if limit is None else min(count, limit)
 
 
+@dataclass(kw_only=True)
+class Loaded:
+    """What a loader returns: whole (x, y) tensors per split, before build_data holds out the
+    validation split, scales and places them."""
+
+    train: tuple  # (x, y): inputs (N, ...) and targets (N,)
+    val: Optional[tuple] = None  # the loader's own validation split; None: see hold_out
+    test: tuple
+    classes: list = field(default_factory=list)  # class names in label order ([] for regression)
+    task: str = "multiclass"  # multiclass | binary | regression
+    transform: object = None  # a transform of the loader's own (fit/__call__/describe), else Standardize
+    hold_out: bool = True  # with val None: hold out data.val_split of train (False: the loader wants no validation)
+
+
 @dataclass
 class Data:
     train: Split
@@ -68,7 +83,7 @@ class Data:
     num_classes: int  # 0 for regression
     task: str = "multiclass"  # multiclass | binary | regression
     classes: list = field(default_factory=list)
-    transform: object = None  # fitted on train; .describe() is what predictions must apply
+    transform: object = None  # fitted on train; .describe() is what predictions must apply (nnrun.data.described)
     vocab: int = 0  # token data: rows of the embedding table (0: not tokens)
     target_scale: Optional[tuple] = None  # regression: (mean, std) the targets were standardized with
     augment: object = None  # an Augment applied to training batches, or None
@@ -105,13 +120,13 @@ class Standardize:
         self.mean = 0.0
         self.std = 255.0 if x.dtype == torch.uint8 else max(float(x.abs().max()), 1e-8)
 
-    def adopt(self, description: dict) -> "Standardize":
+    def adopt(self, description: Standardization) -> "Standardize":
         """Take the fitted values a run stored (preprocessing.json) instead of fitting."""
-        self.mean, self.std = float(description["mean"]), float(description["std"])
+        self.mean, self.std = float(description.mean), float(description.std)
         return self
 
-    def describe(self) -> dict:
-        return {"kind": "standardize", "mean": self.mean, "std": self.std}
+    def describe(self) -> Standardization:
+        return Standardization(mean=self.mean, std=self.std)
 
 
 TARGET_DTYPES = {"multiclass": torch.long, "binary": torch.float32, "regression": torch.float32}
@@ -136,7 +151,7 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
     normalize=True,
     scale_target=None,
     augment=None,
-    fitted: dict = None,
+    fitted: Described = None,
     fitted_target: dict = None,
     **options,
 ) -> Data:
@@ -153,15 +168,20 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
     if "val_split" in DATASETS.parameters(name):
         options["val_split"] = val_split
     loaded = DATASETS.build(name, root=root, seed=seed, **options)
-    task = loaded.get("task", "multiclass")
+    if not isinstance(loaded, Loaded):
+        raise ConfigError(
+            f"data.name={name}: its loader returned a {type(loaded).__name__}; return "
+            f"nnrun.data.Loaded(train=(x, y), test=(x, y), classes=[...]) (docs/extending.md)"
+        )
+    task = loaded.task
     for part in ("train", "val", "test"):  # before scaling spreads a NaN everywhere
-        if loaded.get(part) is not None and loaded.get("transform") is None:  # (csv imputes its own)
-            non_finite_data(part, Split(*loaded[part]))
-    x_train, y_train = loaded["train"]
-    x_val, y_val = loaded.get("val") or (None, None)
+        if getattr(loaded, part) is not None and loaded.transform is None:  # (csv imputes its own)
+            non_finite_data(part, Split(*getattr(loaded, part)))
+    x_train, y_train = loaded.train
+    x_val, y_val = loaded.val or (None, None)
     if val_split_from not in ("random", "end"):
         raise ConfigError(f"data.val_split_from={val_split_from} is not one of random, end")
-    if val_split > 0 and "val" not in loaded:  # a loader that splits by time gives its own
+    if val_split > 0 and loaded.val is None and loaded.hold_out:  # a loader that splits by time gives its own
         hold_out = random_split if task == "regression" else stratified_split
         if val_split_from == "end":
             train_idx, val_idx = end_split(len(y_train), val_split, key="data.val_split")
@@ -171,7 +191,7 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
     files = x_train if getattr(x_train, "streamed", False) else None  # image_folder streamed from disk
     if files is not None and fitted is None:  # its statistics: from a seeded sample (a run's own: none needed)
         x_train = files.sample(seed)
-    transform = loaded.get("transform") or Standardize()
+    transform = loaded.transform or Standardize()
     if fitted is not None:
         transform.adopt(fitted)
     else:
@@ -198,12 +218,12 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
     data = Data(
         train=train,
         val=split(x_val, y_val) if x_val is not None else None,
-        test=split(*loaded["test"]),
+        test=split(*loaded.test),
         batch_size=batch_size,
         input_shape=tuple(train.x.shape[1:]),
-        num_classes=len(loaded["classes"]),
+        num_classes=len(loaded.classes),
         task=task,
-        classes=list(loaded["classes"]),
+        classes=list(loaded.classes),
         transform=transform,
         vocab=getattr(transform, "num_tokens", 0),
         augment=image_augment(augment, train, transform),

@@ -4,12 +4,14 @@ images, (N, T, F) sequences. Files are read without unpickling: an array file is
 
 import logging
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Standardize, random_split, split_rows, stratified_split, unseen_classes
+from nnrun.data import DATASETS, Loaded, Standardize, random_split, split_rows, stratified_split, unseen_classes
+from nnrun.data.described import FeatureStandardization, Standardization
 from nnrun.data.sequence import FeatureScale
 from nnrun.data.tabular import TASKS, encode_target
 from nnrun.errors import ConfigError
@@ -105,7 +107,7 @@ def arrays(  # noqa: PLR0913  (its parameters are the YAML schema)
         transform = ImageScale(data_format)
     else:
         transform = ColumnScale([str(j) for j in range(sample[-1])], layout)
-    return {**out, "classes": classes, "task": task, "transform": transform}
+    return Loaded(**out, classes=classes, task=task, transform=transform)
 
 
 def read_pair(source, key: str, keys: tuple):
@@ -325,8 +327,8 @@ class ImageScale(Standardize):
         if data_format == "channels_last":
             log.info("data.data_format: x is channels-last (N, H, W, C); transposed to (N, C, H, W) for PyTorch")
 
-    def describe(self) -> dict:
-        return {**super().describe(), "data_format": self.data_format}
+    def describe(self) -> Standardization:
+        return replace(super().describe(), data_format=self.data_format)
 
 
 class ColumnScale(FeatureScale):
@@ -337,5 +339,5 @@ class ColumnScale(FeatureScale):
         super().__init__(features)
         self.layout = layout
 
-    def describe(self) -> dict:
-        return {**super().describe(), "layout": self.layout}
+    def describe(self) -> FeatureStandardization:
+        return replace(super().describe(), layout=self.layout)

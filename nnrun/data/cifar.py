@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS
+from nnrun.data import DATASETS, Loaded
 from nnrun.data.vision import _writable
 from nnrun.errors import ConfigError
 
@@ -48,13 +48,13 @@ def cifar10(root: str, seed: int, download: bool = True):
             f"or run once online with data.download=true"
         )
     log.info(f"data.root={root}: CIFAR-10 read from {batches.source}")
-    out = {"classes": CLASSES}
+    out = {}
     for split, names in (("train", TRAIN), ("test", ["test_batch"])):
         parts = [batches(name) for name in names]
         x = torch.from_numpy(np.concatenate([p[0] for p in parts]))  # (N, 3, 32, 32) uint8
         y = torch.from_numpy(np.concatenate([p[1] for p in parts]))  # (N,)
         out[split] = (x, y)
-    return out
+    return Loaded(train=out["train"], test=out["test"], classes=CLASSES)
 
 
 def find_batches(root: Path):

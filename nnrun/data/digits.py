@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, stratified_split
+from nnrun.data import DATASETS, Loaded, stratified_split
 
 
 @DATASETS.register("digits")
@@ -16,11 +16,9 @@ def digits(root: str, seed: int, test_split: float = 0.2):
     x = torch.from_numpy(table[:, :-1]).reshape(-1, 1, 8, 8)  # (N, 1, 8, 8)
     y = torch.from_numpy(table[:, -1]).long()
     train_idx, test_idx = stratified_split(y, test_split, seed, key="data.test_split")
-    return {
-        "train": (x[train_idx], y[train_idx]),
-        "test": (x[test_idx], y[test_idx]),
-        "classes": [str(c) for c in range(10)],
-    }
+    return Loaded(
+        train=(x[train_idx], y[train_idx]), test=(x[test_idx], y[test_idx]), classes=[str(c) for c in range(10)]
+    )
 
 
 def _digits_file() -> Path:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Split, stratified_split
+from nnrun.data import DATASETS, Loaded, Split, stratified_split
+from nnrun.data.described import Described, Standardization
 from nnrun.errors import ConfigError
 
 log = logging.getLogger("nnrun")
@@ -116,7 +117,7 @@ def image_folder(  # noqa: PLR0913  (its parameters are the YAML schema)
     else:
         images = ImageFiles(reader, keep)
     labels, parts_of = labels[keep], [entries[i][2] for i in keep.tolist()]
-    out = {"classes": classes}
+    out = {}
     for part in ("train", "val", "test"):
         idx = torch.tensor([i for i, p in enumerate(parts_of) if p == part], dtype=torch.long)
         if len(idx):
@@ -127,7 +128,7 @@ def image_folder(  # noqa: PLR0913  (its parameters are the YAML schema)
         x, y = out["train"]
         train_idx, test_idx = stratified_split(y, test_split, seed, key="data.test_split")
         out["train"], out["test"] = (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
-    return out
+    return Loaded(**out, classes=classes)
 
 
 # ---- options -------------------------------------------------------------------------------
@@ -777,11 +778,11 @@ def is_images(path) -> bool:
     return path.is_dir() or path.suffix.lower() in EXTENSIONS
 
 
-def prediction_inputs(paths, input_shape: tuple, description: dict, where: str = "input"):
+def prediction_inputs(paths, input_shape: tuple, description: Described, where: str = "input"):
     """Image files (or folders of them, read recursively) decoded as a run's images were:
     ((N, C, H, W) uint8, the file names). The run's mean and std were checked when it loaded
     (trained.check_scaling)."""
-    if len(input_shape) != 3 or input_shape[0] not in (1, 3) or description.get("kind") != "standardize":
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3) or not isinstance(description, Standardization):
         raise ConfigError(
             f"{where}: this run's model does not take images of shape (channels 1 or 3, height, width) scaled by "
             f"mean and std (its samples: {tuple(input_shape)}); give it the input kind it was trained on"

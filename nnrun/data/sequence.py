@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, random_split, rows_per_block, stratified_split
+from nnrun.data import DATASETS, Loaded, random_split, rows_per_block, stratified_split
+from nnrun.data.described import FeatureStandardization
 from nnrun.data.tabular import encode_target, read_csv
 from nnrun.errors import ConfigError
 
@@ -105,15 +106,10 @@ def forecast_windows(path, values, target, features, window, horizon, stride, sp
         "val": (steps - n_test - n_val, steps - n_test),
         "test": (steps - n_test, steps),
     }
-    out = {
-        "classes": [],
-        "task": "regression",
-        "transform": FeatureScale(features, window=window, horizon=horizon, target=target),
-    }
+    out = {"val": None}
     for split, (start, end) in bounds.items():
         if split == "val" and n_val == 0:
-            out["val"] = None  # none wanted
-            continue
+            continue  # none wanted
         count = (end - start - window - horizon) // stride + 1
         if count < 1:
             key = "data.test_split" if split == "test" else "data.val_split" if split == "val" else "data.window"
@@ -130,7 +126,12 @@ def forecast_windows(path, values, target, features, window, horizon, stride, sp
         f"data.path={path}: {steps} steps, {len(features)} feature(s); windows of {window} steps forecast "
         f"{target!r} {horizon} step(s) ahead; split by time {bounds['train'][1]}/{n_val}/{n_test} steps"
     )
-    return out
+    return Loaded(
+        **out,
+        task="regression",
+        transform=FeatureScale(features, window=window, horizon=horizon, target=target),
+        hold_out=False,  # split by time above
+    )
 
 
 def labelled_series(path, columns, values, target, features, task, test_split, seed):
@@ -147,7 +148,7 @@ def labelled_series(path, columns, values, target, features, task, test_split, s
     split = random_split if task == "regression" else stratified_split
     train_idx, test_idx = split(y if task != "regression" else len(y), test_split, seed, key="data.test_split")
     log.info(f"data.path={path}: {len(y)} series of {len(steps)} steps, target {target!r} ({task})")
-    return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx]), "classes": classes, "task": task}
+    return Loaded(train=(x[train_idx], y[train_idx]), test=(x[test_idx], y[test_idx]), classes=classes, task=task)
 
 
 def blocks(flat: torch.Tensor):
@@ -187,9 +188,9 @@ class FeatureScale:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.double() - self.mean) / self.std).float().contiguous()
 
-    def adopt(self, description: dict) -> "FeatureScale":
-        self.mean = torch.tensor(description["mean"], dtype=torch.float64)
-        self.std = torch.tensor(description["std"], dtype=torch.float64)
+    def adopt(self, description: FeatureStandardization) -> "FeatureScale":
+        self.mean = torch.tensor(description.mean, dtype=torch.float64)
+        self.std = torch.tensor(description.std, dtype=torch.float64)
         return self
 
     def unscaled(self) -> None:
@@ -201,11 +202,7 @@ class FeatureScale:
         spread = high - self.mean
         self.std = torch.where(spread > 0, spread, torch.ones_like(spread))  # constant: only shifted, as scikit-learn
 
-    def describe(self) -> dict:
-        return {
-            "kind": "standardize_features",
-            "features": self.features,
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            **self.windows,
-        }
+    def describe(self) -> FeatureStandardization:
+        return FeatureStandardization(
+            features=self.features, mean=self.mean.tolist(), std=self.std.tolist(), **self.windows
+        )

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, random_split, stratified_split, unseen_classes
+from nnrun.data import DATASETS, Loaded, random_split, stratified_split, unseen_classes
+from nnrun.data.described import TabularEncoding
 from nnrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,10 @@ def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
         train_idx, test_idx = random_split(frame_rows, test_split, seed, key="data.test_split")
     else:
         train_idx, test_idx = stratified_split(y[:frame_rows], test_split, seed, key="data.test_split")
-    out = {}
+    val = None
     if val_path:
         val_idx = torch.arange(frame_rows + test_rows, len(frame))
-        out["val"] = (x[val_idx], y[val_idx])
+        val = (x[val_idx], y[val_idx])
         log.info(f"data.val_path={val_path}: {val_rows} validation rows (data.val_split does not apply)")
     log.info(
         f"data.path={path}: {len(frame)} rows, target {target!r} ({task}"
@@ -105,14 +106,14 @@ def csv(  # noqa: PLR0913  (its parameters are the YAML schema)
         + f"), {len(features)} features"
         + (f" ({len(categorical)} categorical: {', '.join(categorical)})" if categorical else "")
     )
-    return {
-        **out,
-        "train": (x[train_idx], y[train_idx]),
-        "test": (x[test_idx], y[test_idx]),
-        "classes": classes,
-        "task": task,
-        "transform": TabularTransform(frame[features], categorical, impute, target),
-    }
+    return Loaded(
+        train=(x[train_idx], y[train_idx]),
+        val=val,
+        test=(x[test_idx], y[test_idx]),
+        classes=classes,
+        task=task,
+        transform=TabularTransform(frame[features], categorical, impute, target),
+    )
 
 
 def read_csv(path: str, key: str, na_values=()):
@@ -287,18 +288,18 @@ class TabularTransform:
         self.columns = self.transformer({}).fit(rows)
         return self
 
-    def adopt(self, description: dict) -> "TabularTransform":
+    def adopt(self, description: TabularEncoding) -> "TabularTransform":
         """The run's fitted values (preprocessing.json) instead of fitting; columns are matched by
         name, categories by their text."""
-        check_description(description)
-        stored = {c["name"]: c for c in description["columns"]}
+        check_description(description.as_json())
+        stored = {c["name"]: c for c in description.columns}
         missing = [name for name in stored if name not in self.frame.columns]
         if missing:
             raise ConfigError(
                 f"the input lacks the column(s) {', '.join(map(repr, missing))} the model was "
                 f"trained on: {', '.join(map(repr, stored))}"
             )
-        self.features, self.impute = list(stored), description.get("impute")
+        self.features, self.impute = list(stored), description.impute
         self.categorical = {name for name, c in stored.items() if c["kind"] == "categorical"}
         sample = {name: [c["categories"][0]] if name in self.categorical else [0.0] for name, c in stored.items()}
         import pandas as pd
@@ -391,8 +392,8 @@ class TabularTransform:
                 )
         return torch.from_numpy(np.asarray(self.columns.transform(rows), dtype=np.float32)).contiguous()
 
-    def describe(self) -> dict:
-        """JSON-ready: what predictions must apply to new rows, in the order of the model's inputs."""
+    def describe(self) -> TabularEncoding:
+        """What predictions must apply to new rows, in the order of the model's inputs."""
         columns = []
         for name in self.features:
             pipeline, imputer = self.columns.named_transformers_[name], self.imputer(name)
@@ -417,7 +418,7 @@ class TabularTransform:
                         "fill": float(fill) if fill is not None else None,
                     }
                 )
-        return {"kind": "tabular", "target": self.target, "impute": self.impute, "columns": columns}
+        return TabularEncoding(columns=columns, target=self.target, impute=self.impute)
 
 
 def check_description(description: dict, width: int = None) -> None:

@@ -10,7 +10,8 @@ from collections import Counter
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, stratified_split, unseen_classes
+from nnrun.data import DATASETS, Loaded, stratified_split, unseen_classes
+from nnrun.data.described import Vocabulary
 from nnrun.data.tabular import encode_target, read_csv
 from nnrun.errors import ConfigError
 
@@ -74,21 +75,21 @@ def text_csv(  # noqa: PLR0913  (its parameters are the YAML schema)
         train_idx, test_idx = torch.arange(n), torch.arange(n, n + n_test)
     else:
         train_idx, test_idx = stratified_split(y[:n], test_split, seed, key="data.test_split")
-    out = {}
+    val = None
     if val_path:
-        out["val"] = (x[n + n_test :], y[n + n_test :])
+        val = (x[n + n_test :], y[n + n_test :])
         log.info(
             f"data.val_path={val_path}: {len(texts) - n - n_test} validation texts (data.val_split does not apply)"
         )
     log.info(f"data.path={path}: {len(texts)} texts, label {target!r} ({task}, classes {', '.join(classes)})")
-    return {
-        **out,
-        "train": (x[train_idx], y[train_idx]),
-        "test": (x[test_idx], y[test_idx]),
-        "classes": classes,
-        "task": task,
-        "transform": TextTransform(texts, vocab_size, max_len, lowercase),
-    }
+    return Loaded(
+        train=(x[train_idx], y[train_idx]),
+        val=val,
+        test=(x[test_idx], y[test_idx]),
+        classes=classes,
+        task=task,
+        transform=TextTransform(texts, vocab_size, max_len, lowercase),
+    )
 
 
 class TextTransform:
@@ -104,10 +105,10 @@ class TextTransform:
         self.ids = {w: i + 2 for i, w in enumerate(self.words)}
         return self
 
-    def adopt(self, description: dict) -> "TextTransform":
+    def adopt(self, description: Vocabulary) -> "TextTransform":
         """The run's vocabulary and rules, for texts it never saw."""
-        self.words, self.max_len = list(description["vocabulary"]), int(description["max_len"])
-        self.lowercase = bool(description["lowercase"])
+        self.words, self.max_len = list(description.vocabulary), int(description.max_len)
+        self.lowercase = bool(description.lowercase)
         self.ids = {w: i + 2 for i, w in enumerate(self.words)}
         return self
 
@@ -133,14 +134,7 @@ class TextTransform:
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         return self.encode([self.texts[i] for i in rows.tolist()])
 
-    def describe(self) -> dict:
-        return {
-            "kind": "tokens",
-            "lowercase": self.lowercase,
-            "max_len": self.max_len,
-            "padding": "pre",
-            "truncating": "pre",
-            "pad_id": PAD,
-            "unknown_id": UNKNOWN,
-            "vocabulary": self.words,
-        }
+    def describe(self) -> Vocabulary:
+        return Vocabulary(
+            lowercase=self.lowercase, max_len=self.max_len, vocabulary=self.words, pad_id=PAD, unknown_id=UNKNOWN
+        )

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS
+from nnrun.data import DATASETS, Loaded
 from nnrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def load_idx_dataset(root: str, name: str, download: bool, classes):
                 else ""
             )
         )
-    out = {"classes": classes}
+    out = {}
     for split, (images, labels) in FILES.items():
         x = torch.from_numpy(read_idx(paths[images])).unsqueeze(1)  # (N, 1, 28, 28) uint8
         y = torch.from_numpy(read_idx(paths[labels]).astype(np.int64))  # (N,)
@@ -83,7 +83,7 @@ def load_idx_dataset(root: str, name: str, download: bool, classes):
                 f"({len(outside)} such labels); the file is damaged or not {name}"
             )
         out[split] = (x, y)
-    return out
+    return Loaded(train=out["train"], test=out["test"], classes=classes)
 
 
 def find_files(root: Path, name: str) -> dict:

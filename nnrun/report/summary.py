@@ -45,7 +45,7 @@ def write_preprocessing(run_dir, data) -> Path:
             "task": data.task,
             "classes": data.classes,
             "input_shape": list(data.input_shape),
-            "transform": data.transform.describe(),
+            "transform": data.transform.describe().as_json(),  # nnrun.data.described
             # regression trained on standardized targets: predictions are output * std + mean
             **({"target": dict(zip(("mean", "std"), data.target_scale))} if data.target_scale else {}),
         },
