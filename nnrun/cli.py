@@ -30,7 +30,7 @@ def run(
     from nnrun import usercode
     from nnrun.callbacks import build_callbacks, run_end
     from nnrun.data import fingerprint, fingerprint_changes
-    from nnrun.models import build_model, check_size
+    from nnrun.models import build_model, check_size, hooks
     from nnrun.report.console import EpochProgress
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
     from nnrun.runfolder import write_pending
@@ -63,8 +63,9 @@ def run(
         }
         check_size(model_conf)
         model = build_model(**model_conf).to(job.device)
-        if saved is None and hasattr(model, "load_pretrained"):  # model.weights; a resumed run has its own
-            model.load_pretrained()
+        pretrained = hooks(model).load_pretrained
+        if saved is None and pretrained is not None:  # model.weights; a resumed run has its own
+            pretrained()
         usercode.record(run_dir, plain["model"], plain["imports"])  # model_source.json: a model of your code
         summary = first_summary(model, data, job, run_dir)
         if trainer["epochs"] == 0:
@@ -189,6 +190,7 @@ def first_summary(model, data, job: Job, run_dir: Path) -> dict:
     import torch
 
     from nnrun.checks import forward_error
+    from nnrun.models import hooks
     from nnrun.report.console import model_table
     from nnrun.train.device import device_facts
 
@@ -201,7 +203,7 @@ def first_summary(model, data, job: Job, run_dir: Path) -> dict:
         if error is exc:
             raise
         raise error from exc
-    for note in getattr(model, "notes", ()):
+    for note in hooks(model).notes:
         log.info(note)
     return {
         "status": "completed",
@@ -220,6 +222,7 @@ def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
     scheduler and losses as the config says, with the monitored names checked."""
     from nnrun.checks import preflight
     from nnrun.losses import build_losses
+    from nnrun.models import hooks
     from nnrun.optim import build_optimizer, build_scheduler
     from nnrun.train import distributed
     from nnrun.train.engine import Engine
@@ -253,9 +256,10 @@ def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
         every_n_steps=trainer["checkpoint_every_n_steps"],
     )
     check_monitors(data.val is not None, settings.monitor, callbacks, scheduler, data.task)
-    if (getattr(model, "unfreeze_at_epoch", None) or 0) > trainer["epochs"]:
+    unfreeze = hooks(model).unfreeze_at_epoch
+    if (unfreeze or 0) > trainer["epochs"]:
         log.warning(
-            f"model.unfreeze_at_epoch={model.unfreeze_at_epoch} is past trainer.epochs={trainer['epochs']}: "
+            f"model.unfreeze_at_epoch={unfreeze} is past trainer.epochs={trainer['epochs']}: "
             f"the backbone stays frozen for the whole run"
         )
     fitter = Trainer(engine, optimizer, scheduler, callbacks, losses, settings, outputs)

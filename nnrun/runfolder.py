@@ -66,6 +66,14 @@ def claim(run_dir) -> Path:
     return run_dir
 
 
+def close_inherited() -> None:
+    """In a forked child (a DataLoader worker): close the lock descriptors it inherited, so that no
+    run folder stays locked by a worker after its run ended."""
+    for fd in _HELD.values():
+        os.close(fd)
+    _HELD.clear()
+
+
 def release(run_dir) -> None:
     fd = _HELD.pop(str(Path(run_dir).resolve()), None)
     if fd is not None:

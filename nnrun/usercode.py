@@ -6,24 +6,18 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from nnrun import sources
 from nnrun.errors import ConfigError
+from nnrun.machine import state_dir  # noqa: F401  (nnrun.usercode.state_dir: below data, whose image cache keys it)
 from nnrun.stored import read_json
 
 log = logging.getLogger("nnrun")
 RECORD = "model_source.json"
 TRUST_LIST = "trusted_code.json"
 WARNED = set()  # files whose change was said once in this process
-
-
-def state_dir() -> Path:
-    if os.environ.get("NNRUN_STATE_DIR"):
-        return Path(os.environ["NNRUN_STATE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state").expanduser() / "nnrun"
 
 
 def trusted() -> set:

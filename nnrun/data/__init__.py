@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from nnrun.checks import data_errors, non_finite_data
+from nnrun.data.augment import Augment
 from nnrun.data.described import Described, Standardization
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
@@ -301,8 +302,6 @@ def target_scaling(y: torch.Tensor, fitted: dict = None) -> tuple:
 
 def image_augment(options, train: Split, transform):
     """An Augment for image batches, or None when data.augment asks for nothing."""
-    from nnrun.data.augment import Augment
-
     augment = Augment(**(options or {}))
     if not augment:
         return None

@@ -15,6 +15,7 @@ from nnrun.data.described import FeatureStandardization, Standardization
 from nnrun.data.sequence import FeatureScale
 from nnrun.data.tabular import TASKS, encode_target
 from nnrun.errors import ConfigError
+from nnrun.machine import physical_memory
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("auto", "table", "images", "sequence")
@@ -191,8 +192,6 @@ def check_sizes(file: Path, key: str, keys) -> None:
     """Each array's header (shape and dtype) against the bytes that hold it and this machine's
     memory: a crafted header (or a zip bomb's member) must not make np.load allocate terabytes."""
     from numpy.lib import format as npformat
-
-    from nnrun.train.device import physical_memory
 
     def check(stream, stored: int, name: str) -> None:
         version = npformat.read_magic(stream)

@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnrun import runfolder, signals
 from nnrun.data import DATASETS, Loaded, Split, stratified_split
 from nnrun.data.described import Described, Standardization
 from nnrun.errors import ConfigError
+from nnrun.machine import available_cores, state_dir
+from nnrun.stored import default_mode
 
 log = logging.getLogger("nnrun")
 
@@ -166,8 +169,6 @@ def parse_cache(value):
 
 def resolve_workers(value) -> int:
     """data.num_workers; null: one process per core but one (the training process's)."""
-    from nnrun.train.device import available_cores
-
     cores = available_cores()
     if value is not None and int(value) > cores:  # a preset's 1000 would fork 1000 processes
         log.warning(f"data.num_workers={value}: this machine has {cores} cores; using {cores} workers")
@@ -378,12 +379,8 @@ class Chunks:
 def worker_setup(_) -> None:
     """In each DataLoader worker: one torch thread (the cores go to decoding), and no copy of the
     run folder's lock (a forked worker would hold it until it exits)."""
-    from nnrun import runfolder
-
     torch.set_num_threads(1)
-    for fd in runfolder._HELD.values():
-        os.close(fd)
-    runfolder._HELD.clear()
+    runfolder.close_inherited()
 
 
 def decode(path: Path, shape) -> np.ndarray:
@@ -447,9 +444,7 @@ def too_large(exc: Exception) -> str:
 def in_threads(fn, items: list) -> list:
     """[fn(item)] computed in threads, a chunk at a time: a stop signal (Ctrl-C, SIGTERM) ends
     the decoding between chunks instead of after every file."""
-    from nnrun import signals
-    from nnrun.train.device import available_cores
-    from nnrun.train.loop import Interrupted
+    from nnrun.train.loop import Interrupted  # moves to nnrun.errors (helper "layers"): then to the top
 
     workers = available_cores()  # every core: Pillow decodes without the GIL, and training has not begun
     out = []
@@ -555,8 +550,6 @@ def cache_secret():
     0600) that key the cache's digest: anyone who can write to the cache folder can write a file
     whose plain digest matches, only its owner one whose keyed digest does. None (no cache) when
     the key cannot be kept."""
-    from nnrun.usercode import state_dir
-
     path = state_dir() / "cache.key"
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -668,8 +661,6 @@ def write_cache(path: Path, images: torch.Tensor, ok: np.ndarray, seal: Seal) ->
         try:
             tensors = {"images": images.contiguous(), "ok": torch.from_numpy(ok)}
             save_file(tensors, tmp, metadata={"digest": seal.of(images, ok)})
-            from nnrun.stored import default_mode
-
             os.chmod(tmp, default_mode())  # mkstemp makes 0600; others sharing the cache folder may read it
             os.replace(tmp, path)
         finally:

@@ -1,12 +1,18 @@
-"""Models by name. Each class takes input_shape and num_classes from the data, the rest from YAML."""
+"""Models by name. Each class takes input_shape and num_classes from the data, the rest from YAML;
+ModelHooks lists what else nnrun calls on a model that has it."""
 
 import inspect
 import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
 
+import torch
 from torch import nn
 
 from nnrun.errors import ConfigError
-from nnrun.registry import Registry
+from nnrun.machine import physical_memory
+from nnrun.registry import Registry, check_options
+from nnrun.safety import resolve
 
 MODELS = Registry("model")
 
@@ -57,6 +63,47 @@ def dense_stack(in_features: int, hidden, act: str, dropout: float, batchnorm: b
     return layers
 
 
+class ModelHooks(Protocol):
+    """A model's optional hooks: an nn.Module may define any of these, and nnrun calls those it
+    finds (through hooks(model), the one place that looks). None is needed for a plain model."""
+
+    notes: list  # lines logged under the model's table (model=sequential: what it added or chose)
+    layer_penalties: list  # (weight, l1, l2) per layer with its own kernel_regularizer, added to the loss
+    unfreeze_at_epoch: Optional[int]  # a frozen backbone's epoch of unfreezing: a warning when past trainer.epochs
+
+    def load_pretrained(self) -> None:
+        """Load pretrained weights (model.weights); called by a new run only, never on resume or reload."""
+
+    def param_groups(self, lr: float, scale: Optional[float]) -> list:
+        """The optimizer's parameter groups (e.g. a head at lr, a backbone at lr x scale)."""
+
+    def train_stage(self, epoch: int) -> bool:
+        """Freeze or unfreeze parts for this epoch (from 1); True when the trainable parameters changed."""
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The hooks of one model, each its default when the model lacks it (None: not called)."""
+
+    notes: tuple = ()
+    layer_penalties: tuple = ()
+    unfreeze_at_epoch: Optional[int] = None
+    load_pretrained: Optional[Callable[[], None]] = None
+    param_groups: Optional[Callable[[float, Optional[float]], list]] = None
+    train_stage: Optional[Callable[[int], bool]] = None
+
+
+HOOKS = ("notes", "layer_penalties", "unfreeze_at_epoch", "load_pretrained", "param_groups", "train_stage")
+
+
+def hooks(model: nn.Module) -> Hooks:
+    """What of ModelHooks model has (a hook set to None counts as absent)."""
+    found = {name: getattr(model, name, None) for name in HOOKS}
+    found["notes"] = tuple(found["notes"] or ())
+    found["layer_penalties"] = tuple(found["layer_penalties"] or ())
+    return Hooks(**found)
+
+
 TRAINING_BYTES = 8  # per parameter trained in float32, at the least: its weight and its gradient
 
 
@@ -64,10 +111,6 @@ def check_size(model_conf: dict) -> None:
     """The model conf describes, built first on the meta device (no memory): one line when training
     it could not fit in this machine's memory (a 4096x4096 image into a CNN's dense head), instead
     of an allocator's traceback. A model the meta device cannot build is not checked here."""
-    import torch
-
-    from nnrun.train.device import physical_memory
-
     if model_conf.get("name") == "custom" or "_target_" in model_conf:  # your constructor: not run twice
         return
     try:
@@ -119,9 +162,6 @@ def build_model(
 def build_target(target: str, input_shape, num_classes: int, options: dict) -> nn.Module:
     """model._target_=package.Class: called with the YAML keys, plus input_shape and num_classes
     when it takes them (as registered models do)."""
-    from nnrun.registry import check_options
-    from nnrun.safety import resolve
-
     cls = resolve(target, nn.Module, "model._target_")
     params = inspect.signature(cls).parameters
     extra = {k: v for k, v in (("input_shape", input_shape), ("num_classes", num_classes)) if k in params}
@@ -137,7 +177,7 @@ def weight_penalty(model: nn.Module, l1: float, l2: float):
     (tensors of 2+ dims: not biases or norm scales), as Keras's regularizers do; plus the
     penalties a model's own layers set (model.layer_penalties: (weight, l1, l2), per Keras layer)."""
     terms = [(p, l1, l2) for p in model.parameters() if p.dim() > 1] if (l1 or l2) else []
-    terms += getattr(model, "layer_penalties", [])
+    terms += hooks(model).layer_penalties
     if not terms:
         return None
 

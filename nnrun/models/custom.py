@@ -7,6 +7,7 @@ from torch import nn
 
 from nnrun.errors import ConfigError, suggest
 from nnrun.models import MODELS
+from nnrun.safety import DOTTED, import_own
 
 FROM_DATA = ("input_shape", "num_classes", "vocab_size")  # what nnrun passes, when the class takes it
 
@@ -59,8 +60,6 @@ def check_kwargs(target: str, kwargs, params, data: dict) -> dict:
 
 def user_class(target) -> type:
     """The nn.Module class model.target names, defined in the module it names."""
-    from nnrun.safety import DOTTED
-
     if not isinstance(target, str) or target in ("", "???"):
         raise ConfigError(
             "model.target is required with model=custom: your model's class, e.g. "
@@ -94,6 +93,4 @@ def user_module(name: str, key: str):
     """The module of your model: one a run's model_source.json restored (nnrun.usercode: trusted),
     nnrun's own, or yours from its file under the working folder or PYTHONPATH, by path. Never the
     standard library, nor an installed package unless it depends on nnrun."""
-    from nnrun.safety import import_own
-
     return import_own(name, key)

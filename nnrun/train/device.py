@@ -5,6 +5,7 @@ import os
 import torch
 
 from nnrun.errors import ConfigError
+from nnrun.machine import available_cores, physical_memory  # noqa: F401  (below data and models, which need them)
 
 
 def resolve_device(name: str):
@@ -108,19 +109,6 @@ def device_facts(device) -> dict:
         facts["device_name"] = torch.cuda.get_device_name(device)
         torch.cuda.reset_peak_memory_stats(device)
     return facts
-
-
-def available_cores() -> int:
-    """The cores this process may run on (a Slurm or taskset limit included)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def physical_memory() -> int:
-    """Bytes of this machine's memory (a bound no array or model may pass)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 2**62
 
 
 def cpu_name() -> str:

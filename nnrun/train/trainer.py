@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import torch
 
+from nnrun.models import hooks
 from nnrun.train.loop import FiniteWatch, History, Interrupted, NonFiniteLoss, evaluate, forward, overrides
 from nnrun.train.metrics import Tally, improved
 
@@ -147,7 +148,7 @@ class Trainer:
     def run_epoch(self, data, epoch: int) -> None:
         """Train (from history.step), validate, track the best, run the callbacks, save."""
         history, settings, engine = self.history, self.settings, self.engine
-        stage = getattr(self.model, "train_stage", None)  # fine-tuning: a backbone frozen for the first epochs
+        stage = hooks(self.model).train_stage  # fine-tuning: a backbone frozen for the first epochs
         if stage is not None and stage(epoch):
             engine.rewrap()  # DDP recorded the parameters that train when it wrapped the model
         for cb in self.callbacks:
