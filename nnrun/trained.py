@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data.described import KINDS, FeatureStandardization, Standardization, TabularEncoding, Vocabulary, from_json
+from nnrun.data.described import (
+    KINDS,
+    FeatureStandardization,
+    Standardization,
+    TabularEncoding,
+    Vocabulary,
+    from_json,
+    vocabulary_size,
+)
 from nnrun.errors import ConfigError, printable
 from nnrun.safety import check_stored, check_targets
 from nnrun.stored import MAX_CSV, read_bytes, read_json, read_yaml
@@ -75,7 +83,7 @@ class Run:
             check_description(stored_transform, self.input_shape[0] if len(self.input_shape) == 1 else -1)
         check_scaling(stored_transform, self.input_shape)
         self.preprocessing = from_json(stored_transform)  # the fitted transform's description, typed
-        vocab = len(self.preprocessing.vocabulary) + 2 if isinstance(self.preprocessing, Vocabulary) else 0
+        vocab = vocabulary_size(self.preprocessing)
         outputs = len(self.classes) if self.task == "multiclass" else 1
         model_conf = {
             **self.config["model"],

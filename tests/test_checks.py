@@ -94,6 +94,11 @@ def one_class_val(root, seed, **options):
     x, y = torch.randn(100, 4), torch.arange(100) % 3
     return Loaded(train=(x, y), val=(x[:10], torch.zeros(10, dtype=torch.long)), test=(x[:20], y[:20]),
                   classes=["a", "b", "c"])
+
+@DATASETS.register("old_dict")
+def old_dict(root, seed, **options):
+    x, y = torch.randn(100, 4), torch.arange(100) % 2
+    return {"train": (x, y), "test": (x[:20], y[:20]), "classes": ["a", "b"]}
 """
 
 
@@ -105,8 +110,10 @@ def one_class_val(root, seed, **options):
         # built-in loaders catch these in the file, naming its row; a user's own loader meets the same checks
         (DATASETS, ["data.name=nan_rows"], ["train data has NaN or infinite inputs in sample 17"]),
         (DATASETS, ["data.name=one_class_val"], ["validation split holds a single class (a)"]),
+        # a loader returns nnrun.data.Loaded (docs/extending.md), not the dict of earlier versions
+        (DATASETS, ["data.name=old_dict"], ["data.name=old_dict", "returned a dict", "nnrun.data.Loaded("]),
     ],
-    ids=["softmax_output", "output_shape", "non_finite_data", "single_class_validation"],
+    ids=["softmax_output", "output_shape", "non_finite_data", "single_class_validation", "loader_dict"],
 )
 def test_what_a_model_cannot_learn_from_is_refused_before_training(tmp_path, code, overrides, words):
     (tmp_path / "my_code.py").write_text(code)

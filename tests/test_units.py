@@ -2,6 +2,7 @@
 Metric tallies against scikit-learn, splits, the improvement rule, the registry's checks, and a
 Trainer's state round trip (a resumed Trainer ends with the same weights as one that never stopped)."""
 
+import json
 import math
 import signal
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from nnrun.data import Data, Split, random_split, stratified_split
+from nnrun.data import Data, Split, described, random_split, stratified_split
 from nnrun.errors import ConfigError
+from nnrun.models import Hooks, hooks
 from nnrun.registry import Registry
 from nnrun.train.engine import Engine
 from nnrun.train.loop import Interrupted
@@ -289,3 +291,62 @@ def test_evaluation_falls_back_to_the_training_batch_when_a_bigger_one_runs_out_
     data.batch_size = 32  # now even the training batch is too big: the error is the model's
     with pytest.raises(torch.OutOfMemoryError):
         evaluate(model, data, data.train, nn.CrossEntropyLoss(), "cpu")
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [  # preprocessing.json's "transform" of each kind, as nnrun writes it (a public file: keys and order)
+        {"kind": "standardize", "mean": 4.8, "std": 6.1},
+        {"kind": "standardize", "mean": 0.5, "std": 0.25, "data_format": "channels_last"},
+        {
+            "kind": "standardize_features",
+            "features": ["a"],
+            "mean": [1.0],
+            "std": [2.0],
+            "window": 8,
+            "horizon": 1,
+            "target": "a",
+        },
+        {
+            "kind": "standardize_features",
+            "features": ["0", "1"],
+            "mean": [0.0, 1.0],
+            "std": [1.0, 2.0],
+            "layout": "table",
+        },
+        {
+            "kind": "tabular",
+            "target": "y",
+            "impute": "mean",
+            "columns": [{"name": "age", "kind": "numeric", "mean": 40.0, "std": 9.0, "fill": 40.0}],
+        },
+        {
+            "kind": "tokens",
+            "lowercase": True,
+            "max_len": 20,
+            "padding": "pre",
+            "truncating": "pre",
+            "pad_id": 0,
+            "unknown_id": 1,
+            "vocabulary": ["good", "bad"],
+        },
+    ],
+    ids=["standardize", "arrays_images", "timeseries", "arrays_table", "tabular", "tokens"],
+)
+def test_a_stored_transform_reads_back_as_its_typed_description_and_writes_the_same_json(stored):
+    description = described.from_json(stored)
+    assert type(description).kind == stored["kind"]
+    assert json.dumps(description.as_json()) == json.dumps(stored)
+
+
+def test_a_models_hooks_are_found_in_one_place_with_their_defaults():
+    assert hooks(nn.Linear(2, 2)) == Hooks()
+
+    class Tuned(nn.Linear):
+        notes = ["a note"]
+
+        def load_pretrained(self):
+            pass
+
+    found = hooks(Tuned(2, 2))
+    assert found.notes == ("a note",) and found.load_pretrained is not None and found.train_stage is None

@@ -11,7 +11,7 @@ import torch
 
 from nnrun.checks import data_errors, non_finite_data
 from nnrun.data.augment import Augment
-from nnrun.data.described import Described, Standardization
+from nnrun.data.described import Described, Standardization, vocabulary_size
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
 
@@ -226,7 +226,7 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
         task=task,
         classes=list(loaded.classes),
         transform=transform,
-        vocab=getattr(transform, "num_tokens", 0),
+        vocab=vocabulary_size(transform.describe()),
         augment=image_augment(augment, train, transform),
         target_scale=target_scale,
     )

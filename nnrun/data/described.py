@@ -104,6 +104,11 @@ class Vocabulary(Described):
 KINDS = {cls.kind: cls for cls in (Standardization, FeatureStandardization, TabularEncoding, Vocabulary)}
 
 
+def vocabulary_size(description: Described) -> int:
+    """Rows of the embedding table for token data (padding, unknown, the words kept); 0 otherwise."""
+    return len(description.vocabulary) + 2 if isinstance(description, Vocabulary) else 0
+
+
 def from_json(stored: dict) -> Described:
     """preprocessing.json's "transform" as its typed description (its kind checked before)."""
     return KINDS[stored["kind"]].from_json(stored)

@@ -118,11 +118,6 @@ class TextTransform:
     def minmax(self, x) -> None:
         """Token ids are never scaled."""
 
-    @property
-    def num_tokens(self) -> int:
-        """Rows of the embedding table: padding, unknown, and the words kept."""
-        return len(self.words) + 2
-
     def encode(self, texts) -> torch.Tensor:
         out = np.zeros((len(texts), self.max_len), dtype=np.int64)
         for row, text in enumerate(texts):
