@@ -158,8 +158,8 @@ def build_data(  # noqa: PLR0913  (the data config's keys, and a run's fitted va
 ) -> Data:
     """Load data by name, hold out a seeded validation split (stratified for classes; loaders of
     series split by time themselves), fit the scaling on the training split only, place on device.
-    fitted: a run's stored transform (preprocessing.json's "transform") to apply instead of fitting,
-    and fitted_target its target scaling; normalize: standard (true), minmax, none (false) or "unit"
+    fitted: a run's stored transform (its typed description: nnrun.data.described) to apply instead
+    of fitting, and fitted_target its target scaling; normalize: standard (true), minmax, none (false) or "unit"
     (images to [0, 1], for a model that normalizes them itself); scale_target (regression; null is
     true): train on the targets standardized with the training split's mean and std."""
     normalize = normalize_mode(normalize)
