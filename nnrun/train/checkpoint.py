@@ -10,8 +10,15 @@ from pathlib import Path
 
 import torch
 
+from nnrun.errors import ConfigError
 from nnrun.stored import default_mode, write_atomic
 from nnrun.torchload import CheckpointError, UnsafeCheckpoint, load_tensors  # noqa: F401  (raised here)
+
+# The layout of every file nnrun writes to be read back: last.pt, best.pt (the "format" key) and
+# model.safetensors (its "format" metadata). It goes up by one whenever a key is added, removed,
+# renamed or read differently; a file of another format is refused, never read through a shim.
+# Files from before formats have none: format 0.
+FORMAT = 1
 
 
 class NonFiniteWeights(RuntimeError):
@@ -44,6 +51,7 @@ def checkpoint_state(model, optimizer, scheduler, epoch: int, logs: dict, config
     if bad is not None:
         raise NonFiniteWeights(bad, epoch, step)
     return {
+        "format": FORMAT,
         "model": weights,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -190,6 +198,21 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
         else "put back an intact copy, or start a new run"
     )
     state = load_tensors(path, f"{key}={path}", fix)
-    if not isinstance(state, dict) or "model" not in state:
+    ours = isinstance(state, dict) and ("format" in state or "model" in state)  # an older nnrun's: model
+    if ours:
+        check_format(state.get("format"), f"{key}={path}", "start a new run")
+    if not ours or "model" not in state:
         raise CheckpointError(f"{key}={path} is not an nnrun checkpoint (no 'model' weights in it)")
     return state
+
+
+def check_format(found, label: str, fix: str) -> None:
+    """found: a file's format (None: it has none). A ConfigError, not a CheckpointError, when it is
+    not FORMAT: another release's file is not damage, so a resume does not fall back to
+    last.prev.pt (written by that release too)."""
+    if type(found) is not int or found != FORMAT:
+        shown = "0 (it has no format number)" if found is None else repr(found)[:40]
+        raise ConfigError(
+            f"{label} is checkpoint format {shown}, this nnrun reads format {FORMAT}: {fix} "
+            f"(or use the nnrun release that wrote it)"
+        )
