@@ -16,7 +16,7 @@ import torch
 
 from nnrun.errors import ConfigError, printable
 from nnrun.safety import check_stored, check_targets
-from nnrun.stored import MAX_CSV, read_bytes, read_json, read_yaml
+from nnrun.stored import MAX_CSV, check_format, read_bytes, read_json, read_yaml
 
 
 class Run:
@@ -37,6 +37,7 @@ class Run:
         from nnrun.runfolder import refuse_links
 
         refuse_links(self.folder)  # the tools write into it (eval.json, model.ts): no links, no FIFOs
+        check_weights_format(self.folder)  # before its other files are read: another release may lay them out otherwise
         from omegaconf import OmegaConf
         from safetensors.torch import load_file
 
@@ -194,6 +195,19 @@ class Run:
 
 KINDS = ("standardize", "standardize_features", "tabular", "tokens")
 TASKS = ("multiclass", "binary", "regression")
+
+
+def check_weights_format(folder: Path) -> None:
+    """model.safetensors is of the checkpoint format this nnrun reads (its "format" metadata)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            found = (f.metadata() or {}).get("format")
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
+        raise ConfigError(f"run={folder}: model.safetensors is not readable ({exc})") from None
+    found = int(found) if isinstance(found, str) and found.isdecimal() else found  # metadata is text
+    check_format(found, f"run={folder}: model.safetensors", "train the run again with this nnrun")
 
 
 def check_preprocessing(prep) -> None:

@@ -10,15 +10,8 @@ from pathlib import Path
 
 import torch
 
-from nnrun.errors import ConfigError
-from nnrun.stored import default_mode, write_atomic
+from nnrun.stored import FORMAT, check_format, default_mode, write_atomic
 from nnrun.torchload import CheckpointError, UnsafeCheckpoint, load_tensors  # noqa: F401  (raised here)
-
-# The layout of every file nnrun writes to be read back: last.pt, best.pt (the "format" key) and
-# model.safetensors (its "format" metadata). It goes up by one whenever a key is added, removed,
-# renamed or read differently; a file of another format is refused, never read through a shim.
-# Files from before formats have none: format 0.
-FORMAT = 1
 
 
 class NonFiniteWeights(RuntimeError):
@@ -204,15 +197,3 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
     if not ours or "model" not in state:
         raise CheckpointError(f"{key}={path} is not an nnrun checkpoint (no 'model' weights in it)")
     return state
-
-
-def check_format(found, label: str, fix: str) -> None:
-    """found: a file's format (None: it has none). A ConfigError, not a CheckpointError, when it is
-    not FORMAT: another release's file is not damage, so a resume does not fall back to
-    last.prev.pt (written by that release too)."""
-    if type(found) is not int or found != FORMAT:
-        shown = "0 (it has no format number)" if found is None else repr(found)[:40]
-        raise ConfigError(
-            f"{label} is checkpoint format {shown}, this nnrun reads format {FORMAT}: {fix} "
-            f"(or use the nnrun release that wrote it)"
-        )
