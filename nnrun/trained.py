@@ -64,8 +64,8 @@ class Run:
             from nnrun.data import target_scaling
 
             self.target_scale = target_scaling(None, prep["target"])
-        elif self.task == "regression" and self.config["data"].get("scale_target", False) is not False:
-            raise ConfigError(  # a run from before data.scale_target has no such key in its config
+        elif self.task == "regression" and self.config["data"].get("scale_target") is not False:  # null: on
+            raise ConfigError(
                 f"run={self.folder}: its config says data.scale_target was on, but preprocessing.json has no "
                 f"'target' scaling: predictions would be in the wrong units; the run folder is damaged"
             )
