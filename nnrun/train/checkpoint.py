@@ -191,7 +191,8 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
         else "put back an intact copy, or start a new run"
     )
     state = load_tensors(path, f"{key}={path}", fix)
-    ours = isinstance(state, dict) and ("format" in state or "model" in state)  # an older nnrun's: model
+    # nnrun's, of this format or another (one from before formats has "model" and no "format")
+    ours = isinstance(state, dict) and ("format" in state or "model" in state)
     if ours:
         check_format(state.get("format"), f"{key}={path}", "start a new run")
     if not ours or "model" not in state:
