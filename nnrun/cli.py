@@ -44,10 +44,9 @@ def run(
     with run_end(callbacks) as ended:  # on_run_end: how it ended, once the run folder holds everything
         saved = resume_state(resume_from, plain)
         data = load_data(job)
-        trained_on = fingerprint(data)
         if saved is not None:  # the same data, checked before anything of that run changes
-            changed = fingerprint_changes(saved.get("data") or trained_on, trained_on)
-            if changed:  # a checkpoint from before fingerprints has none: nothing to compare
+            changed = fingerprint_changes(saved["data"], fingerprint(data))
+            if changed:
                 raise ConfigError(
                     f"trainer.resume={resume_from}: the data is not what the run trained on ({changed}); "
                     f"resume on the same data, or start a new run"
@@ -75,7 +74,6 @@ def run(
 
         outputs = Outputs(run_dir, plain, EpochProgress(console), stop or (lambda: None))
         fitter, summary["warnings"] = make_trainer(job, model, data, callbacks, outputs, resumed=saved is not None)
-        fitter.data_fingerprint = trained_on
         if saved is not None:
             fitter.load_state_dict(saved)
         history = fitter.fit(data)
@@ -135,12 +133,14 @@ def prepare(conf, placement) -> Job:
 def resume_state(resume_from, plain: dict):
     """The checkpoint to continue from, checked against this config; None for a fresh start."""
     from nnrun.train.resume import check_same, load_resume_state
+    from nnrun.train.trainer import check_resumable
 
     if not resume_from:
         return None
     saved = load_resume_state(Path(resume_from))
     check_same(saved["config"], plain, resume_from)
-    history = saved.get("history") or {}
+    check_resumable(saved)  # before the data check reads its fingerprint
+    history = saved["history"]
     scheduler = ((saved.get("config") or {}).get("scheduler") or {}).get("name")
     if history.get("finished") and scheduler in ("cosine", "onecycle"):  # a completed run continued
         raise ConfigError(

@@ -16,6 +16,11 @@ MAX_JSON = 32 * MB  # summary.json with a 1,000-class confusion matrix is about 
 MAX_YAML = 4 * MB  # .hydra/*.yaml of a run are a few KB
 MAX_CSV = 64 * MB  # metrics.csv: about 100,000 epochs of 30 columns
 MAX_DEPTH = 64  # nesting of JSON and YAML; nnrun writes 6 levels at most
+# The layout of the checkpoints nnrun reads back: last.pt and best.pt (their "format" key) and
+# model.safetensors (its "format" metadata). It goes up by one whenever a key is added, removed,
+# renamed or read differently: a file of another format is refused, never read through a shim.
+# Files from before formats have none: format 0.
+FORMAT = 1
 
 
 class Unreadable(ConfigError):
@@ -109,6 +114,18 @@ def read_yaml(path, limit: int = MAX_YAML, root=None):
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         raise Unreadable(f"{path} is not a readable YAML config{where}; the folder is damaged") from None
+
+
+def check_format(found, label: str, fix: str) -> None:
+    """found: a file's format (None: it has none). A ConfigError, not a CheckpointError, when it is
+    not FORMAT: another release's file is not damage, so a resume does not fall back to
+    last.prev.pt (written by that release too)."""
+    if type(found) is not int or found != FORMAT:
+        shown = "0 (it has no format number)" if found is None else repr(found)[:40]
+        raise ConfigError(
+            f"{label} is checkpoint format {shown}, this nnrun reads format {FORMAT}: {fix} "
+            f"(or use the nnrun release that wrote it)"
+        )
 
 
 def check_depth(path, value) -> None:

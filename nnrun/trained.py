@@ -25,7 +25,7 @@ from nnrun.data.described import (
 )
 from nnrun.errors import ConfigError, printable
 from nnrun.safety import check_stored, check_targets
-from nnrun.stored import MAX_CSV, read_bytes, read_json, read_yaml
+from nnrun.stored import MAX_CSV, check_format, read_bytes, read_json, read_yaml
 
 
 class Run:
@@ -46,6 +46,7 @@ class Run:
         from nnrun.runfolder import refuse_links
 
         refuse_links(self.folder)  # the tools write into it (eval.json, model.ts): no links, no FIFOs
+        check_weights_format(self.folder)  # before its other files are read: another release may lay them out otherwise
         from omegaconf import OmegaConf
         from safetensors.torch import load_file
 
@@ -71,8 +72,8 @@ class Run:
             from nnrun.data import target_scaling
 
             self.target_scale = target_scaling(None, prep["target"])
-        elif self.task == "regression" and self.config["data"].get("scale_target", False) is not False:
-            raise ConfigError(  # a run from before data.scale_target has no such key in its config
+        elif self.task == "regression" and self.config["data"].get("scale_target") is not False:  # null: on
+            raise ConfigError(
                 f"run={self.folder}: its config says data.scale_target was on, but preprocessing.json has no "
                 f"'target' scaling: predictions would be in the wrong units; the run folder is damaged"
             )
@@ -203,6 +204,19 @@ class Run:
 
 
 TASKS = ("multiclass", "binary", "regression")
+
+
+def check_weights_format(folder: Path) -> None:
+    """model.safetensors is of the checkpoint format this nnrun reads (its "format" metadata)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            found = (f.metadata() or {}).get("format")
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
+        raise ConfigError(f"run={folder}: model.safetensors is not readable ({exc})") from None
+    found = int(found) if isinstance(found, str) and found.isdecimal() else found  # metadata is text
+    check_format(found, f"run={folder}: model.safetensors", "train the run again with this nnrun")
 
 
 def check_preprocessing(prep) -> None:

@@ -204,9 +204,9 @@ def test_checking_a_folder_while_its_run_writes_temporary_files(tmp_path):
         thread.join()
 
 
-def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt(tmp_path):
-    """The trainer's best epoch and early stopping's share one copy; a last.pt written before
-    KeptWeights (best_state in the history, best_weights in early stopping's state) still resumes."""
+def test_best_weights_are_kept_once_and_restored(tmp_path):
+    """The trainer's best epoch and early stopping's share one copy, and a resume restores it. (A
+    last.pt written before KeptWeights is another checkpoint format: refused, test_checkpoint_format.)"""
     from nnrun.callbacks import build_callbacks
 
     data = tiny_data()
@@ -220,20 +220,14 @@ def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt(tmp_path)
     best = fitter.history.best_epoch
     assert fitter.kept.epochs == {"best": best, "early_stopping": best} and list(fitter.kept.weights) == [best]
     state = fitter.state_dict()
-    old = dict(state)  # the same state as an older nnrun wrote it
-    kept = old.pop("kept")
-    old["history"] = {**state["history"], "best_state": kept["weights"][best]}
-    old["callbacks"] = {
-        "early_stopping": {**state["callbacks"]["early_stopping"], "best_weights": kept["weights"][best]}
-    }
-    for saved in (state, old):
-        resumed = trainer(3)
-        resumed.load_state_dict(saved)
-        assert resumed.kept.epochs["best"] == best
-        assert all(torch.equal(resumed.kept.weights[best][k], kept["weights"][best][k]) for k in kept["weights"][best])
-        resumed.model.load_state_dict({k: torch.zeros_like(v) for k, v in resumed.model.state_dict().items()})
-        assert resumed.restore_best() == best
-        assert torch.equal(resumed.model.state_dict()["0.weight"], kept["weights"][best]["0.weight"])
+    kept = state["kept"]
+    resumed = trainer(3)
+    resumed.load_state_dict(state)
+    assert resumed.kept.epochs["best"] == best
+    assert all(torch.equal(resumed.kept.weights[best][k], kept["weights"][best][k]) for k in kept["weights"][best])
+    resumed.model.load_state_dict({k: torch.zeros_like(v) for k, v in resumed.model.state_dict().items()})
+    assert resumed.restore_best() == best
+    assert torch.equal(resumed.model.state_dict()["0.weight"], kept["weights"][best]["0.weight"])
 
 
 @pytest.mark.parametrize(

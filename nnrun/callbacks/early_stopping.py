@@ -42,11 +42,6 @@ class EarlyStopping(Callback):
             "stop_training": self.stop_training,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        state = dict(state)
-        state.pop("best_weights", None)  # a last.pt from before KeptWeights: the trainer took them
-        super().load_state_dict(state)
-
     def on_continue(self) -> None:
         super().on_continue()
         self.wait = 0  # patience starts again

@@ -56,7 +56,7 @@ class MLflowLogger(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         """A resumed run: the same MLflow run, set running again."""
-        self.run_id, self.parent_id = state.get("run_id"), state.get("parent_id")
+        self.run_id, self.parent_id = state["run_id"], state["parent_id"]
         if not self.speaks():
             return
         sweep = sweep_folder()

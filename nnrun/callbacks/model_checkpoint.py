@@ -49,7 +49,7 @@ class ModelCheckpoint(Callback):
         return {"kept": [[score, path.name] for score, path in self.kept]}
 
     def load_state_dict(self, state: dict) -> None:
-        # Path(...).name also reads the absolute paths older checkpoints stored, as this folder's files
+        # a name, never a path: a crafted last.pt names no file outside this run's checkpoints/
         self.kept = [
             (score, self.run_dir / "checkpoints" / Path(str(name)).name)
             for score, name in state["kept"]

@@ -42,7 +42,7 @@ class WandB(Callback):
         return {"run_id": self.run_id}  # a resumed run continues this W&B run
 
     def load_state_dict(self, state: dict) -> None:
-        self.begin(state.get("run_id"))
+        self.begin(state["run_id"])
 
     def begin(self, run_id) -> None:
         """Start the W&B run (run_id: the one a resumed run continues) off the training thread; its id

@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+from nnrun.stored import FORMAT
+
 log = logging.getLogger("nnrun")
 
 
@@ -120,7 +122,8 @@ def export_weights(run_dir, model) -> Path:
 
     path = Path(run_dir) / "model.safetensors"
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp), metadata={"format": str(FORMAT)})  # metadata is text only
     os.chmod(tmp, default_mode())  # safetensors writes 0600; use what the umask allows
     os.replace(tmp, path)
     return path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from nnrun.stored import default_mode, write_atomic
+from nnrun.stored import FORMAT, check_format, default_mode, write_atomic
 from nnrun.torchload import CheckpointError, UnsafeCheckpoint, load_tensors  # noqa: F401  (raised here)
 
 
@@ -44,6 +44,7 @@ def checkpoint_state(model, optimizer, scheduler, epoch: int, logs: dict, config
     if bad is not None:
         raise NonFiniteWeights(bad, epoch, step)
     return {
+        "format": FORMAT,
         "model": weights,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -190,6 +191,10 @@ def load_checkpoint(path, key: str = "checkpoint") -> dict:
         else "put back an intact copy, or start a new run"
     )
     state = load_tensors(path, f"{key}={path}", fix)
-    if not isinstance(state, dict) or "model" not in state:
+    # nnrun's, of this format or another (one from before formats has "model" and no "format")
+    ours = isinstance(state, dict) and ("format" in state or "model" in state)
+    if ours:
+        check_format(state.get("format"), f"{key}={path}", "start a new run")
+    if not ours or "model" not in state:
         raise CheckpointError(f"{key}={path} is not an nnrun checkpoint (no 'model' weights in it)")
     return state

@@ -22,10 +22,9 @@ class History:
     step: int = 0  # batches done in the epoch under way; 0 between epochs
     partial: Optional[dict] = None  # that epoch's sums so far, and the lr it started with
     finished: bool = False  # no epochs left: all done, or stopped early
-    callbacks: Optional[dict] = None  # callback name -> state, when resuming
 
     def state_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "callbacks"}
+        return dict(self.__dict__)
 
 
 class Interrupted(Exception):

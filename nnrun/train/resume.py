@@ -32,7 +32,6 @@ SAME = (
     "data.image_size",
     "data.channels",
 )
-DEFAULTS = {"data.val_split_from": "random"}  # keys a checkpoint from before them lacks: their value then
 
 
 class AlreadyCompleted(Exception):
@@ -237,7 +236,7 @@ def check_same(saved: dict, plain: dict, path: Path) -> None:
         section, _, name = key.partition(".")
         a, b = saved.get(section, {}), plain.get(section, {})
         if name:
-            a, b = a.get(name, DEFAULTS.get(key)), b.get(name, DEFAULTS.get(key))
+            a, b = a.get(name), b.get(name)
         a, b = same_meaning(key, a), same_meaning(key, b)
         if key == "data.channels" and None in (a, b):  # auto: whatever the files gave, which the weights check
             continue

@@ -9,7 +9,9 @@ from typing import Callable, Optional
 
 import torch
 
+from nnrun.data import fingerprint
 from nnrun.models import hooks
+from nnrun.train.checkpoint import CheckpointError, checkpoint_state, drop_previous, restore_previous, save_checkpoint
 from nnrun.train.loop import FiniteWatch, History, Interrupted, NonFiniteLoss, evaluate, forward, overrides
 from nnrun.train.metrics import Tally, improved
 
@@ -26,6 +28,10 @@ class Settings:
     monitor: str = "val_loss"  # what "best" means
     mode: str = "min"
     every_n_steps: Optional[int] = None  # also save last.pt every n optimizer steps
+
+
+# the keys of Trainer.state_dict() that load_state_dict reads (history: checked on its own)
+RESUMABLE = ("model", "optimizer", "scheduler", "scaler", "rng", "kept", "data", "callbacks")
 
 
 class Quiet:
@@ -77,8 +83,6 @@ class KeptWeights:
     def load_state_dict(self, state: dict) -> None:
         """state as state_dict() wrote it, checked first: a damaged or crafted last.pt is refused
         here, before training, not when the weights are restored at the end."""
-        from nnrun.train.checkpoint import CheckpointError
-
         shapes = {k: v.shape for k, v in self.model.state_dict().items()}
         epochs, weights = (state.get("epochs"), state.get("weights")) if isinstance(state, dict) else (None, None)
         sound = isinstance(epochs, dict) and isinstance(weights, dict)
@@ -112,6 +116,7 @@ class Trainer:
         self.history = History()
         self.kept = KeptWeights(self.model)
         self.continued = False  # a completed run resumed for more epochs (load_state_dict)
+        self.restored = set()  # names of the callbacks whose state load_state_dict restored
         self.data_fingerprint = None  # nnrun.data.fingerprint of the data trained on: a resume checks it
         # last.pt after every epoch when a callback asks for it (model_checkpoint's save_last)
         self.save_last = any(cb.save_last for cb in self.callbacks)
@@ -126,12 +131,10 @@ class Trainer:
         (loop.check_monitors), before printing anything, and prepares the data for the model
         (skip_single, before a scheduler counts the steps)."""
         history, progress = self.history, self.outputs.progress
+        if self.data_fingerprint is None:  # a resumed run has its own (load_state_dict), checked equal to this
+            self.data_fingerprint = fingerprint(data)
         for cb in self.callbacks:
-            if history.callbacks is not None and cb.name in history.callbacks:
-                cb.load_state_dict(history.callbacks[cb.name])  # instead of on_train_begin
-                if self.continued:  # more epochs for a finished run
-                    cb.on_continue()
-            else:
+            if cb.name not in self.restored:  # a restored one goes on instead (load_state_dict)
                 cb.on_train_begin({})
         progress.train_begin(self.settings.epochs, data.train.num_batches(data.batch_size, self.settings.limit_batches))
         try:
@@ -198,11 +201,18 @@ class Trainer:
         model, optimizer, engine, device = self.model, self.optimizer, self.engine, self.device
         history, settings, accumulate = self.history, self.settings, self.settings.accumulate
         model.train()
-        part = history.partial or {}
-        loss_sum = part["loss_sum"].to(device) if part else torch.zeros((), device=device)
-        tally = Tally(data.task, device, data.num_classes, state=part.get("tally"), scale=data.target_scale)
-        seen, lr, first = part.get("seen", 0), part.get("lr", optimizer.param_groups[0]["lr"]), history.step
-        rates = part.get("rates", group_rates(optimizer))
+        # the sums of an epoch saved part-way (resumed), or a fresh epoch's
+        part = history.partial or {
+            "loss_sum": torch.zeros((), device=device),
+            "tally": None,
+            "seen": 0,
+            "lr": optimizer.param_groups[0]["lr"],
+            "rates": group_rates(optimizer),
+            "seconds": 0.0,
+        }
+        loss_sum = part["loss_sum"].to(device)
+        tally = Tally(data.task, device, data.num_classes, state=part["tally"], scale=data.target_scale)
+        seen, lr, rates, first = part["seen"], part["lr"], part["rates"], history.step
         batches = data.train.num_batches(data.batch_size, settings.limit_batches)
         per_step = self.scheduler is not None and self.scheduler.interval == "step"
         batch_callbacks = [cb for cb in self.callbacks if overrides(cb, "on_train_batch_end")]
@@ -257,7 +267,7 @@ class Trainer:
                     "seen": seen,
                     "lr": lr,
                     "rates": rates,
-                    "seconds": part.get("seconds", 0.0) + time.perf_counter() - start,
+                    "seconds": part["seconds"] + time.perf_counter() - start,
                 }
                 self.save()
             if signum:
@@ -319,8 +329,6 @@ class Trainer:
         """A checkpoint of the weights (and optimizer) at path, for callbacks (best checkpoints).
         When last.pt follows, the file replaced is kept until it is saved: a failed last.pt (a full
         disk) puts it back, so best.pt never runs ahead of the run that last.pt resumes."""
-        from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
-
         state = checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, logs, self.outputs.config)
         try:
             save_checkpoint(path, state, keep_previous=self.save_last)
@@ -332,8 +340,6 @@ class Trainer:
     def save(self) -> None:
         """The resumable state as checkpoints/last.pt (the previous one kept as last.prev.pt); the
         callbacks' files written since go back to their previous state when it cannot be saved."""
-        from nnrun.train.checkpoint import drop_previous, restore_previous, save_checkpoint
-
         history = self.history
         try:
             save_checkpoint(
@@ -352,9 +358,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue bit for bit: the weights, optimizer and
         scheduler, where the loop stands (epoch, step, partial sums, history), the callbacks'
-        state, the random generators and fp16's loss scale. Loads with weights_only=True."""
-        from nnrun.train.checkpoint import checkpoint_state
-
+        state, the random generators, fp16's loss scale and the data's fingerprint. Loads with
+        weights_only=True."""
         history = self.history
         state = checkpoint_state(
             self.model,
@@ -375,37 +380,51 @@ class Trainer:
             scaler=self.engine.state_dict(),
             kept=self.kept.state_dict(),
             callbacks={cb.name: cb.state_dict() for cb in self.callbacks if cb.name},
+            data=self.data_fingerprint,  # nnrun.data.fingerprint: a resume onto other data is refused
         )
-        if self.data_fingerprint is not None:
-            state["data"] = self.data_fingerprint
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a state_dict(): weights, optimizer, scheduler, loss scale, generators,
-        history; the callbacks get theirs when fit() starts."""
-        from nnrun.train.checkpoint import CheckpointError
-
-        if "history" not in state:
-            raise CheckpointError(
-                "trainer.resume: this checkpoint holds weights but not the training state "
-                "(e.g. a best checkpoint); resume from a run folder or its checkpoints/last.pt"
-            )
+        """Continue from a state_dict() of this checkpoint format (load_checkpoint checked it):
+        weights, optimizer, scheduler, loss scale, generators, history, kept weights, the data's
+        fingerprint and the callbacks' state (each goes on instead of beginning again)."""
+        check_resumable(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
+        if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.engine.load_state_dict(state.get("scaler"))  # fp16's loss scale goes on where it was
+        self.engine.load_state_dict(state["scaler"])  # fp16's loss scale goes on where it was
         torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
+        if "cuda" in state["rng"] and self.device.type == "cuda":  # none when a CPU run wrote it
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        history, callbacks = dict(state["history"]), state.get("callbacks", {})
-        self.kept.load_state_dict(state.get("kept") or older_kept(history, callbacks))
-        self.history = History(**history)
-        self.history.callbacks = callbacks
+        self.kept.load_state_dict(state["kept"])
+        self.history = History(**state["history"])
+        self.data_fingerprint = state["data"]
         # a completed run continued for more epochs (trainer.resume checked it may be): go on
         self.continued = self.history.finished and self.history.epoch < self.settings.epochs
         if self.continued:
             self.history.finished = self.history.stopped_early = False
+        for cb in self.callbacks:
+            if cb.name in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][cb.name])  # instead of on_train_begin (fit)
+                self.restored.add(cb.name)
+                if self.continued:  # more epochs for a finished run
+                    cb.on_continue()
+
+
+def check_resumable(state: dict) -> None:
+    """A CheckpointError unless state holds the whole training state (a state_dict() of this format)."""
+    if "history" not in state:
+        raise CheckpointError(
+            "trainer.resume: this checkpoint holds weights but not the training state "
+            "(e.g. a best checkpoint); resume from a run folder or its checkpoints/last.pt"
+        )
+    missing = [key for key in RESUMABLE if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"trainer.resume: the checkpoint has no {', '.join(missing)}; it is damaged: resume from "
+            f"last.prev.pt or start a new run"
+        )
 
 
 def skip_single(model, data) -> None:
@@ -431,20 +450,6 @@ def skip_single(model, data) -> None:
             "each epoch leaves that one (shuffled) sample out",
             data.batch_size,
         )
-
-
-def older_kept(history: dict, callbacks: dict) -> dict:
-    """The kept weights of a last.pt written before KeptWeights (each holder had its own copy)."""
-    epochs, weights = {}, {}
-    best = history.pop("best_state", None)
-    if best is not None:
-        epochs["best"] = history["best_epoch"]
-        weights[history["best_epoch"]] = best
-    stopping = dict(callbacks.get("early_stopping") or {})
-    if stopping.get("best_weights") is not None:
-        epochs["early_stopping"] = stopping["best_epoch"]
-        weights.setdefault(stopping["best_epoch"], stopping["best_weights"])
-    return {"epochs": epochs, "weights": weights}
 
 
 def where(exc: OSError, epoch: int, step: int) -> OSError:
