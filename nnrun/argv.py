@@ -9,9 +9,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Unreadable
 from nnrun.runfolder import MADE
-from nnrun.stored import Unreadable, read_yaml
+from nnrun.stored import read_yaml
 
 
 def under_torchrun() -> bool:

@@ -9,17 +9,13 @@ import stat
 import tempfile
 from pathlib import Path
 
-from nnrun.errors import ConfigError
+from nnrun.errors import Unreadable
 
 MB = 2**20
 MAX_JSON = 32 * MB  # summary.json with a 1,000-class confusion matrix is about 12 MB
 MAX_YAML = 4 * MB  # .hydra/*.yaml of a run are a few KB
 MAX_CSV = 64 * MB  # metrics.csv: about 100,000 epochs of 30 columns
 MAX_DEPTH = 64  # nesting of JSON and YAML; nnrun writes 6 levels at most
-
-
-class Unreadable(ConfigError):
-    """A run folder's file that nnrun will not read: a link, not a plain file, too big, too deep or not parseable."""
 
 
 def read_bytes(path, limit: int, root=None) -> bytes:

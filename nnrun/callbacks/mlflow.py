@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
 from nnrun.callbacks.sender import GRACE, Sender, Timed, upload_seconds
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Interrupted
 
 log = logging.getLogger("nnrun")
 PARENT = "mlflow_parent.json"  # in a sweep's folder: the parent run every job's run hangs under
@@ -98,8 +98,6 @@ class MLflowLogger(Callback):
     def end(self, summary, error) -> None:
         if self.run_id is None or self.client is None:
             return
-        from nnrun.train.loop import Interrupted
-
         if error is None:
             status, state = "FINISHED", summary.get("status", "completed")
         elif isinstance(error, (Interrupted, KeyboardInterrupt)):

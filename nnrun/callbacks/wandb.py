@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
 from nnrun.callbacks.sender import GRACE, Sender, upload_seconds
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Interrupted
 
 MODES = (None, "online", "offline", "disabled")
 
@@ -107,8 +107,6 @@ class WandB(Callback):
     def end(self, summary, error) -> None:
         if self.run is None:  # W&B failed
             return
-        from nnrun.train.loop import Interrupted
-
         summary = summary or {}
         if error is None:  # the states MLflow names too: finished, failed, killed (a stop signal)
             state, code = "finished", 0

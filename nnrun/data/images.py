@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nnrun.data import DATASETS, Split, stratified_split
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Interrupted
 
 log = logging.getLogger("nnrun")
 
@@ -448,7 +448,6 @@ def in_threads(fn, items: list) -> list:
     the decoding between chunks instead of after every file."""
     from nnrun import signals
     from nnrun.train.device import available_cores
-    from nnrun.train.loop import Interrupted
 
     workers = available_cores()  # every core: Pillow decodes without the GIL, and training has not begun
     out = []

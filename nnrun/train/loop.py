@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from nnrun.errors import ConfigError, suggest
+from nnrun.errors import ConfigError, NonFiniteLoss, suggest
 from nnrun.train.metrics import Tally, logged_names
 
 
@@ -26,24 +26,6 @@ class History:
 
     def state_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "callbacks"}
-
-
-class Interrupted(Exception):
-    """A stop signal arrived; the state was saved after epoch epochs and step steps of the next."""
-
-    def __init__(self, signum: int, epoch: int, step: int, reading: bool = False):
-        super().__init__(f"signal {signum} at epoch {epoch}, step {step}")
-        self.signum, self.epoch, self.step = signum, epoch, step
-        self.reading = reading  # it came while the data was read, before any training: nothing saved
-
-
-class NonFiniteLoss(RuntimeError):
-    def __init__(self, value: float, epoch: int, step: int):
-        super().__init__(
-            f"the training loss became {value} at epoch {epoch}, step {step}; "
-            f"try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"
-        )
-        self.value, self.epoch, self.step = value, epoch, step
 
 
 class FiniteWatch:

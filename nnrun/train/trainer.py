@@ -9,7 +9,8 @@ from typing import Callable, Optional
 
 import torch
 
-from nnrun.train.loop import FiniteWatch, History, Interrupted, NonFiniteLoss, evaluate, forward, overrides
+from nnrun.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLoss
+from nnrun.train.loop import FiniteWatch, History, evaluate, forward, overrides
 from nnrun.train.metrics import Tally, improved
 
 
@@ -76,8 +77,6 @@ class KeptWeights:
     def load_state_dict(self, state: dict) -> None:
         """state as state_dict() wrote it, checked first: a damaged or crafted last.pt is refused
         here, before training, not when the weights are restored at the end."""
-        from nnrun.train.checkpoint import CheckpointError
-
         shapes = {k: v.shape for k, v in self.model.state_dict().items()}
         epochs, weights = (state.get("epochs"), state.get("weights")) if isinstance(state, dict) else (None, None)
         sound = isinstance(epochs, dict) and isinstance(weights, dict)
@@ -382,8 +381,6 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a state_dict(): weights, optimizer, scheduler, loss scale, generators,
         history; the callbacks get theirs when fit() starts."""
-        from nnrun.train.checkpoint import CheckpointError
-
         if "history" not in state:
             raise CheckpointError(
                 "trainer.resume: this checkpoint holds weights but not the training state "
@@ -414,8 +411,6 @@ def skip_single(model, data) -> None:
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
     if data.batch_size < 2:
-        from nnrun.errors import ConfigError
-
         raise ConfigError(
             "data.batch_size=1 with batch norm in the model: batch norm cannot train on one sample; "
             "use data.batch_size=2 or more (or model.batchnorm=false)"
