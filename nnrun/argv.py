@@ -221,7 +221,7 @@ def register_resolvers() -> None:
 
 
 def direction(monitor: str, mode: str) -> str:
-    from nnrun.train.metrics import resolve_mode
+    from nnrun.monitor import resolve_mode
 
     return "maximize" if resolve_mode(monitor, mode, "trainer.mode") == "max" else "minimize"
 

@@ -120,6 +120,11 @@ def check_depth(path, value) -> None:
                 stack.append((child, depth + 1))
 
 
+def digest_path(path: Path) -> Path:
+    """Where the SHA-256 of a checkpoint file is kept: beside it."""
+    return path.with_name(path.name + ".sha256")
+
+
 def write_atomic(path: Path, text: str, sync: bool = True) -> None:
     """A reader sees the old file or the new one, never half of one; sync also survives a power
     cut (checkpoint digests need it; summaries do without, and keep writing on a full disk)."""

@@ -14,9 +14,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.errors import ConfigError, printable
+from nnrun.data import Standardize, build_data, target_scaling
+from nnrun.data.arrays import load
+from nnrun.data.images import is_images, prediction_inputs
+from nnrun.data.sequence import FeatureScale
+from nnrun.data.tabular import TabularTransform, check_description, read_csv
+from nnrun.data.text import TextTransform
+from nnrun.errors import ConfigError, describe, printable
+from nnrun.losses import build_loss
+from nnrun.models import build_model
+from nnrun.models.backbone import known_params
+from nnrun.runfolder import refuse_links
 from nnrun.safety import check_stored, check_targets
-from nnrun.stored import MAX_CSV, read_bytes, read_json, read_yaml
+from nnrun.stored import MAX_CSV, read_bytes, read_json, read_yaml, write_atomic
+from nnrun.train.loop import evaluate
+from nnrun.usercode import restore_run
 
 
 class Run:
@@ -34,13 +46,10 @@ class Run:
         for name in ("model.safetensors", "preprocessing.json", ".hydra/config.yaml"):
             if not (self.folder / name).is_file():
                 raise ConfigError(f"run={self.folder}: no {name} there; give the folder of a completed nnrun run")
-        from nnrun.runfolder import refuse_links
 
         refuse_links(self.folder)  # the tools write into it (eval.json, model.ts): no links, no FIFOs
         from omegaconf import OmegaConf
         from safetensors.torch import load_file
-
-        from nnrun.models import build_model
 
         # read without following links, within a size and depth (nnrun.stored)
         stored = read_yaml(self.folder / ".hydra/config.yaml", root=self.folder)
@@ -50,7 +59,6 @@ class Run:
         # imports (a run folder is not your code), and no resolver calls (${oc.env:...})
         check_stored(stored)
         self.config = OmegaConf.to_container(OmegaConf.create(stored), resolve=True)
-        from nnrun.usercode import restore_run
 
         own = restore_run(self.folder, self.config, trust_code)  # your modules, from your trust list
         check_targets(stored, stored=True, trusted=own)
@@ -60,8 +68,6 @@ class Run:
         self.preprocessing = prep["transform"]
         self.target_scale = None  # regression on standardized targets: (mean, std) to the target's units
         if self.task == "regression" and prep.get("target") is not None:
-            from nnrun.data import target_scaling
-
             self.target_scale = target_scaling(None, prep["target"])
         elif self.task == "regression" and self.config["data"].get("scale_target", False) is not False:
             raise ConfigError(  # a run from before data.scale_target has no such key in its config
@@ -69,8 +75,6 @@ class Run:
                 f"'target' scaling: predictions would be in the wrong units; the run folder is damaged"
             )
         if self.preprocessing["kind"] == "tabular":  # (check_preprocessing: a dict of a known kind)
-            from nnrun.data.tabular import check_description
-
             check_description(self.preprocessing, self.input_shape[0] if len(self.input_shape) == 1 else -1)
         check_scaling(self.preprocessing, self.input_shape)
         vocab = len(self.preprocessing["vocabulary"]) + 2 if self.preprocessing["kind"] == "tokens" else 0
@@ -112,10 +116,6 @@ class Run:
 
     def score(self, data_conf: dict):
         """(test samples, {"test_<metric>": value}) on the test split data_conf describes."""
-        from nnrun.data import build_data
-        from nnrun.losses import build_loss
-        from nnrun.train.loop import evaluate
-
         if data_conf.get("name") == "image_folder":  # other images are brought to the run's own size
             data_conf = {**data_conf, "image_size": list(self.input_shape[1:]), "channels": self.input_shape[0]}
         data = build_data(
@@ -140,13 +140,9 @@ class Run:
         if kind == "tabular":
             return table_input(inputs, self.preprocessing)
         if kind == "standardize" and image_paths(inputs):  # image files or folders, decoded as in training
-            from nnrun.data.images import prediction_inputs
-
             paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
             inputs = prediction_inputs(paths, self.input_shape, self.preprocessing)[0]
         if kind == "tokens":
-            from nnrun.data.text import TextTransform
-
             texts = [str(t) for t in inputs]
             return TextTransform(texts, 0, 0, True).adopt(self.preprocessing)(torch.arange(len(texts)))
         x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
@@ -159,10 +155,7 @@ class Run:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"inputs of shape {given}: this model takes (N, {', '.join(map(str, wanted))})")
         if kind == "standardize":
-            from nnrun.data import Standardize
-
             return Standardize().adopt(self.preprocessing)(x)
-        from nnrun.data.sequence import FeatureScale
 
         return FeatureScale(self.preprocessing["features"]).adopt(self.preprocessing)(x)
 
@@ -274,8 +267,6 @@ def check_shapes(folder: Path, build, model_conf: dict, trust_code: bool = False
     except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
         raise ConfigError(f"run={folder}: model.safetensors is not readable ({exc})") from None
     if model_conf.get("name") == "torchvision":  # some architectures build on the CPU even here: size first
-        from nnrun.models.backbone import known_params
-
         expected = known_params(model_conf.get("arch"))
         if expected and expected > 2 * sum(math.prod(s) for s in have.values()) + 10**7:
             raise ConfigError(
@@ -320,8 +311,6 @@ def table_input(frame, description: dict) -> torch.Tensor:
     """Rows of a DataFrame -> the model's input columns, by the run's own TabularTransform."""
     import pandas as pd
 
-    from nnrun.data.tabular import TabularTransform
-
     frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
     transform = TabularTransform(frame, (), None, description.get("target")).adopt(description)
     return transform(torch.arange(len(frame)))
@@ -337,15 +326,12 @@ def read_inputs(run: Run, path: Path):
     """An input file in the form run.prepare() takes, and the row labels of the output (an image
     file or a folder of images: their paths)."""
     kind = run.preprocessing["kind"]
-    from nnrun.data.images import is_images, prediction_inputs
 
     if is_images(path):
         return prediction_inputs([path], run.input_shape, run.preprocessing)
     if not path.is_file():
         raise ConfigError(f"input={path}: no such file")
     if path.suffix in (".npy", ".npz"):
-        from nnrun.data.arrays import load
-
         data = run.config["data"]
         keys = (data.get("x_key") or "x",) if path.suffix == ".npz" else None
         array = load(str(path), "input", keys)
@@ -367,7 +353,6 @@ def read_inputs(run: Run, path: Path):
         raise ConfigError(f"input={path}: use a .csv file (tables, texts, series) or a .npy/.npz array")
     if run.config["data"].get("name") == "arrays":
         raise ConfigError(f"input={path}: this model was trained on arrays; give an .npy (or .npz) of inputs")
-    from nnrun.data.tabular import read_csv
 
     frame = read_csv(str(path), "input", run.config["data"].get("na_values"))
     if kind == "tabular":
@@ -457,7 +442,6 @@ def eval_main(argv=None) -> None:
             data_conf[key[5:]] = OmegaConf.create({"v": value})["v"] if value else None  # YAML types, as Hydra
         count, result = run.score(data_conf)
         data_conf["augment"] = None
-        from nnrun.stored import write_atomic
 
         # a new file renamed into place: a link planted at eval.json is replaced, never written through
         write_atomic(
@@ -474,8 +458,6 @@ def eval_main(argv=None) -> None:
 def guarded(job, prog: str) -> None:
     """One line and exit 2 for bad input, as nnrun does; NNRUN_DEBUG=1 shows the traceback."""
     import os
-
-    from nnrun.errors import describe
 
     try:
         job()

@@ -14,7 +14,8 @@ from nnrun.data import Data, Split, random_split, stratified_split
 from nnrun.errors import CheckpointError, ConfigError, Interrupted
 from nnrun.registry import Registry
 from nnrun.train.engine import Engine
-from nnrun.train.metrics import Tally, improved, resolve_mode
+from nnrun.monitor import improved, resolve_mode
+from nnrun.train.metrics import Tally
 from nnrun.train.trainer import Settings, Trainer
 
 
@@ -244,7 +245,6 @@ def test_best_weights_are_kept_once_and_restored_from_an_older_last_pt(tmp_path)
     ids=["missing_epoch", "wrong_shape", "nan", "no_epochs"],
 )
 def test_damaged_kept_weights_are_refused_before_training(damage):
-
     data = tiny_data()
     first = trainer(2)
     first.fit(data)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
+from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, main_process, run_config
 from nnrun.callbacks.sender import GRACE, Sender, Timed, upload_seconds
 from nnrun.errors import ConfigError, Interrupted
 
@@ -110,9 +110,7 @@ class MLflowLogger(Callback):
 
     def speaks(self) -> bool:
         """Rank 0 alone talks to MLflow (the others train alike)."""
-        from nnrun.train import distributed
-
-        return not distributed.launched() or distributed.rank() == 0
+        return main_process()
 
     def connect(self):
         if self.client is None:

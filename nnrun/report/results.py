@@ -5,14 +5,15 @@ results.md and compare.png into the folder and prints the table."""
 
 import argparse
 import csv
-import logging
 import io
+import logging
 import math
 import os
 import statistics
 import sys
 from pathlib import Path
 
+from nnrun.callbacks.mlflow import end_sweep
 from nnrun.errors import SweepFailures, Unreadable, printable
 from nnrun.stored import MAX_CSV, read_json, read_text, read_yaml, write_atomic
 
@@ -351,7 +352,6 @@ class SweepResults(_HydraCallback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         failures = finish_sweep(Path(config.hydra.sweep.dir))
-        from nnrun.callbacks.mlflow import end_sweep
 
         end_sweep(config, failed=bool(failures))  # callbacks.mlflow's parent run, if this sweep has one
         if failures:

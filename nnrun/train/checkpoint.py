@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from nnrun.errors import CheckpointError, DiskFull, NonFiniteWeights
-from nnrun.stored import default_mode, write_atomic
+from nnrun.stored import default_mode, digest_path, write_atomic
 from nnrun.torchload import load_tensors
 
 
@@ -39,10 +39,6 @@ def checkpoint_state(model, optimizer, scheduler, epoch: int, logs: dict, config
         "metrics": {k: float(v) for k, v in logs.items()},
         "config": config,  # resolved, plain containers: data, never instantiated
     }
-
-
-def digest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
 
 
 def previous_path(path: Path) -> Path:

@@ -6,7 +6,9 @@ from typing import Optional
 
 import torch
 
+from nnrun.callbacks import Callback
 from nnrun.errors import ConfigError, NonFiniteLoss, suggest
+from nnrun.train.engine import Engine
 from nnrun.train.metrics import Tally, logged_names
 
 
@@ -77,8 +79,6 @@ def evaluate(model, data, split, loss_fn, device, limit_batches=None, confusion=
     with limit_batches, a smoke run, data.batch_size), summed per sample so a short last batch
     counts right; with confusion (classification) also "confusion": counts[true, predicted], on
     the CPU. A bigger batch that runs out of GPU memory falls back to data.batch_size for good."""
-    from nnrun.train.engine import Engine
-
     engine = engine or Engine(model, device)
     model.eval()
     batch_size = data.batch_size if limit_batches else data.batch_size * data.eval_batches
@@ -137,6 +137,4 @@ def check_monitors(has_val: bool, monitor, callbacks, scheduler, task: str = "mu
 
 
 def overrides(callback, hook: str) -> bool:
-    from nnrun.callbacks import Callback
-
     return getattr(type(callback), hook) is not getattr(Callback, hook)

@@ -9,9 +9,14 @@ from typing import Callable, Optional
 
 import torch
 
+from nnrun.callbacks.early_stopping import EarlyStopping
+from nnrun.callbacks.lr_monitor import group_rates
 from nnrun.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLoss
+from nnrun.monitor import improved
+from nnrun.train.checkpoint import checkpoint_state, drop_previous, restore_previous, save_checkpoint
+from nnrun.train.distributed import sum_all
 from nnrun.train.loop import FiniteWatch, History, evaluate, forward, overrides
-from nnrun.train.metrics import Tally, improved
+from nnrun.train.metrics import Tally
 
 
 @dataclass
@@ -191,8 +196,6 @@ class Trainer:
         """One pass over the training split from batch history.step; returns (logs: loss and the
         task's metrics, samples seen, the rates the epoch started with: lr, and lr_<group> for further
         parameter groups)."""
-        from nnrun.optim import group_rates
-
         model, optimizer, engine, device = self.model, self.optimizer, self.engine, self.device
         history, settings, accumulate = self.history, self.settings, self.settings.accumulate
         model.train()
@@ -263,8 +266,6 @@ class Trainer:
         if watch is not None:
             watch.check(epoch, wait=True)
         if engine.world > 1:  # the epoch's sums over every rank's shard
-            from nnrun.train.distributed import sum_all
-
             sum_all(loss_sum)
             seen = int(sum_all(torch.tensor(seen, device=loss_sum.device)).item())
             tally.reduce(sum_all)
@@ -294,8 +295,6 @@ class Trainer:
         and tested_epoch. Early stopping decides when it is on, as in Keras: its best epoch with
         restore_best_weights (restored by its on_train_end), else the last. Otherwise choice:
         "best" (by settings.monitor) or "last"."""
-        from nnrun.callbacks.early_stopping import EarlyStopping
-
         stopping = next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
         if stopping is not None and choice == "last" and stopping.restore_best_weights:
             import logging
@@ -317,8 +316,6 @@ class Trainer:
         """A checkpoint of the weights (and optimizer) at path, for callbacks (best checkpoints).
         When last.pt follows, the file replaced is kept until it is saved: a failed last.pt (a full
         disk) puts it back, so best.pt never runs ahead of the run that last.pt resumes."""
-        from nnrun.train.checkpoint import checkpoint_state, save_checkpoint
-
         state = checkpoint_state(self.model, self.optimizer, self.scheduler, epoch, logs, self.outputs.config)
         try:
             save_checkpoint(path, state, keep_previous=self.save_last)
@@ -330,8 +327,6 @@ class Trainer:
     def save(self) -> None:
         """The resumable state as checkpoints/last.pt (the previous one kept as last.prev.pt); the
         callbacks' files written since go back to their previous state when it cannot be saved."""
-        from nnrun.train.checkpoint import drop_previous, restore_previous, save_checkpoint
-
         history = self.history
         try:
             save_checkpoint(
@@ -351,8 +346,6 @@ class Trainer:
         """Everything a resumed run needs to continue bit for bit: the weights, optimizer and
         scheduler, where the loop stands (epoch, step, partial sums, history), the callbacks'
         state, the random generators and fp16's loss scale. Loads with weights_only=True."""
-        from nnrun.train.checkpoint import checkpoint_state
-
         history = self.history
         state = checkpoint_state(
             self.model,
