@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import Standardize, build_data, target_scaling
-from nnrun.data.arrays import load
+from nnrun.data import Standardize, arrays, build_data, target_scaling
 from nnrun.data.images import is_images, prediction_inputs
 from nnrun.data.sequence import FeatureScale
 from nnrun.data.tabular import TabularTransform, check_description, read_csv
@@ -334,7 +333,7 @@ def read_inputs(run: Run, path: Path):
     if path.suffix in (".npy", ".npz"):
         data = run.config["data"]
         keys = (data.get("x_key") or "x",) if path.suffix == ".npz" else None
-        array = load(str(path), "input", keys)
+        array = arrays.load(str(path), "input", keys)
         array = array[0] if keys else array
         if array.ndim == 0:
             raise ConfigError(f"input={path} holds a single value; give one sample per row")
