@@ -40,10 +40,13 @@ MODULES = {module_name(path): path for path in sorted(NNRUN.rglob("*.py"))}
 
 
 def imports(name: str):
-    """(imported module, line) for every import of nnrun in module name, wherever it stands."""
+    """(imported module, line, in a function) for every import of nnrun in module name."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    functions = (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    local = {id(node) for function in functions for node in ast.walk(function)}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -59,7 +62,7 @@ def imports(name: str):
             while target not in MODULES and "." in target:  # import nnrun.train.loop.x -> nnrun.train.loop
                 target = target.rpartition(".")[0]
             if target.split(".")[0] == "nnrun" and target != name:
-                yield target, node.lineno
+                yield target, node.lineno, id(node) in local
 
 
 def unit(name: str) -> str:
@@ -72,7 +75,8 @@ def package(name: str) -> str:
     return unit(name) if MODULES[unit(name)].name == "__init__.py" and unit(name) != "nnrun" else "nnrun"
 
 
-GRAPH = {name: sorted(set(imports(name))) for name in MODULES if name != "nnrun"}  # nnrun/__init__ sits above all
+IMPORTS = {name: sorted(set(imports(name))) for name in MODULES if name != "nnrun"}  # nnrun/__init__ sits above all
+GRAPH = {name: sorted({(target, line) for target, line, _ in found}) for name, found in IMPORTS.items()}
 
 
 def test_every_module_has_a_layer():
@@ -162,17 +166,10 @@ LOCAL_KNOWN = {  # fixed by helper "edge" (the first six) and helper "typed" (th
 def test_nnrun_imports_stand_at_the_top():
     """STYLE.md: a module's imports of nnrun stand at its top, where a reader sees what it depends
     on. nnrun/__init__ is the exception: `import nnrun` stays light (no Hydra, no torch)."""
-    local = []
-    for name, path in MODULES.items():
-        if name == "nnrun" or name in LOCAL_KNOWN:
-            continue
-        for function in ast.walk(ast.parse(path.read_text())):
-            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for node in ast.walk(function):
-                    module = getattr(node, "module", None) or ""
-                    names = [a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else [module]
-                    if isinstance(node, (ast.Import, ast.ImportFrom)) and (
-                        getattr(node, "level", 0) or any(n.split(".")[0] == "nnrun" for n in names)
-                    ):
-                        local.append(f"{path.relative_to(NNRUN.parent)}:{node.lineno} in {function.name}()")
-    assert not local, "imports of nnrun inside functions (move them to the top):\n" + "\n".join(sorted(set(local)))
+    local = [
+        f"{MODULES[name].relative_to(NNRUN.parent)}:{line} imports {target}"
+        for name, found in IMPORTS.items()
+        for target, line, in_function in found
+        if in_function and name not in LOCAL_KNOWN
+    ]
+    assert not local, "imports of nnrun inside functions (move them to the top):\n" + "\n".join(local)
