@@ -27,7 +27,7 @@ SYNC_TEXT = "synchronizing CUDA operation"
 
 def run_nnrun(overrides: list) -> int:
     """nnrun's main() in this process; its exit code (0 when it returns)."""
-    from nnrun.cli import main
+    from nnrun.__main__ import main
 
     sys.argv = ["nnrun", *overrides]
     try:

@@ -29,7 +29,7 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     import hydra._internal.hydra as hydra_main
     from nnrun import launch
     from nnrun.argv import check_searchpath, register_resolvers, unique_run_dir
-    from nnrun.errors import ConfigError, describe
+    from nnrun.errors import ConfigError, StopSweep, describe
     from nnrun.trained import load_run
 
     words = shlex.split(overrides) if isinstance(overrides, str) else [str(w) for w in overrides or []]
@@ -62,7 +62,7 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
                 job_subdir_key=None,
                 hydra_context=HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=callbacks),
             )
-    except launch.StopSweep as stop:
+    except StopSweep as stop:
         raise KeyboardInterrupt(str(stop)) from None
     finally:
         GlobalHydra.instance().clear()

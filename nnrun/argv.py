@@ -9,9 +9,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Unreadable
 from nnrun.runfolder import MADE
-from nnrun.stored import Unreadable, read_yaml
+from nnrun.stored import read_yaml
 
 
 def under_torchrun() -> bool:
@@ -221,7 +221,7 @@ def register_resolvers() -> None:
 
 
 def direction(monitor: str, mode: str) -> str:
-    from nnrun.train.metrics import resolve_mode
+    from nnrun.monitor import resolve_mode
 
     return "maximize" if resolve_mode(monitor, mode, "trainer.mode") == "max" else "minimize"
 

@@ -1,23 +1,36 @@
-"""The nnrun command. run() is the whole pipeline, top to bottom: config -> data -> model ->
-Trainer -> fit -> test -> report, everything written under the run folder. Hydra composes the
-config and runs the jobs (nnrun.launch); main() is the console script."""
+"""The pipeline of the nnrun command. run() is the whole of it, top to bottom: config -> data ->
+model -> Trainer -> fit -> test -> report, everything written under the run folder. Hydra composes
+the config and runs the jobs (nnrun.launch); nnrun.__main__.main is the console script."""
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnrun import config  # noqa: F401  (registers the schema, nnrun_schema, for whoever composes the config)
+from nnrun import config, usercode  # config: also registers the schema (nnrun_schema) with Hydra
+from nnrun.callbacks import build_callbacks, run_end
+from nnrun.checks import forward_error, preflight
+from nnrun.data import build_data, fingerprint, fingerprint_changes, normalize_mode
 from nnrun.errors import ConfigError
+from nnrun.losses import build_losses
+from nnrun.data.described import Standardization
+from nnrun.models import build_model, check_size, hooks
+from nnrun.models.backbone import unit_pixels
+from nnrun.monitor import resolve_mode
+from nnrun.optim import build_optimizer, build_scheduler
+from nnrun.registry import import_modules
+from nnrun.report.console import EpochProgress, model_table
+from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
+from nnrun.runfolder import write_pending
+from nnrun.safety import check_targets
+from nnrun.train import distributed
+from nnrun.train.device import device_facts, peak_memory, resolve_device, set_determinism
+from nnrun.train.engine import Engine
+from nnrun.train.loop import check_monitors
+from nnrun.train.resume import check_same, load_resume_state
+from nnrun.train.trainer import Outputs, Settings, Trainer, check_resumable, skip_single
 
 log = logging.getLogger("nnrun")
-
-
-def main() -> None:
-    from nnrun.launch import main as launch
-
-    sys.exit(launch(sys.argv[1:]))
 
 
 def run(
@@ -27,16 +40,6 @@ def run(
     extra_callbacks run after the configured ones; command: the command line that reruns it;
     resume_from: a checkpoint to continue from; stop(): a signal number asking to stop, or None;
     placement: (device, threads) of a sweep job that shares the machine with others."""
-    from nnrun import usercode
-    from nnrun.callbacks import build_callbacks, run_end
-    from nnrun.data import fingerprint, fingerprint_changes
-    from nnrun.models import build_model, check_size, hooks
-    from nnrun.report.console import EpochProgress
-    from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
-    from nnrun.runfolder import write_pending
-    from nnrun.train.device import peak_memory
-    from nnrun.train.trainer import Outputs
-
     start = time.perf_counter()
     job = prepare(conf, placement)  # checked, placed, seeded
     plain, trainer = job.plain, job.plain["trainer"]
@@ -103,12 +106,6 @@ def prepare(conf, placement) -> Job:
     import torch
     from omegaconf import OmegaConf
 
-    from nnrun.registry import import_modules
-    from nnrun.safety import check_targets
-    from nnrun.train import distributed
-    from nnrun.train.device import resolve_device, set_determinism
-    from nnrun.train.metrics import resolve_mode
-
     config.check(conf)
     plain = OmegaConf.to_container(conf, resolve=True)
     trainer = plain["trainer"]
@@ -132,9 +129,6 @@ def prepare(conf, placement) -> Job:
 
 def resume_state(resume_from, plain: dict):
     """The checkpoint to continue from, checked against this config; None for a fresh start."""
-    from nnrun.train.resume import check_same, load_resume_state
-    from nnrun.train.trainer import check_resumable
-
     if not resume_from:
         return None
     saved = load_resume_state(Path(resume_from))
@@ -152,11 +146,6 @@ def resume_state(resume_from, plain: dict):
 
 def load_data(job: Job):
     """The data splits on their device; under DDP, this rank's slice of every global batch."""
-    from nnrun.data import build_data, normalize_mode
-    from nnrun.data.described import Standardization
-    from nnrun.models.backbone import unit_pixels
-    from nnrun.train import distributed
-
     plain = job.plain
     unit = unit_pixels(plain["model"])  # a pretrained backbone normalizes [0, 1] pixels itself
     normalize = normalize_mode(plain["data"]["normalize"])
@@ -189,11 +178,6 @@ def first_summary(model, data, job: Job, run_dir: Path) -> dict:
     """The summary's facts known before training; the model's table goes to the log."""
     import torch
 
-    from nnrun.checks import forward_error
-    from nnrun.models import hooks
-    from nnrun.report.console import model_table
-    from nnrun.train.device import device_facts
-
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sample = data.train.x[:2].to(job.device)
     try:  # the model's first forward pass
@@ -220,15 +204,6 @@ def first_summary(model, data, job: Job, run_dir: Path) -> dict:
 def make_trainer(job: Job, model, data, callbacks, outputs, resumed: bool):
     """(the Trainer, the pre-flight warnings as summary.json lists them): the engine, optimizer,
     scheduler and losses as the config says, with the monitored names checked."""
-    from nnrun.checks import preflight
-    from nnrun.losses import build_losses
-    from nnrun.models import hooks
-    from nnrun.optim import build_optimizer, build_scheduler
-    from nnrun.train import distributed
-    from nnrun.train.engine import Engine
-    from nnrun.train.loop import check_monitors
-    from nnrun.train.trainer import Settings, Trainer, skip_single
-
     plain, device, trainer = job.plain, job.device, job.plain["trainer"]
     engine = Engine(
         model,

@@ -1,6 +1,8 @@
-"""User-input errors and their one-line descriptions (exit code 2 at the CLI)."""
+"""Every nnrun exception, and user-input errors' one-line descriptions (exit code 2 at the CLI).
+Here, at the bottom of the layers, so that whoever raises or catches one imports nothing above it."""
 
 import difflib
+import errno
 import re
 
 # OmegaConf's words for a schema type -> what to tell the user
@@ -9,6 +11,88 @@ _EXPECTED = {"Float": "a number, e.g. 0.001", "Integer": "a whole number, e.g. 1
 
 class ConfigError(ValueError):
     """A config or data problem the user can fix; the message names the key and the fix."""
+
+
+class Unreadable(ConfigError):
+    """A run folder's file that nnrun will not read: a link, not a plain file, too big, too deep or not parseable."""
+
+
+class CheckpointError(ConfigError):
+    """A file that is not a checkpoint nnrun can load: damaged, or holding more than data."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A file holding Python objects that would run code when loaded: never a fallback, always an error."""
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; the state was saved after epoch epochs and step steps of the next."""
+
+    def __init__(self, signum: int, epoch: int, step: int, reading: bool = False):
+        super().__init__(f"signal {signum} at epoch {epoch}, step {step}")
+        self.signum, self.epoch, self.step = signum, epoch, step
+        self.reading = reading  # it came while the data was read, before any training: nothing saved
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, value: float, epoch: int, step: int):
+        super().__init__(
+            f"the training loss became {value} at epoch {epoch}, step {step}; "
+            f"try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"
+        )
+        self.value, self.epoch, self.step = value, epoch, step
+
+
+class NonFiniteWeights(RuntimeError):
+    """The weights hold NaN or inf (a gradient blow-up whose loss was still finite): not saved."""
+
+    def __init__(self, name: str, epoch: int, step: int):
+        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        super().__init__(
+            f"the weights became NaN or infinite ({name}) at {where}, before they were saved; the "
+            f"last finite checkpoint is kept; try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"
+        )
+        # as NonFiniteLoss reports it: the epoch running (from 1) and its steps done, 0 = at its end
+        self.epoch, self.step = (epoch + 1, step) if step else (epoch, 0)
+
+
+class DiskFull(OSError):
+    def __init__(self, path):
+        super().__init__(errno.ENOSPC, f"No space left on device while writing {path}; the previous checkpoint is kept")
+
+
+class AlreadyCompleted(Exception):
+    def __init__(self, run_dir, why: str = ""):
+        super().__init__(
+            why
+            or f"run {run_dir} already completed; nothing to resume (its summary.json has the "
+            f"results; start a new run without trainer.resume)"
+        )
+        self.run_dir = run_dir
+
+
+class StopSweep(BaseException):
+    """Raised out of a job to end the whole command: a stop signal, or fail_fast after a failure.
+    A BaseException, so that Hydra's job runner (which catches Exception and prints its own
+    "Error executing job" line) lets it through to main()."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):  # crosses from a launcher's worker process to main()
+        return StopSweep, (self.code, str(self))
+
+
+class SweepFailures(BaseException):
+    """The failed jobs of a sweep as (overrides, exit code, message), read from their run folders
+    (jobs in a launcher's worker processes report only there), for the command's exit code.
+    A BaseException: Hydra turns a callback's Exception into a warning. (Raised last: Hydra calls
+    the end callbacks in reverse order, and this one is listed first.)"""
+
+    def __init__(self, failures: list):
+        super().__init__(f"{len(failures)} job(s) failed")
+        self.failures = failures
 
 
 def suggest(word: str, choices) -> str:

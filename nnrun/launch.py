@@ -27,7 +27,7 @@ from nnrun.argv import (
     register_resolvers,
     unique_run_dir,
 )
-from nnrun.errors import describe, printable
+from nnrun.errors import StopSweep, describe, printable
 from nnrun.runfolder import (
     MADE,
     SWEEPS,
@@ -44,19 +44,6 @@ EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
 # Hydra's callbacks, logging and .hydra/ are checked before Hydra acts on them, in this process and
 # in a launcher's worker processes (which import this module to run Command.task)
 install_hydra_checks()
-
-
-class StopSweep(BaseException):
-    """Raised out of a job to end the whole command: a stop signal, or fail_fast after a failure.
-    A BaseException, so that Hydra's job runner (which catches Exception and prints its own
-    "Error executing job" line) lets it through to main()."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-
-    def __reduce__(self):  # crosses from a launcher's worker process to main()
-        return StopSweep, (self.code, str(self))
 
 
 class ReleaseJob(Callback):
@@ -111,8 +98,8 @@ def job(conf) -> Outcome:
     from nnrun.report.console import open_console
     from nnrun.signals import serve_sweep, signal_number, stop_signals, sweep_stopped
     from nnrun.train import distributed
-    from nnrun.train.loop import Interrupted
-    from nnrun.train.resume import AlreadyCompleted, move_to, status_of
+    from nnrun.errors import AlreadyCompleted, Interrupted
+    from nnrun.train.resume import move_to, status_of
 
     register_resolvers()  # a launcher's worker process did not run main()
     hydra_conf = HydraConfig.get()
@@ -284,8 +271,7 @@ def record_failure(exc, run_dir: Path, helper: bool) -> None:
     """The traceback into nnrun.log, the failure into summary.json (a sweep's table and a sweep run
     elsewhere read it there); the console gets one line from main()."""
     from nnrun.report.summary import write_summary
-    from nnrun.train.checkpoint import NonFiniteWeights
-    from nnrun.train.loop import NonFiniteLoss
+    from nnrun.errors import NonFiniteLoss, NonFiniteWeights
 
     log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
     if helper:  # this rank's log goes with its scratch folder: say it here
@@ -348,8 +334,7 @@ def failure(exc) -> tuple:
     """(exit code, one line) for a job's or a sweeper's exception, with what to do where nnrun knows."""
     import errno
 
-    from nnrun.train.checkpoint import DiskFull, NonFiniteWeights
-    from nnrun.train.loop import NonFiniteLoss
+    from nnrun.errors import DiskFull, NonFiniteLoss, NonFiniteWeights
 
     config_error = describe(exc)
     if config_error is not None:
@@ -378,7 +363,8 @@ def main(argv: list) -> int:
     """Run the nnrun command argv (without the program name) and return its exit code."""
     import hydra
 
-    from nnrun.report.results import SweepFailures, finish_sweep
+    from nnrun.errors import SweepFailures
+    from nnrun.report.results import finish_sweep
     from nnrun.signals import sweep_signals
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we print one line instead

@@ -5,6 +5,7 @@ import math
 import torch
 
 from nnrun.errors import ConfigError
+from nnrun.monitor import resolve_mode
 from nnrun.registry import Registry
 
 OPTIMIZERS = Registry("optimizer", check_types=False)  # typed by config.OptimizerConf
@@ -119,8 +120,6 @@ def plateau(  # noqa: PLR0913  (its parameters are the YAML schema)
     min_delta=0.0,
     min_lr=0.0,
 ):
-    from nnrun.train.metrics import resolve_mode
-
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
         mode=resolve_mode(monitor, mode, "scheduler.mode"),
@@ -141,20 +140,3 @@ def build_scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, **o
             raise ConfigError(f"scheduler=none takes no options, got {', '.join(options)}")
         return None
     return SCHEDULERS.build(name, optimizer, epochs, steps_per_epoch, **options)
-
-
-def group_rates(optimizer, frozen=None) -> dict:
-    """lr.csv's and metrics.csv's columns past lr (the first group's rate): lr_<name> for each further
-    parameter group (lr_backbone), 0 while the group's parameters are all frozen. frozen: the flags
-    frozen_groups() gave, so that a batch does not look at every parameter."""
-    groups = optimizer.param_groups[1:]
-    frozen = frozen_groups(optimizer) if frozen is None else frozen
-    return {
-        f"lr_{group.get('name') or f'group{i}'}": 0.0 if still else group["lr"]
-        for i, (group, still) in enumerate(zip(groups, frozen), start=1)
-    }
-
-
-def frozen_groups(optimizer) -> list:
-    """For each parameter group past the first: whether none of its parameters trains now."""
-    return [not any(p.requires_grad for p in group["params"]) for group in optimizer.param_groups[1:]]

@@ -3,6 +3,7 @@
 import inspect
 
 from nnrun.errors import ConfigError, suggest
+from nnrun.safety import check_imports, import_own
 
 
 class Registry:
@@ -98,8 +99,6 @@ def kind_name(default) -> str:
 def import_modules(names) -> None:
     """Import the user's modules (imports=[...]) so their @REGISTRY.register(...) entries exist;
     only the user's own modules (nnrun.safety.check_imports), yours from their files by path."""
-    from nnrun.safety import check_imports, import_own
-
     for name in check_imports(names):
         try:
             import_own(name, "imports")

@@ -11,6 +11,8 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from nnrun.errors import ConfigError
+
 STOPS = ("SIGINT", "SIGTERM")
 
 
@@ -199,7 +201,6 @@ def signal_number(name, key: str = "trainer.requeue_signal"):
     """Check a signal name from the config (None allowed)."""
     if name is None:
         return None
-    from nnrun.errors import ConfigError
 
     if (
         not isinstance(name, str)

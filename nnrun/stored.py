@@ -9,7 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Unreadable
 
 MB = 2**20
 MAX_JSON = 32 * MB  # summary.json with a 1,000-class confusion matrix is about 12 MB
@@ -21,10 +21,6 @@ MAX_DEPTH = 64  # nesting of JSON and YAML; nnrun writes 6 levels at most
 # renamed or read differently: a file of another format is refused, never read through a shim.
 # Files from before formats have none: format 0.
 FORMAT = 1
-
-
-class Unreadable(ConfigError):
-    """A run folder's file that nnrun will not read: a link, not a plain file, too big, too deep or not parseable."""
 
 
 def read_bytes(path, limit: int, root=None) -> bytes:
@@ -139,6 +135,11 @@ def check_depth(path, value) -> None:
                 if depth >= MAX_DEPTH:
                     raise Unreadable(f"{path} is nested deeper than {MAX_DEPTH} levels; the folder is damaged")
                 stack.append((child, depth + 1))
+
+
+def digest_path(path: Path) -> Path:
+    """Where the SHA-256 of a checkpoint file is kept: beside it."""
+    return path.with_name(path.name + ".sha256")
 
 
 def write_atomic(path: Path, text: str, sync: bool = True) -> None:

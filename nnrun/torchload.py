@@ -12,15 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nnrun.errors import ConfigError
-
-
-class CheckpointError(ConfigError):
-    """A file that is not a checkpoint nnrun can load: damaged, or holding more than data."""
-
-
-class UnsafeCheckpoint(CheckpointError):
-    """A file holding Python objects that would run code when loaded: never a fallback, always an error."""
+from nnrun.errors import CheckpointError, UnsafeCheckpoint
 
 
 # pickle opcodes that import a name or call one: a pickle holding any of them runs code when loaded

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnrun.data import Standardize, arrays, build_data, target_scaling
 from nnrun.data.described import (
     KINDS,
     FeatureStandardization,
@@ -23,9 +24,19 @@ from nnrun.data.described import (
     from_json,
     vocabulary_size,
 )
-from nnrun.errors import ConfigError, printable
+from nnrun.data.images import is_images, prediction_inputs
+from nnrun.data.sequence import FeatureScale
+from nnrun.data.tabular import TabularTransform, check_description, read_csv
+from nnrun.data.text import TextTransform
+from nnrun.errors import ConfigError, describe, printable
+from nnrun.losses import build_loss
+from nnrun.models import build_model
+from nnrun.models.backbone import known_params
+from nnrun.runfolder import refuse_links
 from nnrun.safety import check_stored, check_targets
-from nnrun.stored import MAX_CSV, check_format, read_bytes, read_json, read_yaml
+from nnrun.stored import MAX_CSV, check_format, read_bytes, read_json, read_yaml, write_atomic
+from nnrun.train.loop import evaluate
+from nnrun.usercode import restore_run
 
 
 class Run:
@@ -43,14 +54,11 @@ class Run:
         for name in ("model.safetensors", "preprocessing.json", ".hydra/config.yaml"):
             if not (self.folder / name).is_file():
                 raise ConfigError(f"run={self.folder}: no {name} there; give the folder of a completed nnrun run")
-        from nnrun.runfolder import refuse_links
 
         refuse_links(self.folder)  # the tools write into it (eval.json, model.ts): no links, no FIFOs
         check_weights_format(self.folder)  # before its other files are read: another release may lay them out otherwise
         from omegaconf import OmegaConf
         from safetensors.torch import load_file
-
-        from nnrun.models import build_model
 
         # read without following links, within a size and depth (nnrun.stored)
         stored = read_yaml(self.folder / ".hydra/config.yaml", root=self.folder)
@@ -60,7 +68,6 @@ class Run:
         # imports (a run folder is not your code), and no resolver calls (${oc.env:...})
         check_stored(stored)
         self.config = OmegaConf.to_container(OmegaConf.create(stored), resolve=True)
-        from nnrun.usercode import restore_run
 
         own = restore_run(self.folder, self.config, trust_code)  # your modules, from your trust list
         check_targets(stored, stored=True, trusted=own)
@@ -69,8 +76,6 @@ class Run:
         self.task, self.classes, self.input_shape = prep["task"], prep["classes"], sample_shape(self.folder, prep)
         self.target_scale = None  # regression on standardized targets: (mean, std) to the target's units
         if self.task == "regression" and prep.get("target") is not None:
-            from nnrun.data import target_scaling
-
             self.target_scale = target_scaling(None, prep["target"])
         elif self.task == "regression" and self.config["data"].get("scale_target") is not False:  # null: on
             raise ConfigError(
@@ -79,8 +84,6 @@ class Run:
             )
         stored_transform = prep["transform"]  # (check_preprocessing: a dict of a known kind)
         if stored_transform["kind"] == TabularEncoding.kind:
-            from nnrun.data.tabular import check_description
-
             check_description(stored_transform, self.input_shape[0] if len(self.input_shape) == 1 else -1)
         check_scaling(stored_transform, self.input_shape)
         self.preprocessing = from_json(stored_transform)  # the fitted transform's description, typed
@@ -123,10 +126,6 @@ class Run:
 
     def score(self, data_conf: dict):
         """(test samples, {"test_<metric>": value}) on the test split data_conf describes."""
-        from nnrun.data import build_data
-        from nnrun.losses import build_loss
-        from nnrun.train.loop import evaluate
-
         if data_conf.get("name") == "image_folder":  # other images are brought to the run's own size
             data_conf = {**data_conf, "image_size": list(self.input_shape[1:]), "channels": self.input_shape[0]}
         data = build_data(
@@ -151,13 +150,9 @@ class Run:
         if isinstance(described, TabularEncoding):
             return table_input(inputs, described)
         if isinstance(described, Standardization) and image_paths(inputs):  # image files or folders, decoded as trained
-            from nnrun.data.images import prediction_inputs
-
             paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
             inputs = prediction_inputs(paths, self.input_shape, self.preprocessing)[0]
         if isinstance(described, Vocabulary):
-            from nnrun.data.text import TextTransform
-
             texts = [str(t) for t in inputs]
             return TextTransform(texts, 0, 0, True).adopt(described)(torch.arange(len(texts)))
         x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
@@ -170,11 +165,7 @@ class Run:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"inputs of shape {given}: this model takes (N, {', '.join(map(str, wanted))})")
         if isinstance(described, Standardization):
-            from nnrun.data import Standardize
-
             return Standardize().adopt(described)(x)
-        from nnrun.data.sequence import FeatureScale
-
         return FeatureScale(described.features).adopt(described)(x)
 
     @torch.no_grad()
@@ -297,8 +288,6 @@ def check_shapes(folder: Path, build, model_conf: dict, trust_code: bool = False
     except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
         raise ConfigError(f"run={folder}: model.safetensors is not readable ({exc})") from None
     if model_conf.get("name") == "torchvision":  # some architectures build on the CPU even here: size first
-        from nnrun.models.backbone import known_params
-
         expected = known_params(model_conf.get("arch"))
         if expected and expected > 2 * sum(math.prod(s) for s in have.values()) + 10**7:
             raise ConfigError(
@@ -343,8 +332,6 @@ def table_input(frame, description: TabularEncoding) -> torch.Tensor:
     """Rows of a DataFrame -> the model's input columns, by the run's own TabularTransform."""
     import pandas as pd
 
-    from nnrun.data.tabular import TabularTransform
-
     frame = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
     transform = TabularTransform(frame, (), None, description.target).adopt(description)
     return transform(torch.arange(len(frame)))
@@ -360,18 +347,14 @@ def read_inputs(run: Run, path: Path):
     """An input file in the form run.prepare() takes, and the row labels of the output (an image
     file or a folder of images: their paths)."""
     described = run.preprocessing
-    from nnrun.data.images import is_images, prediction_inputs
-
     if is_images(path):
         return prediction_inputs([path], run.input_shape, run.preprocessing)
     if not path.is_file():
         raise ConfigError(f"input={path}: no such file")
     if path.suffix in (".npy", ".npz"):
-        from nnrun.data.arrays import load
-
         data = run.config["data"]
         keys = (data.get("x_key") or "x",) if path.suffix == ".npz" else None
-        array = load(str(path), "input", keys)
+        array = arrays.load(str(path), "input", keys)
         array = array[0] if keys else array
         if array.ndim == 0:
             raise ConfigError(f"input={path} holds a single value; give one sample per row")
@@ -390,7 +373,6 @@ def read_inputs(run: Run, path: Path):
         raise ConfigError(f"input={path}: use a .csv file (tables, texts, series) or a .npy/.npz array")
     if run.config["data"].get("name") == "arrays":
         raise ConfigError(f"input={path}: this model was trained on arrays; give an .npy (or .npz) of inputs")
-    from nnrun.data.tabular import read_csv
 
     frame = read_csv(str(path), "input", run.config["data"].get("na_values"))
     if isinstance(described, TabularEncoding):
@@ -480,7 +462,6 @@ def eval_main(argv=None) -> None:
             data_conf[key[5:]] = OmegaConf.create({"v": value})["v"] if value else None  # YAML types, as Hydra
         count, result = run.score(data_conf)
         data_conf["augment"] = None
-        from nnrun.stored import write_atomic
 
         # a new file renamed into place: a link planted at eval.json is replaced, never written through
         write_atomic(
@@ -497,8 +478,6 @@ def eval_main(argv=None) -> None:
 def guarded(job, prog: str) -> None:
     """One line and exit 2 for bad input, as nnrun does; NNRUN_DEBUG=1 shows the traceback."""
     import os
-
-    from nnrun.errors import describe
 
     try:
         job()

@@ -87,7 +87,7 @@ def test_load_state_dict_restores_the_callbacks_and_the_data_fingerprint(tmp_pat
 
     from nnrun.callbacks import build_callbacks
     from nnrun.data import fingerprint
-    from nnrun.train.loop import Interrupted
+    from nnrun.errors import Interrupted
     from test_units import tiny_data, trainer
 
     def fitter(epochs: int, folder):

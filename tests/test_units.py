@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from nnrun.data import Data, Split, described, random_split, stratified_split
-from nnrun.errors import ConfigError
+from nnrun.errors import CheckpointError, ConfigError, Interrupted
 from nnrun.models import Hooks, hooks
 from nnrun.registry import Registry
 from nnrun.train.engine import Engine
-from nnrun.train.loop import Interrupted
-from nnrun.train.metrics import Tally, improved, resolve_mode
+from nnrun.monitor import improved, resolve_mode
+from nnrun.train.metrics import Tally
 from nnrun.train.trainer import Settings, Trainer
 
 
@@ -241,8 +241,6 @@ def test_best_weights_are_kept_once_and_restored(tmp_path):
     ids=["missing_epoch", "wrong_shape", "nan", "no_epochs"],
 )
 def test_damaged_kept_weights_are_refused_before_training(damage):
-    from nnrun.train.checkpoint import CheckpointError
-
     data = tiny_data()
     first = trainer(2)
     first.fit(data)

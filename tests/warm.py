@@ -2,7 +2,7 @@
 
 A helper process imports torch (and torch._dynamo, which torch.optim pulls in), Hydra and nnrun
 once; for each command it forks a child that sets argv, working folder, environment, stdin and
-output files, and calls nnrun.cli.main(), exactly what the console script calls. Each command is
+output files, and calls nnrun.__main__.main(), exactly what the console script calls. Each command is
 still its own process with its own exit code, output and files; what is shared is only the
 already-imported modules (about 7 s a command on a 2-core machine). Tests of start-up, signals
 and the installed script itself use the console script (conftest.NNRUN). NNRUN_TEST_WARM=0
@@ -22,7 +22,7 @@ import json, os, sys
 sys.path[:] = [p for p in sys.path if p != ""]  # as the console script's: `-c` put the working folder first
 import torch, torch._dynamo, torch.optim                    # what every run imports anyway
 import hydra, omegaconf, rich, sklearn.datasets, safetensors.torch
-import nnrun.cli, nnrun.data, nnrun.models, nnrun.train.loop, nnrun.callbacks, nnrun.report.console
+import nnrun.__main__, nnrun.cli, nnrun.data, nnrun.models, nnrun.train.loop, nnrun.callbacks, nnrun.report.console
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)
@@ -44,7 +44,7 @@ for line in sys.stdin:
             sys.argv = ["nnrun", *request["args"]]
             code = 0
             try:
-                nnrun.cli.main()
+                nnrun.__main__.main()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             except BaseException:

@@ -1,11 +1,13 @@
 """Callbacks by name, with Keras's hooks. A callback sees the model and its own options, never
 the config or the loop; it stops a run by setting stop_training."""
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
 from nnrun.errors import ConfigError
 from nnrun.registry import Registry
+from nnrun.runfolder import open_file
 
 CALLBACKS = Registry("callbacks", keyed_by_name=True)
 
@@ -50,10 +52,14 @@ class Callback:
         self.stop_training = False
 
 
+def main_process() -> bool:
+    """Whether this process speaks for the run to loggers: the only one, or rank 0 of those torchrun
+    started (its RANK and WORLD_SIZE, read as train.distributed reads them: callbacks sit below train)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
 def keep_lines(path: Path, count: int) -> None:
     """Cut a text file to its first count lines (for a resumed run's logs)."""
-    from nnrun.runfolder import open_file
-
     if not path.exists() and not path.is_symlink():
         return
     with open_file(path, "r+") as f:

@@ -4,7 +4,7 @@
 import logging
 
 from nnrun.callbacks import CALLBACKS, Callback
-from nnrun.train.metrics import keras_improvement, resolve_mode
+from nnrun.monitor import keras_improvement, resolve_mode
 
 log = logging.getLogger(__name__)
 

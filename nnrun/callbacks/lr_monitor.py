@@ -3,7 +3,6 @@ schedulers that change it within an epoch; metrics.csv keeps the rate each epoch
 Columns batch,epoch,lr, then lr_<name> for each further parameter group (lr_backbone: 0 while frozen)."""
 
 from nnrun.callbacks import CALLBACKS, Callback, keep_lines
-from nnrun.optim import frozen_groups, group_rates
 from nnrun.runfolder import open_file
 from nnrun.safety import relative_name
 
@@ -45,3 +44,20 @@ class LRMonitor(Callback):
         with open_file(self.run_dir / self.filename, "a") as f:
             f.writelines(self.rows)
         self.rows = []
+
+
+def group_rates(optimizer, frozen=None) -> dict:
+    """lr.csv's and metrics.csv's columns past lr (the first group's rate): lr_<name> for each further
+    parameter group (lr_backbone), 0 while the group's parameters are all frozen. frozen: the flags
+    frozen_groups() gave, so that a batch does not look at every parameter."""
+    groups = optimizer.param_groups[1:]
+    frozen = frozen_groups(optimizer) if frozen is None else frozen
+    return {
+        f"lr_{group.get('name') or f'group{i}'}": 0.0 if still else group["lr"]
+        for i, (group, still) in enumerate(zip(groups, frozen), start=1)
+    }
+
+
+def frozen_groups(optimizer) -> list:
+    """For each parameter group past the first: whether none of its parameters trains now."""
+    return [not any(p.requires_grad for p in group["params"]) for group in optimizer.param_groups[1:]]

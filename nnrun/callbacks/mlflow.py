@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
+from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, main_process, run_config
 from nnrun.callbacks.sender import GRACE, Sender, Timed, upload_seconds
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Interrupted
 
 log = logging.getLogger("nnrun")
 PARENT = "mlflow_parent.json"  # in a sweep's folder: the parent run every job's run hangs under
@@ -98,8 +98,6 @@ class MLflowLogger(Callback):
     def end(self, summary, error) -> None:
         if self.run_id is None or self.client is None:
             return
-        from nnrun.train.loop import Interrupted
-
         if error is None:
             status, state = "FINISHED", summary.get("status", "completed")
         elif isinstance(error, (Interrupted, KeyboardInterrupt)):
@@ -112,9 +110,7 @@ class MLflowLogger(Callback):
 
     def speaks(self) -> bool:
         """Rank 0 alone talks to MLflow (the others train alike)."""
-        from nnrun.train import distributed
-
-        return not distributed.launched() or distributed.rank() == 0
+        return main_process()
 
     def connect(self):
         if self.client is None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from nnrun.callbacks import CALLBACKS, Callback
 from nnrun.errors import ConfigError
-from nnrun.train.checkpoint import digest_path
-from nnrun.train.metrics import improved, resolve_mode
+from nnrun.monitor import improved, resolve_mode
+from nnrun.stored import digest_path
 
 
 @CALLBACKS.register("model_checkpoint")

@@ -2,6 +2,7 @@
 
 from nnrun.callbacks import CALLBACKS, Callback
 from nnrun.errors import ConfigError
+from nnrun.safety import relative_name
 
 
 @CALLBACKS.register("tensorboard")
@@ -14,7 +15,6 @@ class TensorBoard(Callback):
                 "callbacks.tensorboard needs the tensorboard package: "
                 "pip install 'nnrun[tensorboard]' (or remove the callback)"
             ) from None
-        from nnrun.safety import relative_name
 
         self.writer_class, self.log_dir = SummaryWriter, relative_name(log_dir, "callbacks.tensorboard.log_dir")
 

@@ -7,9 +7,10 @@ import secrets
 import shutil
 from pathlib import Path
 
-from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, run_config
+from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, main_process, run_config
 from nnrun.callbacks.sender import GRACE, Sender, upload_seconds
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Interrupted
+from nnrun.safety import relative_name
 
 MODES = (None, "online", "offline", "disabled")
 
@@ -26,7 +27,6 @@ class WandB(Callback):
         if mode not in MODES:
             raise ConfigError(f"callbacks.wandb.mode={mode} is not one of null, online, offline, disabled")
         self.wandb, self.project, self.entity, self.run_name = wandb, project, entity, run_name
-        from nnrun.safety import relative_name
 
         # inside the run folder, as every file nnrun writes: a preset is data and names no other place
         self.dir = relative_name(dir, "callbacks.wandb.dir") if dir is not None else None
@@ -47,9 +47,7 @@ class WandB(Callback):
     def begin(self, run_id) -> None:
         """Start the W&B run (run_id: the one a resumed run continues) off the training thread; its id
         is chosen here, so a checkpoint saved before W&B answers still names it."""
-        from nnrun.train import distributed
-
-        if distributed.launched() and distributed.rank() != 0:  # DDP: rank 0 logs for all
+        if not main_process():  # DDP: rank 0 logs for all
             return
         self.run_id = run_id or secrets.token_hex(4)
         group = sweep_group()  # Hydra's state, read on the training thread
@@ -107,8 +105,6 @@ class WandB(Callback):
     def end(self, summary, error) -> None:
         if self.run is None:  # W&B failed
             return
-        from nnrun.train.loop import Interrupted
-
         summary = summary or {}
         if error is None:  # the states MLflow names too: finished, failed, killed (a stop signal)
             state, code = "finished", 0

@@ -23,7 +23,7 @@ import torch
 from nnrun import runfolder, signals
 from nnrun.data import DATASETS, Loaded, Split, stratified_split
 from nnrun.data.described import Described, Standardization
-from nnrun.errors import ConfigError
+from nnrun.errors import ConfigError, Interrupted
 from nnrun.machine import available_cores, state_dir
 from nnrun.stored import default_mode
 
@@ -444,8 +444,6 @@ def too_large(exc: Exception) -> str:
 def in_threads(fn, items: list) -> list:
     """[fn(item)] computed in threads, a chunk at a time: a stop signal (Ctrl-C, SIGTERM) ends
     the decoding between chunks instead of after every file."""
-    from nnrun.train.loop import Interrupted  # moves to nnrun.errors (helper "layers"): then to the top
-
     workers = available_cores()  # every core: Pillow decodes without the GIL, and training has not begun
     out = []
     signals.reading = True

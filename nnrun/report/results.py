@@ -5,16 +5,17 @@ results.md and compare.png into the folder and prints the table."""
 
 import argparse
 import csv
-import logging
 import io
+import logging
 import math
 import os
 import statistics
 import sys
 from pathlib import Path
 
-from nnrun.errors import printable
-from nnrun.stored import MAX_CSV, Unreadable, read_json, read_text, read_yaml, write_atomic
+from nnrun.callbacks.mlflow import end_sweep
+from nnrun.errors import SweepFailures, Unreadable, printable
+from nnrun.stored import MAX_CSV, read_json, read_text, read_yaml, write_atomic
 
 log = logging.getLogger("nnrun")
 FIXED = ["status", "best_epoch", "monitor", "best_score"]
@@ -351,22 +352,10 @@ class SweepResults(_HydraCallback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         failures = finish_sweep(Path(config.hydra.sweep.dir))
-        from nnrun.callbacks.mlflow import end_sweep
 
         end_sweep(config, failed=bool(failures))  # callbacks.mlflow's parent run, if this sweep has one
         if failures:
             raise SweepFailures(failures)
-
-
-class SweepFailures(BaseException):
-    """The failed jobs of a sweep as (overrides, exit code, message), read from their run folders
-    (jobs in a launcher's worker processes report only there), for the command's exit code.
-    A BaseException: Hydra turns a callback's Exception into a warning. (Raised last: Hydra calls
-    the end callbacks in reverse order, and this one is listed first.)"""
-
-    def __init__(self, failures: list):
-        super().__init__(f"{len(failures)} job(s) failed")
-        self.failures = failures
 
 
 def planned_jobs(folder: Path) -> list:

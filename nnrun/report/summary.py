@@ -6,14 +6,17 @@ import logging
 import os
 from pathlib import Path
 
-from nnrun.stored import FORMAT
+from nnrun.checks import TARGET_RATIO, target_size
+from nnrun.report.card import card_lines, chance_loss, diagnose
+from nnrun.report.plots import plot_confusion, plot_curves
+from nnrun.runfolder import open_file
+from nnrun.stored import FORMAT, default_mode, write_atomic
+from nnrun.train.metrics import MAIN_METRIC
 
 log = logging.getLogger("nnrun")
 
 
 def write_json(path: Path, content: dict) -> Path:
-    from nnrun.stored import write_atomic
-
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(content, indent=2, default=float) + "\n", sync=False)
     return path
@@ -29,8 +32,6 @@ def write_summary(run_dir, summary: dict, last_resort: bool = False) -> Path:
         if not last_resort:
             raise
         try:
-            from nnrun.runfolder import open_file
-
             with open_file(path, "w") as f:
                 f.write(json.dumps(summary, indent=2, default=float) + "\n")
         except OSError:
@@ -58,7 +59,6 @@ def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, set
     """Fill in the results, write summary.json and the plots, print the report card. settings:
     the Trainer's (monitor and mode say what "best" meant)."""
     monitor, mode = settings.monitor, settings.mode
-    from nnrun.report.card import card_lines, chance_loss, diagnose
 
     confusion = test.pop("confusion", None)
     summary.update(
@@ -87,8 +87,6 @@ def finish_run(run_dir, summary: dict, history, test: dict, data, eval_loss, set
 
 def big_target(data):
     """The raw regression target's size when the pre-flight check would warn about it, else None."""
-    from nnrun.checks import TARGET_RATIO, target_size
-
     size = target_size(data)
     return size[0] if size is not None and size[0] > TARGET_RATIO * size[1] else None
 
@@ -96,9 +94,6 @@ def big_target(data):
 def write_plots(run_dir: Path, history, monitor: str, data, confusion, summary: dict) -> None:
     """curves.png, and confusion_matrix.png for classification; a plotting failure is a warning,
     never a lost run."""
-    from nnrun.report.plots import plot_confusion, plot_curves
-    from nnrun.train.metrics import MAIN_METRIC
-
     try:
         plot_curves(run_dir / "curves.png", history.logs, history.best_epoch, monitor, MAIN_METRIC[data.task])
         if confusion is not None:
@@ -117,8 +112,6 @@ def export_weights(run_dir, model) -> Path:
     """model.safetensors: the tested (best) weights in a format that holds only tensors, for
     loading anywhere without pickle."""
     from safetensors.torch import save_file
-
-    from nnrun.stored import default_mode
 
     path = Path(run_dir) / "model.safetensors"
     tmp = path.with_name(f".{path.name}.tmp")

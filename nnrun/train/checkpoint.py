@@ -10,21 +10,9 @@ from pathlib import Path
 
 import torch
 
-from nnrun.stored import FORMAT, check_format, default_mode, write_atomic
-from nnrun.torchload import CheckpointError, UnsafeCheckpoint, load_tensors  # noqa: F401  (raised here)
-
-
-class NonFiniteWeights(RuntimeError):
-    """The weights hold NaN or inf (a gradient blow-up whose loss was still finite): not saved."""
-
-    def __init__(self, name: str, epoch: int, step: int):
-        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-        super().__init__(
-            f"the weights became NaN or infinite ({name}) at {where}, before they were saved; the "
-            f"last finite checkpoint is kept; try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"
-        )
-        # as NonFiniteLoss reports it: the epoch running (from 1) and its steps done, 0 = at its end
-        self.epoch, self.step = (epoch + 1, step) if step else (epoch, 0)
+from nnrun.errors import CheckpointError, DiskFull, NonFiniteWeights
+from nnrun.stored import FORMAT, check_format, default_mode, digest_path, write_atomic
+from nnrun.torchload import load_tensors
 
 
 def non_finite(weights: dict):
@@ -52,10 +40,6 @@ def checkpoint_state(model, optimizer, scheduler, epoch: int, logs: dict, config
         "metrics": {k: float(v) for k, v in logs.items()},
         "config": config,  # resolved, plain containers: data, never instantiated
     }
-
-
-def digest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
 
 
 def previous_path(path: Path) -> Path:
@@ -104,11 +88,6 @@ def save_checkpoint(path, state: dict, keep_previous: bool = False) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-class DiskFull(OSError):
-    def __init__(self, path: Path):
-        super().__init__(errno.ENOSPC, f"No space left on device while writing {path}; the previous checkpoint is kept")
 
 
 class Recording:

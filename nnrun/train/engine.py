@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from nnrun.errors import ConfigError
+from nnrun.train.distributed import agree, max_all
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
@@ -94,7 +95,6 @@ class Engine:
         """A stop signal that reached any DDP process stops them all at the same point."""
         if self.world == 1:
             return signum
-        from nnrun.train.distributed import max_all
 
         return int(max_all([signum or 0], self.device)[0]) or None
 
@@ -103,7 +103,6 @@ class Engine:
         callbacks, schedulers and early stopping decide alike on every rank."""
         if self.world == 1:
             return value
-        from nnrun.train.distributed import agree
 
         return agree(value)
 
@@ -121,7 +120,6 @@ class Engine:
         """Whether the loss is finite on every DDP process (a host sync; every step under DDP)."""
         if self.world == 1:
             return bool(finite)
-        from nnrun.train.distributed import max_all
 
         return max_all([0.0 if bool(finite) else 1.0], self.device)[0] == 0.0
 

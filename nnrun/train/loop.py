@@ -6,7 +6,9 @@ from typing import Optional
 
 import torch
 
-from nnrun.errors import ConfigError, suggest
+from nnrun.callbacks import Callback
+from nnrun.errors import ConfigError, NonFiniteLoss, suggest
+from nnrun.train.engine import Engine
 from nnrun.train.metrics import Tally, logged_names
 
 
@@ -25,24 +27,6 @@ class History:
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-class Interrupted(Exception):
-    """A stop signal arrived; the state was saved after epoch epochs and step steps of the next."""
-
-    def __init__(self, signum: int, epoch: int, step: int, reading: bool = False):
-        super().__init__(f"signal {signum} at epoch {epoch}, step {step}")
-        self.signum, self.epoch, self.step = signum, epoch, step
-        self.reading = reading  # it came while the data was read, before any training: nothing saved
-
-
-class NonFiniteLoss(RuntimeError):
-    def __init__(self, value: float, epoch: int, step: int):
-        super().__init__(
-            f"the training loss became {value} at epoch {epoch}, step {step}; "
-            f"try a 10x lower optimizer.lr, or trainer.grad_clip=1.0"
-        )
-        self.value, self.epoch, self.step = value, epoch, step
 
 
 class FiniteWatch:
@@ -94,8 +78,6 @@ def evaluate(model, data, split, loss_fn, device, limit_batches=None, confusion=
     with limit_batches, a smoke run, data.batch_size), summed per sample so a short last batch
     counts right; with confusion (classification) also "confusion": counts[true, predicted], on
     the CPU. A bigger batch that runs out of GPU memory falls back to data.batch_size for good."""
-    from nnrun.train.engine import Engine
-
     engine = engine or Engine(model, device)
     model.eval()
     batch_size = data.batch_size if limit_batches else data.batch_size * data.eval_batches
@@ -154,6 +136,4 @@ def check_monitors(has_val: bool, monitor, callbacks, scheduler, task: str = "mu
 
 
 def overrides(callback, hook: str) -> bool:
-    from nnrun.callbacks import Callback
-
     return getattr(type(callback), hook) is not getattr(Callback, hook)

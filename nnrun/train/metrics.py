@@ -1,11 +1,10 @@
-"""Metric names (Keras's), which ones each task logs, their running sums, and what "better"
-means for each."""
+"""Metric names (Keras's), which ones each task logs, and their running sums (what "better" means
+for each is nnrun.monitor's)."""
 
 import math
 
 import torch
 
-from nnrun.errors import ConfigError
 
 # Per task: the metrics of a training epoch (running sums, cheap) and of validation and test
 # (which may need every prediction, as ROC AUC does).
@@ -16,7 +15,6 @@ TRAIN_METRICS = {
 }
 EVAL_METRICS = {**TRAIN_METRICS, "binary": TRAIN_METRICS["binary"] + ["auc"]}
 MAIN_METRIC = {"multiclass": "accuracy", "binary": "accuracy", "regression": "mae"}
-HIGHER_IS_BETTER = ("accuracy", "acc", "auc", "f1", "precision", "recall", "r2")
 
 
 def logged_names(has_val: bool, task: str = "multiclass") -> list:
@@ -120,30 +118,3 @@ def roc_auc(batches) -> float:
     if len(set(y.tolist())) < 2:
         return float("nan")
     return float(roc_auc_score(y, output))
-
-
-def resolve_mode(monitor: str, mode: str, key: str) -> str:
-    """'min' or 'max'; auto is max for accuracy-like names, as in Keras."""
-    if mode == "auto":
-        return "max" if any(word in monitor for word in HIGHER_IS_BETTER) else "min"
-    if mode not in ("min", "max"):
-        raise ConfigError(f"{key}={mode} is not one of auto, min, max")
-    return mode
-
-
-def keras_improvement(current: float, best, mode: str, min_delta: float = 0.0) -> bool:
-    """Keras 3's MonitorCallback._is_improvement, for the callbacks named after Keras's: anything
-    beats no best yet (NaN included); otherwise current, moved by min_delta against the direction,
-    must still beat best (a NaN on either side never does)."""
-    if best is None:
-        return True
-    return current + abs(min_delta) < best if mode == "min" else current - abs(min_delta) > best
-
-
-def improved(current: float, best, mode: str, min_delta: float = 0.0) -> bool:
-    """Whether current beats best by more than min_delta; NaN never does."""
-    if current is None or math.isnan(current):
-        return False
-    if best is None:
-        return True
-    return current < best - min_delta if mode == "min" else current > best + min_delta

@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 
-from nnrun.errors import ConfigError
-from nnrun.stored import Unreadable, read_json, read_yaml
+from nnrun.errors import AlreadyCompleted, CheckpointError, ConfigError, Unreadable, UnsafeCheckpoint
+from nnrun.stored import read_json, read_yaml
 
 log = logging.getLogger("nnrun")
 # nnrun.train.checkpoint (torch) is imported where it is used: main() asks holds_run() before
@@ -32,16 +32,6 @@ SAME = (
     "data.image_size",
     "data.channels",
 )
-
-
-class AlreadyCompleted(Exception):
-    def __init__(self, run_dir: Path, why: str = ""):
-        super().__init__(
-            why
-            or f"run {run_dir} already completed; nothing to resume (its summary.json has the "
-            f"results; start a new run without trainer.resume)"
-        )
-        self.run_dir = run_dir
 
 
 def check_continue(folder: Path, config: dict, key: str) -> None:
@@ -187,7 +177,7 @@ def resume_job(run_dir: Path):
 
 def load_resume_state(path: Path) -> dict:
     """The checkpoint at path; when it is damaged, the one it replaced (last.prev.pt), saying so."""
-    from nnrun.train.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint, non_finite, previous_path
+    from nnrun.train.checkpoint import load_checkpoint, non_finite, previous_path
 
     previous = previous_path(path)
     try:

@@ -9,11 +9,16 @@ from typing import Callable, Optional
 
 import torch
 
+from nnrun.callbacks.early_stopping import EarlyStopping
+from nnrun.callbacks.lr_monitor import group_rates
 from nnrun.data import fingerprint
+from nnrun.errors import CheckpointError, ConfigError, Interrupted, NonFiniteLoss
 from nnrun.models import hooks
-from nnrun.train.checkpoint import CheckpointError, checkpoint_state, drop_previous, restore_previous, save_checkpoint
-from nnrun.train.loop import FiniteWatch, History, Interrupted, NonFiniteLoss, evaluate, forward, overrides
-from nnrun.train.metrics import Tally, improved
+from nnrun.monitor import improved
+from nnrun.train.checkpoint import checkpoint_state, drop_previous, restore_previous, save_checkpoint
+from nnrun.train.distributed import sum_all
+from nnrun.train.loop import FiniteWatch, History, evaluate, forward, overrides
+from nnrun.train.metrics import Tally
 
 
 @dataclass
@@ -196,8 +201,6 @@ class Trainer:
         """One pass over the training split from batch history.step; returns (logs: loss and the
         task's metrics, samples seen, the rates the epoch started with: lr, and lr_<group> for further
         parameter groups)."""
-        from nnrun.optim import group_rates
-
         model, optimizer, engine, device = self.model, self.optimizer, self.engine, self.device
         history, settings, accumulate = self.history, self.settings, self.settings.accumulate
         model.train()
@@ -275,8 +278,6 @@ class Trainer:
         if watch is not None:
             watch.check(epoch, wait=True)
         if engine.world > 1:  # the epoch's sums over every rank's shard
-            from nnrun.train.distributed import sum_all
-
             sum_all(loss_sum)
             seen = int(sum_all(torch.tensor(seen, device=loss_sum.device)).item())
             tally.reduce(sum_all)
@@ -306,8 +307,6 @@ class Trainer:
         and tested_epoch. Early stopping decides when it is on, as in Keras: its best epoch with
         restore_best_weights (restored by its on_train_end), else the last. Otherwise choice:
         "best" (by settings.monitor) or "last"."""
-        from nnrun.callbacks.early_stopping import EarlyStopping
-
         stopping = next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
         if stopping is not None and choice == "last" and stopping.restore_best_weights:
             import logging
@@ -434,8 +433,6 @@ def skip_single(model, data) -> None:
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
     if data.batch_size < 2:
-        from nnrun.errors import ConfigError
-
         raise ConfigError(
             "data.batch_size=1 with batch norm in the model: batch norm cannot train on one sample; "
             "use data.batch_size=2 or more (or model.batchnorm=false)"
