@@ -11,7 +11,7 @@ NNRUN = Path(__file__).resolve().parent.parent / "nnrun"
 # Bottom to top. A top-level module or a subpackage (with its modules) per name.
 LAYERS = [
     "errors",  # every exception, and the one-line descriptions of user errors
-    "config registry monitor stored torchload sources signals checks safety runfolder",  # leaf helpers
+    "config registry machine monitor stored torchload sources signals checks safety runfolder",  # leaf helpers
     "data models losses optim callbacks",
     "train",
     "report",
@@ -22,10 +22,6 @@ LAYER = {f"nnrun.{name}": level for level, names in enumerate(LAYERS) for name i
 
 # Imports that work under way removes, left out of both checks; keep it short, and empty at the merge.
 KNOWN = {
-    ("nnrun.data.arrays", "nnrun.train.device"),  # fixed by helper "typed" before merge
-    ("nnrun.data.images", "nnrun.train.device"),  # fixed by helper "typed" before merge
-    ("nnrun.data.images", "nnrun.usercode"),  # fixed by helper "typed" before merge
-    ("nnrun.models", "nnrun.train.device"),  # fixed by helper "typed" before merge
     ("nnrun.runfolder", "nnrun.train.resume"),  # fixed by helper "edge" before merge
     ("nnrun.runfolder", "nnrun.usercode"),  # fixed by helper "edge" before merge
 }
