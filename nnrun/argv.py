@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nnrun.errors import ConfigError
-from nnrun.runfolder import MADE
+from nnrun.runfolder import MADE, holds_run
 from nnrun.stored import Unreadable, read_yaml
 
 
@@ -50,8 +50,6 @@ def refuse_used_run_dir(args) -> None:
         return
     for arg in args:
         if arg.startswith("hydra.run.dir="):
-            from nnrun.train.resume import holds_run
-
             folder = Path(arg.split("=", 1)[1]).expanduser()
             if holds_run(folder):
                 raise ConfigError(

@@ -21,23 +21,23 @@ def main() -> None:
 
 
 def run(
-    conf, run_dir: Path, console, extra_callbacks=(), command: str = "", resume_from=None, stop=None, placement=None
+    conf, folder, console, extra_callbacks=(), command: str = "", resume_from=None, stop=None, placement=None
 ) -> dict:
     """Train, validate and test one model as conf says; returns the summary (summary.json).
-    extra_callbacks run after the configured ones; command: the command line that reruns it;
-    resume_from: a checkpoint to continue from; stop(): a signal number asking to stop, or None;
-    placement: (device, threads) of a sweep job that shares the machine with others."""
+    folder: the RunFolder the run writes (its accept() once a resume is accepted); extra_callbacks
+    run after the configured ones; command: the command line that reruns it; resume_from: a
+    checkpoint to continue from; stop(): a signal number asking to stop, or None; placement:
+    (device, threads) of a sweep job that shares the machine with others."""
     from nnrun import usercode
     from nnrun.callbacks import build_callbacks, run_end
     from nnrun.data import fingerprint, fingerprint_changes
     from nnrun.models import build_model, check_size
     from nnrun.report.console import EpochProgress
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
-    from nnrun.runfolder import write_pending
     from nnrun.train.device import peak_memory
     from nnrun.train.trainer import Outputs
 
-    start = time.perf_counter()
+    start, run_dir = time.perf_counter(), folder.path
     job = prepare(conf, placement)  # checked, placed, seeded
     plain, trainer = job.plain, job.plain["trainer"]
     callbacks = build_callbacks(plain["callbacks"], extra_callbacks)  # before the data: config errors fail fast
@@ -52,7 +52,7 @@ def run(
                     f"trainer.resume={resume_from}: the data is not what the run trained on ({changed}); "
                     f"resume on the same data, or start a new run"
                 )
-        write_pending()  # the resume is accepted: .hydra/ and the log may now change
+        folder.accept()  # the resume is accepted: .hydra/ and the log may now change
         write_preprocessing(run_dir, data)
         model_conf = {
             **plain["model"],

@@ -1,8 +1,8 @@
 """One writer per run folder, and nothing written through links: a process claims the folder
 (an flock on <run>/.lock, released by the OS even on kill -9) before anything in it is written,
 refuses a folder holding symbolic links, and clears the temporary files a killed write left.
-Hydra writes the log and .hydra/ before nnrun's job starts, so the claim is made from Hydra's
-own steps (install_hydra_checks), after the config is checked and before any file is opened."""
+Hydra writes nothing into a run folder (hydra.output_subdir: null, no job logging): the job claims
+it, then opens its log and writes .hydra/ itself (RunFolder)."""
 
 import errno
 import fcntl
@@ -18,8 +18,13 @@ LOCK = ".lock"
 _HELD = {}  # resolved run folder -> open lock file descriptor
 MADE = set()  # resolved run folders this process made (argv.make_run_dir, a new hydra.run.dir)
 SWEEPS = []  # the folder of the sweep this command composed (its table, when its workers were stopped)
+LOG = "nnrun.log"  # the run's log, <hydra.job.name>.log
+LOG_FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"
+CONFIG_DIR = ".hydra"  # the run's config as composed: config.yaml, hydra.yaml, overrides.yaml
 # what nnrun writes before training: a run's first files, and a sweep's multirun.yaml
-EARLY = {".hydra", LOCK, "nnrun.log", "preprocessing.json", "model_source.json", "multirun.yaml"}
+EARLY = {CONFIG_DIR, LOCK, LOG, "preprocessing.json", "model_source.json", "multirun.yaml"}
+# what a run writes once it trains: a folder holding one of them holds a run
+RUN_FILES = ("summary.json", "metrics.csv", "checkpoints")
 
 
 def claim(run_dir) -> Path:
@@ -64,6 +69,33 @@ def claim(run_dir) -> Path:
         if path.exists():  # (a stale .tmp is gone already)
             unshare(path)
     return run_dir
+
+
+def holds_run(folder) -> bool:
+    """Whether a run has written into folder (.hydra/ and the log alone do not count)."""
+    return any((Path(folder) / name).exists() for name in RUN_FILES)
+
+
+def refuse_used(run_dir: Path, resume) -> None:
+    """A job folder that already holds a run (a preset's hydra.run.dir, a sweep's repeated subdir)
+    is written only to resume it: the job's config must say trainer.resume."""
+    if not resume and holds_run(run_dir):
+        raise ConfigError(
+            f"run folder {run_dir} already holds a run; choose a new folder (hydra.run.dir, "
+            f"hydra.sweep.subdir), or continue that run with trainer.resume={run_dir}"
+        )
+
+
+def claim_job(run_dir, resume) -> None:
+    """A job's folder, before anything in it is written: no links in it, no run in it unless
+    resuming, and then this process's lock (again: a no-op)."""
+    run_dir = Path(run_dir)
+    if str(run_dir.resolve()) in _HELD:
+        return
+    if run_dir.is_dir():
+        refuse_links(run_dir)
+    refuse_used(run_dir, resume)
+    claim(run_dir)
 
 
 def release(run_dir) -> None:
@@ -134,100 +166,78 @@ def open_file(path, mode: str = "a", newline=""):
     return os.fdopen(fd, mode, newline=newline)
 
 
-def install_hydra_checks() -> None:
-    """Check what Hydra is about to act on, at the three places it does: instantiating
-    hydra.callbacks (the whole composed config is checked first), configuring logging (the log
-    file must be inside the run folder; the folder is claimed here, before the log is opened),
-    and saving .hydra/ (inside the run folder)."""
-    import hydra._internal.hydra as hydra_main
-    import hydra.core.utils as hydra_utils
+class RunFolder:
+    """The run folder one job writes, from its claim to its end: the log, the stored config (held
+    back while the run already here may still refuse the resume), and the folder made for this
+    attempt when the run it resumes is elsewhere (its log moves there once the resume is accepted)."""
 
-    if getattr(hydra_utils, "_nnrun_checked", False):
-        return
-    hydra_utils._nnrun_checked = True
-    original_callbacks, original_log, original_save = (
-        hydra_main.Callbacks,
-        hydra_utils.configure_log,
-        hydra_utils._save_config,
-    )
+    def __init__(self, path, log_name: str = LOG):
+        self.path = Path(path)
+        self.log_name = log_name
+        self.held_back = {}  # .hydra/ file -> text, written once the resume is accepted
+        self.attempt = None  # the folder made for this attempt, when the run resumed is elsewhere
 
-    class CheckedCallbacks(original_callbacks):
-        def __init__(self, config=None):
-            if config is not None:
-                check_composed(config)
-                note_sweep_dir(config)
-            super().__init__(config)
+    def start_log(self) -> None:
+        """The root logger writes <run>/<job name>.log alone (as Hydra's job logging did): the handlers
+        before it (Hydra's own console, the previous job's log) are closed."""
+        root = logging.getLogger()
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            handler.close()
+        handler = logging.FileHandler(self.path / self.log_name)  # (claimed, and no links in it)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
-    def configure_log(log_config, verbose_config=False):
-        run_dir = job_dir()
-        if run_dir is not None and run_dir.is_dir():
-            refuse_links(run_dir)  # before the log file's name is followed anywhere
-            if not helper_rank():
-                refuse_used(run_dir, log_config)
-        if log_config is not None:
-            from omegaconf import OmegaConf
+    def save_config(self, files: dict) -> None:
+        """.hydra/<name> for each name -> YAML text; held back when the folder holds a run already
+        (resuming it: its stored config stays until the resume is accepted)."""
+        files = {self.path / CONFIG_DIR / name: text for name, text in files.items()}
+        if holds_run(self.path):
+            self.held_back.update(files)
+            return
+        write_config(files)
 
-            from nnrun.safety import check_logging
+    def resume_in(self, other) -> "RunFolder":
+        """The run folder of the run this attempt resumes, claimed; this attempt's folder goes on
+        accept() or refuse()."""
+        claim(other)
+        moved = RunFolder(other, self.log_name)
+        moved.held_back, self.held_back = self.held_back, {}
+        moved.attempt = self.path
+        return moved
 
-            plain = OmegaConf.to_container(log_config, resolve=run_dir is not None)
-            check_logging(plain, "hydra.job_logging" if run_dir else "hydra.hydra_logging", run_dir)
-        if run_dir is not None and not helper_rank():
-            claim(run_dir)
-        try:
-            return original_log(log_config, verbose_config)
-        except BaseException:
-            if run_dir is not None:
-                release(run_dir)
-            raise
+    @property
+    def pending(self) -> bool:
+        """A resume is under way and not yet accepted: the run it resumes must not change."""
+        return bool(self.held_back) or self.attempt is not None
 
-    def save_config(cfg, filename, output_dir):
-        run_dir = job_dir()
-        from nnrun.safety import inside
-        from nnrun.train.resume import holds_run
+    def accept(self) -> None:
+        """The resume is accepted: the held-back .hydra/ files are written, and this attempt's log
+        continues in the resumed run's."""
+        files, self.held_back = self.held_back, {}
+        write_config(files)
+        self.end_attempt(self.path)
 
-        if run_dir is not None and not inside(run_dir, output_dir):
-            raise ConfigError(f"hydra.output_subdir: {output_dir} is outside the run folder {run_dir}")
-        path = Path(output_dir) / filename
-        if path.is_symlink():
-            raise ConfigError(f"{path} is a symbolic link; nnrun does not write through links in a run folder")
-        if run_dir is not None and holds_run(run_dir):
-            # resuming the run already here: its stored config stays until the resume is accepted
-            # (write_pending(), after the checkpoint's config matched); a refused one changes nothing
-            PENDING.append((cfg, filename, output_dir))
-            return None
-        return original_save(cfg, filename, output_dir)
+    def refuse(self) -> None:
+        """The resume was refused (or found nothing to do): the run stays as it was."""
+        self.held_back = {}
+        self.end_attempt(None)
 
-    save_config.__wrapped__ = original_save
-    hydra_main.Callbacks = CheckedCallbacks
-    hydra_main.configure_log = hydra_utils.configure_log = configure_log
-    hydra_utils._save_config = save_config
+    def end_attempt(self, log_in) -> None:
+        old, self.attempt = self.attempt, None
+        if old is not None:
+            log_to(old, log_in)
+            remove_if_early(old)
+            release(old)
 
 
-PENDING = []  # .hydra/ files Hydra would have rewritten in a folder that holds a run
-
-
-MOVES = []  # (the folder Hydra made for this attempt, the run it resumes): the log moves on acceptance
-
-
-def write_pending(accepted: bool = True) -> None:
-    """The resume is accepted (or, accepted=False, refused): write (or drop) the .hydra/ files held
-    back by save_config, and continue (or drop) this attempt's log in the resumed run's folder."""
-    import hydra.core.utils as hydra_utils
-
-    while PENDING:
-        cfg, filename, output_dir = PENDING.pop(0)
-        if accepted:
-            hydra_utils._save_config.__wrapped__(cfg, filename, output_dir)
-    while MOVES:
-        old, new = MOVES.pop(0)
-        log_to(old, new if accepted else None)
-        remove_if_early(old)
-        release(old)
-
-
-def resume_pending() -> bool:
-    """A resume is under way and not yet accepted: the run it resumes must not change."""
-    return bool(PENDING or MOVES)
+def write_config(files: dict) -> None:
+    """Each path -> text, in a folder made if needed; never through a link at the file's name."""
+    for path, text in files.items():
+        path.parent.mkdir(exist_ok=True)
+        with open_file(path, "w") as f:
+            f.write(text)
 
 
 def log_to(old: Path, new) -> None:
@@ -277,73 +287,6 @@ def remove_if_early(run_dir) -> bool:
             break
         parent = parent.parent
     return True
-
-
-def note_sweep_dir(config) -> None:
-    """A --multirun's folder that does not exist yet is this command's (MADE): a sweep that fails
-    before its first job (an unknown key among the swept ones) leaves no multirun.yaml behind."""
-    from omegaconf import OmegaConf
-
-    if str(OmegaConf.select(config, "hydra.mode", default="")) != "RunMode.MULTIRUN":
-        return
-    folder = OmegaConf.select(config, "hydra.sweep.dir", default=None)
-    if folder:
-        SWEEPS[:] = [Path(str(folder))]
-    if folder and not Path(str(folder)).exists():
-        MADE.add(str(Path(str(folder)).resolve()))
-
-
-def check_composed(config) -> None:
-    """The whole composed config, Hydra's part included, before Hydra instantiates anything in it:
-    every _target_ as text first, then (importing only allowed modules) the class it names."""
-    from omegaconf import OmegaConf
-
-    from nnrun.safety import check_hydra, check_targets, resolve
-    from nnrun.usercode import restore_resumed
-
-    plain = OmegaConf.to_container(config, resolve=False)
-    restore_resumed(plain)  # a resumed run's own modules (trusted), before its imports are checked
-    targets = check_targets(plain)
-    check_hydra(plain.get("hydra") or {})
-    for key, target, allowed, base in targets:
-        if base == "torch.nn.Module":  # refused before the run folder is made (imports torch: only then)
-            from torch import nn
-
-            from nnrun.registry import import_modules
-
-            import_modules(plain.get("imports"))
-            base = nn.Module
-        elif base == "hydra.experimental.callback.Callback":
-            from hydra.experimental.callback import Callback as base
-        else:
-            base = object
-        resolve(target, base, key, allowed)
-
-
-def refuse_used(run_dir: Path, log_config) -> None:
-    """A job folder that already holds a run (a preset's hydra.run.dir, a sweep's repeated subdir)
-    is written only to resume it: the job's config (log_config's root) must say trainer.resume."""
-    from omegaconf import OmegaConf
-
-    from nnrun.train.resume import holds_run
-
-    root = log_config._get_root() if hasattr(log_config, "_get_root") else None
-    resume = OmegaConf.select(root, "trainer.resume", default=None) if root is not None else None
-    if not resume and holds_run(run_dir):
-        raise ConfigError(
-            f"run folder {run_dir} already holds a run; choose a new folder (hydra.run.dir, "
-            f"hydra.sweep.subdir), or continue that run with trainer.resume={run_dir}"
-        )
-
-
-def job_dir():
-    """The folder of the Hydra job being set up, or None (Hydra composing, before any job)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    output = HydraConfig.get().runtime.get("output_dir")
-    return Path(output) if output else None
 
 
 def helper_rank() -> bool:

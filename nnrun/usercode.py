@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nnrun import sources
 from nnrun.errors import ConfigError
+from nnrun.runfolder import holds_run
 from nnrun.stored import read_json
 
 log = logging.getLogger("nnrun")
@@ -239,8 +240,6 @@ def restore_run(folder: Path, config: dict, trust_code: bool) -> list:
 def resumed_folder(plain: dict):
     """The run folder trainer.resume names in a composed config (a folder, a checkpoint inside one,
     or auto with hydra.run.dir naming one), or None."""
-    from nnrun.train.resume import holds_run
-
     resume = (plain.get("trainer") or {}).get("resume")
     if not isinstance(resume, str) or not resume:
         return None

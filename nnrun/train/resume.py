@@ -11,8 +11,8 @@ import logging
 import shutil
 from pathlib import Path
 
-
 from nnrun.errors import ConfigError
+from nnrun.runfolder import holds_run
 from nnrun.stored import Unreadable, read_json, read_yaml
 
 log = logging.getLogger("nnrun")
@@ -119,11 +119,6 @@ def planned_epochs(folder: Path, default: int) -> int:
     except Exception:  # noqa: BLE001  (a missing or odd config: fall back)
         return default
     return epochs if isinstance(epochs, int) else default
-
-
-def holds_run(folder: Path) -> bool:
-    """Whether a run has written into folder (Hydra's .hydra/ and the log alone do not count)."""
-    return any((Path(folder) / name).exists() for name in ("summary.json", "metrics.csv", "checkpoints"))
 
 
 def newest_same_run(run_dir: Path, config: dict):
