@@ -110,8 +110,11 @@ def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> None:
     with read_write(task), open_dict(task):
         del task["hydra"]
     with env_override(config.hydra.job.env_set):
-        for callback in callbacks:
-            callback.on_job_start(config=config, task_function=launch.job)
+        try:
+            for callback in callbacks:
+                callback.on_job_start(config=config, task_function=launch.job)
+        except launch.Refused as refused:
+            raise refused.error from None
         outcome.append(launch.job(task))
     done = JobReturn(
         overrides=list(config.hydra.overrides.task),

@@ -127,6 +127,19 @@ def check_composed(config) -> None:
         resolve(target, BASES.get(base, object), key, allowed)
 
 
+class Refused(BaseException):
+    """A job's run folder refused before the job started (ClaimRunFolder): it ends the command as a
+    config error does. A BaseException because Hydra turns an Exception raised in a callback into a
+    warning and goes on (hydra/_internal/callbacks.py, Callbacks._notify)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+    def __reduce__(self):  # crosses from a launcher's worker process to main()
+        return Refused, (self.error,)
+
+
 class ClaimRunFolder(Callback):
     """Hydra callback (hydra.callbacks.run_folder): each job's folder is checked and claimed before
     the job starts (Hydra writes nothing into it). A folder holding links, another run or another
@@ -142,8 +155,12 @@ class ClaimRunFolder(Callback):
                 MADE.add(str(Path(str(folder)).resolve()))
 
     def on_job_start(self, config, **kwargs) -> None:
-        if not helper_rank():  # a DDP rank other than 0 leaves rank 0's folder alone
+        if helper_rank():  # a DDP rank other than 0 leaves rank 0's folder alone
+            return
+        try:
             claim_job(config.hydra.runtime.output_dir, OmegaConf.select(config, "trainer.resume"))
+        except ConfigError as exc:
+            raise Refused(exc) from None
 
 
 class StopSweep(BaseException):
@@ -534,7 +551,8 @@ def main(argv: list) -> int:
             failures = finish_sweep(command.sweep_dir)
     except SweepFailures as exc:  # read from the run folders, for jobs that ran elsewhere
         failures = exc.failures
-    except Exception as exc:  # composition errors before any job, or a sweeper's own
+    except (Exception, Refused) as exc:  # composition errors before any job, a refused folder, or a sweeper's own
+        exc = exc.error if isinstance(exc, Refused) else exc
         if sweep_stop and sweep_stop.signum:  # a worker the stop signal reached before nnrun's handler died of it
             stopped = StopSweep(128 + sweep_stop.signum, "")
         else:
