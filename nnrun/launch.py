@@ -130,7 +130,7 @@ def check_composed(config) -> None:
 class Refused(BaseException):
     """A job's run folder refused before the job started (ClaimRunFolder): it ends the command as a
     config error does. A BaseException because Hydra turns an Exception raised in a callback into a
-    warning and goes on (hydra/_internal/callbacks.py, Callbacks._notify)."""
+    warning and goes on (its Callbacks._notify)."""
 
     def __init__(self, error: Exception):
         super().__init__(str(error))
