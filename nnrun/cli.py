@@ -30,11 +30,12 @@ def run(
     (device, threads) of a sweep job that shares the machine with others."""
     from nnrun import usercode
     from nnrun.callbacks import build_callbacks, run_end
-    from nnrun.data import fingerprint, fingerprint_changes
+    from nnrun.data import fingerprint
     from nnrun.models import build_model, check_size
     from nnrun.report.console import EpochProgress
     from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
     from nnrun.train.device import peak_memory
+    from nnrun.train.resume import check_data
     from nnrun.train.trainer import Outputs
 
     start, run_dir = time.perf_counter(), folder.path
@@ -46,12 +47,7 @@ def run(
         data = load_data(job)
         trained_on = fingerprint(data)
         if saved is not None:  # the same data, checked before anything of that run changes
-            changed = fingerprint_changes(saved.get("data") or trained_on, trained_on)
-            if changed:  # a checkpoint from before fingerprints has none: nothing to compare
-                raise ConfigError(
-                    f"trainer.resume={resume_from}: the data is not what the run trained on ({changed}); "
-                    f"resume on the same data, or start a new run"
-                )
+            check_data(saved, trained_on, resume_from)
         folder.accept()  # the resume is accepted: .hydra/ and the log may now change
         write_preprocessing(run_dir, data)
         model_conf = {
@@ -133,19 +129,12 @@ def prepare(conf, placement) -> Job:
 
 def resume_state(resume_from, plain: dict):
     """The checkpoint to continue from, checked against this config; None for a fresh start."""
-    from nnrun.train.resume import check_same, load_resume_state
+    from nnrun.train.resume import check_config, load_resume_state
 
     if not resume_from:
         return None
     saved = load_resume_state(Path(resume_from))
-    check_same(saved["config"], plain, resume_from)
-    history = saved.get("history") or {}
-    scheduler = ((saved.get("config") or {}).get("scheduler") or {}).get("name")
-    if history.get("finished") and scheduler in ("cosine", "onecycle"):  # a completed run continued
-        raise ConfigError(
-            f"scheduler={scheduler} planned the rate over the run's {history.get('epoch')} epochs, which it "
-            f"finished; it cannot stretch to trainer.epochs={plain['trainer']['epochs']}: start a new run"
-        )
+    check_config(saved, plain, resume_from)
     return saved
 
 

@@ -40,7 +40,20 @@ from nnrun.argv import (
 )
 from nnrun.errors import ConfigError, describe, printable
 from nnrun.registry import import_modules
-from nnrun.runfolder import MADE, SWEEPS, RunFolder, claim, claim_job, helper_rank, release, remove_if_early
+from nnrun.runfolder import (
+    DONE,
+    MADE,
+    SWEEPS,
+    AlreadyCompleted,
+    RunFolder,
+    claim_job,
+    helper_rank,
+    move_to,
+    release,
+    remove_if_early,
+    status,
+    status_of,
+)
 from nnrun.safety import check_hydra, check_targets, refuse_job_logging, resolve
 from nnrun.usercode import restore_resumed
 
@@ -229,7 +242,6 @@ def job(conf) -> Outcome:
     from nnrun.signals import serve_sweep, signal_number, stop_signals, sweep_stopped
     from nnrun.train import distributed
     from nnrun.train.loop import Interrupted
-    from nnrun.train.resume import AlreadyCompleted, move_to, status_of
 
     register_resolvers()  # a launcher's worker process did not run main()
     hydra_conf = HydraConfig.get()
@@ -250,7 +262,7 @@ def job(conf) -> Outcome:
             return not_started(run_dir, sweep_stopped(), worker)
         placement = sweep_placement(conf, hydra_conf) if sweep else None  # after: an unstarted job takes no GPU
         with stop_signals(signal_number(conf.trainer.get("requeue_signal")), quiet=helper or worker) as stop:
-            folder, resume_from = find_resume(conf, folder, sweep, helper)
+            folder, resume_from = find_resume(conf, folder, helper, sweep)
             run_dir = folder.path if folder is not None else run_dir
             if resume_from is False:  # rank 0 ended it (the run was completed, or the request refused)
                 return Outcome(run_dir)
@@ -333,12 +345,11 @@ def sweep_placement(conf, hydra_conf):
     return share_machine(hydra_conf.launcher, hydra_conf.job.num, conf.trainer.device, conf.trainer.threads)
 
 
-def find_resume(conf, folder, sweep: bool, helper: bool):
+def find_resume(conf, folder, helper: bool, sweep: bool):
     """(the RunFolder to run in, the checkpoint to resume from: None for a fresh start, False when
     rank 0 ended the run). Ranks agree: rank 0 finds the checkpoint and tells the others (which have
     no RunFolder: None)."""
-    from nnrun.train import distributed
-    from nnrun.train.resume import DONE, check_continue, locate, resume_job, status
+    from nnrun.train import distributed  # (torch: not before a job)
 
     resume = conf.trainer.get("resume")
     if not resume:
@@ -346,26 +357,15 @@ def find_resume(conf, folder, sweep: bool, helper: bool):
     if helper:
         decided = distributed.agree(None)
         return folder, (False if decided["end"] else decided["from"])
-    run_dir = folder.path
-    if sweep and resume == "auto":  # a job of a sweep being continued
-        return folder, resume_job(run_dir)
     composed = OmegaConf.to_container(conf, resolve=False)
     try:
-        found, resume_from = locate(str(resume), run_dir, composed)
+        found, resume_from = folder.locate(resume, composed, sweep)
     except BaseException:
         distributed.agree({"end": True})
         raise
     distributed.agree({"end": False, "from": resume_from})  # None: from the start
-    if found != run_dir:
-        claim(found)  # before anything there is written: one writer
-        if status(found) in DONE:  # it may have completed while we looked
-            try:
-                check_continue(found, composed, f"trainer.resume={resume}")
-            except BaseException:
-                release(found)
-                raise
-        folder = folder.resume_in(found)  # the log moves there once the resume is accepted (cli.run)
-    if resume_from:
+    folder = folder.resume_run(found, resume, composed)  # elsewhere: the log moves there once accepted
+    if resume_from and not (sweep and resume == "auto"):
         log.info(f"resuming {found} from {resume_from}")
     return folder, resume_from
 
@@ -373,8 +373,7 @@ def find_resume(conf, folder, sweep: bool, helper: bool):
 def open_folder(conf, hydra_conf, run_dir: Path) -> RunFolder:
     """The job's run folder, claimed (ClaimRunFolder did, before the job: again, a no-op), its log
     opened and its config stored in .hydra/ (held back while a resume of the run there is pending)."""
-    claim_job(run_dir, conf.trainer.get("resume"))
-    folder = RunFolder(run_dir, f"{hydra_conf.job.name}.log")
+    folder = RunFolder.open(run_dir, conf.trainer.get("resume"), f"{hydra_conf.job.name}.log")
     folder.start_log()
     folder.save_config(
         {
@@ -432,7 +431,6 @@ def record_failure(exc, run_dir: Path, helper: bool) -> None:
 
         print(f"nnrun: rank {distributed.rank()} failed:\n{traceback.format_exc()}", file=sys.stderr)
     code, message = failure(exc)
-    from nnrun.train.resume import DONE, status
 
     if code == EXIT_USAGE and status(run_dir) in DONE:  # a refused resume: the completed run stays as it was
         return

@@ -8,9 +8,12 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
+import stat
 from pathlib import Path
 
 from nnrun.errors import ConfigError
+from nnrun.stored import Unreadable, read_json, read_yaml
 
 log = logging.getLogger("nnrun")
 
@@ -18,13 +21,27 @@ LOCK = ".lock"
 _HELD = {}  # resolved run folder -> open lock file descriptor
 MADE = set()  # resolved run folders this process made (argv.make_run_dir, a new hydra.run.dir)
 SWEEPS = []  # the folder of the sweep this command composed (its table, when its workers were stopped)
+# The files of a run folder, by name (relative to the folder)
 LOG = "nnrun.log"  # the run's log, <hydra.job.name>.log
 LOG_FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"
 CONFIG_DIR = ".hydra"  # the run's config as composed: config.yaml, hydra.yaml, overrides.yaml
+CONFIG = f"{CONFIG_DIR}/config.yaml"
+OVERRIDES = f"{CONFIG_DIR}/overrides.yaml"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+PREPROCESSING = "preprocessing.json"
+MODEL_SOURCE = "model_source.json"  # nnrun.usercode's record of your code
+WEIGHTS = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+LAST = f"{CHECKPOINTS}/last.pt"  # the state to resume from
+LAST_PREVIOUS = f"{CHECKPOINTS}/last.prev.pt"  # the one it replaced, kept in case last.pt is damaged
+BEST = f"{CHECKPOINTS}/best.pt"
+MULTIRUN = "multirun.yaml"  # a sweep folder's config (Hydra's)
+RESULTS = ("results.csv", "results.md")  # a sweep folder's table
 # what nnrun writes before training: a run's first files, and a sweep's multirun.yaml
-EARLY = {CONFIG_DIR, LOCK, LOG, "preprocessing.json", "model_source.json", "multirun.yaml"}
+EARLY = {CONFIG_DIR, LOCK, LOG, PREPROCESSING, MODEL_SOURCE, MULTIRUN}
 # what a run writes once it trains: a folder holding one of them holds a run
-RUN_FILES = ("summary.json", "metrics.csv", "checkpoints")
+RUN_FILES = (SUMMARY, METRICS, CHECKPOINTS)
 
 
 def claim(run_dir) -> Path:
@@ -109,8 +126,6 @@ def refuse_links(run_dir: Path) -> list:
     would make a resumed run write elsewhere. Nor FIFOs or devices (an open would hang or read
     forever). Returns the files that have other hard links (a copy made with cp -al): claim()
     gives each a file of its own, so writing it never changes the other run."""
-    import stat
-
     shared = []
     for root, dirs, files in os.walk(run_dir):  # os.walk does not follow links into folders
         for name in dirs + files:
@@ -133,8 +148,6 @@ def refuse_links(run_dir: Path) -> list:
 
 def unshare(path: Path) -> None:
     """path as a file of its own: a copy renamed over the hard link."""
-    import shutil
-
     tmp = path.with_name(f".{path.name}.unshare.tmp")
     shutil.copy2(path, tmp)
     os.replace(tmp, path)
@@ -143,7 +156,7 @@ def unshare(path: Path) -> None:
 def remove_stale_tmp(run_dir: Path) -> None:
     """Temporary files of writes that a kill cut short (.last.pt.x1y2.tmp): only this process
     writes here now, so none is in use."""
-    for folder in (run_dir, run_dir / "checkpoints"):
+    for folder in (run_dir, run_dir / CHECKPOINTS):
         if folder.is_dir():
             for path in folder.glob(".*.tmp"):
                 if path.is_file() and not path.is_symlink():
@@ -176,6 +189,36 @@ class RunFolder:
         self.log_name = log_name
         self.held_back = {}  # .hydra/ file -> text, written once the resume is accepted
         self.attempt = None  # the folder made for this attempt, when the run resumed is elsewhere
+
+    @classmethod
+    def open(cls, path, resume=None, log_name: str = LOG) -> "RunFolder":
+        """The run folder at path, checked (no links; no run in it unless resuming) and claimed."""
+        claim_job(path, resume)
+        return cls(path, log_name)
+
+    def __truediv__(self, name) -> Path:
+        return self.path / name
+
+    def locate(self, resume, config: dict, sweep: bool = False):
+        """(the folder of the run trainer.resume=resume continues, its checkpoint or None): this
+        folder or another run's. config: this run's, unresolved."""
+        if sweep and resume == "auto":  # a job of a sweep being continued: its own folder
+            return self.path, resume_job(self.path)
+        return locate(str(resume), self.path, config)
+
+    def resume_run(self, found, resume, config: dict) -> "RunFolder":
+        """The RunFolder of the run to continue, found by locate(): this one, or the other run's,
+        claimed and checked again (it may have completed while we looked)."""
+        if Path(found) == self.path:
+            return self
+        claim(found)  # before anything there is written: one writer
+        if status(found) in DONE:
+            try:
+                check_continue(found, config, f"trainer.resume={resume}")
+            except BaseException:
+                release(found)
+                raise
+        return self.resume_in(found)
 
     def start_log(self) -> None:
         """The root logger writes <run>/<job name>.log alone (as Hydra's job logging did): the handlers
@@ -266,15 +309,13 @@ def remove_if_early(run_dir) -> bool:
     before, or that another nnrun won (it holds the lock: this process's claim failed), stays. A
     sweep folder (no lock) goes only while it holds nothing but multirun.yaml. Then its parents
     inside outputs/, when they are empty now."""
-    import shutil
-
     run_dir = Path(run_dir)
     try:
         names = {p.name for p in run_dir.iterdir()}
     except OSError:
         return False
     key = str(run_dir.resolve())
-    if key not in MADE or not names <= EARLY or not (key in _HELD or names <= {"multirun.yaml"}):
+    if key not in MADE or not names <= EARLY or not (key in _HELD or names <= {MULTIRUN}):
         return False
     log_to(run_dir, None)
     release(run_dir)
@@ -292,3 +333,169 @@ def remove_if_early(run_dir) -> bool:
 def helper_rank() -> bool:
     """A DDP rank other than 0: it leaves rank 0's folder alone (rank 0 holds the claim)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+
+
+# What to resume, from the run folders alone (no torch: nnrun.train.resume loads the checkpoint).
+DONE = ("completed", "summary_only")
+
+
+class AlreadyCompleted(Exception):
+    def __init__(self, run_dir: Path, why: str = ""):
+        super().__init__(
+            why
+            or f"run {run_dir} already completed; nothing to resume (its summary.json has the "
+            f"results; start a new run without trainer.resume)"
+        )
+        self.run_dir = run_dir
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """checkpoints/last.pt, or the copy it replaced (last.prev.pt), is there."""
+    return (Path(folder) / LAST).exists() or (Path(folder) / LAST_PREVIOUS).exists()
+
+
+def check_continue(folder: Path, config: dict, key: str) -> None:
+    """A completed run is continued only for more epochs (trainer.epochs above those it trained),
+    and one that stopped early only with trainer.continue_stopped=true; otherwise AlreadyCompleted
+    (nothing to do, exit 0) or a ConfigError saying what to set."""
+    summary = status_of(folder)
+    if summary.get("status") != "completed":
+        raise AlreadyCompleted(folder)
+    trainer = config.get("trainer") or {}
+    done, wanted = int(summary.get("epochs") or 0), trainer.get("epochs")
+    planned = planned_epochs(folder, done)
+    if summary.get("stopped_early") and isinstance(wanted, int) and wanted <= planned:
+        raise AlreadyCompleted(folder)  # the same request as before (a requeued command): nothing to do
+    if not isinstance(wanted, int) or wanted <= done:
+        raise AlreadyCompleted(
+            folder,
+            f"run {folder} already completed its {done} epochs; nothing to resume (to train it on, set "
+            f"trainer.epochs above {done}, e.g. trainer.epochs={done + 10})",
+        )
+    if summary.get("stopped_early") and not trainer.get("continue_stopped"):
+        raise ConfigError(
+            f"{key}: run {folder} was stopped early at epoch {done} by early stopping; to train it on to "
+            f"trainer.epochs={wanted} anyway, add trainer.continue_stopped=true (early stopping's patience starts "
+            f"again)"
+        )
+
+
+def locate(spec: str, run_dir: Path, config: dict):
+    """(folder to run in, checkpoint to resume from or None). config: this run's, unresolved."""
+    auto = spec == "auto"
+    if auto and holds_run(run_dir):  # hydra.run.dir named a run's folder: continue that run
+        spec = str(run_dir)
+    if spec == "auto":
+        found = newest_same_run(run_dir, config)
+        if found is None:
+            log.info("trainer.resume=auto: no earlier run of this config; starting a new one")
+            return run_dir, None
+        folder = found
+    else:
+        path = Path(spec).expanduser().absolute()  # printed and stored as every run folder is
+        if path.is_symlink():  # the run continues in its folder: through a link, that is elsewhere
+            raise ConfigError(f"trainer.resume={spec} is a symbolic link; give what it points to, {path.resolve()}")
+        if not path.exists():
+            raise ConfigError(
+                f"trainer.resume={spec}: no such run folder or checkpoint; use auto, a run folder or a .pt file"
+            )
+        if path.is_file():
+            inside_run = path.parent.name == CHECKPOINTS and (path.parent.parent / CONFIG_DIR).is_dir()
+            if inside_run and status(path.parent.parent) in DONE:  # as for the run's folder
+                check_continue(path.parent.parent, config, f"trainer.resume={spec}")
+            return (path.parent.parent if inside_run else run_dir), path
+        folder = path
+    if status(folder) in DONE:
+        check_continue(folder, config, f"trainer.resume={spec}")
+    checkpoint = folder / LAST
+    if not has_checkpoint(folder):
+        if not auto:  # auto matched the whole config; a named folder may hold another one
+            raise ConfigError(
+                f"trainer.resume={spec}: that run stopped before its first checkpoint, so there "
+                f"is nothing to resume; start a new run"
+            )
+        log.info(f"trainer.resume=auto: {folder} has no checkpoint yet; training it from the start")
+        checkpoint = None
+    return folder, checkpoint
+
+
+def planned_epochs(folder: Path, default: int) -> int:
+    """The trainer.epochs a run folder's stored config asked for (default when unreadable)."""
+    try:
+        epochs = (read_yaml(folder / CONFIG, root=folder) or {})["trainer"]["epochs"]
+    except Exception:  # noqa: BLE001  (a missing or odd config: fall back)
+        return default
+    return epochs if isinstance(epochs, int) else default
+
+
+def newest_same_run(run_dir: Path, config: dict):
+    """The newest other run folder under ./outputs (outputs/<date>/<time>) whose saved config is
+    this one; none when this run's folder is elsewhere (hydra.run.dir=...): auto never reaches
+    into folders it was not started among."""
+    root = Path("outputs").resolve()
+    if not run_dir.resolve().is_relative_to(root):
+        return None
+    mine = comparable(config)
+    for saved in sorted(root.glob(f"*/*/{CONFIG}"), reverse=True):
+        folder = saved.parent.parent
+        if folder.resolve() == run_dir.resolve():
+            continue
+        try:
+            theirs = read_yaml(saved, root=root)  # no links, FIFOs, huge or deep files (nnrun.stored)
+        except Unreadable:  # an unreadable config is simply not a match
+            continue
+        if comparable(theirs) == mine:
+            return folder
+    return None
+
+
+def comparable(config: dict) -> dict:
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    config.get("trainer", {}).pop("resume", None)
+    config.pop("trust_code", None)  # a permission for this command, not part of the run
+    return config
+
+
+def status_of(folder: Path) -> dict:
+    """summary.json of a run folder; {} when there is none, or (with a warning) when it is not
+    readable as a plain JSON object: a link, a FIFO, too big or too deep (nnrun.stored)."""
+    path = Path(folder) / SUMMARY
+    if not (path.exists() or path.is_symlink()):
+        return {}
+    try:
+        summary = read_json(path, root=folder)
+    except Unreadable as exc:
+        log.warning(f"{exc}; taken as a run without a summary")
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def status(folder: Path):
+    return status_of(folder).get("status")
+
+
+def resume_job(run_dir: Path):
+    """A sweep's job folder when the sweep is continued: completed -> AlreadyCompleted; a checkpoint
+    -> continue from it; none (failed before its first save, or never started) -> from the start."""
+    if status(run_dir) in DONE:
+        raise AlreadyCompleted(run_dir)
+    if has_checkpoint(run_dir):
+        log.info(f"continuing {run_dir} from {run_dir / LAST}")
+        return run_dir / LAST
+    return None
+
+
+def move_to(old: Path, new: Path) -> None:
+    """Continue logging in new/nnrun.log, and remove the empty run folder Hydra made for this attempt."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == old:
+            handler.close()
+            handler.baseFilename, handler.mode = str(new / Path(handler.baseFilename).name), "a"
+    if {p.name for p in old.iterdir()} <= {CONFIG_DIR, LOG, LOCK}:
+        shutil.rmtree(old, ignore_errors=True)
+        outputs, parent = Path("outputs").resolve(), old.resolve().parent
+        if parent != outputs and parent.is_relative_to(outputs):  # outputs/<date>, made for this attempt
+            try:
+                parent.rmdir()  # only when nothing else is in it
+            except OSError:
+                pass
