@@ -66,7 +66,7 @@ def hydra_flags(args: list):
     for flags in (["--config-path", "-cp"], ["--config-name", "-cn"], ["--config-dir", "-cd"], ["--package", "-p"]):
         parser.add_argument(*flags)
     parser.add_argument("--experimental-rerun")
-    parser.add_argument("--info", "-i", nargs="?")
+    parser.add_argument("--info", "-i", nargs="?", const="all")
     parser.add_argument("--cfg", "-c")
     for flags in (["--help", "-h"], ["--hydra-help"], ["--resolve"], ["--run", "-r"], ["--multirun", "-m"]):
         parser.add_argument(*flags, action="store_true")

@@ -96,8 +96,8 @@ def check_command(argv: list) -> None:
     check_composed(config)
     if "run_folder" not in (config.hydra.callbacks or {}):
         raise ConfigError(
-            "hydra.callbacks.run_folder cannot be removed: it checks and claims each job's run folder "
-            "before the job starts"
+            "~hydra.callbacks.run_folder is not allowed: nnrun's run_folder callback checks and claims each "
+            "job's run folder before the job starts; keep it"
         )
 
 

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from nnrun.errors import ConfigError
-from nnrun.stored import Unreadable, read_json, read_yaml
+from nnrun.stored import Unreadable, read_json, read_yaml, write_atomic
 
 log = logging.getLogger("nnrun")
 
@@ -276,11 +276,11 @@ class RunFolder:
 
 
 def write_config(files: dict) -> None:
-    """Each path -> text, in a folder made if needed; never through a link at the file's name."""
+    """Each path -> text, in a folder made if needed: a new file renamed into place (never written
+    through a link, nor into a hard-linked copy's file)."""
     for path, text in files.items():
         path.parent.mkdir(exist_ok=True)
-        with open_file(path, "w") as f:
-            f.write(text)
+        write_atomic(path, text, sync=False)
 
 
 def log_to(old: Path, new) -> None:

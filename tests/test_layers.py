@@ -69,7 +69,9 @@ def hydra_internals(path: Path, private: set) -> list:
         elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
             targets = [node.target]
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr"):
-            targets = [ast.Attribute(value=node.args[0], attr="?")] if node.args else []
+            chain = dotted(node.args[0]) if node.args else None
+            if chain and chain.split(".")[0] in bound:
+                found.append((node.lineno, f"{node.func.id} on {chain}"))
         for target in targets:
             chain = dotted(target) if isinstance(target, ast.Attribute) else None
             if chain and chain.split(".")[0] in bound:
@@ -88,3 +90,26 @@ def test_no_hydra_internals():
         for line, what in hydra_internals(path, private)
     ]
     assert not found, "\n".join(found)
+
+
+def test_the_hydra_check_sees_each_kind_of_patch(tmp_path):
+    source = tmp_path / "patched.py"
+    source.write_text(
+        "import hydra._internal.hydra as hydra_main\n"  # a private module
+        "import hydra.core.utils as hydra_utils\n"
+        "from omegaconf import OmegaConf\n"
+        "hydra_utils.configure_log = print\n"  # an assignment into a Hydra module
+        "setattr(hydra_utils, 'run_job', print)\n"  # the same, by setattr
+        "PLUGINS = ('hydra._internal.core_plugins',)\n"  # the name as a string
+        "root = OmegaConf.create()._get_root()\n"  # an OmegaConf private function
+        "saver = hydra_utils._save_config\n"  # a private name of a Hydra module
+    )
+    found = sorted(hydra_internals(source, private_omegaconf_names()))
+    assert found == [
+        (1, "import hydra._internal.hydra"),
+        (4, "assignment into hydra_utils.configure_log"),
+        (5, "setattr on hydra_utils"),
+        (6, "string 'hydra._internal.core_plugins'"),
+        (7, "OmegaConf's private ._get_root"),
+        (8, "private name hydra_utils._save_config"),
+    ], found
