@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nnrun.errors import ConfigError
-from nnrun.runfolder import MADE, holds_run
+from nnrun.runfolder import MADE, MULTIRUN, holds_run
 from nnrun.stored import Unreadable, read_yaml
 
 
@@ -180,7 +180,7 @@ def swept(args) -> list:
 def saved_sweep(folder: Path):
     """The sorted task overrides of the sweep in folder (its multirun.yaml), or None."""
     try:  # no links, FIFOs, huge or deep files (nnrun.stored)
-        saved = read_yaml(folder / "multirun.yaml", root=folder)
+        saved = read_yaml(folder / MULTIRUN, root=folder)
         return sorted(o for o in saved["hydra"]["overrides"]["task"] if not o.startswith("trainer.resume="))
     except (Unreadable, KeyError, TypeError, AttributeError):
         return None
@@ -202,7 +202,7 @@ def continue_sweep(args: list) -> list:
                 f"[{' '.join(mine)}]: the swept config changed; use a new hydra.sweep.dir"
             )
         return args
-    for saved in sorted(Path("outputs/multirun").glob("*/*/multirun.yaml"), reverse=True):
+    for saved in sorted(Path("outputs/multirun").glob(f"*/*/{MULTIRUN}"), reverse=True):
         if saved_sweep(saved.parent) == mine:
             print(f"nnrun: continuing the sweep in {saved.parent}", file=sys.stderr)
             return [*args, f"hydra.sweep.dir={saved.parent}"]

@@ -41,6 +41,9 @@ from nnrun.argv import (
 from nnrun.errors import ConfigError, describe, printable
 from nnrun.registry import import_modules
 from nnrun.runfolder import (
+    LAST,
+    RESULTS,
+    SUMMARY,
     DONE,
     MADE,
     SWEEPS,
@@ -326,7 +329,7 @@ def not_started(run_dir: Path, signum: int, worker: bool) -> Outcome:
     lists it; trainer.resume=auto starts it afresh). In the command's own process it ends the sweep."""
     from nnrun.report.summary import write_summary
 
-    if not (run_dir / "summary.json").exists():  # a continued sweep's earlier attempt keeps its own
+    if not (run_dir / SUMMARY).exists():  # a continued sweep's earlier attempt keeps its own
         name = signal.Signals(signum).name
         write_summary(run_dir, {"status": "not_started", "signal": name, "run_dir": str(run_dir)})
     if not worker:
@@ -408,7 +411,7 @@ def interrupted(exc, run_dir: Path, helper: bool) -> StopSweep:
         message = f"stopped by {name} while reading the data, before training; run the command again"
     else:
         message = (
-            f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
+            f"stopped by {name} {where}; saved {run_dir / LAST}; "
             f"continue with trainer.resume=auto (or trainer.resume={run_dir})"
         )
     if message:
@@ -576,7 +579,7 @@ def main(argv: list) -> int:
             print(f"nnrun: {stopped}", file=sys.stderr)
         elif stopped.code > 128:
             name = signal.Signals(stopped.code - 128).name
-            table = [d / "results.md" for d in [command.sweep_dir, *SWEEPS] if d is not None]
+            table = [d / RESULTS[1] for d in [command.sweep_dir, *SWEEPS] if d is not None]
             print(
                 f"nnrun: the sweep stopped for {name}: its results table says how each job ended (interrupted: "
                 "saved; not_started); continue it with the same command and trainer.resume=auto"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from nnrun import sources
 from nnrun.errors import ConfigError
-from nnrun.runfolder import holds_run
+from nnrun.runfolder import CHECKPOINTS, MODEL_SOURCE, holds_run
 from nnrun.stored import read_json
 
 log = logging.getLogger("nnrun")
-RECORD = "model_source.json"
+RECORD = MODEL_SOURCE
 TRUST_LIST = "trusted_code.json"
 WARNED = set()  # files whose change was said once in this process
 
@@ -249,7 +249,7 @@ def resumed_folder(plain: dict):
             return None
         return Path(run_dir).expanduser()
     path = Path(resume).expanduser()
-    if path.is_file() and path.parent.name == "checkpoints":
+    if path.is_file() and path.parent.name == CHECKPOINTS:
         path = path.parent.parent
     return path if path.is_dir() else None
 
