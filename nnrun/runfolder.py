@@ -2,7 +2,9 @@
 (an flock on <run>/.lock, released by the OS even on kill -9) before anything in it is written,
 refuses a folder holding symbolic links, and clears the temporary files a killed write left.
 Hydra writes nothing into a run folder (hydra.output_subdir: null, no job logging): the job claims
-it, then opens its log and writes .hydra/ itself (RunFolder)."""
+it, then opens its log and writes .hydra/ itself (RunFolder). The file names are defined here, and
+what to resume is found here, from the run folders alone (torch-free: nnrun.train.resume loads
+and checks the checkpoint)."""
 
 import errno
 import fcntl
