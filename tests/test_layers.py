@@ -1,6 +1,8 @@
 """How nnrun's modules may depend on the libraries below them, read from the source (AST)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from omegaconf import Container, DictConfig, ListConfig, Node, OmegaConf
@@ -113,3 +115,11 @@ def test_the_hydra_check_sees_each_kind_of_patch(tmp_path):
         (7, "OmegaConf's private ._get_root"),
         (8, "private name hydra_utils._save_config"),
     ], found
+
+
+def test_the_run_folder_module_needs_neither_hydra_nor_torch():
+    """nnrun.runfolder owns the run folder and what to resume from the files alone: importing it
+    (a tool reading a run, a config error) loads neither Hydra, OmegaConf, torch nor the trainer."""
+    code = "import sys, nnrun.runfolder; print(sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'torch'}) + [m for m in sys.modules if m.startswith('nnrun.train')])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", loaded
