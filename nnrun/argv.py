@@ -10,7 +10,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nnrun.errors import ConfigError, Unreadable
-from nnrun.runfolder import MADE
+from nnrun.monitor import resolve_mode
+from nnrun.runfolder import MADE, MULTIRUN, holds_run
 from nnrun.stored import read_yaml
 
 
@@ -50,8 +51,6 @@ def refuse_used_run_dir(args) -> None:
         return
     for arg in args:
         if arg.startswith("hydra.run.dir="):
-            from nnrun.train.resume import holds_run
-
             folder = Path(arg.split("=", 1)[1]).expanduser()
             if holds_run(folder):
                 raise ConfigError(
@@ -68,7 +67,7 @@ def hydra_flags(args: list):
     for flags in (["--config-path", "-cp"], ["--config-name", "-cn"], ["--config-dir", "-cd"], ["--package", "-p"]):
         parser.add_argument(*flags)
     parser.add_argument("--experimental-rerun")
-    parser.add_argument("--info", "-i", nargs="?")
+    parser.add_argument("--info", "-i", nargs="?", const="all")
     parser.add_argument("--cfg", "-c")
     for flags in (["--help", "-h"], ["--hydra-help"], ["--resolve"], ["--run", "-r"], ["--multirun", "-m"]):
         parser.add_argument(*flags, action="store_true")
@@ -182,7 +181,7 @@ def swept(args) -> list:
 def saved_sweep(folder: Path):
     """The sorted task overrides of the sweep in folder (its multirun.yaml), or None."""
     try:  # no links, FIFOs, huge or deep files (nnrun.stored)
-        saved = read_yaml(folder / "multirun.yaml", root=folder)
+        saved = read_yaml(folder / MULTIRUN, root=folder)
         return sorted(o for o in saved["hydra"]["overrides"]["task"] if not o.startswith("trainer.resume="))
     except (Unreadable, KeyError, TypeError, AttributeError):
         return None
@@ -204,7 +203,7 @@ def continue_sweep(args: list) -> list:
                 f"[{' '.join(mine)}]: the swept config changed; use a new hydra.sweep.dir"
             )
         return args
-    for saved in sorted(Path("outputs/multirun").glob("*/*/multirun.yaml"), reverse=True):
+    for saved in sorted(Path("outputs/multirun").glob(f"*/*/{MULTIRUN}"), reverse=True):
         if saved_sweep(saved.parent) == mine:
             print(f"nnrun: continuing the sweep in {saved.parent}", file=sys.stderr)
             return [*args, f"hydra.sweep.dir={saved.parent}"]
@@ -221,7 +220,6 @@ def register_resolvers() -> None:
 
 
 def direction(monitor: str, mode: str) -> str:
-    from nnrun.monitor import resolve_mode
 
     return "maximize" if resolve_mode(monitor, mode, "trainer.mode") == "max" else "minimize"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from nnrun import config, usercode  # config: also registers the schema (nnrun_schema) with Hydra
 from nnrun.callbacks import build_callbacks, run_end
 from nnrun.checks import forward_error, preflight
-from nnrun.data import build_data, fingerprint, fingerprint_changes, normalize_mode
+from nnrun.data import build_data, fingerprint, normalize_mode
 from nnrun.errors import ConfigError
 from nnrun.losses import build_losses
 from nnrun.data.described import Standardization
@@ -21,26 +21,26 @@ from nnrun.optim import build_optimizer, build_scheduler
 from nnrun.registry import import_modules
 from nnrun.report.console import EpochProgress, model_table
 from nnrun.report.summary import export_weights, finish_run, write_preprocessing, write_summary
-from nnrun.runfolder import write_pending
 from nnrun.safety import check_targets
 from nnrun.train import distributed
 from nnrun.train.device import device_facts, peak_memory, resolve_device, set_determinism
 from nnrun.train.engine import Engine
 from nnrun.train.loop import check_monitors
-from nnrun.train.resume import check_same, load_resume_state
-from nnrun.train.trainer import Outputs, Settings, Trainer, check_resumable, skip_single
+from nnrun.train.resume import check_config, check_data, load_resume_state
+from nnrun.train.trainer import Outputs, Settings, Trainer, skip_single
 
 log = logging.getLogger("nnrun")
 
 
 def run(
-    conf, run_dir: Path, console, extra_callbacks=(), command: str = "", resume_from=None, stop=None, placement=None
+    conf, folder, console, extra_callbacks=(), command: str = "", resume_from=None, stop=None, placement=None
 ) -> dict:
     """Train, validate and test one model as conf says; returns the summary (summary.json).
-    extra_callbacks run after the configured ones; command: the command line that reruns it;
-    resume_from: a checkpoint to continue from; stop(): a signal number asking to stop, or None;
-    placement: (device, threads) of a sweep job that shares the machine with others."""
-    start = time.perf_counter()
+    folder: the RunFolder the run writes (its accept() once a resume is accepted); extra_callbacks
+    run after the configured ones; command: the command line that reruns it; resume_from: a
+    checkpoint to continue from; stop(): a signal number asking to stop, or None; placement:
+    (device, threads) of a sweep job that shares the machine with others."""
+    start, run_dir = time.perf_counter(), folder.path
     job = prepare(conf, placement)  # checked, placed, seeded
     plain, trainer = job.plain, job.plain["trainer"]
     callbacks = build_callbacks(plain["callbacks"], extra_callbacks)  # before the data: config errors fail fast
@@ -48,13 +48,8 @@ def run(
         saved = resume_state(resume_from, plain)
         data = load_data(job)
         if saved is not None:  # the same data, checked before anything of that run changes
-            changed = fingerprint_changes(saved["data"], fingerprint(data))
-            if changed:
-                raise ConfigError(
-                    f"trainer.resume={resume_from}: the data is not what the run trained on ({changed}); "
-                    f"resume on the same data, or start a new run"
-                )
-        write_pending()  # the resume is accepted: .hydra/ and the log may now change
+            check_data(saved, fingerprint(data), resume_from)
+        folder.accept()  # the resume is accepted: .hydra/ and the log may now change
         write_preprocessing(run_dir, data)
         model_conf = {
             **plain["model"],
@@ -132,15 +127,7 @@ def resume_state(resume_from, plain: dict):
     if not resume_from:
         return None
     saved = load_resume_state(Path(resume_from))
-    check_same(saved["config"], plain, resume_from)
-    check_resumable(saved)  # before the data check reads its fingerprint
-    history = saved["history"]
-    scheduler = ((saved.get("config") or {}).get("scheduler") or {}).get("name")
-    if history.get("finished") and scheduler in ("cosine", "onecycle"):  # a completed run continued
-        raise ConfigError(
-            f"scheduler={scheduler} planned the rate over the run's {history.get('epoch')} epochs, which it "
-            f"finished; it cannot stretch to trainer.epochs={plain['trainer']['epochs']}: start a new run"
-        )
+    check_config(saved, plain, resume_from)
     return saved
 
 

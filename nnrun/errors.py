@@ -227,3 +227,16 @@ def printable(text, newlines: bool = False) -> str:
         return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
     return CONTROL.sub(show, str(text))
+
+
+class Refused(BaseException):
+    """A job's run folder refused before the job started (ClaimRunFolder): it ends the command as a
+    config error does. A BaseException because Hydra turns an Exception raised in a callback into a
+    warning and goes on (its Callbacks._notify)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+    def __reduce__(self):  # crosses from a launcher's worker process to main()
+        return Refused, (self.error,)

@@ -1,6 +1,8 @@
-"""One nnrun command as Hydra runs it: main() hands Hydra a Command, whose task() runs each job
-(resume, signals, cli.run, the failure written into the run folder) and keeps how each job
-ended; main() then prints one line per failure and exits with the command's code."""
+"""One nnrun command as Hydra runs it: main() composes and checks the config before Hydra sees it
+(check_command), then hands Hydra a Command, whose task() runs each job (its run folder, resume,
+signals, cli.run, the failure written into the run folder) and keeps how each job ended; main()
+then prints one line per failure and exits with the command's code. Hydra is used through its
+public API only: compose, the Callback hooks (ClaimRunFolder, ReleaseJob), HydraConfig."""
 
 import contextlib
 import logging
@@ -8,42 +10,160 @@ import os
 import shlex
 import signal
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+import nnrun.conf
 import nnrun.config  # noqa: F401  (registers the schema, nnrun_schema, with Hydra)
 from nnrun import sources
 from nnrun.argv import (
+    HYDRA_FLAGS_WITH_VALUE,
     check_searchpath,
     continue_sweep,
     ddp_setup,
+    hydra_flags,
+    primary_searchpath,
     refuse_used_run_dir,
     register_resolvers,
     unique_run_dir,
 )
-from nnrun.errors import StopSweep, describe, printable
+from nnrun.errors import ConfigError, Refused, StopSweep, describe, printable
+from nnrun.registry import import_modules
 from nnrun.runfolder import (
+    LAST,
+    RESULTS,
+    SUMMARY,
+    DONE,
     MADE,
     SWEEPS,
-    claim,
-    install_hydra_checks,
+    AlreadyCompleted,
+    RunFolder,
+    claim_job,
+    helper_rank,
+    move_to,
     release,
     remove_if_early,
-    resume_pending,
-    write_pending,
+    status,
+    status_of,
 )
+from nnrun.safety import check_hydra, check_targets, refuse_job_logging, resolve
+from nnrun.usercode import restore_resumed
 
 log = logging.getLogger("nnrun")
 EXIT_FAILURE, EXIT_USAGE, EXIT_SIGINT = 1, 2, 130
-# Hydra's callbacks, logging and .hydra/ are checked before Hydra acts on them, in this process and
-# in a launcher's worker processes (which import this module to run Command.task)
-install_hydra_checks()
+CONFIG_MODULE = "nnrun.conf"
+BASES = {  # the class a checked _target_ must be, by the name nnrun.safety gives it
+    "hydra.experimental.callback.Callback": Callback,
+    "hydra.plugins.launcher.Launcher": Launcher,
+    "hydra.plugins.sweeper.Sweeper": Sweeper,
+}
+
+
+def check_command(argv: list) -> None:
+    """The config this command runs, composed with Hydra's public Compose API and checked before
+    Hydra acts on any of it (instantiates hydra.callbacks, picks plugins, makes folders): the same
+    config sources in the same order (--config-dir, hydra.searchpath), and for a --multirun the
+    primary config, without the sweep's overrides (as Hydra composes it)."""
+    flags = hydra_flags(argv)
+    if flags.help or flags.hydra_help or flags.cfg or flags.info is not None or flags.shell_completion:
+        return  # Hydra only prints: it runs no job and instantiates no callback
+    overrides = command_overrides(argv)
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)  # a syntax error: Hydra's own exception, as Hydra raises it
+    if flags.multirun:
+        overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+        parsed = [o for o in parsed if not o.is_sweep_override()]
+    searchpath = [o for o in parsed if o.get_key_element() == "hydra.searchpath"]
+    if flags.config_dir and Path(flags.config_dir).is_dir():  # as Hydra orders them: nnrun's configs,
+        # --config-dir, then hydra.searchpath's entries (the primary config's when none is given)
+        given = searchpath[0].value() if searchpath else primary_searchpath(primary_file(flags))
+        extra = [f"file://{Path(flags.config_dir).absolute()}"]
+        if isinstance(given, list):
+            overrides = [o for o in overrides if o not in {s.input_line for s in searchpath}]
+            overrides.append(f"hydra.searchpath=[{','.join(quoted(str(e)) for e in [*extra, *given])}]")
+    with warnings.catch_warnings():  # Hydra warns again when it composes
+        warnings.simplefilter("ignore")
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name="nnrun"):
+            config = compose(flags.config_name or "config", overrides=overrides, return_hydra_config=True)
+    check_composed(config)
+    if "run_folder" not in (config.hydra.callbacks or {}):
+        raise ConfigError(
+            "~hydra.callbacks.run_folder is not allowed: nnrun's run_folder callback checks and claims each "
+            "job's run folder before the job starts; keep it"
+        )
+
+
+def primary_file(flags) -> Path:
+    """The primary config Hydra reads: nnrun's own when it has one of that name, else --config-dir's."""
+    name = f"{flags.config_name or 'config'}.yaml"
+    own = Path(nnrun.conf.__file__).parent / name
+    return own if own.is_file() else Path(flags.config_dir) / name
+
+
+def command_overrides(argv: list) -> list:
+    """The overrides of a command line: its words but Hydra's flags and their values."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("-"):
+            skip = not skip and arg in HYDRA_FLAGS_WITH_VALUE
+            continue
+        out.append(arg)
+    return out
+
+
+def quoted(text: str) -> str:
+    """text as a quoted string of Hydra's override grammar."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def check_composed(config) -> None:
+    """The whole composed config, Hydra's part included, before Hydra instantiates anything in it:
+    every _target_ as text first, then (importing only allowed modules) the class it names."""
+    plain = OmegaConf.to_container(config, resolve=False)
+    restore_resumed(plain)  # a resumed run's own modules (trusted), before its imports are checked
+    targets = check_targets(plain)
+    check_hydra(plain.get("hydra") or {})
+    for key, target, allowed, base in targets:
+        if base == "torch.nn.Module":  # refused before the run folder is made (imports torch: only then)
+            from torch import nn
+
+            import_modules(plain.get("imports"))
+            base = nn.Module
+        resolve(target, BASES.get(base, object), key, allowed)
+
+
+class ClaimRunFolder(Callback):
+    """Hydra callback (hydra.callbacks.run_folder): each job's folder is checked and claimed before
+    the job starts (Hydra writes nothing into it). A folder holding links, another run or another
+    nnrun's lock ends the command with a config error, as composing would: no job code has run."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        """A --multirun's folder that does not exist yet is this command's (MADE): a sweep that fails
+        before its first job (an unknown key among the swept ones) leaves no multirun.yaml behind."""
+        folder = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+        if folder:
+            SWEEPS[:] = [Path(str(folder))]
+            if not Path(str(folder)).exists():
+                MADE.add(str(Path(str(folder)).resolve()))
+
+    def on_job_start(self, config, **kwargs) -> None:
+        if helper_rank():  # a DDP rank other than 0 leaves rank 0's folder alone
+            return
+        try:
+            claim_job(config.hydra.runtime.output_dir, OmegaConf.select(config, "trainer.resume"))
+        except ConfigError as exc:
+            raise Refused(exc) from None
 
 
 class ReleaseJob(Callback):
@@ -98,14 +218,14 @@ def job(conf) -> Outcome:
     from nnrun.report.console import open_console
     from nnrun.signals import serve_sweep, signal_number, stop_signals, sweep_stopped
     from nnrun.train import distributed
-    from nnrun.errors import AlreadyCompleted, Interrupted
-    from nnrun.train.resume import move_to, status_of
+    from nnrun.errors import Interrupted
 
     register_resolvers()  # a launcher's worker process did not run main()
     hydra_conf = HydraConfig.get()
     run_dir = Path(hydra_conf.runtime.output_dir)
     sweep = hydra_conf.mode == RunMode.MULTIRUN
     helper = distributed.launched() and distributed.rank() != 0  # (torch is imported by now)
+    folder = None if helper else open_folder(conf, hydra_conf, run_dir)
     worker = sweep and in_worker_process()
     if worker:
         serve_sweep(str(hydra_conf.sweep.dir))  # a stop signal between this process's jobs is remembered
@@ -119,12 +239,13 @@ def job(conf) -> Outcome:
             return not_started(run_dir, sweep_stopped(), worker)
         placement = sweep_placement(conf, hydra_conf) if sweep else None  # after: an unstarted job takes no GPU
         with stop_signals(signal_number(conf.trainer.get("requeue_signal")), quiet=helper or worker) as stop:
-            run_dir, resume_from = find_resume(conf, run_dir, sweep, helper)
+            folder, resume_from = find_resume(conf, folder, helper, sweep)
+            run_dir = folder.path if folder is not None else run_dir
             if resume_from is False:  # rank 0 ended it (the run was completed, or the request refused)
                 return Outcome(run_dir)
             summary = cli.run(
                 conf,
-                run_dir,
+                folder or RunFolder(run_dir),  # a DDP helper rank's scratch folder: nothing held back
                 console,
                 command=rerun_command(hydra_conf),
                 resume_from=resume_from,
@@ -145,7 +266,7 @@ def job(conf) -> Outcome:
         log.info(str(stopped), extra={"file_only": True})
         return Outcome(run_dir)
     except Exception as exc:
-        if resume_pending():
+        if folder is not None and folder.pending:
             pass  # a refused resume: the run it named stays as it was (this attempt's folder goes, below)
         elif sweep or helper or failure(exc)[0] != EXIT_USAGE or not remove_if_early(run_dir):
             record_failure(exc, run_dir, helper)  # an error before training in a single run leaves no folder
@@ -157,7 +278,8 @@ def job(conf) -> Outcome:
         return Outcome(run_dir, error=exc, overrides=" ".join(hydra_conf.overrides.task) if sweep else "")
     finally:
         logging.getLogger().removeHandler(handler)
-        write_pending(accepted=False)  # refused or completed: the stored config stays as it was
+        if folder is not None:
+            folder.refuse()  # refused or completed (no-op once accepted): the stored config stays as it was
         release(run_dir)
         if sweep:
             from nnrun.train.device import release_slots
@@ -181,7 +303,7 @@ def not_started(run_dir: Path, signum: int, worker: bool) -> Outcome:
     lists it; trainer.resume=auto starts it afresh). In the command's own process it ends the sweep."""
     from nnrun.report.summary import write_summary
 
-    if not (run_dir / "summary.json").exists():  # a continued sweep's earlier attempt keeps its own
+    if not (run_dir / SUMMARY).exists():  # a continued sweep's earlier attempt keeps its own
         name = signal.Signals(signum).name
         write_summary(run_dir, {"status": "not_started", "signal": name, "run_dir": str(run_dir)})
     if not worker:
@@ -200,40 +322,44 @@ def sweep_placement(conf, hydra_conf):
     return share_machine(hydra_conf.launcher, hydra_conf.job.num, conf.trainer.device, conf.trainer.threads)
 
 
-def find_resume(conf, run_dir: Path, sweep: bool, helper: bool):
-    """(the folder to run in, the checkpoint to resume from: None for a fresh start, False when
-    rank 0 ended the run). Ranks agree: rank 0 finds the checkpoint and tells the others."""
-    from nnrun.train import distributed
-    from nnrun.runfolder import MOVES
-    from nnrun.train.resume import DONE, check_continue, locate, resume_job, status
+def find_resume(conf, folder, helper: bool, sweep: bool):
+    """(the RunFolder to run in, the checkpoint to resume from: None for a fresh start, False when
+    rank 0 ended the run). Ranks agree: rank 0 finds the checkpoint and tells the others (which have
+    no RunFolder: None)."""
+    from nnrun.train import distributed  # (torch: not before a job)
 
     resume = conf.trainer.get("resume")
     if not resume:
-        return run_dir, None
-    if sweep and resume == "auto":  # a job of a sweep being continued
-        return run_dir, resume_job(run_dir)
+        return folder, None
     if helper:
         decided = distributed.agree(None)
-        return run_dir, (False if decided["end"] else decided["from"])
+        return folder, (False if decided["end"] else decided["from"])
     composed = OmegaConf.to_container(conf, resolve=False)
     try:
-        folder, resume_from = locate(str(resume), run_dir, composed)
+        found, resume_from = folder.locate(resume, composed, sweep)
     except BaseException:
         distributed.agree({"end": True})
         raise
     distributed.agree({"end": False, "from": resume_from})  # None: from the start
-    if folder != run_dir:
-        claim(folder)  # before anything there is written: one writer
-        if status(folder) in DONE:  # it may have completed while we looked
-            try:
-                check_continue(folder, composed, f"trainer.resume={resume}")
-            except BaseException:
-                release(folder)
-                raise
-        MOVES.append((run_dir, folder))  # the log moves there once the resume is accepted (cli.run)
-    if resume_from:
-        log.info(f"resuming {folder} from {resume_from}")
+    folder = folder.resume_run(found, resume, composed)  # elsewhere: the log moves there once accepted
+    if resume_from and not (sweep and resume == "auto"):
+        log.info(f"resuming {found} from {resume_from}")
     return folder, resume_from
+
+
+def open_folder(conf, hydra_conf, run_dir: Path) -> RunFolder:
+    """The job's run folder, claimed (ClaimRunFolder did, before the job: again, a no-op), its log
+    opened and its config stored in .hydra/ (held back while a resume of the run there is pending)."""
+    folder = RunFolder.open(run_dir, conf.trainer.get("resume"), f"{hydra_conf.job.name}.log")
+    folder.start_log()
+    folder.save_config(
+        {
+            "config.yaml": OmegaConf.to_yaml(conf),
+            "hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_conf.overrides.task),
+        }
+    )
+    return folder
 
 
 def interrupted(exc, run_dir: Path, helper: bool) -> StopSweep:
@@ -259,7 +385,7 @@ def interrupted(exc, run_dir: Path, helper: bool) -> StopSweep:
         message = f"stopped by {name} while reading the data, before training; run the command again"
     else:
         message = (
-            f"stopped by {name} {where}; saved {run_dir / 'checkpoints/last.pt'}; "
+            f"stopped by {name} {where}; saved {run_dir / LAST}; "
             f"continue with trainer.resume=auto (or trainer.resume={run_dir})"
         )
     if message:
@@ -281,7 +407,6 @@ def record_failure(exc, run_dir: Path, helper: bool) -> None:
 
         print(f"nnrun: rank {distributed.rank()} failed:\n{traceback.format_exc()}", file=sys.stderr)
     code, message = failure(exc)
-    from nnrun.train.resume import DONE, status
 
     if code == EXIT_USAGE and status(run_dir) in DONE:  # a refused resume: the completed run stays as it was
         return
@@ -383,9 +508,11 @@ def main(argv: list) -> int:
     try:
         with sources.sealed(), sweep_signals() if sweep else contextlib.nullcontext() as sweep_stop:
             check_searchpath(argv)  # before Hydra looks anything up
+            refuse_job_logging(command_overrides(argv))
             argv = ddp_setup(argv)
             refuse_used_run_dir(argv)
-            sys.argv[1:] = continue_sweep(argv)
+            sys.argv[1:] = argv = continue_sweep(argv)
+            check_command(argv)  # before Hydra acts on any of it
             entry()
     except KeyboardInterrupt:  # a sweep's worker still starting caught Ctrl-C before nnrun's handler
         if not (sweep_stop and sweep_stop.signum and SWEEPS):
@@ -398,7 +525,8 @@ def main(argv: list) -> int:
             failures = finish_sweep(command.sweep_dir)
     except SweepFailures as exc:  # read from the run folders, for jobs that ran elsewhere
         failures = exc.failures
-    except Exception as exc:  # composition errors before any job, or a sweeper's own
+    except (Exception, Refused) as exc:  # composition errors before any job, a refused folder, or a sweeper's own
+        exc = exc.error if isinstance(exc, Refused) else exc
         if sweep_stop and sweep_stop.signum:  # a worker the stop signal reached before nnrun's handler died of it
             stopped = StopSweep(128 + sweep_stop.signum, "")
         else:
@@ -424,7 +552,7 @@ def main(argv: list) -> int:
             print(f"nnrun: {stopped}", file=sys.stderr)
         elif stopped.code > 128:
             name = signal.Signals(stopped.code - 128).name
-            table = [d / "results.md" for d in [command.sweep_dir, *SWEEPS] if d is not None]
+            table = [d / RESULTS[1] for d in [command.sweep_dir, *SWEEPS] if d is not None]
             print(
                 f"nnrun: the sweep stopped for {name}: its results table says how each job ended (interrupted: "
                 "saved; not_started); continue it with the same command and trainer.resume=auto"

@@ -14,8 +14,13 @@ from nnrun import sources
 from nnrun.errors import ConfigError
 
 ALLOWED = ("nnrun", "torch.nn", "torch.optim")
-# Hydra's launcher and sweeper plugins are classes Hydra itself picks from these packages
-PLUGINS = ("hydra._internal.core_plugins", "hydra_plugins")
+# Hydra's launcher and sweeper plugins: classes of Hydra's own package or of a plugin package,
+# subclasses of Hydra's public Launcher and Sweeper bases (checked once imported, by resolve())
+PLUGINS = ("hydra", "hydra_plugins")
+PLUGIN_BASES = {
+    "hydra.launcher._target_": "hydra.plugins.launcher.Launcher",
+    "hydra.sweeper._target_": "hydra.plugins.sweeper.Sweeper",
+}
 STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
 RESOLVER = re.compile(r"\$\{\s*[\w.-]+\s*:")  # ${name:...}: a resolver call, not a plain ${key}
 # environment variables that make a later child process (a compiler, a worker) run other code
@@ -134,8 +139,8 @@ def target_places(key: str, own: tuple):
         return ALLOWED + own, "torch.nn.Module"
     if len(parts) == 4 and parts[:2] == ["hydra", "callbacks"] and parts[3] == "_target_":
         return ALLOWED + own, "hydra.experimental.callback.Callback"
-    if key in ("hydra.launcher._target_", "hydra.sweeper._target_"):
-        return PLUGINS, "object"
+    if key in PLUGIN_BASES:
+        return PLUGINS, PLUGIN_BASES[key]
     if key == "hydra.sweeper.sampler._target_":
         return ("optuna.samplers",), "object"
     return None
@@ -215,17 +220,41 @@ def check_hydra(hydra: dict) -> None:
             "there, and a run folder's files must never be importable code; run from your project folder"
         )
     subdir = hydra.get("output_subdir")
-    if subdir is not None and (Path(str(subdir)).is_absolute() or ".." in Path(str(subdir)).parts):
+    if subdir is not None:  # Hydra would write it before nnrun has checked and claimed the folder
         raise ConfigError(
-            f"hydra.output_subdir={subdir} is not allowed: use a folder inside the run folder, e.g. .hydra"
+            f"hydra.output_subdir={subdir} is not allowed: nnrun writes the run's config into the run "
+            f"folder's .hydra/ itself, once the folder is claimed"
         )
     for var in job.get("env_set") or {}:
         if UNSAFE_ENV.match(str(var)):
             raise ConfigError(f"hydra.job.env_set.{var} is not allowed: it would change what child processes run")
     check_plugins(hydra)
     check_logging(hydra.get("hydra_logging") or {}, "hydra.hydra_logging")
-    # the job's log file is checked once its folder is known (nnrun.runfolder's configure_log)
-    check_logging(hydra.get("job_logging") or {}, "hydra.job_logging", files=False)
+    check_job_logging(hydra.get("job_logging") or {})
+
+
+def check_job_logging(conf: dict) -> None:
+    """hydra.job_logging configures nothing that writes: Hydra would apply it before nnrun has
+    checked and claimed the run folder, and nnrun opens the run's log (nnrun.log) itself. Levels
+    only (hydra/job_logging=none, nnrun's, or disabled)."""
+    refuse_lookups(conf, "hydra.job_logging")
+    root = conf.get("root") or {}
+    for key in ("handlers", "formatters", "filters", "loggers"):
+        if conf.get(key) or (key == "handlers" and isinstance(root, dict) and root.get(key)):
+            raise ConfigError(
+                f"hydra.job_logging.{key} is not allowed: nnrun writes the run's log (nnrun.log) itself; "
+                f"leave hydra/job_logging as nnrun sets it"
+            )
+
+
+def refuse_job_logging(overrides) -> None:
+    """A command-line override of hydra.job_logging: one line, before Hydra tells of a missing key."""
+    for arg in overrides:
+        if arg.lstrip("+~").startswith(("hydra.job_logging", "hydra/job_logging")):
+            raise ConfigError(
+                f"{arg} is not allowed: nnrun writes the run's log (nnrun.log) itself; leave "
+                f"hydra/job_logging as nnrun sets it"
+            )
 
 
 # What a logging config may say: these handler classes (no sockets, HTTP, mail or syslog: a log
@@ -266,10 +295,10 @@ def check_plugins(hydra: dict) -> None:
         )
 
 
-def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> None:
+def check_logging(conf: dict, key: str) -> None:
     """A logging.config dictionary names classes it builds, keywords it passes, modules it looks up
     and files it opens: only the handler classes above, logging.Formatter, streams stdout/stderr,
-    files inside run_dir (none when run_dir is None: Hydra's own logging, before any run folder)."""
+    and no files (Hydra's own logging acts before any run folder is claimed)."""
     refuse_lookups(conf, key)
     if conf.get("filters"):
         raise ConfigError(f"{key}.filters is not allowed: nnrun's logging configs take no filters")
@@ -291,16 +320,8 @@ def check_logging(conf: dict, key: str, run_dir=None, files: bool = True) -> Non
             classes = HANDLERS if section == "handlers" else ("logging.Formatter",)
             if value is not None and str(value) not in classes:
                 raise ConfigError(f"{where}.class={value} is not allowed: use one of {', '.join(classes)}")
-            filename = entry.get("filename") if files else None
-            if filename is not None and run_dir is None:
-                raise ConfigError(
-                    f"{where}.filename is not allowed: only the job's log (hydra.job_logging) "
-                    f"writes a file, inside the run folder"
-                )
-            if filename is not None and not inside(run_dir, Path(str(filename)).absolute()):  # as logging opens it
-                raise ConfigError(
-                    f"{where}.filename={filename} is not allowed: log files stay inside the run folder {run_dir}"
-                )
+            if entry.get("filename") is not None:
+                raise ConfigError(f"{where}.filename is not allowed: Hydra's own log writes no file")
 
 
 def refuse_lookups(node, key: str) -> None:

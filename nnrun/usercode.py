@@ -12,10 +12,13 @@ from pathlib import Path
 from nnrun import sources
 from nnrun.errors import ConfigError
 from nnrun.machine import state_dir  # noqa: F401  (nnrun.usercode.state_dir: below data, whose image cache keys it)
+from nnrun.runfolder import CHECKPOINTS, MODEL_SOURCE, holds_run
+from nnrun.safety import ALLOWED, DOTTED, RESTORED, VETTED, within
+from nnrun.stored import write_atomic
 from nnrun.stored import read_json
 
 log = logging.getLogger("nnrun")
-RECORD = "model_source.json"
+RECORD = MODEL_SOURCE
 TRUST_LIST = "trusted_code.json"
 WARNED = set()  # files whose change was said once in this process
 
@@ -44,7 +47,6 @@ def trust(entries) -> None:
     together keep both), written to a new file renamed into place (a reader never sees half of
     one). A state folder nnrun cannot write is a warning: the run trains, and reloading it from
     a run folder then needs trust_code=true."""
-    from nnrun.stored import write_atomic
 
     folder = state_dir()
     new = {tuple(e[k] for k in KEYS) for e in entries}
@@ -98,7 +100,6 @@ def describe(name: str):
 def record(run_dir: Path, model: dict, imports) -> None:
     """model_source.json for a run whose model (or data) comes from your code; its files join your
     trust list. Nothing for a run of nnrun's own models."""
-    from nnrun.stored import write_atomic
 
     target = model.get("target") if model.get("name") == "custom" else None
     main = describe(target.rpartition(".")[0]) if isinstance(target, str) else None
@@ -119,7 +120,6 @@ def record(run_dir: Path, model: dict, imports) -> None:
 def read_record(folder: Path, key: str):
     """The entries of a run folder's model_source.json (its model's module first, then its imports),
     checked as data; None when there is none."""
-    from nnrun.safety import DOTTED
 
     path = Path(folder) / RECORD
     if not path.is_file():
@@ -156,7 +156,6 @@ def found_from(name: str, file: Path, folder: Path) -> bool:
 def restore(entries: list, trust_code: bool, key: str) -> list:
     """Import the modules of a run's record (read_record), each only from its recorded file, and
     only when that file is in your trust list or trust_code is true; returns their names."""
-    from nnrun.safety import RESTORED, VETTED
 
     allowed = None if trust_code else trusted()
     how = (
@@ -198,9 +197,8 @@ def restore(entries: list, trust_code: bool, key: str) -> list:
 
 def needs_code(config: dict) -> bool:
     """Whether a stored config's model or data comes from your code rather than nnrun's."""
-    from nnrun.data import DATASETS
+    from nnrun.data import DATASETS  # (torch: the edge asks restore_resumed() before any job starts)
     from nnrun.models import MODELS
-    from nnrun.safety import ALLOWED, within
 
     model = config.get("model") or {}
     if model.get("name") == "custom":
@@ -233,8 +231,6 @@ def restore_run(folder: Path, config: dict, trust_code: bool) -> list:
 def resumed_folder(plain: dict):
     """The run folder trainer.resume names in a composed config (a folder, a checkpoint inside one,
     or auto with hydra.run.dir naming one), or None."""
-    from nnrun.train.resume import holds_run
-
     resume = (plain.get("trainer") or {}).get("resume")
     if not isinstance(resume, str) or not resume:
         return None
@@ -244,7 +240,7 @@ def resumed_folder(plain: dict):
             return None
         return Path(run_dir).expanduser()
     path = Path(resume).expanduser()
-    if path.is_file() and path.parent.name == "checkpoints":
+    if path.is_file() and path.parent.name == CHECKPOINTS:
         path = path.parent.parent
     return path if path.is_dir() else None
 

@@ -119,6 +119,8 @@ def test_a_planted_config_in_a_run_folder_runs_nothing(tmp_path, finished, prog,
         ["hydra.job_logging.handlers.file.filename=victim.txt"],
         ["hydra.job.name=../victim"],
         ["hydra.output_subdir=../.."],
+        ["hydra/job_logging=default"],  # Hydra would open a log file before nnrun claims the folder
+        ["~hydra.callbacks.run_folder"],  # it claims each job's folder
         ["+hydra.job.env_set.LD_PRELOAD=./evil.so"],
     ],
 )
