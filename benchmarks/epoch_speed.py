@@ -30,7 +30,9 @@ from rich.console import Console
 from torch import nn
 
 from nnrun.callbacks import Callback
-from nnrun.cli import run
+from nnrun.config import unpack
+from nnrun.pipeline import train
+from nnrun.runfolder import RunFolder
 from nnrun.data import build_data
 from nnrun.models import build_model
 
@@ -55,7 +57,7 @@ class EpochTimer(Callback):
 
 def nnrun_epochs(overrides: list, run_dir: Path) -> list:
     timer = EpochTimer()
-    run(compose("config", overrides=overrides), run_dir, Console(file=io.StringIO()), [timer])
+    train(unpack(compose("config", overrides=overrides)), RunFolder(run_dir), Console(file=io.StringIO()), [timer])
     return timer.times
 
 

@@ -460,7 +460,7 @@ if $DRY; then
     echo
     echo "0. setup"
     echo "    \$ nvidia-smi; python3 -c 'import torch; ...'    # versions, CUDA, GPU count"
-    echo "    when (cd $W && python3 -c 'import hydra, omegaconf, nnrun.conf, nnrun.cli') fails or nnrun is not on PATH:"
+    echo "    when (cd $W && python3 -c 'import hydra, omegaconf, nnrun.conf, nnrun.pipeline') fails or nnrun is not on PATH:"
     echo "    \$ $(q python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE") $(q "$WHEELS")/*.whl"
     echo "    \$ export PYTHONPATH=$SITE\${PYTHONPATH:+:\$PYTHONPATH} PATH=$SITE/bin:\$PATH"
     echo "    no nnrun-*.whl there: \$ $(q python3 -m pip install -q --no-deps --no-build-isolation --target "$SITE" "$W/src")    # a copy of $REPO"
@@ -535,7 +535,7 @@ x nvidia-smi 30 nvidia-smi
 GPU_LINE=$(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -4 | one_line 300)
 GPUS=$(timeout 30 nvidia-smi --list-gpus 2>/dev/null | grep -c '^GPU')
 
-nnrun_ready() { (cd "$W" && python3 -c 'import hydra, omegaconf, nnrun.conf, nnrun.cli') >/dev/null 2>&1 \
+nnrun_ready() { (cd "$W" && python3 -c 'import hydra, omegaconf, nnrun.conf, nnrun.pipeline') >/dev/null 2>&1 \
                 && command -v nnrun >/dev/null && command -v nnrun-report >/dev/null; }
 
 write_bin() {    # name module:function: a console script, as pip would write it
@@ -563,7 +563,7 @@ if ! nnrun_ready; then
     else
         HOW="no wheels in $WHEELS"
     fi
-    if ! (cd "$W" && python3 -c 'import nnrun.conf, nnrun.cli') >/dev/null 2>&1 && [ "${#nnrun_whl[@]}" -eq 0 ]; then
+    if ! (cd "$W" && python3 -c 'import nnrun.conf, nnrun.pipeline') >/dev/null 2>&1 && [ "${#nnrun_whl[@]}" -eq 0 ]; then
         mkdir -p "$W/src" && cp -r "$REPO/nnrun" "$REPO/conf" "$REPO/pyproject.toml" "$REPO/README.md" "$W/src/"
         x pip-repo 120 python3 -m pip install -q --no-deps --no-build-isolation --target "$SITE" "$W/src"
         HOW="$HOW; nnrun from the repository (pip --target)"
@@ -572,7 +572,7 @@ if ! nnrun_ready; then
             HOW="$HOW; nnrun copied from the repository"
         fi
     fi
-    for pair in nnrun=nnrun.cli:main nnrun-report=nnrun.report.results:main; do
+    for pair in nnrun=nnrun.__main__:main nnrun-report=nnrun.report.results:main; do
         [ -x "$SITE/bin/${pair%%=*}" ] || write_bin "${pair%%=*}" "${pair#*=}"
     done
 fi

@@ -152,6 +152,12 @@ RANGES = {
 MODES = ("auto", "min", "max")
 
 
+def unpack(conf) -> dict:
+    """The composed config, checked (check), as plain dicts, lists and values: what the pipeline takes."""
+    check(conf)
+    return OmegaConf.to_container(conf, resolve=True)
+
+
 def check(conf) -> None:
     """Raise ConfigError for required keys left unset (???), all named at once, keys added past the
     schema (+key=...) and values out of range."""

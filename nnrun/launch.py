@@ -1,6 +1,6 @@
 """One nnrun command as Hydra runs it: main() composes and checks the config before Hydra sees it
 (check_command), then hands Hydra a Command, whose task() runs each job (its run folder, resume,
-signals, cli.run, the failure written into the run folder) and keeps how each job ended; main()
+signals, pipeline.train, the failure written into the run folder) and keeps how each job ended; main()
 then prints one line per failure and exits with the command's code. Hydra is used through its
 public API only: compose, the Callback hooks (ClaimRunFolder, ReleaseJob), HydraConfig."""
 
@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 import nnrun.conf
-import nnrun.config  # noqa: F401  (registers the schema, nnrun_schema, with Hydra)
+import nnrun.config  # the schema (nnrun_schema) registered with Hydra; unpack() for the pipeline
 from nnrun import sources
 from nnrun.argv import (
     HYDRA_FLAGS_WITH_VALUE,
@@ -214,7 +214,7 @@ class Command:
 
 def job(conf) -> Outcome:
     """One Hydra job, from its config: resume, signals, the run, its failure recorded in the run folder."""
-    from nnrun import cli
+    from nnrun import pipeline
     from nnrun.report.console import open_console
     from nnrun.signals import serve_sweep, signal_number, stop_signals, sweep_stopped
     from nnrun.train import distributed
@@ -243,8 +243,8 @@ def job(conf) -> Outcome:
             run_dir = folder.path if folder is not None else run_dir
             if resume_from is False:  # rank 0 ended it (the run was completed, or the request refused)
                 return Outcome(run_dir)
-            summary = cli.run(
-                conf,
+            summary = pipeline.train(
+                nnrun.config.unpack(conf),  # checked, and plain from here on
                 folder or RunFolder(run_dir),  # a DDP helper rank's scratch folder: nothing held back
                 console,
                 command=rerun_command(hydra_conf),

@@ -15,7 +15,7 @@ LAYERS = [
     "data models losses optim callbacks",
     "train",
     "report",
-    "cli usercode",  # the pipeline, and the user's code it loads into the registries
+    "pipeline usercode",  # the pipeline, and the user's code it loads into the registries
     "launch api argv trained __main__",  # the edges: Hydra, the Python API, the tools and commands
 ]
 LAYER = {f"nnrun.{name}": level for level, names in enumerate(LAYERS) for name in names.split()}

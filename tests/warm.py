@@ -22,7 +22,7 @@ import json, os, sys
 sys.path[:] = [p for p in sys.path if p != ""]  # as the console script's: `-c` put the working folder first
 import torch, torch._dynamo, torch.optim                    # what every run imports anyway
 import hydra, omegaconf, rich, sklearn.datasets, safetensors.torch
-import nnrun.__main__, nnrun.cli, nnrun.data, nnrun.models, nnrun.train.loop, nnrun.callbacks, nnrun.report.console
+import nnrun.__main__, nnrun.pipeline, nnrun.data, nnrun.models, nnrun.train.loop, nnrun.callbacks, nnrun.report.console
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)

@@ -1,13 +1,15 @@
-"""The pipeline of the nnrun command. run() is the whole of it, top to bottom: config -> data ->
-model -> Trainer -> fit -> test -> report, everything written under the run folder. Hydra composes
-the config and runs the jobs (nnrun.launch); nnrun.__main__.main is the console script."""
+"""The pipeline of the nnrun command. train() is the whole of it, top to bottom: config -> data ->
+model -> Trainer -> fit -> test -> report, everything written under the run folder. It takes plain
+values: the checked config as dicts and lists, and the RunFolder; Hydra stays in nnrun.launch."""
 
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnrun import config, usercode  # config: also registers the schema (nnrun_schema) with Hydra
+import torch
+
+from nnrun import usercode
 from nnrun.callbacks import build_callbacks, run_end
 from nnrun.checks import forward_error, preflight
 from nnrun.data import build_data, fingerprint, normalize_mode
@@ -32,16 +34,17 @@ from nnrun.train.trainer import Outputs, Settings, Trainer, skip_single
 log = logging.getLogger("nnrun")
 
 
-def run(
-    conf, folder, console, extra_callbacks=(), command: str = "", resume_from=None, stop=None, placement=None
+def train(
+    config: dict, folder, console, extra_callbacks=(), command: str = "", resume_from=None, stop=None, placement=None
 ) -> dict:
-    """Train, validate and test one model as conf says; returns the summary (summary.json).
+    """Train, validate and test one model as config (checked, plain: nnrun.config.unpack) says;
+    returns the summary (what summary.json holds).
     folder: the RunFolder the run writes (its accept() once a resume is accepted); extra_callbacks
     run after the configured ones; command: the command line that reruns it; resume_from: a
     checkpoint to continue from; stop(): a signal number asking to stop, or None; placement:
     (device, threads) of a sweep job that shares the machine with others."""
     start, run_dir = time.perf_counter(), folder.path
-    job = prepare(conf, placement)  # checked, placed, seeded
+    job = prepare(config, placement)  # placed, seeded
     plain, trainer = job.plain, job.plain["trainer"]
     callbacks = build_callbacks(plain["callbacks"], extra_callbacks)  # before the data: config errors fail fast
     with run_end(callbacks) as ended:  # on_run_end: how it ended, once the run folder holds everything
@@ -95,14 +98,9 @@ class Job:
     mode: str
 
 
-def prepare(conf, placement) -> Job:
-    """Check the config, unpack it once, place the run (device, threads), seed and import the
-    user's modules (their registered models, callbacks...)."""
-    import torch
-    from omegaconf import OmegaConf
-
-    config.check(conf)
-    plain = OmegaConf.to_container(conf, resolve=True)
+def prepare(plain: dict, placement) -> Job:
+    """Place the run (device, threads), seed and import the user's modules (their registered
+    models, callbacks...)."""
     trainer = plain["trainer"]
     check_targets(plain)  # before anything is imported
     device_name, threads = placement or (trainer["device"], trainer["threads"])
@@ -163,8 +161,6 @@ def load_data(job: Job):
 
 def first_summary(model, data, job: Job, run_dir: Path) -> dict:
     """The summary's facts known before training; the model's table goes to the log."""
-    import torch
-
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sample = data.train.x[:2].to(job.device)
     try:  # the model's first forward pass
