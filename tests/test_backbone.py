@@ -4,7 +4,6 @@ writes (nothing can be downloaded here): a frozen stage, then the whole net at t
 import csv
 import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -309,7 +308,7 @@ def test_under_ddp_the_unfrozen_backbone_trains_alike_on_every_rank(tmp_path):
     path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     args = [*IMAGES, *SMALL, *FINE_TUNE, *LAST, "callbacks=[default,lr_monitor]", "trainer.epochs=3"]
     result = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun", "trainer.strategy=ddp", *args],
+        [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "nnrun", "trainer.strategy=ddp", *args],
         cwd=tmp_path,
         env=clean_env(OMP_NUM_THREADS="1", PYTHONPATH=path),
         capture_output=True,
