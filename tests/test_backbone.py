@@ -4,7 +4,7 @@ writes (nothing can be downloaded here): a frozen stage, then the whole net at t
 import csv
 import os
 import subprocess
-import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +12,16 @@ import pytest
 import torch
 
 import nnrun
-from conftest import clean_env, metrics, nnrun as run_nnrun, one_line_error, train, write_idx
+import tinynet  # noqa: F401  (registers model.arch=tiny_resnet with torchvision, in this process)
+from conftest import clean_env, metrics, nnrun as run_nnrun, one_line_error, write_idx
+from nnrun.launch import main as launch_main
+from nnrun.trained import eval_main, export_main, predict_main
 
-BIN = Path(sys.executable).parent
 # 60 grey 28x28 images of 3 classes (the loader says 10: MNIST's file format), 16 a batch
 IMAGES = ["data=mnist", "data.root=images"]
 SMALL = ["data.batch_size=16", "trainer.limit_batches=3", "trainer.plots=false"]
+TINY_TUNE = ["model=torchvision", "model.arch=tiny_resnet", "model.weights=tiny.pth", "model.freeze=backbone"]
+TINY_TUNE += ["model.unfreeze_at_epoch=2"]  # freezing, rate groups and the switch: tests/tinynet.py's tiny ResNet
 FINE_TUNE = ["model=torchvision", "model.weights=resnet18.pth", "model.freeze=backbone", "model.unfreeze_at_epoch=2"]
 LAST = ["~callbacks.early_stopping", "trainer.test_weights=last"]  # the weights of the last epoch are exported
 
@@ -50,8 +54,27 @@ def write_weights(path: Path, arch: str = "resnet18", num_classes: int = 1000) -
     return state
 
 
-def tool(name, *args, cwd):
-    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env())
+def launch(capsys, *argv) -> tuple:
+    """(exit code, stdout, stderr) of `nnrun argv` run in this process (tiny_resnet is registered here only)."""
+    code = launch_main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def tool(capsys, main, *argv) -> tuple:
+    """(exit code, stdout, stderr) of a tool's main(argv) called in this process."""
+    code = 0
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+class Output:  # what one_line_error reads
+    def __init__(self, stderr: str, stdout: str = ""):
+        self.stderr, self.stdout = stderr, stdout
 
 
 def read_csv(path) -> list:
@@ -65,15 +88,18 @@ def stored(run_dir) -> dict:
     return load_file(Path(run_dir) / "model.safetensors")
 
 
-def test_a_resnet18_fine_tunes_in_two_stages_and_resumes_after_the_switch(tmp_path):
+def test_a_backbone_fine_tunes_in_two_stages_and_resumes_after_the_switch(tmp_path, monkeypatch, capsys):
     write_images(tmp_path)
-    original = write_weights(tmp_path / "resnet18.pth")  # ImageNet's 1000-class head
-    stages = [*IMAGES, *SMALL, *FINE_TUNE, *LAST, "callbacks=[default,lr_monitor]"]
-    result, run_dir = train(tmp_path, *stages, "trainer.epochs=3")
-    assert "its classifier fc (512 -> 1000) replaced by one for 10" in result.stdout
-    assert "the file's 1000-class head left out" in result.stdout
-    assert "divided by 255" in result.stdout and "grey images repeated to 3 channels" in result.stdout
-    assert "epoch 2: the backbone is unfrozen" in result.stdout
+    original = write_weights(tmp_path / "tiny.pth", arch="tiny_resnet")  # ImageNet's 1000-class head
+    stages = [*IMAGES, *SMALL, *TINY_TUNE, *LAST, "callbacks=[default,lr_monitor]"]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = launch(capsys, *stages, "trainer.epochs=3", "hydra.run.dir=run")
+    assert code == 0, err
+    run_dir = tmp_path / "run"
+    assert "its classifier fc (8 -> 1000) replaced by one for 10" in out
+    assert "the file's 1000-class head left out" in out
+    assert "divided by 255" in out and "grey images repeated to 3 channels" in out
+    assert "epoch 2: the backbone is unfrozen" in out
 
     rows = read_csv(run_dir / "lr.csv")
     assert list(rows[0]) == ["batch", "epoch", "lr", "lr_backbone"] and len(rows) == 9
@@ -84,20 +110,27 @@ def test_a_resnet18_fine_tunes_in_two_stages_and_resumes_after_the_switch(tmp_pa
     trained = stored(run_dir)
     assert not torch.equal(trained["net.layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])  # stage 2
 
-    # stopped after epoch 2 (the switch) and continued: the new process must start epoch 3 unfrozen
-    _, part = train(tmp_path, *stages, "trainer.epochs=2", name="part")
-    resumed = run_nnrun(*stages, f"trainer.resume={part}", "trainer.epochs=3", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    # stopped after epoch 2 (the switch) and continued: the resumed run must start epoch 3 unfrozen
+    code, _, err = launch(capsys, *stages, "trainer.epochs=2", "hydra.run.dir=part")
+    assert code == 0, err
+    part = tmp_path / "part"
+    code, _, err = launch(capsys, *stages, f"trainer.resume={part}", "trainer.epochs=3")
+    assert code == 0, err
     again = stored(part)
     assert all(torch.equal(trained[k], again[k]) for k in trained)
     assert (part / "lr.csv").read_text() == (run_dir / "lr.csv").read_text()
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.14 marks torch.jit deprecated
-def test_a_frozen_epoch_trains_only_the_head_and_the_run_reloads_without_the_weights_file(tmp_path):
+def test_a_frozen_epoch_trains_only_the_head_and_the_run_reloads_without_the_weights_file(
+    tmp_path, monkeypatch, capsys
+):
     write_images(tmp_path)
-    original = write_weights(tmp_path / "resnet18.pth", num_classes=10)  # this data's head: it loads too
-    _, run_dir = train(tmp_path, *IMAGES, *SMALL, *FINE_TUNE[:3], *LAST, "trainer.epochs=1")
+    original = write_weights(tmp_path / "tiny.pth", arch="tiny_resnet", num_classes=10)  # this data's head: it loads
+    monkeypatch.chdir(tmp_path)
+    code, _, err = launch(capsys, *IMAGES, *SMALL, *TINY_TUNE[:4], *LAST, "trainer.epochs=1", "hydra.run.dir=run")
+    assert code == 0, err
+    run_dir = tmp_path / "run"
     trained = stored(run_dir)
     assert {k for k in trained if not k.startswith("net.")} == {"mean", "std"}  # the weights' normalization
     changed = {k[4:] for k in trained if k.startswith("net.") and not torch.equal(trained[k], original[k[4:]])}
@@ -106,40 +139,45 @@ def test_a_frozen_epoch_trains_only_the_head_and_the_run_reloads_without_the_wei
     from nnrun.models import build_model
 
     for own in ("model.safetensors", "checkpoints/last.pt"):  # a run's own weights start another run
-        model = build_model("torchvision", input_shape=(1, 28, 28), num_classes=10, weights=str(run_dir / own))
+        model = build_model(
+            "torchvision", input_shape=(1, 28, 28), num_classes=10, arch="tiny_resnet", weights=str(run_dir / own)
+        )
         model.load_pretrained()
         assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
 
-    (tmp_path / "resnet18.pth").unlink()  # a run folder needs no weights file to reload
+    (tmp_path / "tiny.pth").unlink()  # a run folder needs no weights file to reload
     run = nnrun.load_run(run_dir)
     pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.uint8)
     x = run.prepare(pixels)
     assert torch.allclose(x, torch.as_tensor(pixels, dtype=torch.float32).unsqueeze(1) / 255)  # [0, 1]
     np.save(tmp_path / "new.npy", pixels)
-    result = tool("nnrun-predict", f"run={run_dir}", "input=new.npy", "output=out.csv", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    code, _, err = tool(capsys, predict_main, f"run={run_dir}", "input=new.npy", "output=out.csv")
+    assert code == 0, err
     rows = read_csv(tmp_path / "out.csv")
     probs = [[float(v) for k, v in row.items() if k.startswith("probability_")] for row in rows]
     assert np.allclose(probs, run.predict(pixels), atol=1e-5)
 
     with torch.no_grad():
         expected = run.model(x)
-    result = tool("nnrun-export", f"run={run_dir}", "format=torchscript", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    code, _, err = tool(capsys, export_main, f"run={run_dir}", "format=torchscript")
+    assert code == 0, err
     assert torch.allclose(torch.jit.load(str(run_dir / "model.ts"))(x), expected, atol=1e-5)
     ort = pytest.importorskip("onnxruntime")
-    result = tool("nnrun-export", f"run={run_dir}", "format=onnx", cwd=tmp_path)
-    assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what a command prints: its warnings but the deprecations
+        warnings.simplefilter("ignore", DeprecationWarning)
+        code, _, err = tool(capsys, export_main, f"run={run_dir}", "format=onnx")
+    assert code == 0 and "Warning" not in err and not caught, err + "".join(str(w.message) for w in caught)
     session = ort.InferenceSession(str(run_dir / "model.onnx"))
     assert np.allclose(session.run(None, {"input": x.numpy()})[0], expected.numpy(), atol=1e-4)
 
     # a planted architecture that the meta device cannot build (regnet: 644M parameters) is refused
     # by its size before nnrun would build it on the CPU to compare with model.safetensors
     config = run_dir / ".hydra" / "config.yaml"
-    config.write_text(config.read_text().replace("arch: resnet18", "arch: regnet_y_128gf"))
-    result = tool("nnrun-eval", f"run={run_dir}", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "model.arch=regnet_y_128gf has 644,812,894 parameters, far more than" in one_line_error(result)
+    config.write_text(config.read_text().replace("arch: tiny_resnet", "arch: regnet_y_128gf"))
+    code, _, err = tool(capsys, eval_main, f"run={run_dir}")
+    assert code == 2
+    assert "model.arch=regnet_y_128gf has 644,812,894 parameters, far more than" in one_line_error(Output(err))
 
 
 def test_a_weights_name_comes_from_torchvisions_cache_and_offline_without_it_is_one_line(tmp_path):
@@ -270,7 +308,7 @@ def test_under_ddp_the_unfrozen_backbone_trains_alike_on_every_rank(tmp_path):
     path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     args = [*IMAGES, *SMALL, *FINE_TUNE, *LAST, "callbacks=[default,lr_monitor]", "trainer.epochs=3"]
     result = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "nnrun", "trainer.strategy=ddp", *args],
+        [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "nnrun", "trainer.strategy=ddp", *args],
         cwd=tmp_path,
         env=clean_env(OMP_NUM_THREADS="1", PYTHONPATH=path),
         capture_output=True,

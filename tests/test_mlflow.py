@@ -21,7 +21,6 @@ from conftest import NNRUN, clean_env, nnrun, summary, train
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-BIN = Path(sys.executable).parent
 QUICK = ["data=digits", "trainer.epochs=2", "~callbacks.early_stopping"]
 # MLflow's own defaults, set by a user (nnrun keeps them): 120 s a request, 7 retries
 PATIENT = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "120", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"}
@@ -40,7 +39,9 @@ def server(tmp_path_factory):
     port = free_port()
     proc = subprocess.Popen(
         [
-            str(BIN / "mlflow"),
+            sys.executable,  # the console script's module: also where only the venv's python is on the path
+            "-m",
+            "mlflow",
             "server",
             "--host=127.0.0.1",
             f"--port={port}",

@@ -20,19 +20,11 @@ def options(group):
 
 
 def test_the_installed_package_ships_every_config():
-    assert options("model") == [
-        "cnn",
-        "course_cnn",
-        "course_dense",
-        "course_dense_l2",
-        "course_lstm",
-        "course_text",
-        "custom",
-        "lstm",
-        "mlp",
-        "sequential",
-        "torchvision",
-    ]
+    # every model the package names ships; the whole list is not pinned, so a new model needs no test edit
+    assert {"cnn", "course_cnn", "course_dense", "course_dense_l2", "course_lstm", "course_text", "custom"} <= set(
+        options("model")
+    )
+    assert {"lstm", "mlp", "sequential", "torchvision"} <= set(options("model"))
     assert options("data") == [
         "arrays",
         "cifar10",

@@ -2,19 +2,31 @@
 results table (results.csv, results.md, compare.png) is written at the end and rebuilt by
 nnrun-report from the run folders alone."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import FAST, clean_env, nnrun, summary
+from nnrun.report.results import main as report_main
 
-REPORT = [str(Path(sys.executable).parent / "nnrun-report")]
+
+def nnrun_report(*argv) -> subprocess.CompletedProcess:
+    """`nnrun-report argv`, its main called in this process (the command's exit code, its stderr)."""
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            report_main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return subprocess.CompletedProcess(["nnrun-report", *argv], code, "", err.getvalue())
 
 
 def results(folder) -> list:
@@ -29,6 +41,7 @@ def test_two_by_two_sweep_gives_four_job_folders(tmp_path):
         "model=mlp,cnn",
         "optimizer.lr=0.001,0.003",
         "trainer.epochs=1",
+        "trainer.limit_batches=5",  # what is checked is the folders and the table, not how well they learn
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
@@ -63,7 +76,7 @@ def test_two_by_two_sweep_gives_four_job_folders(tmp_path):
     # nnrun-report rebuilds the same table from the run folders alone
     before = (sweep / "results.csv").read_text()
     (sweep / "results.csv").unlink()
-    again = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
+    again = nnrun_report(sweep)
     assert again.returncode == 0, again.stderr
     assert (sweep / "results.csv").read_text() == before
 
@@ -109,7 +122,7 @@ def test_report_groups_seeds_and_shows_runs_still_going(tmp_path):
             best_epoch=2,
         )
     fake_run(runs / "late", ["optimizer.lr=1.0", "trainer.seed=1"])  # no summary.json yet
-    result = subprocess.run([*REPORT, str(runs)], capture_output=True, text=True, env=clean_env())
+    result = nnrun_report(runs)
     assert result.returncode == 0, result.stderr
     rows = results(runs)
     assert [r["best_score"] for r in rows] == ["0.9", "0.8", "0.72", "0.7", ""]  # mode max: highest first
@@ -117,7 +130,7 @@ def test_report_groups_seeds_and_shows_runs_still_going(tmp_path):
     text = (runs / "results.md").read_text()
     assert "| 0.1 | 2 | 0.8500 ± 0.0707 | 0.8000 ± 0.0707 |" in text  # mean ± sample std of 2 seeds
     assert "| 0.01 | 2 | 0.7100 ± 0.0141 |" in text
-    empty = subprocess.run([*REPORT, str(tmp_path / "nothing")], capture_output=True, text=True, env=clean_env())
+    empty = nnrun_report(tmp_path / "nothing")
     assert empty.returncode == 2 and "no such folder" in empty.stderr
 
 
@@ -159,7 +172,7 @@ def test_an_interrupted_sweep_continues_in_its_folder_running_only_the_rest(tmp_
     assert [(r["trainer.epochs"], r["status"], r["epochs"]) for r in rows if r] and sorted(
         (r["trainer.epochs"], r["status"], r["epochs"]) for r in rows
     ) == [("2", "completed", "2"), ("60", "completed", "60")]
-    report = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
+    report = nnrun_report(sweep)
     assert report.returncode == 0 and results(sweep) == rows
 
     changed = nnrun(
@@ -245,11 +258,11 @@ def test_ctrl_c_in_a_sweep_lists_the_jobs_that_did_not_start(tmp_path, epochs, r
     assert code == 130, err
     assert [(r["trainer.epochs"], r["status"]) for r in results(sweep)] == rows
     assert not (sweep / "2").exists()  # it never started
-    report = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
+    report = nnrun_report(sweep)
     assert report.returncode == 0 and [(r["trainer.epochs"], r["status"]) for r in results(sweep)] == rows
     (sweep / "0" / "summary.json").unlink()  # a job folder that cannot be read is one row, not two
     (sweep / "0" / "summary.json").symlink_to(tmp_path / "elsewhere.json")
-    report = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=clean_env())
+    report = nnrun_report(sweep)
     assert report.returncode == 0 and len(results(sweep)) == len(rows), results(sweep)
     assert sum(r["status"] == "unreadable" for r in results(sweep)) == 1
 

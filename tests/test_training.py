@@ -27,6 +27,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
     result, run_dir = train(
         tmp_path,
         "trainer.epochs=10",
+        "trainer.limit_batches=5",  # the rule is about epochs, not how many batches make one
         "callbacks.early_stopping.patience=2",
         "callbacks.early_stopping.min_delta=100",
         "trainer.monitor=loss",
@@ -42,6 +43,7 @@ def test_removing_early_stopping_runs_every_epoch(tmp_path):
     _, run_dir = train(
         tmp_path,
         "trainer.epochs=4",
+        "trainer.limit_batches=5",
         NO_STOP,
         "callbacks.model_checkpoint.save_best_only=false",
         "callbacks.model_checkpoint.filename='ep{epoch}-{val_loss:.3f}'",
@@ -61,7 +63,7 @@ def test_callbacks_none_writes_no_checkpoints_but_metrics(tmp_path):
 
 
 def test_checkpoint_monitoring_accuracy_keeps_the_highest(tmp_path):
-    _, run_dir = train(tmp_path, "trainer.epochs=4", NO_STOP, "trainer.monitor=val_accuracy")
+    _, run_dir = train(tmp_path, "trainer.epochs=4", "trainer.limit_batches=5", NO_STOP, "trainer.monitor=val_accuracy")
     info = summary(run_dir)
     assert info["mode"] == "max"
     best = max(float(r["val_accuracy"]) for r in metrics(run_dir))

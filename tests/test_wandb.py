@@ -3,16 +3,17 @@ folder holds the metrics, config, test scores and files; a sweep shares one grou
 resumed run keeps one W&B run id; a missing package is one line."""
 
 import json
-import os
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import FAST, NNRUN, clean_env, metrics, nnrun, one_line_error, summary, yaml_config
+from nnrun.launch import main as launch_main
 
 pytest.importorskip("wandb")
 ADD = "+callbacks.wandb={}"
@@ -138,18 +139,10 @@ def test_a_stopped_and_resumed_run_keeps_one_wandb_run(tmp_path):
     assert max(second.history) == epochs + 2 and second.exit_code == 0 and list(second.run.tags) == ["finished"]
 
 
-def test_a_missing_wandb_is_one_line(tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None  # import wandb fails\n")
-    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
-    result = subprocess.run(
-        [*NNRUN, "hydra.run.dir=run", *FAST, ADD],
-        cwd=tmp_path,
-        env={**offline_env(tmp_path), "PYTHONPATH": path},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2
-    assert "pip install 'nnrun[wandb]'" in one_line_error(result)
+def test_a_missing_wandb_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb fails, as where it is not installed
+    monkeypatch.chdir(tmp_path)
+    code = launch_main(["hydra.run.dir=run", *FAST, ADD])
+    said = capsys.readouterr()
+    assert code == 2
+    assert "pip install 'nnrun[wandb]'" in one_line_error(subprocess.CompletedProcess([], code, said.out, said.err))
