@@ -154,9 +154,14 @@ def isolated(cwd, env, name, args):
     os.environ.update(env)
     try:
         with warnings.catch_warnings():
-            warnings.resetwarnings()  # a new Python's filters, shown on stderr (pytest records them)
-            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-                warnings.simplefilter("ignore", category)
+            # shown on stderr as a new Python would (pytest records them), by the filters it would have:
+            # Python's and those torch and others add on import, without pytest's "always" for deprecations
+            warnings.filters[:] = [
+                f
+                for f in warnings.filters
+                if f[0] != "always" or f[2] not in (DeprecationWarning, PendingDeprecationWarning)
+            ]
+            torch.jit.TracerWarning.ignore_lib_warnings()  # torch's own, added on import (pytest's context lost it)
             warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
                 warnings.formatwarning(message, category, filename, lineno, line)
             )
@@ -179,8 +184,8 @@ def redirected(out, err):
     """File descriptors 0, 1 and 2 and sys.stdin/stdout/stderr on /dev/null, out and err."""
     saved_fds = [os.dup(fd) for fd in (0, 1, 2)]
     saved_std = sys.stdin, sys.stdout, sys.stderr
-    for f in saved_std:
-        f.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out.fileno(), 1)

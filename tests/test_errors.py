@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import clean_env, nnrun, one_line_error
+from conftest import clean_env, nnrun, one_line_error, refused
 
 CASES = [
     # overrides, words the one line must contain
@@ -79,7 +79,7 @@ QUICK = {
     ],
 )
 def test_bad_input_is_refused_in_one_line(tmp_path, overrides, words):
-    result = nnrun(
+    result = refused(
         *overrides, f"data.root={tmp_path / 'empty'}" if "data=mnist" in overrides else "trainer.seed=1", cwd=tmp_path
     )
     assert result.returncode == 2, result.stdout + result.stderr
@@ -99,6 +99,6 @@ def test_debug_switch_shows_the_traceback(tmp_path):
 
 def test_a_config_error_found_after_the_run_folder_was_made_removes_it(tmp_path):
     # issue 27: the one line says everything; an empty run folder with a traceback helped nobody
-    result = nnrun(f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=-1", cwd=tmp_path)
+    result = refused(f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=-1", cwd=tmp_path)
     assert result.returncode == 2 and "trainer.epochs" in result.stderr
     assert not (tmp_path / "run").exists()
