@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from warm import warm_run
+from warm import warm_run, warm_start
 
 # The installed console script next to this Python; `python -m nnrun` when there is none.
 _SCRIPT = Path(sys.executable).parent / "nnrun"
@@ -38,6 +38,8 @@ FAST = ["trainer.epochs=2", "trainer.limit_batches=5"]
 STATE_DIR = tempfile.mkdtemp(prefix="nnrun-test-state-")
 os.environ["NNRUN_STATE_DIR"] = STATE_DIR
 atexit.register(shutil.rmtree, STATE_DIR, True)
+SCRATCH = tempfile.mkdtemp(prefix="nnrun-test-scratch-")  # output files of started commands, cold hooks
+atexit.register(shutil.rmtree, SCRATCH, True)
 
 
 def clean_env(**extra) -> dict:
@@ -68,10 +70,22 @@ def forked(name, args, cwd, env=None, timeout=300, hook=None) -> subprocess.Comp
         return result
     command = [*NNRUN] if name == "nnrun" else [str(BIN / name)]
     if hook is not None:
-        folder = Path(tempfile.mkdtemp(prefix="nnrun-hook-"))
+        folder = Path(tempfile.mkdtemp(dir=SCRATCH))
         (folder / "sitecustomize.py").write_text(hook)
         env = {**env, "PYTHONPATH": str(folder)}
     return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def started(*args, cwd, env=None):
+    """`nnrun args` started and left running, for a test to signal, kill or wait for: a Popen, or its
+    like forked from the warm helper (one at a time: the helper serves nothing else until it ends)."""
+    env = env or clean_env()
+    command = warm_start(args, cwd, env, tempfile.mkdtemp(dir=SCRATCH))
+    if command is not None:
+        return command
+    return subprocess.Popen(
+        [*NNRUN, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 ENTRIES = {e.name: e for e in entry_points(group="console_scripts") if e.value.startswith("nnrun.")}
@@ -89,7 +103,11 @@ def tool(name, *args, cwd, env=None, timeout=300) -> subprocess.CompletedProcess
 
 def refused(*args, cwd, env=None) -> subprocess.CompletedProcess:
     """`nnrun args` for a command nnrun refuses before any run starts (its one line and exit code),
-    run in this process: a config refusal costs ~0.1 s here, seconds in a process of its own."""
+    run in this process: a config refusal costs ~0.1 s here, seconds in a process of its own. A
+    command that names your own code (imports=, model=custom) is forked: your modules, and what they
+    register, must not stay in this process."""
+    if any(str(a).lstrip("+").startswith(("imports=", "model=custom", "model.target=")) for a in args):
+        return forked("nnrun", args, cwd, env)
     return in_process("nnrun", args, cwd, env or clean_env())
 
 
@@ -300,6 +318,7 @@ __all__ = [
     "clean_env",
     "nnrun",
     "forked",
+    "started",
     "tool",
     "refused",
     "train",

@@ -20,6 +20,7 @@ from conftest import (
     nnrun,
     one_line_error,
     refused,
+    started,
     summary,
     train,
     with_hook,
@@ -72,7 +73,7 @@ def test_killed_with_sigkill_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
     assert nnrun(*RESUMABLE, cwd=whole).returncode == 0
-    proc = start(*RESUMABLE, cwd=killed)
+    proc = started(*RESUMABLE, cwd=killed)
     wait_until(lambda: any((f / "checkpoints/last.pt").exists() for f in run_folders(killed)), proc)
     time.sleep(random.uniform(0.0, 0.6))  # a random step after the first checkpoint
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -132,7 +133,7 @@ def test_a_stop_signal_saves_and_exits_with_its_code(tmp_path, sig, code, twice)
 
 def killed_midway(tmp_path, args, epochs: int) -> Path:
     """A run killed with SIGKILL once it has logged the given number of epochs."""
-    proc = start(*args, cwd=tmp_path)
+    proc = started(*args, cwd=tmp_path)
     wait_until(lambda: any(epochs_logged(f) >= epochs for f in run_folders(tmp_path)), proc)
     proc.kill()
     proc.communicate()

@@ -142,33 +142,80 @@ class Warm:
 
     def forked(self, args, cwd, env, timeout, entry, hook) -> subprocess.CompletedProcess:
         with tempfile.TemporaryDirectory() as tmp:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            self.requests += 1
-            request = self.requests
-            self.proc.stdin.write(
-                json.dumps(
-                    {
-                        "id": request,
-                        "entry": entry,
-                        "hook": hook,
-                        "args": [str(a) for a in args],
-                        "cwd": str(cwd),
-                        "env": env,
-                        "stdout": str(out),
-                        "stderr": str(err),
-                    }
-                )
-                + "\n"
+            command = self.start(args, cwd, env, entry, hook, tmp)
+            command.communicate(timeout)
+            return subprocess.CompletedProcess(command.args, command.returncode, command.stdout, command.stderr)
+
+    def start(self, args, cwd, env, entry, hook, tmp) -> "Started":
+        """The command forked, its output going to files in tmp; returns once it has started."""
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        self.requests += 1
+        request = self.requests
+        self.proc.stdin.write(
+            json.dumps(
+                {
+                    "id": request,
+                    "entry": entry,
+                    "hook": hook,
+                    "args": [str(a) for a in args],
+                    "cwd": str(cwd),
+                    "env": env,
+                    "stdout": str(out),
+                    "stderr": str(err),
+                }
             )
-            self.proc.stdin.flush()
-            pid = self.reply(READY, "pid", request)["pid"]  # a fork: at once, unless the machine is swamped
+            + "\n"
+        )
+        self.proc.stdin.flush()
+        pid = self.reply(READY, "pid", request)["pid"]  # a fork: at once, unless the machine is swamped
+        return Started(self, request, pid, [entry, *map(str, args)], out, err)
+
+
+class Started:
+    """A command forked from the helper, still running: what tests use of subprocess.Popen (pid,
+    poll, send_signal, kill, communicate, returncode). The helper serves no other command until it
+    ends, so a test runs one at a time."""
+
+    def __init__(self, warm, request, pid, args, out, err):
+        self.warm, self.request, self.pid, self.args, self.out, self.err = warm, request, pid, args, out, err
+        self.returncode = self.stdout = self.stderr = None
+
+    def poll(self):
+        if self.returncode is None:
             try:
-                code = self.reply(timeout, "status", request)["status"]
+                self.returncode = self.warm.reply(0, "status", self.request)["status"]
             except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
-                self.close()  # never reused: its replies could be out of step
-                raise subprocess.TimeoutExpired([entry, *args], timeout) from None
-            return subprocess.CompletedProcess([entry, *args], code, out.read_text(), err.read_text())
+                if self.warm.proc.poll() is not None:  # the helper died, and the command with it
+                    self.returncode = -signal.SIGKILL
+        return self.returncode
+
+    def send_signal(self, number) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, number)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout=None) -> int:
+        if self.returncode is None:
+            try:
+                self.returncode = self.warm.reply(READY if timeout is None else timeout, "status", self.request)[
+                    "status"
+                ]
+            except TimeoutError:
+                os.kill(self.pid, signal.SIGKILL)
+                self.warm.close()  # never reused: its replies could be out of step
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+        return self.returncode
+
+    def communicate(self, timeout=None) -> tuple:
+        self.wait(timeout)
+        if self.stdout is None:
+            self.stdout, self.stderr = self.out.read_text(), self.err.read_text()
+        return self.stdout, self.stderr
 
 
 _WARM = []
@@ -183,3 +230,21 @@ def warm_run(args, cwd, env, timeout, entry="nnrun", hook=None):
     if not _WARM or _WARM[0].proc.poll() is not None:
         _WARM[:] = [Warm()]
     return _WARM[0].run(args, cwd, env, timeout, entry, hook)  # None: the caller starts it cold
+
+
+def warm_start(args, cwd, env, tmp, entry="nnrun"):
+    """A Popen-like handle of `entry args` forked from the helper, its output in files under tmp;
+    None when warm runs are off or the helper did not answer: the caller then starts it cold."""
+    if os.environ.get("NNRUN_TEST_WARM", "1") == "0" or not hasattr(os, "fork"):
+        return None
+    if not _WARM or _WARM[0].proc.poll() is not None:
+        _WARM[:] = [Warm()]
+    warm = _WARM[0]
+    try:
+        if not warm.ready:
+            warm.reply(READY, "ready")
+            warm.ready = True
+        return warm.start(args, cwd, env, entry, None, tmp)
+    except TimeoutError:
+        warm.close()
+        return None
