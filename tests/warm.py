@@ -103,6 +103,7 @@ class Warm:
         self.replies = self.proc.stdout
         self.ready = False
         self.requests = 0
+        self.running = None  # the last command started: the helper serves the next one when it ends
 
     @staticmethod
     def server_env() -> dict:
@@ -148,6 +149,9 @@ class Warm:
 
     def start(self, args, cwd, env, entry, hook, tmp) -> "Started":
         """The command forked, its output going to files in tmp; returns once it has started."""
+        if self.running is not None and self.running.poll() is None:  # left running by a test that failed
+            self.running.kill()
+            self.running.wait()
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         self.requests += 1
         request = self.requests
@@ -168,7 +172,8 @@ class Warm:
         )
         self.proc.stdin.flush()
         pid = self.reply(READY, "pid", request)["pid"]  # a fork: at once, unless the machine is swamped
-        return Started(self, request, pid, [entry, *map(str, args)], out, err)
+        self.running = Started(self, request, pid, [entry, *map(str, args)], out, err)
+        return self.running
 
 
 class Started:
@@ -191,7 +196,10 @@ class Started:
 
     def send_signal(self, number) -> None:
         if self.returncode is None:
-            os.kill(self.pid, number)
+            try:
+                os.kill(self.pid, number)
+            except ProcessLookupError:  # it ended; the helper's reply says how
+                pass
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
