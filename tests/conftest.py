@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -132,8 +133,13 @@ def in_process(name, args, cwd, env) -> subprocess.CompletedProcess:
         with redirected(out, err):
             try:
                 main()
-            except SystemExit as exc:
+            except SystemExit as exc:  # as Python ends a process: a message goes to stderr, exit 1
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # what an uncaught exception does to a process
+                traceback.print_exc()
+                code = 1
         out.seek(0)
         err.seek(0)
         stdout, stderr = (f.read().decode("utf-8", "replace") for f in (out, err))
