@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import nnrun
-from conftest import FAST, one_line_error, summary, train
-from conftest import nnrun as run_nnrun
+from conftest import FAST, one_line_error, refused, summary, tool, train
 from nnrun.trained import predict_main
 
 
@@ -169,7 +168,7 @@ def test_val_path_gives_the_validation_rows_of_csv_and_text_csv(tmp_path):
 def test_arrays_that_cannot_be_trusted_or_read_are_refused_in_one_line(tmp_path, arrays, expected):
     for name, array in arrays.items():
         np.save(tmp_path / f"{name}.npy", array, allow_pickle=array.dtype == object)
-    result = run_nnrun("data=arrays", "data.x=x.npy", "data.y=y.npy", "hydra.run.dir=run", cwd=tmp_path)
+    result = refused("data=arrays", "data.x=x.npy", "data.y=y.npy", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2
     assert expected in one_line_error(result)
 
@@ -233,7 +232,7 @@ def raw_first_member(folder):
 )
 def test_npz_files_that_would_crash_or_mislead_are_refused_in_one_line(tmp_path, make, expected):
     make(tmp_path)
-    result = run_nnrun("data=arrays", "data.path=data.npz", "data.val_path=val.npz", "hydra.run.dir=run", cwd=tmp_path)
+    result = refused("data=arrays", "data.path=data.npz", "data.val_path=val.npz", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2
     assert expected in one_line_error(result)
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -243,12 +242,12 @@ def test_a_class_only_in_a_csv_val_path_is_refused_and_bad_cells_name_their_own_
     rows = pd.DataFrame({"a": np.arange(40.0), "label": np.where(np.arange(40) % 2, "x", "y")})
     rows.to_csv(tmp_path / "train.csv", index=False)
     rows[:5].assign(label="z").to_csv(tmp_path / "val.csv", index=False)
-    result = run_nnrun("data=csv", "data.path=train.csv", "data.target=label", "data.val_path=val.csv", cwd=tmp_path)
+    result = refused("data=csv", "data.path=train.csv", "data.target=label", "data.val_path=val.csv", cwd=tmp_path)
     assert result.returncode == 2
     assert "data.val_path=val.csv holds class(es) 'z'" in one_line_error(result)
 
     rows[:5].assign(a=["1", "2", "?", "4", "5"]).to_csv(tmp_path / "val.csv", index=False)
-    result = run_nnrun("data=csv", "data.path=train.csv", "data.target=label", "data.val_path=val.csv", cwd=tmp_path)
+    result = refused("data=csv", "data.path=train.csv", "data.target=label", "data.val_path=val.csv", cwd=tmp_path)
     line = one_line_error(result)
     assert "column 'a' of val.csv" in line and "'?' at row 4" in line  # its own file and row, not train.csv's
 
@@ -264,20 +263,8 @@ def test_predict_refuses_nan_and_text_inputs_and_takes_a_1d_feature(tmp_path):
         ("text.npy", np.array([["a"], ["b"]]), "inputs must be numbers"),
     ]:
         np.save(tmp_path / name, array)
-        result = run_nnrun_tool("nnrun-predict", f"run={run_dir}", f"input={name}", cwd=tmp_path)
+        result = tool("nnrun-predict", f"run={run_dir}", f"input={name}", cwd=tmp_path)
         assert result.returncode == 2 and expected in one_line_error(result)
-
-
-def run_nnrun_tool(name, *args, cwd):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from conftest import clean_env
-
-    return subprocess.run(
-        [str(Path(sys.executable).parent / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env()
-    )
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import nnrun, one_line_error, summary, train
+from conftest import one_line_error, refused, summary, train
 
 QUICK = ["trainer.epochs=1", "~callbacks.early_stopping"]
 
@@ -117,7 +117,7 @@ def old_dict(root, seed, **options):
 )
 def test_what_a_model_cannot_learn_from_is_refused_before_training(tmp_path, code, overrides, words):
     (tmp_path / "my_code.py").write_text(code)
-    result = nnrun("imports=[my_code]", *overrides, *QUICK, cwd=tmp_path)
+    result = refused("imports=[my_code]", *overrides, *QUICK, cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert all(w in line for w in words), line

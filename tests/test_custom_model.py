@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NNRUN, clean_env, metrics, nnrun, one_line_error, summary, train, yaml_config
+from conftest import NNRUN, clean_env, metrics, nnrun, one_line_error, summary, tool, train, yaml_config
 
-BIN = Path(sys.executable).parent
 MODELS = """
 import math
 import torch
@@ -85,12 +84,6 @@ Linear = nn.Linear  # imported into this module, not defined here
 """
 SMALL = ["model=custom", "model.target=my_models.SmallNet", "model.kwargs={hidden:16}"]
 QUICK = ["trainer.epochs=1", "trainer.limit_batches=2"]
-
-
-def tool(name, *args, cwd, env=None):
-    return subprocess.run(
-        [str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=env or clean_env(), timeout=300
-    )
 
 
 def python(code: str, cwd, env=None) -> subprocess.CompletedProcess:

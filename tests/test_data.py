@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from conftest import nnrun, one_line_error, summary, train, tree, write_idx, write_mnist
+from conftest import one_line_error, refused, summary, train, tree, write_idx, write_mnist
 
 LAYOUTS = [
     # (dataset, subfolder under data.root, gzipped)
@@ -61,7 +61,7 @@ def test_missing_files_name_the_folder_and_the_four_files(tmp_path, download):
         pytest.skip("this machine reaches the download mirrors")
     root = tmp_path / "empty"
     root.mkdir()
-    result = nnrun("data=fashion_mnist", f"data.root={root}", f"data.download={download}", cwd=tmp_path)
+    result = refused("data=fashion_mnist", f"data.root={root}", f"data.download={download}", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     for name in (
@@ -82,7 +82,7 @@ def test_a_truncated_file_is_named(tmp_path, mnist_root):
 
     data = gzip.decompress(images.read_bytes())
     images.write_bytes(gzip.compress(data[: len(data) // 2]))
-    result = nnrun("data=mnist", f"data.root={mnist_root}", cwd=tmp_path)
+    result = refused("data=mnist", f"data.root={mnist_root}", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "train-images-idx3-ubyte.gz" in line and "truncated" in line
@@ -93,7 +93,7 @@ def test_labels_that_do_not_match_images_are_refused(tmp_path, mnist_root):
 
     (mnist_root / "t10k-labels-idx1-ubyte.gz").unlink()
     write_idx(mnist_root / "t10k-labels-idx1-ubyte", np.zeros(7, dtype=np.uint8), gz=True)
-    result = nnrun("data=mnist", f"data.root={mnist_root}", cwd=tmp_path)
+    result = refused("data=mnist", f"data.root={mnist_root}", cwd=tmp_path)
     assert result.returncode == 2
     assert "7 labels" in one_line_error(result)
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import nnrun, one_line_error, summary, train
+from conftest import one_line_error, refused, summary, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -218,7 +218,7 @@ class Payload:
 def test_cifar10_refuses_a_batch_that_would_run_code(tmp_path, archive):
     marker = tmp_path / "pwned"
     root = write_cifar(tmp_path / "cifar", archive=archive, poison={"data": Payload(marker)})
-    result = nnrun("data=cifar10", f"data.root={root}", "model=cnn", "trainer.epochs=1", cwd=tmp_path)
+    result = refused("data=cifar10", f"data.root={root}", "model=cnn", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "data_batch_3" in line and "not a CIFAR-10 batch" in line
@@ -226,7 +226,7 @@ def test_cifar10_refuses_a_batch_that_would_run_code(tmp_path, archive):
 
 
 def test_cifar10_absent_says_where_to_put_it(tmp_path):
-    result = nnrun("data=cifar10", f"data.root={tmp_path / 'none'}", "data.download=false", cwd=tmp_path)
+    result = refused("data=cifar10", f"data.root={tmp_path / 'none'}", "data.download=false", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "cifar-10-python.tar.gz" in line and "data.root" in line
@@ -286,6 +286,6 @@ def test_augmentation_touches_training_batches_only(tmp_path):
 @pytest.mark.slow
 def test_augmentation_on_a_table_is_refused(tmp_path):
     pd.DataFrame({"a": range(40), "y": [0, 1] * 20}).to_csv(tmp_path / "t.csv", index=False)
-    result = nnrun("data=csv", "data.path=t.csv", "data.target=y", "data.augment.flip=true", cwd=tmp_path)
+    result = refused("data=csv", "data.path=t.csv", "data.target=y", "data.augment.flip=true", cwd=tmp_path)
     assert result.returncode == 2
     assert "data.augment" in one_line_error(result)

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import FAST, NNRUN, clean_env, nnrun, one_line_error, summary, train, tree, with_hook
+from conftest import FAST, NNRUN, clean_env, nnrun, one_line_error, refused, summary, train, tree, with_hook
 from test_backbone import IMAGES, SMALL, write_images
 from test_trust import LONG, epochs_logged, start, wait_until
 
@@ -51,7 +51,7 @@ def test_a_last_checkpoint_holding_garbage_is_damaged_not_code(tmp_path, finishe
     for name in ("last.pt.sha256", "last.prev.pt", "last.prev.pt.sha256"):
         (checkpoints / name).unlink(missing_ok=True)  # no digest to catch it, nothing to fall back to
     (checkpoints / "last.pt").write_bytes(garbage())
-    result = nnrun(f"trainer.resume={run}", "trainer.epochs=3", cwd=tmp_path)
+    result = refused(f"trainer.resume={run}", "trainer.epochs=3", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert f"{checkpoints / 'last.pt'} is damaged" in line and "start a new run" in line, line
@@ -60,7 +60,7 @@ def test_a_last_checkpoint_holding_garbage_is_damaged_not_code(tmp_path, finishe
     marker = tmp_path / "pwned"  # a real pickle with code (protocol 4: torch stops at its FRAME opcode)
     with open(checkpoints / "last.pt", "wb") as f:
         pickle.dump({"model": Evil(marker)}, f, protocol=4)
-    result = nnrun(f"trainer.resume={run}", "trainer.epochs=3", cwd=tmp_path)
+    result = refused(f"trainer.resume={run}", "trainer.epochs=3", cwd=tmp_path)
     assert result.returncode == 2 and "would run code" in one_line_error(result)
     assert not marker.exists()
 
@@ -72,7 +72,7 @@ def test_a_weights_file_that_is_not_a_state_dict_never_echoes_torchs_advice(tmp_
     with open(tmp_path / "weights.pth", "wb") as f:
         pickle.dump({"fc.weight": Evil(marker)}, f, protocol=4) if kind == "code" else f.write(garbage())
     args = [*IMAGES, *SMALL, "model=torchvision", "model.weights=weights.pth", "trainer.epochs=1"]
-    result = nnrun(*args, cwd=tmp_path)
+    result = refused(*args, cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "model.weights=weights.pth" in line
@@ -161,7 +161,7 @@ def test_a_kill_between_the_digest_copy_and_the_rename_leaves_the_previous_check
     ids=["lr", "batch_size", "sweep_key"],
 )
 def test_an_error_before_training_leaves_no_run_folder(tmp_path, args, words):
-    result = nnrun(*args, "trainer.epochs=1", cwd=tmp_path)
+    result = refused(*args, "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2 and words in one_line_error(result)
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
     assert not [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir() and p.name != "multirun"]
@@ -170,7 +170,7 @@ def test_an_error_before_training_leaves_no_run_folder(tmp_path, args, words):
 def test_a_folder_that_held_something_is_never_removed(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine/notes.txt").write_text("mine\n")
-    result = nnrun("hydra.run.dir=mine", "optimizer.lr=-1", cwd=tmp_path)
+    result = refused("hydra.run.dir=mine", "optimizer.lr=-1", cwd=tmp_path)
     assert result.returncode == 2
     assert (tmp_path / "mine/notes.txt").read_text() == "mine\n"
 
@@ -180,7 +180,7 @@ def test_a_refused_resume_touches_nothing_of_that_run(tmp_path, finished, why):
     run = copy_of(finished, tmp_path)
     before = {k: v for k, v in tree(run).items() if not k.endswith(".lock")}  # the lock holds who has it
     change = "model.hidden=[7]" if why == "model" else "data.val_split=0.3"
-    result = nnrun(f"trainer.resume={run}", "trainer.epochs=3", change, cwd=tmp_path)
+    result = refused(f"trainer.resume={run}", "trainer.epochs=3", change, cwd=tmp_path)
     assert result.returncode == 2
     assert ("another model or data" if why == "model" else "the data is not what the run trained on") in (
         one_line_error(result)
@@ -190,14 +190,14 @@ def test_a_refused_resume_touches_nothing_of_that_run(tmp_path, finished, why):
 
 
 def test_every_missing_required_key_is_named_at_once(tmp_path):
-    result = nnrun("data=csv", "trainer.epochs=1", cwd=tmp_path)
+    result = refused("data=csv", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "data.path" in line and "data.target" in line and "data.path=... data.target=..." in line, line
 
 
 def test_a_sweep_syntax_error_says_where(tmp_path):
-    result = nnrun("-m", "optimizer.lr=0.1,,0.2", cwd=tmp_path)
+    result = refused("-m", "optimizer.lr=0.1,,0.2", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "optimizer.lr=0.1,,0.2" in line and "character 18" in line and "expected a value" in line, line

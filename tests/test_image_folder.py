@@ -3,8 +3,6 @@ real CLI on the cached path and the streamed one (the same numbers), reused from
 predicted on by nnrun-predict; and the one-line errors for bad folders and files."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +10,8 @@ import pytest
 from PIL import Image
 
 import nnrun
-from conftest import clean_env, metrics, nnrun as run_nnrun, one_line_error, summary, train
+from conftest import metrics, nnrun as run_nnrun, one_line_error, refused, summary, tool, train
 
-BIN = Path(sys.executable).parent
 CLASSES = ("cat", "dog", "owl")
 
 
@@ -45,10 +42,6 @@ def log_of(result) -> str:
 def read(path) -> list:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def tool(name, *args, cwd):
-    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env())
 
 
 def test_grey_pngs_cached_reused_streamed_alike_resumed_and_predicted(tmp_path, cache_dir):
@@ -104,9 +97,9 @@ def test_colour_jpegs_in_split_folders_and_an_index_csv(tmp_path):
     with open(tmp_path / "list.csv", "w", newline="") as f:
         csv.writer(f).writerows([("path", "label", "split"), *rows])
     args = ["data=image_folder", "data.path=shots", "data.index=list.csv", "model=cnn", *FAST_ARGS]
-    refused = run_nnrun(*args, "hydra.run.dir=refused", cwd=tmp_path)
-    assert refused.returncode == 2
-    line = one_line_error(refused)
+    refusal = refused(*args, "hydra.run.dir=refused", cwd=tmp_path)
+    assert refusal.returncode == 2
+    line = one_line_error(refusal)
     assert "different sizes" in line and "data.image_size=12" in line and "train/cat/wide.png" in line, line
     result, run_dir = train(tmp_path, *args, "data.image_size=10", "data.channels=1", name="indexed")
     assert "31 train, 9 val, 12 test, samples of shape (1, 10, 10)" in log_of(result)
@@ -119,7 +112,7 @@ def test_bad_files_are_one_line_errors_or_skipped(tmp_path):
     images(tmp_path / "photos")
     (tmp_path / "photos" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
     args = ["data=image_folder", "data.path=photos", "model=mlp", *FAST_ARGS]
-    result = run_nnrun(*args, "hydra.run.dir=refused", cwd=tmp_path)
+    result = refused(*args, "hydra.run.dir=refused", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "dog/broken.png cannot be decoded" in line and "data.skip_bad=true" in line, line
@@ -221,7 +214,7 @@ def latin1_index(d):
 )
 def test_bad_folders_are_one_line_errors(tmp_path, make, args, expected):
     make(tmp_path)
-    result = run_nnrun("data=image_folder", "data.path=photos", *args, "hydra.run.dir=run", cwd=tmp_path)
+    result = refused("data=image_folder", "data.path=photos", *args, "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert expected in line, line

@@ -99,7 +99,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from conftest import metrics, nnrun, one_line_error, summary, train  # noqa: E402
+from conftest import metrics, nnrun, one_line_error, refused, summary, train  # noqa: E402
 
 QUICK = ["trainer.epochs=3", "trainer.limit_batches=4"]
 
@@ -177,12 +177,12 @@ def test_binary_crossentropy_and_a_keras_class_weight_mapping(tmp_path):
     data = ["data=csv", f"data.path={tmp_path / 't.csv'}", "data.target=y", "trainer.epochs=1"]
     _, run_dir = train(tmp_path, *data, "loss=binary_crossentropy", "trainer.class_weight={0: 1, 1: 0}")
     assert summary(run_dir)["status"] == "completed"
-    bad = nnrun(*data, "trainer.class_weight={7: 1}", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
+    bad = refused(*data, "trainer.class_weight={7: 1}", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert bad.returncode == 2 and "7 is not a class" in one_line_error(bad)
 
 
 def test_softmax_as_a_hidden_activation_says_where_softmax_belongs(tmp_path):
-    result = nnrun("model.activation=softmax", *QUICK, cwd=tmp_path)
+    result = refused("model.activation=softmax", *QUICK, cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "belongs to a classifier's output" in line and "model.activation is for the hidden layers" in line
@@ -214,8 +214,8 @@ def test_a_run_that_stopped_early_continues_only_when_asked(tmp_path):
     # the same command again (a requeue wrapper's rerun): nothing to do, as for any completed run
     same = nnrun(f"hydra.run.dir={run_dir}", *command, "trainer.resume=auto", cwd=tmp_path)
     assert same.returncode == 0 and "already completed" in same.stdout + same.stderr
-    refused = nnrun(*stop, "trainer.limit_batches=2", f"trainer.resume={run_dir}", "trainer.epochs=6", cwd=tmp_path)
-    assert refused.returncode == 2 and "trainer.continue_stopped=true" in one_line_error(refused)
+    refusal = refused(*stop, "trainer.limit_batches=2", f"trainer.resume={run_dir}", "trainer.epochs=6", cwd=tmp_path)
+    assert refusal.returncode == 2 and "trainer.continue_stopped=true" in one_line_error(refusal)
     assert summary(run_dir)["status"] == "completed"  # a refusal changes nothing
     more = nnrun(
         "callbacks.early_stopping.patience=1",
@@ -244,13 +244,13 @@ def test_a_class_weight_mapping_that_cannot_mean_one_thing_is_refused(tmp_path, 
     x = rng.normal(size=(100, 2))
     pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": np.where(x[:, 0] > 0, 2, 1)}).to_csv(tmp_path / "t.csv", index=False)
     data = ["data=csv", "data.path=t.csv", "data.target=y"]
-    result = nnrun(*data, f"trainer.class_weight={weights}", *QUICK, cwd=tmp_path)
+    result = refused(*data, f"trainer.class_weight={weights}", *QUICK, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert words in one_line_error(result)
 
 
 def test_batch_norm_with_batches_of_one_is_refused(tmp_path):
-    result = nnrun("model.batchnorm=true", "data.batch_size=1", *QUICK, cwd=tmp_path)
+    result = refused("model.batchnorm=true", "data.batch_size=1", *QUICK, cwd=tmp_path)
     assert result.returncode == 2 and "data.batch_size=1" in one_line_error(result)
 
 
@@ -293,7 +293,7 @@ class Squashed(nn.Sequential):
 
 def test_a_bounded_output_on_a_regression_model_is_refused_naming_the_layer(tmp_path):
     (tmp_path / "my_models.py").write_text(SQUASHED)
-    result = nnrun("imports=[my_models]", "model.name=squashed", *regression_table(tmp_path), *QUICK, cwd=tmp_path)
+    result = refused("imports=[my_models]", "model.name=squashed", *regression_table(tmp_path), *QUICK, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     line = one_line_error(result)
     assert "Sigmoid" in line and "layer 4" in line and "regression" in line
@@ -312,7 +312,7 @@ def test_a_whole_run_schedule_is_not_stretched_over_more_epochs(tmp_path):
     base = ["~callbacks.early_stopping", "trainer.limit_batches=2", "trainer.plots=false", "scheduler=cosine"]
     assert nnrun(f"hydra.run.dir={run_dir}", *base, "trainer.epochs=2", cwd=tmp_path).returncode == 0
     for again in (base, base[:-1]):  # the saved run's schedule decides, whatever this command says
-        more = nnrun(*again, f"trainer.resume={run_dir}", "trainer.epochs=4", cwd=tmp_path)
+        more = refused(*again, f"trainer.resume={run_dir}", "trainer.epochs=4", cwd=tmp_path)
         assert more.returncode == 2 and "scheduler=cosine" in one_line_error(more)
         assert len(metrics(run_dir)) == 2
         assert summary(run_dir)["status"] == "completed" and summary(run_dir)["epochs"] == 2  # left as it was

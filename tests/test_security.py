@@ -6,15 +6,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from conftest import clean_env, nnrun, one_line_error, summary, train, tree, with_hook
+import nnrun as package
+from conftest import clean_env, nnrun, one_line_error, refused, summary, tool, train, tree, with_hook
 from test_trust import LONG, epochs_logged, killed_midway, start, wait_until
 
 BARE = ["~model.hidden", "~model.activation", "~model.dropout", "~model.batchnorm", "~model.embedding_dim"]
@@ -44,11 +43,6 @@ def planted(tmp_path, finished, model: dict):
     return run
 
 
-def tool(name: str, *args, cwd):
-    script = os.path.join(os.path.dirname(sys.executable), name)
-    return subprocess.run([script, *args], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=120)
-
-
 PAYLOADS = [
     ("os.system", lambda t: {"name": "mlp", "_target_": "os.system", "command": f"touch {t / 'pwned'}"}),
     (
@@ -75,12 +69,11 @@ def test_a_planted_config_in_a_run_folder_runs_nothing(tmp_path, finished, prog,
     run = planted(tmp_path, finished, payload(tmp_path))
     before = tree(run)
     if prog == "load_run":
-        code = f"import nnrun\ntry:\n    nnrun.load_run({str(run)!r})\nexcept ValueError as e:\n    print(e)\n"
-        result = subprocess.run(
-            [sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
-        message = result.stdout
+        try:
+            package.load_run(run)
+            message = "loaded"
+        except ValueError as e:
+            message = str(e)
     else:
         result = tool(prog, f"run={run}", *TOOLS[prog](run), cwd=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
@@ -128,7 +121,7 @@ def test_the_allowlist_has_no_holes(tmp_path, args):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     before = tree(tmp_path)
-    result = nnrun(*args, "trainer.epochs=1", "trainer.plots=false", cwd=tmp_path)
+    result = refused(*args, "trainer.epochs=1", "trainer.plots=false", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert (
         "not allowed" in one_line_error(result)
@@ -176,23 +169,32 @@ def test_file_names_from_the_config_cannot_leave_the_run_folder(tmp_path, args, 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     args = [a.format(victim=victim) for a in args]
-    result = nnrun("hydra.run.dir=a/b", *args, "trainer.epochs=1", "trainer.plots=false", cwd=tmp_path)
+    result = refused("hydra.run.dir=a/b", *args, "trainer.epochs=1", "trainer.plots=false", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "not allowed" in one_line_error(result) or "plain file name" in one_line_error(result)
     assert victim.read_text() == "precious\n"
     assert not (tmp_path / escape).exists() or escape == "victim.txt"
 
 
+LR_LOGGED = [*LONG, "callbacks=[default,lr_monitor]"]
+
+
+@pytest.fixture(scope="module")
+def killed_lr_run(tmp_path_factory):
+    """A run with lr.csv killed after two epochs, for the tests that plant links in a copy of it."""
+    return killed_midway(tmp_path_factory.mktemp("killed"), LR_LOGGED, epochs=2)
+
+
 @pytest.mark.parametrize("name", ["metrics.csv", "nnrun.log", "lr.csv"])
-def test_a_link_planted_in_a_run_folder_is_not_written_through(tmp_path, name):
-    args = [*LONG, "callbacks=[default,lr_monitor]"]
-    folder = killed_midway(tmp_path, args, epochs=2)
+def test_a_link_planted_in_a_run_folder_is_not_written_through(tmp_path, killed_lr_run, name):
+    args = LR_LOGGED
+    folder = shutil.copytree(killed_lr_run, tmp_path / killed_lr_run.name)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     (folder / name).unlink()
     (folder / name).symlink_to(victim)
     for resume in ([f"trainer.resume={folder}"], [f"hydra.run.dir={folder}", "trainer.resume=auto"]):
-        result = nnrun(*args, *resume, "trainer.epochs=4", cwd=tmp_path)
+        result = refused(*args, *resume, "trainer.epochs=4", cwd=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "symbolic link" in one_line_error(result)
         assert victim.read_text() == "precious\n"
@@ -294,7 +296,7 @@ def test_a_malicious_last_checkpoint_under_resume_auto_is_an_error(tmp_path):
     last = folder / "checkpoints/last.pt"
     torch.save({"model": Evil()}, last)
     (folder / "checkpoints/last.pt.sha256").write_text(hashlib.sha256(last.read_bytes()).hexdigest() + "\n")
-    result = nnrun(*LONG, "trainer.resume=auto", cwd=tmp_path)  # the same config: this run
+    result = refused(*LONG, "trainer.resume=auto", cwd=tmp_path)  # the same config: this run
     assert result.returncode == 2, result.stdout + result.stderr
     line = one_line_error(result)
     assert "refused because loading it would run code" in line
@@ -336,7 +338,7 @@ def test_a_full_disk_during_torch_save_names_the_file(tmp_path):
 def test_a_column_of_numbers_with_a_few_bad_cells_is_named(tmp_path):
     rows = ["a,b,c,y"] + [f"{'?' if i in (5, 77) else i / 10},{i % 7},{'xy'[i % 2]},{i % 2}" for i in range(200)]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    result = nnrun("data=csv", "data.path=t.csv", "data.target=y", "trainer.epochs=1", cwd=tmp_path)
+    result = refused("data=csv", "data.path=t.csv", "data.target=y", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "column 'a'" in line and "2 cell(s)" in line and "row 7" in line and "data.na_values" in line
@@ -354,7 +356,7 @@ def test_a_column_of_numbers_with_a_few_bad_cells_is_named(tmp_path):
 def test_a_text_column_with_too_many_values_is_refused(tmp_path):
     rows = ["a,id,y"] + [f"{i / 10},id{i},{i % 2}" for i in range(120)]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    result = nnrun("data=csv", "data.path=t.csv", "data.target=y", "trainer.epochs=1", cwd=tmp_path)
+    result = refused("data=csv", "data.path=t.csv", "data.target=y", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2
     assert "120 distinct" in one_line_error(result) and "data.max_categories=50" in one_line_error(result)
 
@@ -380,14 +382,7 @@ def test_a_stored_config_is_not_resolved_against_the_environment(tmp_path, finis
     config["data"]["root"] = "${oc.env:NNRUN_TEST_SECRET}"
     (run / ".hydra/config.yaml").write_text(yaml.safe_dump(config))
     env = clean_env(NNRUN_TEST_SECRET="hunter2")
-    result = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "nnrun-eval"), f"run={run}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = tool("nnrun-eval", f"run={run}", cwd=tmp_path, env=env)
     assert result.returncode == 2 and "resolver" in one_line_error(result)
     assert not any("hunter2" in p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file())
 
@@ -427,10 +422,10 @@ def test_a_folder_that_holds_a_run_is_not_overwritten_by_a_preset_or_a_sweep(tmp
     before = tree(victim)
     (tmp_path / "presets/experiment").mkdir(parents=True)
     (tmp_path / "presets/experiment/here.yaml").write_text(f"# @package _global_\nhydra:\n  run:\n    dir: {victim}\n")
-    result = nnrun("--config-dir", str(tmp_path / "presets"), "experiment=here", "trainer.epochs=1", cwd=tmp_path)
+    result = refused("--config-dir", str(tmp_path / "presets"), "experiment=here", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2 and "already holds a run" in one_line_error(result)
     assert tree(victim) == before
-    sweep = nnrun(
+    sweep = refused(
         "--multirun",
         "hydra.sweep.dir=sw",
         "hydra.sweep.subdir=same",
@@ -487,7 +482,7 @@ def test_a_preset_cannot_reach_code_or_files_through_hydras_own_settings(tmp_pat
     (tmp_path / "cd/experiment").mkdir(parents=True)
     (tmp_path / "cd/experiment/evil.yaml").write_text("# @package _global_\n" + PRESETS[preset].format(victim=victim))
     sweep = ["--multirun", "hydra.sweeper.n_trials=1"] if preset in ("search", "storage") else []
-    result = nnrun(
+    result = refused(
         "--config-dir",
         str(tmp_path / "cd"),
         *sweep,

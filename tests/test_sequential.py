@@ -4,18 +4,15 @@ not fit the data with one line."""
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import clean_env, metrics, nnrun, one_line_error, summary, train, write_mnist
+from conftest import metrics, nnrun, one_line_error, refused, summary, tool, train, write_mnist
 from nnrun.models import build_model
 
-BIN = Path(sys.executable).parent
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -163,13 +160,7 @@ def test_a_final_softmax_trains_as_the_same_stack_without_it_and_predicts_probab
     from sklearn.datasets import load_digits
 
     np.save(tmp_path / "x.npy", load_digits().images[:20])
-    done = subprocess.run(
-        [str(BIN / "nnrun-predict"), f"run={with_softmax}", "input=x.npy", "output=p.csv"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-    )
+    done = tool("nnrun-predict", f"run={with_softmax}", "input=x.npy", "output=p.csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -230,7 +221,7 @@ def test_a_final_softmax_trains_as_the_same_stack_without_it_and_predicts_probab
 )
 def test_a_stack_that_does_not_fit_is_one_line(tmp_path, layers, task_args, expected):
     data = task_args or ["data=digits"]
-    result = nnrun("hydra.run.dir=run", *data, "model=sequential", f"model.layers={layers}", cwd=tmp_path)
+    result = refused("hydra.run.dir=run", *data, "model=sequential", f"model.layers={layers}", cwd=tmp_path)
     assert result.returncode == 2
     assert expected in one_line_error(result)
 
@@ -259,13 +250,7 @@ def test_a_sequential_run_continues_exports_and_sweeps(tmp_path):
     assert more.returncode == 0, more.stderr
     assert len(metrics(run_dir)) == 3
     for fmt in ("torchscript", "onnx"):
-        done = subprocess.run(
-            [str(BIN / "nnrun-export"), f"run={run_dir}", f"format={fmt}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-        )
+        done = tool("nnrun-export", f"run={run_dir}", f"format={fmt}", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     ts = torch.jit.load(str(run_dir / "model.ts"))
     assert ts(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
@@ -296,14 +281,8 @@ def test_a_planted_layer_in_a_run_folder_is_refused_before_it_takes_memory(tmp_p
     )
     assert planted != config.read_text()
     config.write_text(planted)
-    for tool in (["nnrun-eval"], ["nnrun-export", "format=onnx"]):
-        done = subprocess.run(
-            [str(BIN / tool[0]), f"run={run_dir}", *tool[1:]],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-        )
+    for name, *more in (["nnrun-eval"], ["nnrun-export", "format=onnx"]):
+        done = tool(name, f"run={run_dir}", *more, cwd=tmp_path)
         assert done.returncode == 2, done.stderr
         assert "pool_size 5000000 is larger than its input (8 in (4, 8, 8))" in one_line_error(done)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from conftest import metrics, nnrun, one_line_error, summary, train
+from conftest import metrics, one_line_error, refused, summary, train
 
 NO_STOP = "~callbacks.early_stopping"
 
@@ -241,7 +241,7 @@ def test_missing_values_are_named_or_imputed(tmp_path):
     frame.loc[[6, 9], "dose"] = np.nan
     path = write(tmp_path, "gaps.csv", frame)
     args = ["data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=1", "trainer.plots=false"]
-    result = nnrun(*args, cwd=tmp_path)
+    result = refused(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert one_line_error(result) == (
         f"nnrun: error: column 'dose' has 2 missing value(s), the first at {path} "
@@ -288,7 +288,7 @@ def test_missing_values_are_named_or_imputed(tmp_path):
 )
 def test_table_mistakes_are_one_line_errors(tmp_path, args, message):
     path = write(tmp_path, "t.csv", table(50, "binary", 0))
-    result = nnrun(
+    result = refused(
         "data=csv",
         *([f"data.path={path}"] if not args[0].startswith("data.path") else []),
         *args,
@@ -307,7 +307,7 @@ def test_a_column_of_mixed_types_is_said_once_in_nnrun_words(tmp_path):
     codes[-1] = "x"
     frame = pd.DataFrame({"code": codes, "size": np.arange(rows) % 7, "outcome": np.arange(rows) % 2})
     path = write(tmp_path, "big.csv", frame)
-    result = nnrun("data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=1", cwd=tmp_path)
+    result = refused("data=csv", f"data.path={path}", "data.target=outcome", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     line = one_line_error(result)  # no DtypeWarning line before it
     assert "column 'code' of" in line and f"'x' at row {rows + 1}" in line, line

@@ -3,21 +3,13 @@ real CLI: a price in the hundreds of thousands learns with the defaults, and eve
 reads (metrics, predictions, eval, an exported model) is in the target's own units."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, clean_env, nnrun, one_line_error, summary, train
-
-
-def tool(name, *args, cwd):
-    return subprocess.run(
-        [str(Path(sys.executable).parent / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env()
-    )
+from conftest import FAST, nnrun, one_line_error, refused, summary, tool, train
 
 
 def houses(n: int, seed: int) -> pd.DataFrame:
@@ -120,7 +112,7 @@ def test_normalize_none_and_false_leave_the_values_as_they_are(tmp_path, value):
 
 
 def test_an_unknown_normalize_value_is_one_line(tmp_path):
-    result = nnrun("data.normalize=zscore", *FAST, cwd=tmp_path)
+    result = refused("data.normalize=zscore", *FAST, cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "data.normalize=zscore" in line and "minmax" in line
@@ -129,7 +121,7 @@ def test_an_unknown_normalize_value_is_one_line(tmp_path):
 def test_resume_refuses_another_target_or_input_scaling(tmp_path, prices):
     _, run_dir = train(tmp_path, *prices, "trainer.epochs=1", "trainer.limit_batches=3")
     for change, key in (("data.scale_target=false", "data.scale_target"), ("data.normalize=minmax", "data.normalize")):
-        result = nnrun(
+        result = refused(
             f"hydra.run.dir={run_dir}", *prices, "trainer.epochs=2", f"trainer.resume={run_dir}", change, cwd=tmp_path
         )
         assert result.returncode == 2
@@ -155,18 +147,26 @@ def test_resume_refuses_another_target_or_input_scaling(tmp_path, prices):
     )
     assert again.returncode == 0, again.stderr
     pd.concat([houses(500, 0), houses(50, 7)]).to_csv(tmp_path / "houses.csv", index=False)  # the file grew
-    grown = nnrun(f"hydra.run.dir={run_dir}", *prices, "trainer.epochs=4", f"trainer.resume={run_dir}", cwd=tmp_path)
+    grown = refused(f"hydra.run.dir={run_dir}", *prices, "trainer.epochs=4", f"trainer.resume={run_dir}", cwd=tmp_path)
     assert grown.returncode == 2
     line = one_line_error(grown)
     assert "the data is not what the run trained on (train: 360 -> 396 samples" in line, line
+
+
+@pytest.fixture(scope="module")
+def fast_prices_run(tmp_path_factory):
+    """A short run on the prices, trained once for the tests that tamper with a copy of it."""
+    folder = tmp_path_factory.mktemp("prices")
+    houses(500, 0).to_csv(folder / "houses.csv", index=False)
+    return train(folder, "data=csv", "data.path=houses.csv", "data.target=price", *FAST)[1]
 
 
 @pytest.mark.parametrize(
     "target, expected",
     [("abc", "needs a finite mean and std"), ({"mean": 0, "std": 1e-300}, "out of range"), (None, "no 'target'")],
 )
-def test_a_tampered_target_scaling_is_refused_in_one_line(tmp_path, prices, target, expected):
-    _, run_dir = train(tmp_path, *prices, *FAST)
+def test_a_tampered_target_scaling_is_refused_in_one_line(tmp_path, fast_prices_run, target, expected):
+    run_dir = shutil.copytree(fast_prices_run, tmp_path / "run")
     path = run_dir / "preprocessing.json"
     prep = json.loads(path.read_text())
     if target is None:
@@ -182,6 +182,6 @@ def test_a_tampered_target_scaling_is_refused_in_one_line(tmp_path, prices, targ
 
 def test_a_target_beyond_float32_is_one_line_naming_the_column(tmp_path):
     houses(60, 0).assign(price=lambda f: f["price"] * 1e300).to_csv(tmp_path / "huge.csv", index=False)
-    result = nnrun("data=csv", "data.path=huge.csv", "data.target=price", *FAST, cwd=tmp_path)
+    result = refused("data=csv", "data.path=huge.csv", "data.target=price", *FAST, cwd=tmp_path)
     assert result.returncode == 2
     assert "column 'price' holds values up to" in one_line_error(result) and "float32" in one_line_error(result)

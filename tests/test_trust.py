@@ -13,7 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import NNRUN, clean_env, metrics, nnrun, one_line_error, summary, train, with_hook, write_idx, write_mnist
+from conftest import (
+    NNRUN,
+    clean_env,
+    metrics,
+    nnrun,
+    one_line_error,
+    refused,
+    started,
+    summary,
+    train,
+    with_hook,
+    write_idx,
+    write_mnist,
+)
 
 # dropout (mlp default 0.2), shuffling and early stopping all on; a checkpoint every 3 steps
 RESUMABLE = [
@@ -60,7 +73,7 @@ def test_killed_with_sigkill_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
     assert nnrun(*RESUMABLE, cwd=whole).returncode == 0
-    proc = start(*RESUMABLE, cwd=killed)
+    proc = started(*RESUMABLE, cwd=killed)
     wait_until(lambda: any((f / "checkpoints/last.pt").exists() for f in run_folders(killed)), proc)
     time.sleep(random.uniform(0.0, 0.6))  # a random step after the first checkpoint
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -120,7 +133,7 @@ def test_a_stop_signal_saves_and_exits_with_its_code(tmp_path, sig, code, twice)
 
 def killed_midway(tmp_path, args, epochs: int) -> Path:
     """A run killed with SIGKILL once it has logged the given number of epochs."""
-    proc = start(*args, cwd=tmp_path)
+    proc = started(*args, cwd=tmp_path)
     wait_until(lambda: any(epochs_logged(f) >= epochs for f in run_folders(tmp_path)), proc)
     proc.kill()
     proc.communicate()
@@ -195,7 +208,7 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, writer):
         torch.save({"model": Evil(marker)}, path)
     else:
         path.write_bytes(pickle.dumps({"model": Evil(marker)}))
-    result = nnrun(f"trainer.resume={path}", "trainer.epochs=1", cwd=tmp_path)
+    result = refused(f"trainer.resume={path}", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2
     assert "would run code" in one_line_error(result) or "not a readable checkpoint" in one_line_error(result)
     assert not marker.exists()
@@ -210,7 +223,7 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, writer):
     ],
 )
 def test_a_target_outside_the_allowlist_is_refused(tmp_path, override):
-    result = nnrun(override, "trainer.epochs=1", cwd=tmp_path)
+    result = refused(override, "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "_target_" in line and ("not allowed" in line or "not a config key" in line)  # data: a fixed schema
@@ -245,7 +258,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
 def test_an_existing_run_folder_is_not_overwritten(tmp_path):
     _, run_dir = train(tmp_path, "trainer.epochs=1")
     before = (run_dir / "summary.json").read_text()
-    result = nnrun(f"hydra.run.dir={run_dir}", "trainer.epochs=2", cwd=tmp_path)
+    result = refused(f"hydra.run.dir={run_dir}", "trainer.epochs=2", cwd=tmp_path)
     assert result.returncode == 2
     assert "already holds a run" in one_line_error(result)
     assert (run_dir / "summary.json").read_text() == before
@@ -253,7 +266,7 @@ def test_an_existing_run_folder_is_not_overwritten(tmp_path):
 
 def test_a_sweep_can_stop_at_its_first_failure(tmp_path):
     sweep = tmp_path / "sweep"
-    result = nnrun(
+    result = refused(
         "--multirun",
         "model.dropout=1.5,0.1",
         "trainer.epochs=1",
@@ -279,7 +292,7 @@ def test_labels_out_of_range_are_refused_before_training(tmp_path):
     labels = np.zeros(600, dtype=np.uint8)
     labels[37] = 12
     write_idx(root / "train-labels-idx1-ubyte", labels, gz=True)
-    result = nnrun("data=mnist", f"data.root={root}", "trainer.epochs=1", cwd=tmp_path)
+    result = refused("data=mnist", f"data.root={root}", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "12" in line and "train-labels-idx1-ubyte" in line and "37" in line
@@ -313,7 +326,7 @@ def test_the_best_weights_are_exported_as_safetensors(tmp_path):
 )
 def test_data_that_cannot_train_is_refused_before_the_first_step(tmp_path, rows, args, message):
     (tmp_path / "t.csv").write_text(rows)
-    result = nnrun("data=csv", "data.path=t.csv", *args, cwd=tmp_path)
+    result = refused("data=csv", "data.path=t.csv", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in one_line_error(result)
     assert not list(tmp_path.glob("outputs/*/*/metrics.csv"))
@@ -321,7 +334,7 @@ def test_data_that_cannot_train_is_refused_before_the_first_step(tmp_path, rows,
 
 def test_resuming_with_another_model_is_refused_naming_the_difference(tmp_path):
     folder = killed_midway(tmp_path, LONG, epochs=2)  # last.pt of epoch 1 at least
-    result = nnrun(*LONG, f"trainer.resume={folder}", "model.hidden=[32]", cwd=tmp_path)
+    result = refused(*LONG, f"trainer.resume={folder}", "model.hidden=[32]", cwd=tmp_path)
     assert result.returncode == 2
     line = one_line_error(result)
     assert "model.hidden=[128, 64] there, [32] here" in line

@@ -2,22 +2,14 @@
 row per input with the run's own preprocessing, and nnrun.load_run(...).predict matches it."""
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import nnrun
-from conftest import clean_env, one_line_error, summary, train
-
-BIN = Path(sys.executable).parent
-
-
-def tool(name, *args, cwd):
-    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=clean_env())
+from conftest import one_line_error, refused, summary, tool, train
 
 
 def read(path) -> list:
@@ -122,6 +114,14 @@ def test_export_to_onnx_runs_in_onnxruntime_at_any_batch_size(tmp_path, model):
         assert np.allclose(session.run(None, {"input": x.numpy()})[0], expected, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """One epoch on 60 patients, trained once for the tests that tamper with a copy of it."""
+    folder = tmp_path_factory.mktemp("table")
+    patients(60, 0).to_csv(folder / "patients.csv", index=False)
+    return train(folder, "data=csv", "data.path=patients.csv", "data.target=outcome", "trainer.epochs=1")[1]
+
+
 @pytest.mark.parametrize(
     "change, words",
     [
@@ -135,11 +135,10 @@ def test_export_to_onnx_runs_in_onnxruntime_at_any_batch_size(tmp_path, model):
     ],
     ids=["std_0", "mean_missing", "repeated_name", "unknown_kind", "no_categories", "repeated_category", "too_wide"],
 )
-def test_a_crafted_table_transform_is_refused_in_one_line(tmp_path, change, words):
+def test_a_crafted_table_transform_is_refused_in_one_line(tmp_path, table_run, change, words):
     import json
 
-    patients(60, 0).to_csv(tmp_path / "patients.csv", index=False)
-    _, run_dir = train(tmp_path, "data=csv", "data.path=patients.csv", "data.target=outcome", "trainer.epochs=1")
+    run_dir = shutil.copytree(table_run, tmp_path / "run")
     prep = json.loads((run_dir / "preprocessing.json").read_text())
     change(prep["transform"]["columns"])
     (run_dir / "preprocessing.json").write_text(json.dumps(prep))
@@ -157,21 +156,15 @@ def test_a_text_column_empty_in_the_training_rows_is_named(tmp_path):
     later = patients(20, 1)
     later["note"] = "seen"
     later.to_csv(tmp_path / "test.csv", index=False)
-    result = subprocess.run(
-        [
-            str(BIN / "nnrun"),
-            "data=csv",
-            "data.path=train.csv",
-            "data.test_path=test.csv",
-            "data.target=outcome",
-            "data.impute=mean",
-            "trainer.epochs=1",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
+    result = refused(
+        "data=csv",
+        "data.path=train.csv",
+        "data.test_path=test.csv",
+        "data.target=outcome",
+        "data.impute=mean",
+        "trainer.epochs=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=clean_env(),
     )
     assert result.returncode == 2
     assert "column 'note' has no values in the training rows" in one_line_error(result)
