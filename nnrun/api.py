@@ -2,23 +2,18 @@
 overrides), the same run folder, the same progress and report card; the run comes back as the
 Run that nnrun.load_run() gives."""
 
-import copy
 import logging
-import os
 import shlex
 import signal
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, env_override
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict, read_write
 
 from nnrun import launch, signals
 from nnrun.argv import check_searchpath, register_resolvers, unique_run_dir
-from nnrun.errors import ConfigError, Refused, StopSweep, describe
+from nnrun.errors import ConfigError, StopSweep, describe
 from nnrun.safety import refuse_job_logging
 from nnrun.trained import load_run
 
@@ -54,13 +49,13 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
                 config = compose("config", overrides=words, return_hydra_config=True)
                 launch.check_composed(config)  # the whole config, before anything in it is built
                 callbacks = [instantiate(c) for c in (config.hydra.callbacks or {}).values()]
-                run_dir = job_dir(config)
+                run_dir = launch.job_dir(config)
             except Exception as exc:  # noqa: BLE001  (Hydra and OmegaConf raise many types)
                 message = describe(exc)
                 if message is None:
                     raise
                 raise ConfigError(message) from None
-            run_job(config, run_dir, callbacks, outcome)
+            launch.run_job(config, run_dir, callbacks, outcome)
     except StopSweep as stop:
         raise KeyboardInterrupt(str(stop)) from None
     finally:
@@ -90,40 +85,3 @@ def fit(overrides=None, *, config_dir=None, run_dir=None):
     if not (Path(done.run_dir) / "model.safetensors").exists():  # trainer.epochs=0: a model summary only
         return None
     return load_run(done.run_dir)
-
-
-def job_dir(config) -> Path:
-    """The job's run folder (hydra.run.dir, resolved once: it makes the folder), recorded in the
-    config as Hydra records it (hydra.runtime.output_dir), then Hydra's view of the job set to it."""
-    path = os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir")))
-    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-        config.hydra.runtime.output_dir = path
-    HydraConfig.instance().set_config(config)
-    return Path(path)
-
-
-def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> None:
-    """What Hydra's run_job does for one job, as a plain call: the folder made, hydra.job.env_set,
-    the callbacks' job hooks (ClaimRunFolder claims the folder) around launch.job(config without hydra)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    with env_override(config.hydra.job.env_set):
-        try:
-            for callback in callbacks:
-                callback.on_job_start(config=config, task_function=launch.job)
-        except Refused as refused:
-            raise refused.error from None
-        outcome.append(launch.job(task))
-    done = JobReturn(
-        overrides=list(config.hydra.overrides.task),
-        cfg=task,
-        hydra_cfg=HydraConfig.instance().cfg,
-        working_dir=os.getcwd(),
-        task_name=config.hydra.job.name,
-        status=JobStatus.COMPLETED,
-    )
-    done.return_value = outcome[-1].score
-    for callback in callbacks:
-        callback.on_job_end(config=config, job_return=done)

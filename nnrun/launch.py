@@ -5,6 +5,7 @@ then prints one line per failure and exits with the command's code. Hydra is use
 public API only: compose, the Callback hooks (ClaimRunFolder, ReleaseJob), HydraConfig."""
 
 import contextlib
+import copy
 import logging
 import os
 import shlex
@@ -18,11 +19,13 @@ from typing import Optional
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus, env_override
 from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict, read_write
 
 import nnrun.conf
 import nnrun.config  # the schema (nnrun_schema) registered with Hydra; unpack() for the pipeline
@@ -70,14 +73,14 @@ BASES = {  # the class a checked _target_ must be, by the name nnrun.safety give
 }
 
 
-def check_command(argv: list) -> None:
+def check_command(argv: list):
     """The config this command runs, composed with Hydra's public Compose API and checked before
     Hydra acts on any of it (instantiates hydra.callbacks, picks plugins, makes folders): the same
     config sources in the same order (--config-dir, hydra.searchpath), and for a --multirun the
     primary config, without the sweep's overrides (as Hydra composes it)."""
     flags = hydra_flags(argv)
     if flags.help or flags.hydra_help or flags.cfg or flags.info is not None or flags.shell_completion:
-        return  # Hydra only prints: it runs no job and instantiates no callback
+        return None  # Hydra only prints: it runs no job and instantiates no callback
     overrides = command_overrides(argv)
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)  # a syntax error: Hydra's own exception, as Hydra raises it
@@ -102,6 +105,7 @@ def check_command(argv: list) -> None:
             "~hydra.callbacks.run_folder is not allowed: nnrun's run_folder callback checks and claims each "
             "job's run folder before the job starts; keep it"
         )
+    return config
 
 
 def primary_file(flags) -> Path:
@@ -512,8 +516,11 @@ def main(argv: list) -> int:
             argv = ddp_setup(argv)
             refuse_used_run_dir(argv)
             sys.argv[1:] = argv = continue_sweep(argv)
-            check_command(argv)  # before Hydra acts on any of it
-            entry()
+            config = check_command(argv)  # before Hydra acts on any of it
+            if config is not None and not any(a.startswith("-") for a in argv):
+                run_alone(config, command)  # one job: Hydra has composed it, nnrun runs it
+            else:
+                entry()
     except KeyboardInterrupt:  # a sweep's worker still starting caught Ctrl-C before nnrun's handler
         if not (sweep_stop and sweep_stop.signum and SWEEPS):
             print("nnrun: interrupted", file=sys.stderr)
@@ -563,3 +570,50 @@ def main(argv: list) -> int:
         return stopped.code
     codes = [code for _, code, _ in failures]
     return (EXIT_FAILURE if EXIT_FAILURE in codes else EXIT_USAGE) if codes else 0
+
+
+def run_alone(config, command: Command) -> None:
+    """A command of one job, run as Hydra's run would (run_job below), without composing the
+    config again: a job's failure is kept for main(), as Command.task keeps it."""
+    callbacks = [instantiate(c) for c in (config.hydra.callbacks or {}).values()]
+    outcome = []
+    run_job(config, job_dir(config), callbacks, outcome)
+    if outcome and outcome[0].error is not None:
+        command.failed.append(outcome[0])
+
+
+def job_dir(config) -> Path:
+    """The job's run folder (hydra.run.dir, resolved once: it makes the folder), recorded in the
+    config as Hydra records it (hydra.runtime.output_dir), then Hydra's view of the job set to it."""
+    path = os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir")))
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = path
+    HydraConfig.instance().set_config(config)
+    return Path(path)
+
+
+def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> None:
+    """What Hydra's run_job does for one job, as a plain call: the folder made, hydra.job.env_set,
+    the callbacks' job hooks (ClaimRunFolder claims the folder) around launch.job(config without hydra)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    with env_override(config.hydra.job.env_set):
+        try:
+            for callback in callbacks:
+                callback.on_job_start(config=config, task_function=job)
+        except Refused as refused:
+            raise refused.error from None
+        outcome.append(job(task))
+    done = JobReturn(
+        overrides=list(config.hydra.overrides.task),
+        cfg=task,
+        hydra_cfg=HydraConfig.instance().cfg,
+        working_dir=os.getcwd(),
+        task_name=config.hydra.job.name,
+        status=JobStatus.COMPLETED,
+    )
+    done.return_value = outcome[-1].score
+    for callback in callbacks:
+        callback.on_job_end(config=config, job_return=done)
