@@ -179,11 +179,12 @@ def swept(args) -> list:
 
 
 def saved_sweep(folder: Path):
-    """The sorted task overrides of the sweep in folder (its multirun.yaml), or None."""
+    """The sorted task overrides of the sweep in folder (its multirun.yaml), or None (none there:
+    the folder may not exist yet, as a requeued SLURM job's first attempt names it)."""
     try:  # no links, FIFOs, huge or deep files (nnrun.stored)
         saved = read_yaml(folder / MULTIRUN, root=folder)
         return sorted(o for o in saved["hydra"]["overrides"]["task"] if not o.startswith("trainer.resume="))
-    except (Unreadable, KeyError, TypeError, AttributeError):
+    except (Unreadable, OSError, KeyError, TypeError, AttributeError):
         return None
 
 
