@@ -89,18 +89,11 @@ def test_layers_and_no_cycles():
                 offending.append(f"{name} -> {target}  ({MODULES[name].relative_to(NNRUN.parent)}:{line})")
     assert not offending, "imports that go up or sideways a layer:\n" + "\n".join(offending)
     graph = {
-        name: {t for t, _ in edges if (name, t) not in KNOWN and not registry_of(name, t)}
+        name: {t for t, _ in edges if (name, t) not in KNOWN}
         for name, edges in GRAPH.items()
     }
     cycles = find_cycles(graph)
     assert not cycles, "modules that import each other through a cycle:\n" + "\n".join(", ".join(c) for c in cycles)
-
-
-def registry_of(name: str, target: str) -> bool:
-    """Module name imports its own package's __init__ for the registry and base class defined above
-    the lines where the __init__ imports its modules to register them. Python resolves that; the
-    __init__'s edges to its modules stand for the package, so a cycle through it is still found."""
-    return MODULES[target].name == "__init__.py" and name.startswith(target + ".")
 
 
 def find_cycles(graph: dict) -> list:

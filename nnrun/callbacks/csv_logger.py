@@ -2,7 +2,7 @@
 
 import csv
 
-from nnrun.callbacks import CALLBACKS, Callback, keep_lines
+from nnrun.callbacks.base import CALLBACKS, Callback, keep_lines
 from nnrun.runfolder import open_file
 from nnrun.safety import relative_name
 

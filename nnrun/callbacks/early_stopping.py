@@ -3,7 +3,7 @@
 
 import logging
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks.base import CALLBACKS, Callback
 from nnrun.monitor import keras_improvement, resolve_mode
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 schedulers that change it within an epoch; metrics.csv keeps the rate each epoch started with.
 Columns batch,epoch,lr, then lr_<name> for each further parameter group (lr_backbone: 0 while frozen)."""
 
-from nnrun.callbacks import CALLBACKS, Callback, keep_lines
+from nnrun.callbacks.base import CALLBACKS, Callback, keep_lines
 from nnrun.runfolder import open_file
 from nnrun.safety import relative_name
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, main_process, run_config
+from nnrun.callbacks.base import CALLBACKS, RUN_FILES, Callback, flat, git_commit, main_process, run_config
 from nnrun.callbacks.sender import GRACE, Sender, Timed, upload_seconds
 from nnrun.errors import ConfigError, Interrupted
 

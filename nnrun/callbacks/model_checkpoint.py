@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks.base import CALLBACKS, Callback
 from nnrun.errors import ConfigError
 from nnrun.monitor import improved, resolve_mode
 from nnrun.stored import digest_path

@@ -3,7 +3,7 @@ rule (keras/src/callbacks/reduce_lr_on_plateau.py), on every parameter group's r
 
 import logging
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks.base import CALLBACKS, Callback
 from nnrun.errors import ConfigError
 from nnrun.monitor import keras_improvement, resolve_mode
 

@@ -1,6 +1,6 @@
 """TensorBoard event files in the run folder's tensorboard/ (optional: pip install 'nnrun[tensorboard]')."""
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks.base import CALLBACKS, Callback
 from nnrun.errors import ConfigError
 from nnrun.safety import relative_name
 

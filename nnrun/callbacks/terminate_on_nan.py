@@ -4,7 +4,7 @@ training loss never gets here: the loop stops at that step itself (status nan_lo
 import logging
 import math
 
-from nnrun.callbacks import CALLBACKS, Callback
+from nnrun.callbacks.base import CALLBACKS, Callback
 
 log = logging.getLogger(__name__)
 

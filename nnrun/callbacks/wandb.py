@@ -7,7 +7,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from nnrun.callbacks import CALLBACKS, RUN_FILES, Callback, flat, git_commit, main_process, run_config
+from nnrun.callbacks.base import CALLBACKS, RUN_FILES, Callback, flat, git_commit, main_process, run_config
 from nnrun.callbacks.sender import GRACE, Sender, upload_seconds
 from nnrun.errors import ConfigError, Interrupted
 from nnrun.safety import relative_name

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Loaded, Standardize, random_split, split_rows, stratified_split, unseen_classes
+from nnrun.data.base import DATASETS, Loaded, Standardize, random_split, split_rows, stratified_split, unseen_classes
 from nnrun.data.described import FeatureStandardization, Standardization
 from nnrun.data.sequence import FeatureScale
 from nnrun.data.tabular import TASKS, encode_target

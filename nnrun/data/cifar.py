@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Loaded
+from nnrun.data.base import DATASETS, Loaded
 from nnrun.data.vision import _writable
 from nnrun.errors import ConfigError
 

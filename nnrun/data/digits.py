@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Loaded, stratified_split
+from nnrun.data.base import DATASETS, Loaded, stratified_split
 
 
 @DATASETS.register("digits")

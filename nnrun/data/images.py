@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nnrun import runfolder, signals
-from nnrun.data import DATASETS, Loaded, Split, stratified_split
+from nnrun.data.base import DATASETS, Loaded, Split, stratified_split
 from nnrun.data.described import Described, Standardization
 from nnrun.errors import ConfigError, Interrupted
 from nnrun.machine import available_cores, state_dir

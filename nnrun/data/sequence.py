@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Loaded, random_split, rows_per_block, stratified_split
+from nnrun.data.base import DATASETS, Loaded, random_split, rows_per_block, stratified_split
 from nnrun.data.described import FeatureStandardization
 from nnrun.data.tabular import encode_target, read_csv
 from nnrun.errors import ConfigError

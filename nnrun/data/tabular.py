@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Loaded, random_split, stratified_split, unseen_classes
+from nnrun.data.base import DATASETS, Loaded, random_split, stratified_split, unseen_classes
 from nnrun.data.described import TabularEncoding
 from nnrun.errors import ConfigError
 

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Loaded, stratified_split, unseen_classes
+from nnrun.data.base import DATASETS, Loaded, stratified_split, unseen_classes
 from nnrun.data.described import Vocabulary
 from nnrun.data.tabular import encode_target, read_csv
 from nnrun.errors import ConfigError

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnrun.data import DATASETS, Loaded
+from nnrun.data.base import DATASETS, Loaded
 from nnrun.errors import ConfigError
 
 log = logging.getLogger(__name__)

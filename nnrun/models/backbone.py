@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nnrun.errors import ConfigError, suggest
-from nnrun.models import MODELS
+from nnrun.models.base import MODELS
 from nnrun.torchload import load_tensors
 
 log = logging.getLogger("nnrun")

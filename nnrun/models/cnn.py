@@ -3,7 +3,7 @@
 from torch import nn
 
 from nnrun.errors import ConfigError
-from nnrun.models import MODELS, check_dropout, dense_stack
+from nnrun.models.base import MODELS, check_dropout, dense_stack
 
 
 @MODELS.register("cnn")

@@ -6,7 +6,7 @@ import inspect
 from torch import nn
 
 from nnrun.errors import ConfigError, suggest
-from nnrun.models import MODELS
+from nnrun.models.base import MODELS
 from nnrun.safety import DOTTED, import_own
 
 FROM_DATA = ("input_shape", "num_classes", "vocab_size")  # what nnrun passes, when the class takes it

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from nnrun.errors import ConfigError
-from nnrun.models import MODELS, check_dropout, dense_stack, flat_size
+from nnrun.models.base import MODELS, check_dropout, dense_stack, flat_size
 
 
 @MODELS.register("mlp")

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from nnrun.errors import ConfigError
-from nnrun.models import MODELS, check_dropout
+from nnrun.models.base import MODELS, check_dropout
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

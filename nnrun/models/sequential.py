@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from nnrun.errors import ConfigError, suggest
-from nnrun.models import MODELS
-from nnrun.models import layers as L
+from nnrun.models.base import MODELS
+import nnrun.models.layers as L
 from nnrun.registry import kind_name, same_kind
 
 
