@@ -88,10 +88,7 @@ def test_layers_and_no_cycles():
             if not allowed and (name, target) not in KNOWN:
                 offending.append(f"{name} -> {target}  ({MODULES[name].relative_to(NNRUN.parent)}:{line})")
     assert not offending, "imports that go up or sideways a layer:\n" + "\n".join(offending)
-    graph = {
-        name: {t for t, _ in edges if (name, t) not in KNOWN}
-        for name, edges in GRAPH.items()
-    }
+    graph = {name: {t for t, _ in edges if (name, t) not in KNOWN} for name, edges in GRAPH.items()}
     cycles = find_cycles(graph)
     assert not cycles, "modules that import each other through a cycle:\n" + "\n".join(", ".join(c) for c in cycles)
 
