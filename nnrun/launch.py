@@ -79,12 +79,15 @@ def check_command(argv: list):
     config sources in the same order (--config-dir, hydra.searchpath), and for a --multirun the
     primary config, without the sweep's overrides (as Hydra composes it)."""
     flags = hydra_flags(argv)
-    if flags.help or flags.hydra_help or flags.cfg or flags.info is not None or flags.shell_completion:
-        return None  # Hydra only prints: it runs no job and instantiates no callback
+    if flags.shell_completion:
+        return None  # Hydra only prints: it runs no job and configures no logging
+    printing = flags.help or flags.hydra_help or flags.cfg or flags.info is not None  # (its logging is set up)
     overrides = command_overrides(argv)
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)  # a syntax error: Hydra's own exception, as Hydra raises it
+    swept = []
     if flags.multirun:
+        swept = [o for o in parsed if o.is_sweep_override()]
         overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
         parsed = [o for o in parsed if not o.is_sweep_override()]
     searchpath = [o for o in parsed if o.get_key_element() == "hydra.searchpath"]
@@ -95,11 +98,18 @@ def check_command(argv: list):
         if isinstance(given, list):
             overrides = [o for o in overrides if o not in {s.input_line for s in searchpath}]
             overrides.append(f"hydra.searchpath=[{','.join(quoted(str(e)) for e in [*extra, *given])}]")
+    # a sweep's jobs: each swept value composed with the rest (a group option may set hydra: keys that
+    # Hydra applies to that job's folder and logging before any callback of nnrun's could look)
+    variants = [[*overrides, f"{o.get_key_element()}={value}"] for o in swept for value in o.sweep_string_iterator()]
     with warnings.catch_warnings():  # Hydra warns again when it composes
         warnings.simplefilter("ignore")
         with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name="nnrun"):
             config = compose(flags.config_name or "config", overrides=overrides, return_hydra_config=True)
-    check_composed(config)
+            jobs = [compose(flags.config_name or "config", overrides=v, return_hydra_config=True) for v in variants]
+    for job_config in [config, *jobs]:
+        check_composed(job_config)
+    if printing:
+        return None
     if "run_folder" not in (config.hydra.callbacks or {}):
         raise ConfigError(
             "~hydra.callbacks.run_folder is not allowed: nnrun's run_folder callback checks and claims each "

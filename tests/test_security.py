@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import nnrun as package
-from conftest import clean_env, nnrun, one_line_error, refused, summary, tool, train, tree, with_hook
+from conftest import FAST, clean_env, nnrun, one_line_error, refused, summary, tool, train, tree, with_hook
 from test_trust import LONG, epochs_logged, killed_midway, start, wait_until
 
 BARE = ["~model.hidden", "~model.activation", "~model.dropout", "~model.batchnorm", "~model.embedding_dim"]
@@ -516,3 +516,34 @@ def test_a_refused_resume_leaves_the_stored_config_alone(tmp_path, finished):
     assert result.returncode == 0 and "already completed" in result.stdout + result.stderr
     assert (run / ".hydra/config.yaml").read_bytes() == before
     assert tool("nnrun-eval", f"run={run}", cwd=tmp_path).returncode == 0
+
+
+PLANTED_HYDRA = {
+    "job_logging": "hydra:\n  job_logging:\n    version: 1\n    handlers:\n      f: {class: logging.FileHandler, "
+    "filename: VICTIM, mode: w}\n    root: {handlers: [f]}\n",
+    "output_subdir": "hydra:\n  output_subdir: ../../planted\n",
+    "hydra_logging": "hydra:\n  hydra_logging:\n    version: 1\n    handlers:\n      f: {class: logging.FileHandler, "
+    "filename: VICTIM, mode: w}\n    root: {handlers: [f]}\n",
+}
+
+
+@pytest.mark.parametrize("key", sorted(PLANTED_HYDRA))
+@pytest.mark.parametrize("mode", ["--multirun", "--help"])
+def test_a_swept_or_printed_option_that_sets_hydra_keys_is_refused_before_anything_is_written(tmp_path, key, mode):
+    """A group option of a --config-dir (# @package _global_) that sets hydra's logging or output
+    folder: swept (Hydra applies each job's hydra: keys before any job code), or composed only to
+    print --help (Hydra configures its logging first). Refused in one line, exit 2, nothing written."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    group = tmp_path / "mine" / "planted"
+    group.mkdir(parents=True)
+    for option in ("a", "b"):
+        (group / f"{option}.yaml").write_text(
+            "# @package _global_\n" + PLANTED_HYDRA[key].replace("VICTIM", str(victim))
+        )
+    swept = ["+planted=a,b", f"hydra.sweep.dir={tmp_path / 'sweep'}", *FAST] if mode == "--multirun" else ["+planted=a"]
+    result = refused(mode, "--config-dir", str(tmp_path / "mine"), *swept, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "not allowed" in one_line_error(result)
+    assert victim.read_text() == "keep me\n"
+    assert not (tmp_path / "planted").exists() and not (tmp_path / "sweep").exists()
