@@ -55,7 +55,7 @@ def test_split_sizes_follow_val_split(tmp_path, mnist_root):
     assert "540 train, 60 val, 200 test" in log
 
 
-@pytest.mark.parametrize("download", [pytest.param("false", marks=pytest.mark.slow), "true"])  # false: test_errors
+@pytest.mark.parametrize("download", ["false", "true"])
 def test_missing_files_name_the_folder_and_the_four_files(tmp_path, download):
     if download == "true" and _online():
         pytest.skip("this machine reaches the download mirrors")

@@ -258,32 +258,14 @@ def test_missing_values_are_named_or_imputed(tmp_path):
     "args,message",
     [
         (["data.path=MISSING.csv", "data.target=y"], "data.path=MISSING.csv: no such file"),
-        pytest.param(["data.target=outcom"], "data.target=outcom is not a column of", marks=pytest.mark.slow),
+        (["data.target=outcom"], "data.target=outcom is not a column of"),
         (["data.target=outcome", "data.features=[age,weight]"], "data.features names weight, not column(s) of"),
-        pytest.param(
-            ["data.target=outcome", "data.task=regression"],
-            "data.task=regression, but column 'outcome' holds text",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            ["data.target=outcome", "data.task=sometimes"], "data.task=sometimes is not one of", marks=pytest.mark.slow
-        ),
+        (["data.target=outcome", "data.task=regression"], "data.task=regression, but column 'outcome' holds text"),
+        (["data.target=outcome", "data.task=sometimes"], "data.task=sometimes is not one of"),
         (["data.target=outcome", "loss=mse"], "loss=mse fits regression targets, but this data's task is binary"),
-        pytest.param(
-            ["data.target=dose", "loss=ce"],
-            "loss=ce fits multiclass targets, but this data's task is regression",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            ["data.target=dose", "trainer.class_weight=balanced"],
-            "weighs classes, but this data's task is regression",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            ["data.target=outcome", "trainer.monitor=val_r2"],
-            "trainer.monitor=val_r2, but the run logs only",
-            marks=pytest.mark.slow,
-        ),
+        (["data.target=dose", "loss=ce"], "loss=ce fits multiclass targets, but this data's task is regression"),
+        (["data.target=dose", "trainer.class_weight=balanced"], "weighs classes, but this data's task is regression"),
+        (["data.target=outcome", "trainer.monitor=val_r2"], "trainer.monitor=val_r2, but the run logs only"),
     ],
 )
 def test_table_mistakes_are_one_line_errors(tmp_path, args, message):
