@@ -6,12 +6,13 @@ import pytest
 
 from conftest import one_line_error, refused, summary, train, tree, write_idx, write_mnist
 
+OTHER_LAYOUT = pytest.mark.slow(reason="a training run per layout; a flat gzipped one of each dataset runs by default")
 LAYOUTS = [
     # (dataset, subfolder under data.root, gzipped)
     ("mnist", "", True),
-    pytest.param("mnist", "", False, marks=pytest.mark.slow),
-    pytest.param("mnist", "MNIST/raw", False, marks=pytest.mark.slow),  # torchvision's own layout
-    pytest.param("fashion_mnist", "FashionMNIST/raw", True, marks=pytest.mark.slow),
+    pytest.param("mnist", "", False, marks=OTHER_LAYOUT),
+    pytest.param("mnist", "MNIST/raw", False, marks=OTHER_LAYOUT),  # torchvision's own layout
+    pytest.param("fashion_mnist", "FashionMNIST/raw", True, marks=OTHER_LAYOUT),
     ("fashion_mnist", "", True),  # Debian's /usr/share/datasets/fashion-mnist
 ]
 

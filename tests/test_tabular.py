@@ -136,15 +136,18 @@ def test_regression_metrics_match_scikit_learn(tmp_path):
     assert not (run_dir / "confusion_matrix.png").exists() and "confusion_matrix" not in info
 
 
+LOSS = pytest.mark.slow(reason="a training run per loss; mae agrees with its metric by default")
+
+
 @pytest.mark.parametrize(
     "loss,expected",
     [
-        pytest.param(["loss=mse"], lambda row, s: (float(row["val_rmse"]) / s) ** 2, marks=pytest.mark.slow),
+        pytest.param(["loss=mse"], lambda row, s: (float(row["val_rmse"]) / s) ** 2, marks=LOSS),
         (["loss=mae"], lambda row, s: float(row["val_mae"]) / s),
         pytest.param(
             ["loss=huber", "loss.delta=1e6"],
             lambda row, s: 0.5 * (float(row["val_rmse"]) / s) ** 2,
-            marks=pytest.mark.slow,
+            marks=LOSS,
         ),  # all errors < delta
     ],
 )
@@ -172,12 +175,15 @@ def test_multiclass_text_labels_and_a_categorical_feature(tmp_path):
     assert "1 categorical: smoker" in result.stdout and "looks like a multiclass target" in result.stdout
 
 
+TASK = pytest.mark.slow(reason="a training run per column; text labels and data.task by default")
+
+
 @pytest.mark.parametrize(
     "target,override,task",
     [
-        pytest.param([0.5, 1.25, 2.0, 3.5], None, "regression", marks=pytest.mark.slow),  # fractional numbers
+        pytest.param([0.5, 1.25, 2.0, 3.5], None, "regression", marks=TASK),  # fractional numbers
         (["cat", "dog", "dog", "cat"], None, "binary"),  # two text values
-        pytest.param([0, 1, 2, 3], None, "multiclass", marks=pytest.mark.slow),  # few integers
+        pytest.param([0, 1, 2, 3], None, "multiclass", marks=TASK),  # few integers
         ([0, 1, 2, 3], "regression", "regression"),  # ... unless told
     ],
 )

@@ -98,13 +98,16 @@ def test_killed_with_sigkill_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
     assert run_folders(killed) == [folder]
 
 
+SIGNAL = pytest.mark.slow(reason="a started process trained until the signal; SIGTERM runs by default")
+
+
 @pytest.mark.parametrize(
     "sig,code,twice",
     [
-        pytest.param(signal.SIGINT, 130, False, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, 130, False, marks=SIGNAL),
         (signal.SIGTERM, 143, False),
-        pytest.param(signal.SIGINT, 130, True, marks=pytest.mark.slow),
-        pytest.param(signal.SIGUSR1, 138, False, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, 130, True, marks=SIGNAL),
+        pytest.param(signal.SIGUSR1, 138, False, marks=SIGNAL),
     ],
 )
 def test_a_stop_signal_saves_and_exits_with_its_code(tmp_path, sig, code, twice):
