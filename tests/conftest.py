@@ -43,6 +43,25 @@ SCRATCH = tempfile.mkdtemp(prefix="nnrun-test-scratch-")  # output files of star
 atexit.register(shutil.rmtree, SCRATCH, True)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A slow mark says why, or its file does not collect: a collection error shows under xdist too,
+    and in the default run, before `-m 'not slow'` deselects the slow tests."""
+    report = yield
+    bare = [i.name for i in report.result if isinstance(i, pytest.Item) and not all(slow_reasons(i))]
+    if report.passed and bare:
+        report.outcome, report.result = "failed", []
+        report.longrepr = (
+            f"{collector.nodeid}: {', '.join(bare)} marked slow without a reason; write "
+            'pytest.mark.slow(reason="what makes it slow; where the default suite covers the same rule")'
+        )
+    return report
+
+
+def slow_reasons(item) -> list:
+    return [mark.kwargs.get("reason") for mark in item.iter_markers("slow")]
+
+
 def clean_env(**extra) -> dict:
     """The caller's environment without settings that change what nnrun prints."""
     env = {

@@ -284,7 +284,7 @@ def test_every_scheduler_keeps_the_backbones_share_of_the_rate(name):
     assert len(rates) > 2  # the schedule moved the rate
 
 
-@pytest.mark.slow  # 30 s; DDP with a held (requires_grad=False) parameter is in the default suite (test_scale)
+@pytest.mark.slow(reason="torchrun: two processes train a ResNet-18 on the CPU; DDP with a held parameter: test_scale")
 def test_under_ddp_the_unfrozen_backbone_trains_alike_on_every_rank(tmp_path):
     from test_scale import TORCHRUN
 

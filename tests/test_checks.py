@@ -43,7 +43,7 @@ def test_a_bad_table_warns_of_scale_imbalance_and_overlap_and_each_can_be_silenc
     assert warned(run_dir) == {} and "check " not in result.stdout + result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="one more training run; the imbalance warning that names this fix runs by default")
 def test_class_weights_answer_the_imbalance_warning(tmp_path):
     table(300, positives=0.08).to_csv(tmp_path / "rare.csv", index=False)
     _, run_dir = train(

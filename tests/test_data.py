@@ -6,12 +6,13 @@ import pytest
 
 from conftest import one_line_error, refused, summary, train, tree, write_idx, write_mnist
 
+OTHER_LAYOUT = pytest.mark.slow(reason="a training run per layout; a flat gzipped one of each dataset runs by default")
 LAYOUTS = [
     # (dataset, subfolder under data.root, gzipped)
     ("mnist", "", True),
-    pytest.param("mnist", "", False, marks=pytest.mark.slow),
-    pytest.param("mnist", "MNIST/raw", False, marks=pytest.mark.slow),  # torchvision's own layout
-    pytest.param("fashion_mnist", "FashionMNIST/raw", True, marks=pytest.mark.slow),
+    pytest.param("mnist", "", False, marks=OTHER_LAYOUT),
+    pytest.param("mnist", "MNIST/raw", False, marks=OTHER_LAYOUT),  # torchvision's own layout
+    pytest.param("fashion_mnist", "FashionMNIST/raw", True, marks=OTHER_LAYOUT),
     ("fashion_mnist", "", True),  # Debian's /usr/share/datasets/fashion-mnist
 ]
 
@@ -55,7 +56,7 @@ def test_split_sizes_follow_val_split(tmp_path, mnist_root):
     assert "540 train, 60 val, 200 test" in log
 
 
-@pytest.mark.parametrize("download", [pytest.param("false", marks=pytest.mark.slow), "true"])  # false: test_errors
+@pytest.mark.parametrize("download", ["false", "true"])
 def test_missing_files_name_the_folder_and_the_four_files(tmp_path, download):
     if download == "true" and _online():
         pytest.skip("this machine reaches the download mirrors")

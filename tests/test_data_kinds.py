@@ -214,7 +214,7 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize("archive", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("archive", [True, False])
 def test_cifar10_refuses_a_batch_that_would_run_code(tmp_path, archive):
     marker = tmp_path / "pwned"
     root = write_cifar(tmp_path / "cifar", archive=archive, poison={"data": Payload(marker)})
@@ -283,7 +283,6 @@ def test_augmentation_touches_training_batches_only(tmp_path):
     assert val_loss == pytest.approx(info["best_score"], rel=1e-4)
 
 
-@pytest.mark.slow
 def test_augmentation_on_a_table_is_refused(tmp_path):
     pd.DataFrame({"a": range(40), "y": [0, 1] * 20}).to_csv(tmp_path / "t.csv", index=False)
     result = refused("data=csv", "data.path=t.csv", "data.target=y", "data.augment.flip=true", cwd=tmp_path)

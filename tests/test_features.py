@@ -26,7 +26,11 @@ def batch_lrs(run_dir) -> list:
     "scheduler,expected",
     [
         (["scheduler=multistep", "scheduler.milestones=[1,2]"], [1e-3, 1e-4, 1e-5]),
-        pytest.param(["scheduler=exponential", "scheduler.gamma=0.5"], [1e-3, 5e-4, 2.5e-4], marks=pytest.mark.slow),
+        pytest.param(
+            ["scheduler=exponential", "scheduler.gamma=0.5"],
+            [1e-3, 5e-4, 2.5e-4],
+            marks=pytest.mark.slow(reason="a training run per case; multistep sets the same column by default"),
+        ),
     ],
 )
 def test_epoch_schedulers_set_the_lr_column(tmp_path, scheduler, expected):
@@ -101,14 +105,17 @@ def weight_norm(run_dir) -> float:
     return sum(float(t.square().sum()) for t in state.values() if t.dim() > 1)
 
 
+PENALTY = pytest.mark.slow(reason="two training runs per case; model.l2 shrinks the weights by default")
+
+
 @pytest.mark.parametrize(
     "optimizer,penalty",
     [
         ([], "model.l2=0.01"),
         pytest.param(
-            ["optimizer=adamw"], "optimizer.weight_decay=5", marks=pytest.mark.slow
+            ["optimizer=adamw"], "optimizer.weight_decay=5", marks=PENALTY
         ),  # decoupled: w *= 1 - lr * 5 each step, vs no decay
-        pytest.param([], "model.l1=0.001", marks=pytest.mark.slow),
+        pytest.param([], "model.l1=0.001", marks=PENALTY),
     ],
 )
 def test_l1_l2_and_weight_decay_shrink_the_weights(tmp_path, optimizer, penalty):
@@ -127,7 +134,9 @@ def test_class_weight_pulls_predictions_to_the_heavy_class(tmp_path):
     assert all(math.isfinite(float(r["loss"])) for r in metrics(run_dir))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason="two training runs; class weights by default: test_class_weight_pulls_predictions_to_the_heavy_class"
+)
 def test_balanced_class_weight_runs_and_keeps_validation_unweighted(tmp_path):
     _, weighted = train(tmp_path, "trainer.class_weight=balanced", "trainer.epochs=2", *QUICK, name="w")
     _, plain = train(tmp_path, "trainer.epochs=2", *QUICK, name="p")
@@ -201,7 +210,9 @@ def test_reduce_lr_on_plateau_callback_cuts_the_rate(tmp_path):
             5,
         ),
         pytest.param(
-            ["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=100"], 2, marks=pytest.mark.slow
+            ["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=100"],
+            2,
+            marks=pytest.mark.slow(reason="a training run per case; baseline and start_from_epoch run by default"),
         ),
     ],
 )
@@ -265,12 +276,15 @@ def test_a_callback_from_the_users_own_module(tmp_path):
     assert (run_dir / "marks.txt").read_text() == "e1 e2 e3 "
 
 
+PRESET = pytest.mark.slow(reason="a training run per preset; fashion_mlp composes and trains by default")
+
+
 @pytest.mark.parametrize(
     "preset",
     [
         "fashion_mlp",
-        pytest.param("fashion_cnn", marks=pytest.mark.slow),
-        pytest.param("fashion_lstm", marks=pytest.mark.slow),
+        pytest.param("fashion_cnn", marks=PRESET),
+        pytest.param("fashion_lstm", marks=PRESET),
     ],
 )
 def test_experiment_presets_run(tmp_path, preset):

@@ -295,7 +295,9 @@ def test_sixteen_bit_grey_keeps_its_range(tmp_path):
         assert np.array_equal(pixels, np.rint(expected).astype(np.uint8)), name  # not clipped, not black
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason="a parallel sweep whose jobs start DataLoader workers; streaming with a worker runs by default"
+)
 def test_a_parallel_sweep_streams_with_dataloader_workers(tmp_path):
     images(tmp_path / "photos", n=6)
     result = run_nnrun(

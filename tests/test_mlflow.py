@@ -198,6 +198,9 @@ def test_a_server_that_never_answers_costs_one_warning_and_the_run_completes(tmp
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow(
+    reason="waits out a hanging server; a hung server is one warning by default: test_a_server_that_never_answers..."
+)
 def test_a_stop_signal_is_honoured_while_the_server_hangs(tmp_path, hung):
     args = ["hydra.run.dir=run", "data=digits", "trainer.epochs=500", "~callbacks.early_stopping",
             "trainer.plots=false", f"+callbacks.mlflow.tracking_uri={hung}"]  # fmt: skip

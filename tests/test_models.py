@@ -89,10 +89,13 @@ def test_every_option_composes_and_builds(group, option):
     build_loss(**plain["loss"], task="multiclass" if name == "auto" else FITS[name][0])
 
 
+LAYERS = pytest.mark.slow(reason="a training run per model; each model trains by default, plain")
+
+
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lstm", "sequential"])
 @pytest.mark.parametrize(
     "variant",
-    [[], pytest.param(["model.batchnorm=true", "model.dropout=0.5"], marks=pytest.mark.slow)],
+    [[], pytest.param(["model.batchnorm=true", "model.dropout=0.5"], marks=LAYERS)],
     ids=["plain", "bn-dropout"],
 )
 def test_each_model_trains_on_digits(tmp_path, model, variant):

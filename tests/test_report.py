@@ -52,7 +52,9 @@ def test_report_card_gives_speed_the_folder_and_a_command_that_reruns_it(tmp_pat
         pytest.param(
             ["optimizer.lr=1e-7", "trainer.epochs=4", "~callbacks.early_stopping"],
             "underfitting",
-            marks=pytest.mark.slow,
+            marks=pytest.mark.slow(
+                reason="4 epochs at lr 1e-7; diagnose() finds underfitting by default: test_diagnose_reads_the_curves"
+            ),
         ),
     ],
 )
@@ -89,7 +91,7 @@ def test_diagnose_reads_the_curves(history, expected):
         assert word in hint
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a training run for one switch; trainer.plots=false is in every default train()")
 def test_plots_can_be_turned_off(tmp_path):
     _, run_dir = train(tmp_path, "trainer.epochs=1", "trainer.plots=false")
     assert not (run_dir / "curves.png").exists() and not (run_dir / "confusion_matrix.png").exists()

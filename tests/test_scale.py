@@ -69,6 +69,9 @@ def test_a_keras_stack_with_a_held_recurrent_bias_trains_under_ddp_as_in_one_pro
     assert not a["lstm.rnn.bias_hh_l0"].any()  # still zero: Keras's single bias
 
 
+@pytest.mark.slow(
+    reason="torchrun twice: stopped, then resumed; DDP in one run: test_two_gloo_processes_match_one_process..."
+)
 def test_a_stopped_ddp_run_resumes_in_its_folder_and_ends_as_one_process_would(tmp_path):
     folder = tmp_path / "run"
     args = ["model.dropout=0", "~callbacks.early_stopping", "trainer.plots=false", "trainer.epochs=40"]
@@ -134,7 +137,7 @@ def test_bf16_trains_on_cpu_and_every_run_records_its_device(tmp_path):
     assert result.returncode == 2 and "trainer.precision=8 is not one of 32, bf16, 16" in one_line_error(result)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="torch.compile compiles the model (inductor) on the CPU; no default test compiles")
 def test_compile_gives_the_same_training_as_eager(tmp_path):
     args = ["model.dropout=0", "trainer.epochs=1", "trainer.limit_batches=5"]
     _, eager = train(tmp_path, *args, name="eager")
@@ -143,6 +146,9 @@ def test_compile_gives_the_same_training_as_eager(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
 
+@pytest.mark.slow(
+    reason="torchrun until early stopping fires; early stopping and the plateau cut in one process run by default"
+)
 def test_ddp_ranks_stop_early_and_change_the_rate_together(tmp_path):
     # each rank's batch-norm statistics differ after its last step: without rank 0's numbers on every
     # rank, early stopping fired on one rank only and gloo failed with "Connection closed by peer".

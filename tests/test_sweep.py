@@ -81,7 +81,7 @@ def test_two_by_two_sweep_gives_four_job_folders(tmp_path):
     assert (sweep / "results.csv").read_text() == before
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a sweep of two runs for its folder's name; sweeps with hydra.sweep.dir run by default")
 def test_the_default_sweep_folder_is_under_outputs_multirun(tmp_path):
     result = nnrun("--multirun", "trainer.seed=1,2", "trainer.epochs=1", "trainer.limit_batches=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -134,7 +134,7 @@ def test_report_groups_seeds_and_shows_runs_still_going(tmp_path):
     assert empty.returncode == 2 and "no such folder" in empty.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a sweep stopped mid-job, then continued; a stopped run resumes by default (test_trust)")
 def test_an_interrupted_sweep_continues_in_its_folder_running_only_the_rest(tmp_path):
     import signal
     import time
@@ -218,7 +218,14 @@ def stopped_sweep(tmp_path, args, ready, sig) -> tuple:
 
 
 @pytest.mark.parametrize(
-    "sig,code", [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+    "sig,code",
+    [
+        ("SIGTERM", 143),
+        pytest.param(
+            "SIGINT", 130, marks=pytest.mark.slow(reason="a parallel sweep per signal; SIGTERM runs by default")
+        ),
+    ],
+    ids=["SIGTERM", "SIGINT"],
 )
 def test_a_stop_signal_stops_a_parallel_sweep_and_its_workers_save(tmp_path, sig, code):
     import signal
@@ -290,7 +297,9 @@ def test_parallel_jobs_share_the_cores_and_their_failures_set_the_exit_code(tmp_
     assert summary(rows["0.001"]["run_dir"])["threads"] == max(1, cores // 2)  # two jobs split the cores
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason="submitit times the job out and requeues it 3 times (timeout_min=1); SIGUSR1 requeue: test_trust"
+)
 def test_a_job_timed_out_by_submitit_is_requeued_and_continues_from_its_checkpoint(tmp_path):
     # submitit's local executor does what SLURM does: SIGUSR2 before the time limit (here every 30 s),
     # then the job is requeued (3 times) and, with trainer.resume=auto, continues from last.pt

@@ -136,15 +136,18 @@ def test_regression_metrics_match_scikit_learn(tmp_path):
     assert not (run_dir / "confusion_matrix.png").exists() and "confusion_matrix" not in info
 
 
+LOSS = pytest.mark.slow(reason="a training run per loss; mae agrees with its metric by default")
+
+
 @pytest.mark.parametrize(
     "loss,expected",
     [
-        pytest.param(["loss=mse"], lambda row, s: (float(row["val_rmse"]) / s) ** 2, marks=pytest.mark.slow),
+        pytest.param(["loss=mse"], lambda row, s: (float(row["val_rmse"]) / s) ** 2, marks=LOSS),
         (["loss=mae"], lambda row, s: float(row["val_mae"]) / s),
         pytest.param(
             ["loss=huber", "loss.delta=1e6"],
             lambda row, s: 0.5 * (float(row["val_rmse"]) / s) ** 2,
-            marks=pytest.mark.slow,
+            marks=LOSS,
         ),  # all errors < delta
     ],
 )
@@ -172,12 +175,15 @@ def test_multiclass_text_labels_and_a_categorical_feature(tmp_path):
     assert "1 categorical: smoker" in result.stdout and "looks like a multiclass target" in result.stdout
 
 
+TASK = pytest.mark.slow(reason="a training run per column; text labels and data.task by default")
+
+
 @pytest.mark.parametrize(
     "target,override,task",
     [
-        pytest.param([0.5, 1.25, 2.0, 3.5], None, "regression", marks=pytest.mark.slow),  # fractional numbers
+        pytest.param([0.5, 1.25, 2.0, 3.5], None, "regression", marks=TASK),  # fractional numbers
         (["cat", "dog", "dog", "cat"], None, "binary"),  # two text values
-        pytest.param([0, 1, 2, 3], None, "multiclass", marks=pytest.mark.slow),  # few integers
+        pytest.param([0, 1, 2, 3], None, "multiclass", marks=TASK),  # few integers
         ([0, 1, 2, 3], "regression", "regression"),  # ... unless told
     ],
 )
@@ -258,32 +264,14 @@ def test_missing_values_are_named_or_imputed(tmp_path):
     "args,message",
     [
         (["data.path=MISSING.csv", "data.target=y"], "data.path=MISSING.csv: no such file"),
-        pytest.param(["data.target=outcom"], "data.target=outcom is not a column of", marks=pytest.mark.slow),
+        (["data.target=outcom"], "data.target=outcom is not a column of"),
         (["data.target=outcome", "data.features=[age,weight]"], "data.features names weight, not column(s) of"),
-        pytest.param(
-            ["data.target=outcome", "data.task=regression"],
-            "data.task=regression, but column 'outcome' holds text",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            ["data.target=outcome", "data.task=sometimes"], "data.task=sometimes is not one of", marks=pytest.mark.slow
-        ),
+        (["data.target=outcome", "data.task=regression"], "data.task=regression, but column 'outcome' holds text"),
+        (["data.target=outcome", "data.task=sometimes"], "data.task=sometimes is not one of"),
         (["data.target=outcome", "loss=mse"], "loss=mse fits regression targets, but this data's task is binary"),
-        pytest.param(
-            ["data.target=dose", "loss=ce"],
-            "loss=ce fits multiclass targets, but this data's task is regression",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            ["data.target=dose", "trainer.class_weight=balanced"],
-            "weighs classes, but this data's task is regression",
-            marks=pytest.mark.slow,
-        ),
-        pytest.param(
-            ["data.target=outcome", "trainer.monitor=val_r2"],
-            "trainer.monitor=val_r2, but the run logs only",
-            marks=pytest.mark.slow,
-        ),
+        (["data.target=dose", "loss=ce"], "loss=ce fits multiclass targets, but this data's task is regression"),
+        (["data.target=dose", "trainer.class_weight=balanced"], "weighs classes, but this data's task is regression"),
+        (["data.target=outcome", "trainer.monitor=val_r2"], "trainer.monitor=val_r2, but the run logs only"),
     ],
 )
 def test_table_mistakes_are_one_line_errors(tmp_path, args, message):

@@ -8,7 +8,7 @@ from conftest import FAST, metrics, summary, train
 NO_STOP = "~callbacks.early_stopping"
 
 
-@pytest.mark.slow  # test_trust checks the same with trainer.deterministic=true
+@pytest.mark.slow(reason="three CNN runs; test_trust checks the same seed with trainer.deterministic=true")
 def test_same_seed_gives_identical_metrics_and_weights(tmp_path):
     args = ["model=cnn", "trainer.epochs=2", "trainer.seed=7", "model.channels=[8]"]
     _, a = train(tmp_path, *args, name="a")
@@ -72,17 +72,19 @@ def test_checkpoint_monitoring_accuracy_keeps_the_highest(tmp_path):
     assert ckpt["metrics"]["val_accuracy"] == best
 
 
+SCHEDULE = pytest.mark.slow(reason="a training run per schedule; test_features sets the same lr column by default")
+
+
 @pytest.mark.parametrize(
     "scheduler,expected",
     [
-        # slow: test_features.py's epoch-scheduler test covers the same column by default
         pytest.param(
             ["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"],
             [1e-3, 5e-4, 2.5e-4],
-            marks=pytest.mark.slow,
+            marks=SCHEDULE,
         ),
-        pytest.param(["scheduler=cosine"], [1e-3, 7.5e-4, 2.5e-4], marks=pytest.mark.slow),
-        pytest.param(["scheduler=none"], [1e-3, 1e-3, 1e-3], marks=pytest.mark.slow),
+        pytest.param(["scheduler=cosine"], [1e-3, 7.5e-4, 2.5e-4], marks=SCHEDULE),
+        pytest.param(["scheduler=none"], [1e-3, 1e-3, 1e-3], marks=SCHEDULE),
     ],
 )
 def test_lr_column_shows_the_rate_each_epoch_used(tmp_path, scheduler, expected):
@@ -107,13 +109,16 @@ def test_plateau_scheduler_cuts_the_rate_when_the_monitor_stalls(tmp_path):
     assert lrs == pytest.approx([1e-3, 1e-3, 5e-4])
 
 
+OPTIMIZER = pytest.mark.slow(reason="a training run per optimizer; adam trains by default")
+
+
 @pytest.mark.parametrize(
     "optimizer",
     [
         "adam",
-        pytest.param("sgd", marks=pytest.mark.slow),
-        pytest.param("adamw", marks=pytest.mark.slow),
-        pytest.param("rmsprop", marks=pytest.mark.slow),
+        pytest.param("sgd", marks=OPTIMIZER),
+        pytest.param("adamw", marks=OPTIMIZER),
+        pytest.param("rmsprop", marks=OPTIMIZER),
     ],
 )
 def test_each_optimizer_trains(tmp_path, optimizer):

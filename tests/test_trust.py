@@ -98,13 +98,16 @@ def test_killed_with_sigkill_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
     assert run_folders(killed) == [folder]
 
 
+SIGNAL = pytest.mark.slow(reason="a started process trained until the signal; SIGTERM runs by default")
+
+
 @pytest.mark.parametrize(
     "sig,code,twice",
     [
-        pytest.param(signal.SIGINT, 130, False, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, 130, False, marks=SIGNAL),
         (signal.SIGTERM, 143, False),
-        pytest.param(signal.SIGINT, 130, True, marks=pytest.mark.slow),
-        pytest.param(signal.SIGUSR1, 138, False, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, 130, True, marks=SIGNAL),
+        pytest.param(signal.SIGUSR1, 138, False, marks=SIGNAL),
     ],
 )
 def test_a_stop_signal_saves_and_exits_with_its_code(tmp_path, sig, code, twice):
@@ -200,7 +203,7 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("writer", ["torch", pytest.param("pickle", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
 def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, writer):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
@@ -218,8 +221,8 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, writer):
     "override",
     [
         "+model._target_=builtins.open",
-        pytest.param("+data._target_=os.system", marks=pytest.mark.slow),
-        pytest.param("+callbacks.early_stopping._target_=subprocess.run", marks=pytest.mark.slow),
+        "+data._target_=os.system",
+        "+callbacks.early_stopping._target_=subprocess.run",
     ],
 )
 def test_a_target_outside_the_allowlist_is_refused(tmp_path, override):
@@ -316,12 +319,7 @@ def test_the_best_weights_are_exported_as_safetensors(tmp_path):
             ["data.target=y", "model=lstm"],
             "model=lstm needs sequences",
         ),
-        pytest.param(
-            "x,y\n1,0\ninf,1\n3,0\n4,1\n",
-            ["data.target=y"],
-            "column 'x' has 1 infinite value(s), the first at",
-            marks=pytest.mark.slow,
-        ),  # test_checks covers non-finite data; test_tabular missing values
+        ("x,y\n1,0\ninf,1\n3,0\n4,1\n", ["data.target=y"], "column 'x' has 1 infinite value(s), the first at"),
     ],
 )
 def test_data_that_cannot_train_is_refused_before_the_first_step(tmp_path, rows, args, message):
