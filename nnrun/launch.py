@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.utils import JobReturn, JobStatus, env_override
+from hydra.core.utils import JobReturn, JobStatus, configure_log, env_override
 from hydra.experimental.callback import Callback
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
@@ -41,7 +41,18 @@ from nnrun.argv import (
     register_resolvers,
     unique_run_dir,
 )
-from nnrun.errors import ConfigError, Refused, StopSweep, describe, printable
+from nnrun.errors import (
+    ConfigError,
+    DiskFull,
+    Interrupted,
+    NonFiniteLoss,
+    NonFiniteWeights,
+    Refused,
+    StopSweep,
+    SweepFailures,
+    describe,
+    printable,
+)
 from nnrun.registry import import_modules
 from nnrun.runfolder import (
     LAST,
@@ -91,21 +102,33 @@ def check_command(argv: list):
         overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
         parsed = [o for o in parsed if not o.is_sweep_override()]
     searchpath = [o for o in parsed if o.get_key_element() == "hydra.searchpath"]
+    name, primary = flags.config_name or "config", None  # None: nnrun's own configs (the module)
     if flags.config_dir and Path(flags.config_dir).is_dir():  # as Hydra orders them: nnrun's configs,
         # --config-dir, then hydra.searchpath's entries (the primary config's when none is given)
+        folder = Path(flags.config_dir).absolute()
         given = searchpath[0].value() if searchpath else primary_searchpath(primary_file(flags))
-        extra = [f"file://{Path(flags.config_dir).absolute()}"]
+        extra = [f"file://{folder}"]
+        if not (Path(nnrun.conf.__file__).parent / f"{name}.yaml").is_file():
+            # a primary config of --config-dir's own: Compose looks it up before hydra.searchpath applies,
+            # so it starts there, nnrun's configs next (first in Hydra's order: they win a name both have)
+            primary, extra = str(folder), [f"pkg://{CONFIG_MODULE}"]
         if isinstance(given, list):
             overrides = [o for o in overrides if o not in {s.input_line for s in searchpath}]
             overrides.append(f"hydra.searchpath=[{','.join(quoted(str(e)) for e in [*extra, *given])}]")
-    # a sweep's jobs: each swept value composed with the rest (a group option may set hydra: keys that
-    # Hydra applies to that job's folder and logging before any callback of nnrun's could look)
-    variants = [[*overrides, f"{o.get_key_element()}={value}"] for o in swept for value in o.sweep_string_iterator()]
+    # a sweep's jobs: each swept option of a config group composed with the rest (an option may set
+    # hydra: keys that Hydra applies to that job's folder and logging before any callback of nnrun's
+    # could look); a swept value of a key (optimizer.lr=1e-3,1e-2) sets no hydra: key, and a job checks it
+    groups = [o for o in swept if "." not in o.key_or_group]
+    variants = [[*overrides, f"{o.get_key_element()}={value}"] for o in groups for value in o.sweep_string_iterator()]
     with warnings.catch_warnings():  # Hydra warns again when it composes
         warnings.simplefilter("ignore")
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name="nnrun"):
-            config = compose(flags.config_name or "config", overrides=overrides, return_hydra_config=True)
-            jobs = [compose(flags.config_name or "config", overrides=v, return_hydra_config=True) for v in variants]
+        with (
+            initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name="nnrun")
+            if primary is None
+            else initialize_config_dir(primary, version_base="1.3", job_name="nnrun")
+        ):
+            config = compose(name, overrides=overrides, return_hydra_config=True)
+            jobs = [compose(name, overrides=v, return_hydra_config=True) for v in variants]
     for job_config in [config, *jobs]:
         check_composed(job_config)
     if printing:
@@ -232,7 +255,6 @@ def job(conf) -> Outcome:
     from nnrun.report.console import open_console
     from nnrun.signals import serve_sweep, signal_number, stop_signals, sweep_stopped
     from nnrun.train import distributed
-    from nnrun.errors import Interrupted
 
     register_resolvers()  # a launcher's worker process did not run main()
     hydra_conf = HydraConfig.get()
@@ -356,8 +378,8 @@ def find_resume(conf, folder, helper: bool, sweep: bool):
         raise
     distributed.agree({"end": False, "from": resume_from})  # None: from the start
     folder = folder.resume_run(found, resume, composed)  # elsewhere: the log moves there once accepted
-    if resume_from and not (sweep and resume == "auto"):
-        log.info(f"resuming {found} from {resume_from}")
+    if resume_from and not (sweep and resume == "auto"):  # said once the checkpoint is accepted
+        folder.resuming = f"resuming {found} from {resume_from}"
     return folder, resume_from
 
 
@@ -411,7 +433,6 @@ def record_failure(exc, run_dir: Path, helper: bool) -> None:
     """The traceback into nnrun.log, the failure into summary.json (a sweep's table and a sweep run
     elsewhere read it there); the console gets one line from main()."""
     from nnrun.report.summary import write_summary
-    from nnrun.errors import NonFiniteLoss, NonFiniteWeights
 
     log.error("run failed: %s", exc, exc_info=True, extra={"file_only": True})
     if helper:  # this rank's log goes with its scratch folder: say it here
@@ -440,6 +461,8 @@ def rerun_command(hydra_conf) -> str:
     for source in hydra_conf.runtime.config_sources:
         if source.provider == "command-line":  # --config-dir
             words += ["--config-dir", source.path.removeprefix("file://")]
+    if hydra_conf.job.config_name not in (None, "config"):  # a primary config of --config-dir's
+        words += ["--config-name", hydra_conf.job.config_name]
     task = [
         o
         for o in hydra_conf.overrides.task
@@ -473,8 +496,6 @@ def failure(exc) -> tuple:
     """(exit code, one line) for a job's or a sweeper's exception, with what to do where nnrun knows."""
     import errno
 
-    from nnrun.errors import DiskFull, NonFiniteLoss, NonFiniteWeights
-
     config_error = describe(exc)
     if config_error is not None:
         return EXIT_USAGE, config_error
@@ -502,7 +523,6 @@ def main(argv: list) -> int:
     """Run the nnrun command argv (without the program name) and return its exit code."""
     import hydra
 
-    from nnrun.errors import SweepFailures
     from nnrun.report.results import finish_sweep
     from nnrun.signals import sweep_signals
 
@@ -585,9 +605,17 @@ def main(argv: list) -> int:
 def run_alone(config, command: Command) -> None:
     """A command of one job, run as Hydra's run would (run_job below), without composing the
     config again: a job's failure is kept for main(), as Command.task keeps it."""
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)  # as Hydra's run: hydra.verbose
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.mode = RunMode.RUN
+        config.hydra.overrides.hydra.append("hydra.mode=RUN")  # as Hydra records its run
     callbacks = [instantiate(c) for c in (config.hydra.callbacks or {}).values()]
+    for callback in callbacks:
+        callback.on_run_start(config=config, config_name="config")
     outcome = []
-    run_job(config, job_dir(config), callbacks, outcome)
+    done = run_job(config, job_dir(config), callbacks, outcome)
+    for callback in callbacks:
+        callback.on_run_end(config=config, config_name="config", job_return=done)
     if outcome and outcome[0].error is not None:
         command.failed.append(outcome[0])
 
@@ -602,7 +630,7 @@ def job_dir(config) -> Path:
     return Path(path)
 
 
-def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> None:
+def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> JobReturn:
     """What Hydra's run_job does for one job, as a plain call: the folder made, hydra.job.env_set,
     the callbacks' job hooks (ClaimRunFolder claims the folder) around launch.job(config without hydra)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -627,3 +655,4 @@ def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> None:
     done.return_value = outcome[-1].score
     for callback in callbacks:
         callback.on_job_end(config=config, job_return=done)
+    return done

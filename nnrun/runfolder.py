@@ -199,6 +199,7 @@ class RunFolder:
         self.log_name = log_name
         self.held_back = {}  # .hydra/ file -> text, written once the resume is accepted
         self.attempt = None  # the folder made for this attempt, when the run resumed is elsewhere
+        self.resuming = ""  # what the log says once the resume is accepted (never before: it may be refused)
 
     @classmethod
     def open(cls, path, resume=None, log_name: str = LOG) -> "RunFolder":
@@ -271,6 +272,9 @@ class RunFolder:
         files, self.held_back = self.held_back, {}
         write_config(files)
         self.end_attempt(self.path)
+        if self.resuming:
+            log.info(self.resuming)
+            self.resuming = ""
 
     def refuse(self) -> None:
         """The resume was refused (or found nothing to do): the run stays as it was."""

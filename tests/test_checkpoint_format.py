@@ -40,7 +40,8 @@ def test_every_checkpoint_carries_the_format(finished):
 
 
 @pytest.mark.parametrize("other", OTHER)
-def test_a_resume_refuses_a_last_pt_of_another_format(tmp_path, finished, monkeypatch, capsys, other):
+@pytest.mark.parametrize("in_place", [False, True], ids=["named", "in_place"])
+def test_a_resume_refuses_a_last_pt_of_another_format(tmp_path, finished, monkeypatch, capsys, other, in_place):
     run = copy_of(finished, tmp_path)
     last = run / "checkpoints" / "last.pt"
     value, named = OTHER[other]
@@ -51,7 +52,8 @@ def test_a_resume_refuses_a_last_pt_of_another_format(tmp_path, finished, monkey
     assert (run / "checkpoints" / "last.prev.pt").exists()  # of this format: no fallback to it either
     before = {k: v for k, v in tree(run).items() if not k.endswith(".lock")}  # the lock holds who has it
     monkeypatch.chdir(tmp_path)
-    assert main([f"trainer.resume={run}", "trainer.epochs=3", "trainer.plots=false"]) == 2
+    where = [f"hydra.run.dir={run}", "trainer.resume=auto"] if in_place else [f"trainer.resume={run}"]
+    assert main([*where, "trainer.epochs=3", "trainer.plots=false"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in lines[0], lines
     assert f"{last} is checkpoint {named}" in lines[0], lines[0]

@@ -144,3 +144,24 @@ def test_a_users_own_config_folder_adds_options(tmp_path):
     _, run_dir = train(tmp_path, f"--config-dir={tmp_path / 'myconf'}", "model=wide_mlp", "trainer.epochs=1")
     # 64*300+300 + BN 2*300 + 300*10+10
     assert summary(run_dir)["params"] == 64 * 300 + 300 + 600 + 3010
+
+
+def test_a_primary_config_of_your_own_in_your_config_folder_runs_and_is_the_rerun_command(tmp_path):
+    """--config-name names a file only --config-dir has, built on nnrun's config (its defaults list)."""
+    mine = tmp_path / "myconf"
+    mine.mkdir()
+    (mine / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\ntrainer:\n  epochs: 1\n")
+    _, run_dir = train(tmp_path, f"--config-dir={mine}", "--config-name=mine", "trainer.limit_batches=2")
+    assert summary(run_dir)["epochs"] == 1  # mine.yaml's, over nnrun's default
+    assert summary(run_dir)["command"].startswith(f"nnrun --config-dir {mine} --config-name mine ")
+
+
+def test_a_plain_command_stores_what_hydras_run_stores(tmp_path):
+    """`nnrun a=b` runs its one job without hydra.main; its .hydra/ matches `nnrun --run a=b`'s."""
+    args = ("trainer.epochs=1", "trainer.limit_batches=2")
+    _, plain = train(tmp_path, *args, name="plain")
+    _, run = train(tmp_path, "--run", *args, name="run")
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        assert (plain / ".hydra" / name).read_text().replace(str(plain), "X") == (
+            run / ".hydra" / name
+        ).read_text().replace(str(run), "X"), name
