@@ -42,6 +42,7 @@ from nnrun.argv import (
     unique_run_dir,
 )
 from nnrun.errors import (
+    AlreadyCompleted,
     ConfigError,
     DiskFull,
     Interrupted,
@@ -61,7 +62,6 @@ from nnrun.runfolder import (
     DONE,
     MADE,
     SWEEPS,
-    AlreadyCompleted,
     RunFolder,
     claim_job,
     helper_rank,
@@ -290,6 +290,8 @@ def job(conf) -> Outcome:
             )
             return Outcome(run_dir, finite(summary.get("best_score")))
     except AlreadyCompleted as done:
+        if folder is not None:
+            folder.keep_log()  # the run here had completed: the note goes into its log
         move_to(run_dir, done.run_dir)  # this attempt's empty folder goes; the note goes to that run's log
         log.info(str(done))
         return Outcome(done.run_dir, finite(status_of(done.run_dir).get("best_score")))  # a sweeper still gets it
@@ -606,37 +608,37 @@ def run_alone(config, command: Command) -> None:
     """A command of one job, run as Hydra's run would (run_job below), without composing the
     config again: a job's failure is kept for main(), as Command.task keeps it."""
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)  # as Hydra's run: hydra.verbose
-    with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.mode = RunMode.RUN
-        config.hydra.overrides.hydra.append("hydra.mode=RUN")  # as Hydra records its run
     callbacks = [instantiate(c) for c in (config.hydra.callbacks or {}).values()]
-    for callback in callbacks:
-        callback.on_run_start(config=config, config_name="config")
     outcome = []
-    done = run_job(config, job_dir(config), callbacks, outcome)
-    for callback in callbacks:
-        callback.on_run_end(config=config, config_name="config", job_return=done)
+    run_job(config, job_dir(config), callbacks, outcome)
     if outcome and outcome[0].error is not None:
         command.failed.append(outcome[0])
 
 
 def job_dir(config) -> Path:
     """The job's run folder (hydra.run.dir, resolved once: it makes the folder), recorded in the
-    config as Hydra records it (hydra.runtime.output_dir), then Hydra's view of the job set to it."""
+    config as Hydra's run records it (hydra.runtime.output_dir, hydra.mode), then Hydra's view of
+    the job set to it."""
     path = os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir")))
-    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+    with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.runtime.output_dir = path
+        config.hydra.mode = RunMode.RUN  # as Hydra records its run
+        config.hydra.overrides.hydra.append("hydra.mode=RUN")
     HydraConfig.instance().set_config(config)
     return Path(path)
 
 
-def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> JobReturn:
-    """What Hydra's run_job does for one job, as a plain call: the folder made, hydra.job.env_set,
-    the callbacks' job hooks (ClaimRunFolder claims the folder) around launch.job(config without hydra)."""
+def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> None:
+    """What Hydra's run does for one job (job_dir set it up), as a plain call: the folder made,
+    hydra.job.env_set, the callbacks' run and job hooks (ClaimRunFolder claims the folder) around
+    launch.job(config without hydra). Its Outcome goes into outcome (nnrun.fit and run_alone read it)."""
+    for callback in callbacks:
+        callback.on_run_start(config=config, config_name=config.hydra.job.config_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = copy.deepcopy(config)
     with read_write(task), open_dict(task):
         del task["hydra"]
+    configure_log(config.hydra.job_logging, config.hydra.verbose)  # as Hydra's run_job (a DDP helper's: disabled)
     with env_override(config.hydra.job.env_set):
         try:
             for callback in callbacks:
@@ -655,4 +657,5 @@ def run_job(config, run_dir: Path, callbacks: list, outcome: list) -> JobReturn:
     done.return_value = outcome[-1].score
     for callback in callbacks:
         callback.on_job_end(config=config, job_return=done)
-    return done
+    for callback in callbacks:
+        callback.on_run_end(config=config, config_name=config.hydra.job.config_name, job_return=done)

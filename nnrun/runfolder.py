@@ -9,6 +9,7 @@ and checks the checkpoint)."""
 import errno
 import fcntl
 import logging
+import logging.handlers
 import os
 import shutil
 import stat
@@ -200,6 +201,7 @@ class RunFolder:
         self.held_back = {}  # .hydra/ file -> text, written once the resume is accepted
         self.attempt = None  # the folder made for this attempt, when the run resumed is elsewhere
         self.resuming = ""  # what the log says once the resume is accepted (never before: it may be refused)
+        self.held_log = None  # a MemoryHandler: the log lines of a resume of the run here, until accepted
 
     @classmethod
     def open(cls, path, resume=None, log_name: str = LOG) -> "RunFolder":
@@ -240,8 +242,30 @@ class RunFolder:
             handler.close()
         handler = logging.FileHandler(self.path / self.log_name)  # (claimed, and no links in it)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        if holds_run(self.path):  # resuming the run here: its log gains nothing until the resume is accepted
+            self.held_log = logging.handlers.MemoryHandler(1 << 20, logging.CRITICAL + 1, handler, flushOnClose=False)
+            handler = self.held_log
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+
+    def keep_log(self) -> None:
+        """The lines held back go into the run's log, and the next ones straight there."""
+        held, self.held_log = self.held_log, None
+        if held is not None:
+            root = logging.getLogger()
+            root.removeHandler(held)
+            held.flush()
+            root.addHandler(held.target)
+            held.close()
+
+    def drop_log(self) -> None:
+        """The lines held back go (the resume was refused: the run's log stays as it was)."""
+        held, self.held_log = self.held_log, None
+        if held is not None:
+            logging.getLogger().removeHandler(held)
+            held.buffer.clear()
+            held.target.close()
+            held.close()
 
     def save_config(self, files: dict) -> None:
         """.hydra/<name> for each name -> YAML text; held back when the folder holds a run already
@@ -271,6 +295,7 @@ class RunFolder:
         continues in the resumed run's."""
         files, self.held_back = self.held_back, {}
         write_config(files)
+        self.keep_log()
         self.end_attempt(self.path)
         if self.resuming:
             log.info(self.resuming)
@@ -279,6 +304,7 @@ class RunFolder:
     def refuse(self) -> None:
         """The resume was refused (or found nothing to do): the run stays as it was."""
         self.held_back = {}
+        self.drop_log()
         self.end_attempt(None)
 
     def end_attempt(self, log_in) -> None:

@@ -364,14 +364,6 @@ def plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
-def inside(run_dir, name) -> bool:
-    """Whether run_dir/name stays inside run_dir (absolute names and .. that climb out do not)."""
-    root = Path(run_dir).resolve()
-    path = Path(str(name))
-    path = (path if path.is_absolute() else Path(run_dir) / path).resolve()
-    return path == root or path.is_relative_to(root)
-
-
 def relative_name(name: str, key: str) -> str:
     """A file name from the config for a file in the run folder: relative, no .. (checked at start)."""
     path = Path(str(name))

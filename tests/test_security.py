@@ -547,3 +547,20 @@ def test_a_swept_or_printed_option_that_sets_hydra_keys_is_refused_before_anythi
     assert "not allowed" in one_line_error(result)
     assert victim.read_text() == "keep me\n"
     assert not (tmp_path / "planted").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_resume_refused_in_its_own_folder_leaves_the_runs_log_as_it_was(tmp_path):
+    """Resuming the run in hydra.run.dir on other data: refused after the data loaded (its lines are
+    logged by then), and the run's nnrun.log, .hydra/ and checkpoints stay as they were."""
+    _, run_dir = train(tmp_path, "trainer.epochs=1", "trainer.limit_batches=2")
+    before = {k: v for k, v in tree(run_dir).items() if not k.endswith(".lock")}  # the lock holds who has it
+    result = refused(
+        f"hydra.run.dir={run_dir}",
+        "trainer.resume=auto",
+        "trainer.epochs=2",
+        "data.test_split=0.3",
+        "trainer.plots=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "the data is not what the run trained on" in one_line_error(result)
+    assert {k: v for k, v in tree(run_dir).items() if not k.endswith(".lock")} == before

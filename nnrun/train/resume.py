@@ -5,20 +5,7 @@ import logging
 from pathlib import Path
 
 from nnrun.data import NORMALIZE, fingerprint_changes
-from nnrun.errors import AlreadyCompleted, CheckpointError, ConfigError, UnsafeCheckpoint  # noqa: F401
-from nnrun.runfolder import (  # noqa: F401  (where their home is now: the run folders alone, no torch)
-    DONE,
-    check_continue,
-    comparable,
-    holds_run,
-    locate,
-    move_to,
-    newest_same_run,
-    planned_epochs,
-    resume_job,
-    status,
-    status_of,
-)
+from nnrun.errors import CheckpointError, ConfigError, UnsafeCheckpoint
 from nnrun.train.checkpoint import load_checkpoint, non_finite, previous_path
 from nnrun.train.trainer import check_resumable
 

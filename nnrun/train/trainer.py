@@ -120,6 +120,7 @@ class Trainer:
         self.settings, self.outputs = settings, outputs or Outputs()
         self.history = History()
         self.kept = KeptWeights(self.model)
+        self.train_stage = hooks(self.model).train_stage  # fine-tuning: a backbone frozen for the first epochs
         self.continued = False  # a completed run resumed for more epochs (load_state_dict)
         self.restored = set()  # names of the callbacks whose state load_state_dict restored
         self.data_fingerprint = None  # nnrun.data.fingerprint of the data trained on: a resume checks it
@@ -156,8 +157,7 @@ class Trainer:
     def run_epoch(self, data, epoch: int) -> None:
         """Train (from history.step), validate, track the best, run the callbacks, save."""
         history, settings, engine = self.history, self.settings, self.engine
-        stage = hooks(self.model).train_stage  # fine-tuning: a backbone frozen for the first epochs
-        if stage is not None and stage(epoch):
+        if self.train_stage is not None and self.train_stage(epoch):
             engine.rewrap()  # DDP recorded the parameters that train when it wrapped the model
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, {})
